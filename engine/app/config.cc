@@ -1,0 +1,923 @@
+// The TOML configuration: defaults, parsing, validation, command-line overrides.
+//
+// Owns the meaning of every config key and its limits (one config struct, one reader). Runs at
+// start-up only and reports EVERY problem of a file at once, each as "file:line: message", so an
+// operator fixes a file in one pass. It never half-applies a file: a file with any problem gives
+// no Config at all. toml++ throws (TOML_EXCEPTIONS); exceptions are caught here and never leave
+// this module.
+
+#include "engine/app/config.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+#include <thread>
+
+#include <toml++/toml.h>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/types/span.h"
+
+namespace sluice::app {
+namespace {
+
+using std::chrono::milliseconds;
+
+constexpr size_t kDomainMax = 253;  // RFC 1035 2.3.4, without the trailing dot
+constexpr size_t kLabelMax = 63;
+constexpr size_t kHostNameBufferBytes = 256;
+// Unknown keys longer than this get no "did you mean" (the distance table is bounded).
+constexpr size_t kSuggestKeyMax = 64;
+constexpr size_t kSuggestDistanceMin = 2;
+constexpr size_t kQuotedValueMax = 80;
+constexpr std::string_view kDefaultListen = "127.0.0.1:2525";
+constexpr std::string_view kDefaultAdmin = "127.0.0.1:9025";
+constexpr std::array<std::string_view, 2> kDefaultRelayNetworks = {"127.0.0.0/8", "::1/128"};
+
+constexpr std::array<std::string_view, 8> kSections = {
+    "server", "spool", "relay", "proxy_protocol", "dns", "delivery", "route", "admin"};
+constexpr std::array<std::string_view, 15> kServerKeys = {
+    "hostname", "listen", "threads", "max_message_size", "max_recipients", "max_sessions",
+    "max_sessions_per_client", "max_connection_rate_per_client", "max_errors", "command_timeout",
+    "data_timeout", "drain_timeout", "max_received_headers", "max_command_line",
+    "max_param_command_line"};
+constexpr std::array<std::string_view, 5> kSpoolKeys = {
+    "dir", "commit_interval_us", "commit_batch_bytes", "min_free_bytes", "segment_bytes"};
+constexpr std::array<std::string_view, 2> kRelayKeys = {"networks", "domains"};
+constexpr std::array<std::string_view, 2> kProxyKeys = {"trusted", "timeout"};
+constexpr std::array<std::string_view, 1> kDnsKeys = {"servers"};
+constexpr std::array<std::string_view, 5> kDeliveryKeys = {
+    "port", "retry_initial", "retry_max", "lifetime", "connections_per_host"};
+constexpr std::array<std::string_view, 2> kRouteKeys = {"domain", "next_hop"};
+constexpr std::array<std::string_view, 1> kAdminKeys = {"listen"};
+
+// Debian's abseil has its own string_view type (ABSL_OPTION_USE_STD_STRING_VIEW is 0).
+absl::string_view absl_view(std::string_view text) { return {text.data(), text.size()}; }
+
+std::string quote(std::string_view text) {
+  if (text.size() > kQuotedValueMax) {
+    return absl::StrCat("'", absl::CHexEscape(absl_view(text.substr(0, kQuotedValueMax))), "...'");
+  }
+  return absl::StrCat("'", absl::CHexEscape(absl_view(text)), "'");
+}
+
+std::string_view type_name(toml::node_type type) {
+  switch (type) {
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a floating-point number";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    default:
+      return "nothing";
+  }
+}
+
+uint32_t line_of(const toml::node& node) { return node.source().begin.line; }
+
+size_t edit_distance(std::string_view a, std::string_view b) {
+  std::array<size_t, kSuggestKeyMax + 1> previous{};
+  std::array<size_t, kSuggestKeyMax + 1> current{};
+  for (size_t j = 0; j <= b.size(); ++j) {
+    previous[j] = j;
+  }
+  for (size_t i = 1; i <= a.size(); ++i) {
+    current[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+      current[j] = std::min({previous[j] + 1, current[j - 1] + 1, substitution});
+    }
+    previous = current;
+  }
+  return previous[b.size()];
+}
+
+std::string suggestion(std::string_view key, absl::Span<const std::string_view> known) {
+  if (key.size() > kSuggestKeyMax) {
+    return "";
+  }
+  std::string_view best;
+  size_t best_distance = SIZE_MAX;
+  for (std::string_view candidate : known) {
+    if (candidate.empty() || candidate.size() > kSuggestKeyMax) {
+      continue;
+    }
+    // Long names tolerate more typos ("segment_size" for "segment_bytes").
+    const size_t allowed = std::max(kSuggestDistanceMin, candidate.size() / 3);
+    const size_t distance = edit_distance(key, candidate);
+    if (distance <= allowed && distance < best_distance) {
+      best = candidate;
+      best_distance = distance;
+    }
+  }
+  return best.empty() ? "" : absl::StrCat(" (did you mean '", absl_view(best), "'?)");
+}
+
+bool is_label_char(char c) { return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-'; }
+
+// A host or domain name: dot-separated labels of letters, digits and hyphens, no label empty or
+// starting or ending with a hyphen (RFC 1123 2.1), no trailing dot.
+bool is_domain_name(std::string_view name) {
+  if (name.empty() || name.size() > kDomainMax) {
+    return false;
+  }
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t end = name.find('.', start);
+    if (end == std::string_view::npos) {
+      end = name.size();
+    }
+    const std::string_view label = name.substr(start, end - start);
+    if (label.empty() || label.size() > kLabelMax || label.front() == '-' ||
+        label.back() == '-' || !std::all_of(label.begin(), label.end(), is_label_char)) {
+      return false;
+    }
+    start = end + 1;
+  }
+  return true;
+}
+
+std::string default_hostname() {
+  std::array<char, kHostNameBufferBytes> buffer{};
+  if (gethostname(buffer.data(), buffer.size() - 1) != 0 || buffer[0] == '\0') {
+    return "localhost";
+  }
+  return buffer.data();
+}
+
+// "30s", "5m", "1h", "5d": an unsigned decimal integer and one unit letter.
+std::optional<milliseconds> parse_duration(std::string_view text) {
+  if (text.size() < 2) {
+    return std::nullopt;
+  }
+  const std::string_view digits = text.substr(0, text.size() - 1);
+  if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return std::nullopt;
+  }
+  int64_t unit_ms = 0;
+  switch (text.back()) {
+    case 's':
+      unit_ms = 1000;
+      break;
+    case 'm':
+      unit_ms = 60 * 1000;
+      break;
+    case 'h':
+      unit_ms = 3600 * 1000;
+      break;
+    case 'd':
+      unit_ms = 86400 * 1000;
+      break;
+    default:
+      return std::nullopt;
+  }
+  const int64_t max_count = kDurationMax.count() / unit_ms;
+  int64_t count = 0;
+  for (char c : digits) {
+    count = count * 10 + (c - '0');
+    if (count > max_count) {
+      return kDurationMax + milliseconds(1);  // reported as out of range by the caller
+    }
+  }
+  return milliseconds(count * unit_ms);
+}
+
+std::string duration_to_string(milliseconds duration) {
+  const int64_t ms = duration.count();
+  constexpr std::array<std::pair<int64_t, char>, 4> kUnits = {
+      {{86400 * 1000, 'd'}, {3600 * 1000, 'h'}, {60 * 1000, 'm'}, {1000, 's'}}};
+  for (const auto& [unit_ms, letter] : kUnits) {
+    if (ms != 0 && ms % unit_ms == 0) {
+      return absl::StrCat(ms / unit_ms, std::string(1, letter));
+    }
+  }
+  return absl::StrCat(ms / 1000, "s");
+}
+
+// Reads a parsed document into a Config, collecting every problem.
+class Reader {
+ public:
+  Reader(std::string_view file_name, ConfigErrors& errors)
+      : _file_name(file_name), _errors(errors) {}
+
+  void read(const toml::table& root, Config& config) {
+    reject_unknown(root, "", kSections);
+    read_server(section(root, "server"), config.server);
+    read_spool(section(root, "spool"), config.spool);
+    read_relay(section(root, "relay"), config.relay);
+    read_proxy_protocol(section(root, "proxy_protocol"), config.proxy_protocol);
+    read_dns(section(root, "dns"), config.dns);
+    read_delivery(section(root, "delivery"), config.delivery);
+    read_routes(root, config.routes);
+    read_admin(section(root, "admin"), config.admin);
+    check_segment_size(root, config);
+  }
+
+ private:
+  // One [section]: its table, or nullptr when the file does not have it.
+  struct Section {
+    const toml::table* table = nullptr;
+    std::string_view name;
+  };
+
+  void error(uint32_t line, std::string message) {
+    _errors.push_back(ConfigError{std::string(_file_name), line, std::move(message)});
+  }
+
+  void wrong_type(const toml::node& node, std::string_view label, std::string_view expected) {
+    error(line_of(node), absl::StrCat(absl_view(label), ": expected ", absl_view(expected),
+                                      ", got ", absl_view(type_name(node.type()))));
+  }
+
+  static std::string label(Section section, std::string_view key) {
+    return absl::StrCat(absl_view(section.name), ".", absl_view(key));
+  }
+
+  Section section(const toml::table& root, std::string_view name) {
+    const toml::node* node = root.get(name);
+    if (node == nullptr) {
+      return Section{nullptr, name};
+    }
+    if (!node->is_table()) {
+      wrong_type(*node, name, absl::StrCat("a table ([", absl_view(name), "])"));
+      return Section{nullptr, name};
+    }
+    reject_unknown(*node->as_table(), name, known_keys(name));
+    return Section{node->as_table(), name};
+  }
+
+  static absl::Span<const std::string_view> known_keys(std::string_view section) {
+    if (section == "server") {
+      return kServerKeys;
+    }
+    if (section == "spool") {
+      return kSpoolKeys;
+    }
+    if (section == "relay") {
+      return kRelayKeys;
+    }
+    if (section == "proxy_protocol") {
+      return kProxyKeys;
+    }
+    if (section == "dns") {
+      return kDnsKeys;
+    }
+    if (section == "delivery") {
+      return kDeliveryKeys;
+    }
+    if (section == "route") {
+      return kRouteKeys;
+    }
+    return kAdminKeys;
+  }
+
+  // Reports every key of `table` not in `known`. `section` is "" for the document itself and
+  // "route" for a [[route]] element.
+  void reject_unknown(const toml::table& table, std::string_view section,
+                      absl::Span<const std::string_view> known) {
+    for (const auto& [key, node] : table) {
+      const std::string_view name = key.str();
+      if (std::find(known.begin(), known.end(), name) != known.end()) {
+        continue;
+      }
+      const std::string hint = suggestion(name, known);
+      const uint32_t line = key.source().begin.line;
+      const std::string escaped = absl::CHexEscape(absl_view(name));
+      if (section == "route") {
+        error(line, absl::StrCat("unknown key ", quote(name), " in [[route]]", hint));
+      } else if (section.empty()) {
+        error(line, node.is_table() ? absl::StrCat("unknown table [", escaped, "]", hint)
+                                    : absl::StrCat("unknown key ", quote(name), hint));
+      } else {
+        error(line, node.is_table()
+                        ? absl::StrCat("unknown table [", absl_view(section), ".", escaped, "]",
+                                       hint)
+                        : absl::StrCat("unknown key ", quote(name), " in [", absl_view(section),
+                                       "]", hint));
+      }
+    }
+  }
+
+  static const toml::node* find(Section section, std::string_view key) {
+    return section.table == nullptr ? nullptr : section.table->get(key);
+  }
+
+  template <typename T>
+  void integer(Section section, std::string_view key, int64_t min, int64_t max, T& out) {
+    const toml::node* node = find(section, key);
+    if (node == nullptr) {
+      return;
+    }
+    const auto* value = node->as_integer();
+    if (value == nullptr) {
+      wrong_type(*node, label(section, key), "an integer");
+      return;
+    }
+    if (value->get() < min || value->get() > max) {
+      error(line_of(*node), absl::StrCat(label(section, key), ": ", value->get(),
+                                         " is out of range (", min, " to ", max, ")"));
+      return;
+    }
+    out = static_cast<T>(value->get());
+  }
+
+  // A string element or value; nullptr (and an error) when it is something else.
+  const std::string* string_node(const toml::node& node, std::string_view what) {
+    const auto* value = node.as_string();
+    if (value == nullptr) {
+      wrong_type(node, what, "a string");
+      return nullptr;
+    }
+    return &value->get();
+  }
+
+  void duration(Section section, std::string_view key, milliseconds min, milliseconds& out) {
+    const toml::node* node = find(section, key);
+    if (node == nullptr) {
+      return;
+    }
+    const std::string what = label(section, key);
+    const auto* value = node->as_string();
+    if (value == nullptr) {
+      wrong_type(*node, what, "a string: an integer with s, m, h or d (e.g. \"5m\")");
+      return;
+    }
+    const std::optional<milliseconds> parsed = parse_duration(value->get());
+    if (!parsed) {
+      error(line_of(*node), absl::StrCat(what, ": ", quote(value->get()),
+                                         " is not a duration: an integer with s, m, h or d "
+                                         "(e.g. \"30s\", \"5m\", \"1h\", \"5d\")"));
+      return;
+    }
+    if (*parsed < min || *parsed > kDurationMax) {
+      error(line_of(*node), absl::StrCat(what, ": ", quote(value->get()), " is out of range (",
+                                         duration_to_string(min), " to ",
+                                         duration_to_string(kDurationMax), ")"));
+      return;
+    }
+    out = *parsed;
+  }
+
+  void host_port(Section section, std::string_view key, io::SocketAddress& out) {
+    const toml::node* node = find(section, key);
+    if (node == nullptr) {
+      return;
+    }
+    const std::string what = label(section, key);
+    if (const std::string* text = string_node(*node, what)) {
+      auto address = io::parse_host_port(*text);
+      if (!address.ok()) {
+        error(line_of(*node), absl::StrCat(what, ": ", address.status().message()));
+        return;
+      }
+      out = *address;
+    }
+  }
+
+  // The elements of an array value, or nullptr (and an error) when it is not an array or is too
+  // long.
+  const toml::array* array(Section section, std::string_view key, size_t max) {
+    const toml::node* node = find(section, key);
+    if (node == nullptr) {
+      return nullptr;
+    }
+    const toml::array* elements = node->as_array();
+    if (elements == nullptr) {
+      wrong_type(*node, label(section, key), "an array");
+      return nullptr;
+    }
+    if (elements->size() > max) {
+      error(line_of(*node), absl::StrCat(label(section, key), ": more than ", max, " entries"));
+      return nullptr;
+    }
+    return elements;
+  }
+
+  // Calls parse(text, element) for every string element; `parse` returns a Status.
+  template <typename Parse>
+  bool for_each_string(const toml::array& elements, std::string_view what, Parse parse) {
+    bool all_ok = true;
+    for (size_t i = 0; i < elements.size(); ++i) {
+      const toml::node& element = elements[i];
+      const std::string element_label = absl::StrCat(absl_view(what), "[", i, "]");
+      const std::string* text = string_node(element, element_label);
+      if (text == nullptr) {
+        all_ok = false;
+        continue;
+      }
+      const absl::Status status = parse(*text);
+      if (!status.ok()) {
+        error(line_of(element), absl::StrCat(element_label, ": ", status.message()));
+        all_ok = false;
+      }
+    }
+    return all_ok;
+  }
+
+  void networks(Section section, std::string_view key, io::NetworkList& out) {
+    const toml::array* elements = array(section, key, kNetworksMax);
+    if (elements == nullptr) {
+      return;
+    }
+    io::NetworkList list;
+    const bool all_ok = for_each_string(*elements, label(section, key), [&list](std::string_view text) {
+      auto network = io::Network::parse(text);
+      if (!network.ok()) {
+        return network.status();
+      }
+      list.add(*network);
+      return absl::OkStatus();
+    });
+    if (all_ok) {
+      out = std::move(list);
+    }
+  }
+
+  void read_server(Section section, ServerConfig& server) {
+    if (const toml::node* node = find(section, "hostname")) {
+      if (const std::string* text = string_node(*node, "server.hostname")) {
+        if (is_domain_name(*text)) {
+          server.hostname = absl::AsciiStrToLower(*text);
+        } else {
+          error(line_of(*node), absl::StrCat("server.hostname: ", quote(*text),
+                                             " is not a valid host name"));
+        }
+      }
+    }
+    if (const toml::array* elements = array(section, "listen", kListenAddressesMax)) {
+      std::vector<io::SocketAddress> listen;
+      const bool all_ok = for_each_string(*elements, "server.listen", [&listen](std::string_view text) {
+        auto address = io::parse_host_port(text);
+        if (!address.ok()) {
+          return address.status();
+        }
+        if (std::find(listen.begin(), listen.end(), *address) != listen.end()) {
+          return absl::InvalidArgumentError(absl::StrCat(address->to_string(), " is listed twice"));
+        }
+        listen.push_back(*address);
+        return absl::OkStatus();
+      });
+      if (all_ok && listen.empty()) {
+        error(line_of(*elements), "server.listen: needs at least one address");
+      } else if (all_ok) {
+        server.listen = std::move(listen);
+      }
+    }
+    integer(section, "threads", 0, kThreadsMax, server.threads);
+    integer(section, "max_message_size", 1, kMessageSizeMax, server.max_message_size);
+    integer(section, "max_recipients", 1, kRecipientsMax, server.max_recipients);
+    integer(section, "max_sessions", 0, kSessionsMax, server.max_sessions);
+    integer(section, "max_sessions_per_client", 0, kSessionsMax, server.max_sessions_per_client);
+    integer(section, "max_connection_rate_per_client", 0, kSessionsMax,
+            server.max_connection_rate_per_client);
+    integer(section, "max_errors", 1, kErrorsMax, server.max_errors);
+    duration(section, "command_timeout", std::chrono::seconds(1), server.command_timeout);
+    duration(section, "data_timeout", std::chrono::seconds(1), server.data_timeout);
+    duration(section, "drain_timeout", milliseconds(0), server.drain_timeout);
+    integer(section, "max_received_headers", 1, kReceivedHeadersMax, server.max_received_headers);
+    integer(section, "max_command_line", kCommandLineMin, kCommandLineMax, server.max_command_line);
+    integer(section, "max_param_command_line", kCommandLineMin, kCommandLineMax,
+            server.max_param_command_line);
+    if (server.max_param_command_line < server.max_command_line) {
+      const toml::node* node = find(section, "max_param_command_line");
+      node = node != nullptr ? node : find(section, "max_command_line");
+      error(node != nullptr ? line_of(*node) : 0,
+            absl::StrCat("server.max_param_command_line (", server.max_param_command_line,
+                         ") must be at least server.max_command_line (", server.max_command_line,
+                         ")"));
+    }
+  }
+
+  void read_spool(Section section, SpoolConfig& spool) {
+    if (const toml::node* node = find(section, "dir")) {
+      if (const std::string* text = string_node(*node, "spool.dir")) {
+        if (text->empty() || text->find('\0') != std::string::npos) {
+          error(line_of(*node), "spool.dir: must be a non-empty path without NUL characters");
+        } else {
+          spool.dir = *text;
+        }
+      }
+    }
+    integer(section, "commit_interval_us", 0, kCommitIntervalUsMax, spool.commit_interval_us);
+    integer(section, "commit_batch_bytes", 1, kCommitBatchBytesMax, spool.commit_batch_bytes);
+    integer(section, "min_free_bytes", 0, INT64_MAX, spool.min_free_bytes);
+    integer(section, "segment_bytes", kSegmentBytesMin, kSegmentBytesMax, spool.segment_bytes);
+  }
+
+  // Run after every section is read: the bound involves [server] and [spool].
+  void check_segment_size(const toml::table& root, const Config& config) {
+    const uint64_t needed = config.server.max_message_size + kSegmentOverheadBytes;
+    if (config.spool.segment_bytes >= needed) {
+      return;
+    }
+    const toml::node* node = root.at_path("spool.segment_bytes").node();
+    if (node == nullptr) {
+      node = root.at_path("server.max_message_size").node();
+    }
+    error(node != nullptr ? line_of(*node) : 0,
+          absl::StrCat("spool.segment_bytes (", config.spool.segment_bytes,
+                       ") must be at least server.max_message_size + ", kSegmentOverheadBytes,
+                       " (", needed, "): a message is stored in one segment"));
+  }
+
+  void read_relay(Section section, RelayConfig& relay) {
+    networks(section, "networks", relay.networks);
+    if (const toml::array* elements = array(section, "domains", kRelayDomainsMax)) {
+      std::vector<std::string> domains;
+      const bool all_ok = for_each_string(*elements, "relay.domains", [&domains](std::string_view text) {
+        const std::string_view name = text.empty() || text.front() != '.' ? text : text.substr(1);
+        if (!is_domain_name(name)) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              quote(text), " is not a domain (\"example.test\", or \".example.test\" for its "
+                           "subdomains)"));
+        }
+        domains.push_back(absl::AsciiStrToLower(absl_view(text)));
+        return absl::OkStatus();
+      });
+      if (all_ok) {
+        relay.domains = std::move(domains);
+      }
+    }
+  }
+
+  void read_proxy_protocol(Section section, ProxyProtocolConfig& proxy) {
+    networks(section, "trusted", proxy.trusted);
+    duration(section, "timeout", std::chrono::seconds(1), proxy.timeout);
+  }
+
+  void read_dns(Section section, DnsConfig& dns) {
+    if (const toml::array* elements = array(section, "servers", kDnsServersMax)) {
+      std::vector<io::SocketAddress> servers;
+      const bool all_ok = for_each_string(*elements, "dns.servers", [&servers](std::string_view text) {
+        auto address = io::parse_host_optional_port(text, kDnsDefaultPort);
+        if (!address.ok()) {
+          return address.status();
+        }
+        servers.push_back(*address);
+        return absl::OkStatus();
+      });
+      if (all_ok) {
+        dns.servers = std::move(servers);
+      }
+    }
+  }
+
+  void read_delivery(Section section, DeliveryConfig& delivery) {
+    integer(section, "port", 1, UINT16_MAX, delivery.port);
+    duration(section, "retry_initial", std::chrono::seconds(1), delivery.retry_initial);
+    duration(section, "retry_max", std::chrono::seconds(1), delivery.retry_max);
+    duration(section, "lifetime", milliseconds(0), delivery.lifetime);
+    integer(section, "connections_per_host", 1, kConnectionsPerHostMax,
+            delivery.connections_per_host);
+    if (delivery.retry_max < delivery.retry_initial) {
+      const toml::node* node = find(section, "retry_max");
+      node = node != nullptr ? node : find(section, "retry_initial");
+      error(node != nullptr ? line_of(*node) : 0,
+            absl::StrCat("delivery.retry_max (", duration_to_string(delivery.retry_max),
+                         ") must be at least delivery.retry_initial (",
+                         duration_to_string(delivery.retry_initial), ")"));
+    }
+  }
+
+  void read_routes(const toml::table& root, std::vector<RouteConfig>& routes) {
+    const toml::node* node = root.get("route");
+    if (node == nullptr) {
+      return;
+    }
+    const toml::array* elements = node->as_array();
+    if (elements != nullptr && elements->empty()) {
+      return;
+    }
+    if (elements == nullptr || !elements->is_array_of_tables()) {
+      wrong_type(*node, "route", "an array of tables ([[route]])");
+      return;
+    }
+    if (elements->size() > kRoutesMax) {
+      error(line_of(*node), absl::StrCat("route: more than ", kRoutesMax, " routes"));
+      return;
+    }
+    absl::flat_hash_set<std::string> seen;
+    std::vector<RouteConfig> parsed;
+    bool all_ok = true;
+    for (const toml::node& element : *elements) {
+      const toml::table& table = *element.as_table();
+      reject_unknown(table, "route", kRouteKeys);
+      const Section section{&table, "route"};
+      RouteConfig route;
+      bool route_ok = true;
+      if (const toml::node* domain = find(section, "domain")) {
+        if (const std::string* text = string_node(*domain, "route.domain")) {
+          const std::string name = absl::AsciiStrToLower(*text);
+          if (name != "*" && !is_domain_name(name)) {
+            error(line_of(*domain), absl::StrCat("route.domain: ", quote(*text),
+                                                 " is not \"*\" or a domain"));
+            route_ok = false;
+          } else if (!seen.insert(name).second) {
+            error(line_of(*domain), absl::StrCat("route.domain: ", quote(*text),
+                                                 " has more than one route"));
+            route_ok = false;
+          }
+          route.domain = name;
+        } else {
+          route_ok = false;
+        }
+      } else {
+        error(line_of(table), "[[route]]: missing key 'domain'");
+        route_ok = false;
+      }
+      if (find(section, "next_hop") == nullptr) {
+        error(line_of(table), "[[route]]: missing key 'next_hop'");
+        route_ok = false;
+      } else {
+        const size_t errors_before = _errors.size();
+        host_port(section, "next_hop", route.next_hop);
+        route_ok = route_ok && _errors.size() == errors_before;
+      }
+      all_ok = all_ok && route_ok;
+      parsed.push_back(std::move(route));
+    }
+    if (all_ok) {
+      routes = std::move(parsed);
+    }
+  }
+
+  void read_admin(Section section, AdminConfig& admin) { host_port(section, "listen", admin.listen); }
+
+  std::string_view _file_name;
+  ConfigErrors& _errors;
+};
+
+// Parses and reads one document; errors sorted by line (file order).
+Config read_text(std::string_view text, std::string_view file_name, ConfigErrors& errors) {
+  Config config = default_config();
+  try {
+    const toml::table root = toml::parse(text, file_name);
+    Reader(file_name, errors).read(root, config);
+  } catch (const toml::parse_error& e) {
+    errors.push_back(ConfigError{std::string(file_name), e.source().begin.line,
+                                 absl::StrCat("syntax error: ", absl_view(e.description()))});
+  } catch (const std::exception& e) {
+    errors.push_back(ConfigError{std::string(file_name), 0, absl::StrCat("cannot read: ", e.what())});
+  }
+  std::stable_sort(errors.begin(), errors.end(),
+                   [](const ConfigError& a, const ConfigError& b) { return a.line < b.line; });
+  return config;
+}
+
+// The whole file, or an error naming it.
+std::optional<std::string> read_file(const std::string& path, ConfigErrors& errors) {
+  FILE* file = std::fopen(path.c_str(), "rb");
+  if (file == nullptr) {
+    errors.push_back(ConfigError{path, 0, absl::StrCat("cannot open: ", std::strerror(errno))});
+    return std::nullopt;
+  }
+  std::string text;
+  std::array<char, 65536> chunk{};
+  size_t got = 0;
+  while ((got = std::fread(chunk.data(), 1, chunk.size(), file)) > 0) {
+    text.append(chunk.data(), got);
+    if (text.size() > kConfigFileBytesMax) {
+      std::fclose(file);
+      errors.push_back(ConfigError{path, 0, absl::StrCat("larger than ", kConfigFileBytesMax,
+                                                         " bytes")});
+      return std::nullopt;
+    }
+  }
+  const bool failed = std::ferror(file) != 0;
+  const int saved_errno = errno;
+  std::fclose(file);
+  if (failed) {
+    errors.push_back(ConfigError{path, 0, absl::StrCat("cannot read: ", std::strerror(saved_errno))});
+    return std::nullopt;
+  }
+  return text;
+}
+
+absl::Status errors_to_status(const ConfigErrors& errors) {
+  return absl::InvalidArgumentError(absl::StrJoin(
+      errors, "\n", [](std::string* out, const ConfigError& e) { out->append(e.to_string()); }));
+}
+
+bool parse_cli_count(std::string_view text, uint32_t max, uint32_t& out) {
+  if (text.empty() || text.size() > 10 ||
+      !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    return false;
+  }
+  uint64_t value = 0;
+  for (char c : text) {
+    value = value * 10 + static_cast<uint64_t>(c - '0');
+  }
+  if (value > max) {
+    return false;
+  }
+  out = static_cast<uint32_t>(value);
+  return true;
+}
+
+}  // namespace
+
+std::string ConfigError::to_string() const {
+  if (line == 0) {
+    return absl::StrCat(file, ": ", message);
+  }
+  return absl::StrCat(file, ":", line, ": ", message);
+}
+
+Config default_config() {
+  Config config;
+  config.server.hostname = default_hostname();
+  config.server.listen.push_back(*io::parse_host_port(kDefaultListen));
+  config.admin.listen = *io::parse_host_port(kDefaultAdmin);
+  for (std::string_view cidr : kDefaultRelayNetworks) {
+    config.relay.networks.add(*io::Network::parse(cidr));
+  }
+  return config;
+}
+
+ConfigErrors check_config_text(std::string_view text, std::string_view file_name) {
+  ConfigErrors errors;
+  read_text(text, file_name, errors);
+  return errors;
+}
+
+ConfigErrors check_config_file(const std::string& path) {
+  ConfigErrors errors;
+  if (const std::optional<std::string> text = read_file(path, errors)) {
+    read_text(*text, path, errors);
+  }
+  return errors;
+}
+
+absl::StatusOr<Config> load_config_text(std::string_view text, std::string_view file_name) {
+  ConfigErrors errors;
+  Config config = read_text(text, file_name, errors);
+  if (!errors.empty()) {
+    return errors_to_status(errors);
+  }
+  return config;
+}
+
+absl::StatusOr<Config> load_config_file(const std::string& path) {
+  ConfigErrors errors;
+  const std::optional<std::string> text = read_file(path, errors);
+  if (!text) {
+    return errors_to_status(errors);
+  }
+  return load_config_text(*text, path);
+}
+
+absl::Status apply_cli_overrides(Config& config, const CliOverrides& overrides) {
+  Config updated = config;
+  if (!overrides.listen.empty()) {
+    updated.server.listen.clear();
+    for (const std::string& text : overrides.listen) {
+      auto address = io::parse_host_port(text);
+      if (!address.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--listen: ", address.status().message()));
+      }
+      if (std::find(updated.server.listen.begin(), updated.server.listen.end(), *address) !=
+          updated.server.listen.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--listen: ", address->to_string(), " is given twice"));
+      }
+      updated.server.listen.push_back(*address);
+    }
+  }
+  if (overrides.spool) {
+    if (overrides.spool->empty() || overrides.spool->find('\0') != std::string::npos) {
+      return absl::InvalidArgumentError("--spool: must be a non-empty path");
+    }
+    updated.spool.dir = *overrides.spool;
+  }
+  if (overrides.threads) {
+    if (!parse_cli_count(*overrides.threads, kThreadsMax, updated.server.threads)) {
+      return absl::InvalidArgumentError(absl::StrCat("--threads: ", quote(*overrides.threads),
+                                                     " is not a number from 0 to ", kThreadsMax,
+                                                     " (0 = one per core)"));
+    }
+  }
+  if (overrides.admin) {
+    auto address = io::parse_host_port(*overrides.admin);
+    if (!address.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--admin: ", address.status().message()));
+    }
+    updated.admin.listen = *address;
+  }
+  config = std::move(updated);
+  return absl::OkStatus();
+}
+
+uint32_t effective_threads(const Config& config) {
+  if (config.server.threads != 0) {
+    return config.server.threads;
+  }
+  // The CPUs this process may run on (taskset, cgroup cpusets), not every CPU of the box.
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) > 0) {
+    return std::min<uint32_t>(static_cast<uint32_t>(CPU_COUNT(&cpus)), kThreadsMax);
+  }
+  return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, kThreadsMax);
+}
+
+std::string config_to_string(const Config& config) {
+  auto strings = [](const auto& items, auto to_text) {
+    toml::array array;
+    for (const auto& item : items) {
+      array.push_back(to_text(item));
+    }
+    return array;
+  };
+  auto address_text = [](const io::SocketAddress& address) { return address.to_string(); };
+  auto network_text = [](const io::Network& network) { return network.to_string(); };
+  auto same = [](const std::string& text) { return text; };
+  auto integer = [](uint64_t value) { return static_cast<int64_t>(value); };
+
+  const ServerConfig& server = config.server;
+  const SpoolConfig& spool = config.spool;
+  const DeliveryConfig& delivery = config.delivery;
+  toml::array routes;
+  for (const RouteConfig& route : config.routes) {
+    routes.push_back(toml::table{{"domain", route.domain},
+                                 {"next_hop", route.next_hop.to_string()}});
+  }
+  toml::table root{
+      {"server",
+       toml::table{
+           {"hostname", server.hostname},
+           {"listen", strings(server.listen, address_text)},
+           {"threads", integer(server.threads)},
+           {"max_message_size", integer(server.max_message_size)},
+           {"max_recipients", integer(server.max_recipients)},
+           {"max_sessions", integer(server.max_sessions)},
+           {"max_sessions_per_client", integer(server.max_sessions_per_client)},
+           {"max_connection_rate_per_client", integer(server.max_connection_rate_per_client)},
+           {"max_errors", integer(server.max_errors)},
+           {"command_timeout", duration_to_string(server.command_timeout)},
+           {"data_timeout", duration_to_string(server.data_timeout)},
+           {"drain_timeout", duration_to_string(server.drain_timeout)},
+           {"max_received_headers", integer(server.max_received_headers)},
+           {"max_command_line", integer(server.max_command_line)},
+           {"max_param_command_line", integer(server.max_param_command_line)},
+       }},
+      {"spool",
+       toml::table{
+           {"dir", spool.dir},
+           {"commit_interval_us", integer(spool.commit_interval_us)},
+           {"commit_batch_bytes", integer(spool.commit_batch_bytes)},
+           {"min_free_bytes", integer(spool.min_free_bytes)},
+           {"segment_bytes", integer(spool.segment_bytes)},
+       }},
+      {"relay",
+       toml::table{
+           {"networks", strings(config.relay.networks.networks(), network_text)},
+           {"domains", strings(config.relay.domains, same)},
+       }},
+      {"proxy_protocol",
+       toml::table{
+           {"trusted", strings(config.proxy_protocol.trusted.networks(), network_text)},
+           {"timeout", duration_to_string(config.proxy_protocol.timeout)},
+       }},
+      {"dns", toml::table{{"servers", strings(config.dns.servers, address_text)}}},
+      {"delivery",
+       toml::table{
+           {"port", integer(delivery.port)},
+           {"retry_initial", duration_to_string(delivery.retry_initial)},
+           {"retry_max", duration_to_string(delivery.retry_max)},
+           {"lifetime", duration_to_string(delivery.lifetime)},
+           {"connections_per_host", integer(delivery.connections_per_host)},
+       }},
+      {"admin", toml::table{{"listen", config.admin.listen.to_string()}}},
+  };
+  if (!routes.empty()) {
+    root.insert("route", std::move(routes));
+  }
+  std::ostringstream out;
+  out << root << "\n";
+  return out.str();
+}
+
+}  // namespace sluice::app

@@ -1,0 +1,170 @@
+#pragma once
+
+// The configuration: every key of the TOML file in one struct, with the embedded defaults
+// (DESIGN.md section 4). Field names are the TOML key names; units are in the types (durations
+// as std::chrono::milliseconds) or in the comments (bytes, microseconds, per minute).
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/io/address.h"
+
+namespace sluice::app {
+
+// Limits on the values themselves, so that a typo cannot ask for absurd resources.
+inline constexpr uint32_t kThreadsMax = 1024;
+inline constexpr uint64_t kMessageSizeMax = 4294967295;  // fits the spool's 32-bit lengths
+inline constexpr uint64_t kSegmentOverheadBytes = 65536;  // envelope + Received: + record headers
+inline constexpr uint64_t kSegmentBytesMin = 1048576;
+inline constexpr uint64_t kSegmentBytesMax = 68719476736;  // 64 GiB
+inline constexpr uint32_t kRecipientsMax = 100000;
+inline constexpr uint32_t kSessionsMax = 10000000;
+inline constexpr uint32_t kCommandLineMin = 512;      // RFC 5321 4.5.3.1.4
+inline constexpr uint32_t kCommandLineMax = 65536;
+inline constexpr uint32_t kReceivedHeadersMax = 10000;
+inline constexpr uint32_t kErrorsMax = 100000;
+inline constexpr uint32_t kCommitIntervalUsMax = 1000000;
+inline constexpr uint64_t kCommitBatchBytesMax = 1073741824;
+inline constexpr uint32_t kConnectionsPerHostMax = 100000;
+inline constexpr size_t kListenAddressesMax = 64;
+inline constexpr size_t kNetworksMax = 4096;
+inline constexpr size_t kRelayDomainsMax = 100000;
+inline constexpr size_t kDnsServersMax = 16;
+inline constexpr size_t kRoutesMax = 100000;
+inline constexpr size_t kConfigFileBytesMax = 16 * 1024 * 1024;
+inline constexpr std::chrono::milliseconds kDurationMax = std::chrono::hours(24 * 3650);
+inline constexpr uint16_t kDnsDefaultPort = 53;
+
+struct ServerConfig {
+  std::string hostname;  // EHLO name, Received:, Message-ID; default gethostname()
+  std::vector<io::SocketAddress> listen;
+  uint32_t threads = 0;                          // 0 = one per core
+  uint64_t max_message_size = 52428800;          // bytes, advertised in SIZE
+  uint32_t max_recipients = 1000;                // per transaction
+  uint32_t max_sessions = 0;                     // 0 = derived from the open-file limit
+  uint32_t max_sessions_per_client = 50;         // concurrent, per client address; 0 = off
+  uint32_t max_connection_rate_per_client = 0;   // connections per minute; 0 = off
+  uint32_t max_errors = 20;                      // errors before disconnect
+  std::chrono::milliseconds command_timeout = std::chrono::minutes(5);
+  std::chrono::milliseconds data_timeout = std::chrono::minutes(10);  // RFC 5321 4.5.3.2
+  std::chrono::milliseconds drain_timeout = std::chrono::seconds(30);
+  uint32_t max_received_headers = 100;           // loop detection
+  uint32_t max_command_line = 512;               // octets, CRLF included
+  uint32_t max_param_command_line = 2048;        // MAIL/RCPT with ESMTP parameters
+
+  friend bool operator==(const ServerConfig&, const ServerConfig&) = default;
+};
+
+struct SpoolConfig {
+  std::string dir = "./var/spool";
+  uint32_t commit_interval_us = 500;             // group commit pacing, microseconds
+  uint64_t commit_batch_bytes = 1048576;         // commit at once when this much is waiting
+  uint64_t min_free_bytes = 1073741824;          // below this, MAIL gets 452 4.3.1
+  uint64_t segment_bytes = 67108864;             // >= max_message_size + kSegmentOverheadBytes
+
+  friend bool operator==(const SpoolConfig&, const SpoolConfig&) = default;
+};
+
+struct RelayConfig {
+  io::NetworkList networks;  // clients allowed to relay anywhere
+  // Recipient domains accepted from anyone, lower case; ".example.test" = every subdomain.
+  std::vector<std::string> domains;
+
+  friend bool operator==(const RelayConfig&, const RelayConfig&) = default;
+};
+
+struct ProxyProtocolConfig {
+  io::NetworkList trusted;  // load balancers that must send a PROXY v1/v2 header
+  std::chrono::milliseconds timeout = std::chrono::seconds(5);
+
+  friend bool operator==(const ProxyProtocolConfig&, const ProxyProtocolConfig&) = default;
+};
+
+struct DnsConfig {
+  std::vector<io::SocketAddress> servers;  // empty = /etc/resolv.conf
+
+  friend bool operator==(const DnsConfig&, const DnsConfig&) = default;
+};
+
+struct DeliveryConfig {
+  uint16_t port = 25;  // port used for MX hosts
+  std::chrono::milliseconds retry_initial = std::chrono::minutes(5);
+  std::chrono::milliseconds retry_max = std::chrono::hours(1);
+  std::chrono::milliseconds lifetime = std::chrono::hours(24 * 5);
+  uint32_t connections_per_host = 20;
+
+  friend bool operator==(const DeliveryConfig&, const DeliveryConfig&) = default;
+};
+
+struct RouteConfig {
+  std::string domain;  // "*" or a domain, lower case
+  io::SocketAddress next_hop;
+
+  friend bool operator==(const RouteConfig&, const RouteConfig&) = default;
+};
+
+struct AdminConfig {
+  io::SocketAddress listen;
+
+  friend bool operator==(const AdminConfig&, const AdminConfig&) = default;
+};
+
+struct Config {
+  ServerConfig server;
+  SpoolConfig spool;
+  RelayConfig relay;
+  ProxyProtocolConfig proxy_protocol;
+  DnsConfig dns;
+  DeliveryConfig delivery;
+  std::vector<RouteConfig> routes;  // [[route]], in file order
+  AdminConfig admin;
+
+  friend bool operator==(const Config&, const Config&) = default;
+};
+
+// One problem found in a config file. line is 1-based; 0 when no line applies (unreadable file).
+struct ConfigError {
+  std::string file;
+  uint32_t line = 0;
+  std::string message;
+
+  std::string to_string() const;  // "file:line: message" ("file: message" without a line)
+};
+using ConfigErrors = std::vector<ConfigError>;
+
+// The embedded defaults (used by `sluice serve` without --config).
+Config default_config();
+
+// Every problem in the file (syntax, unknown key or table, wrong type, bad value, out of range),
+// in file order; empty = valid.
+ConfigErrors check_config_file(const std::string& path);
+ConfigErrors check_config_text(std::string_view text, std::string_view file_name);
+
+// The defaults overlaid with the file; on any problem, InvalidArgument listing every
+// "file:line: message", one per line.
+absl::StatusOr<Config> load_config_file(const std::string& path);
+absl::StatusOr<Config> load_config_text(std::string_view text, std::string_view file_name);
+
+// Command-line overrides of `sluice serve`, as given on the command line.
+struct CliOverrides {
+  std::vector<std::string> listen;      // --listen ADDR:PORT (repeatable); replaces the list
+  std::optional<std::string> spool;     // --spool DIR
+  std::optional<std::string> threads;   // --threads N
+  std::optional<std::string> admin;     // --admin ADDR:PORT
+};
+// Error messages name the option, e.g. "--threads: ...".
+absl::Status apply_cli_overrides(Config& config, const CliOverrides& overrides);
+
+// Worker threads to start: server.threads, or the number of cores when it is 0.
+uint32_t effective_threads(const Config& config);
+
+// The config as TOML that load_config_text reads back to an equal Config.
+std::string config_to_string(const Config& config);
+
+}  // namespace sluice::app

@@ -1,0 +1,63 @@
+// Log line formatting and the per-shard batched writer.
+#include "engine/app/log.h"
+#include "engine/io/strings.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "engine/io/ring.h"
+
+namespace sluice::app {
+
+std::string log_timestamp() {
+  const auto now = std::chrono::system_clock::now();
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  const time_t seconds = static_cast<time_t>(ms / 1000);
+  tm parts{};
+  gmtime_r(&seconds, &parts);
+  return absl::StrFormat("%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1,
+                         parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec, static_cast<int>(ms % 1000));
+}
+
+void LogBuffer::line(std::string_view fields) {
+  if (_next.size() > kPendingOctetsMax) {
+    ++_dropped;
+    return;
+  }
+  str_append(&_next, "ts=", log_timestamp(), " shard=", _shard, " ", fields, "\n");
+}
+
+void LogBuffer::flush(io::Ring& ring, uint64_t user_data) {
+  if (_in_flight || _next.empty()) {
+    return;
+  }
+  _writing.swap(_next);
+  _next.clear();
+  io_uring_sqe* sqe = ring.sqe();
+  io_uring_prep_write(sqe, STDERR_FILENO, _writing.data(), static_cast<unsigned>(_writing.size()), static_cast<uint64_t>(-1));
+  io_uring_sqe_set_data64(sqe, user_data);
+  _in_flight = true;
+}
+
+void LogBuffer::on_write_done() {
+  _in_flight = false;
+  _writing.clear();
+}
+
+void LogBuffer::flush_blocking() {
+  if (!_next.empty()) {
+    [[maybe_unused]] ssize_t written = write(STDERR_FILENO, _next.data(), _next.size());
+    _next.clear();
+  }
+}
+
+void log_line(std::string_view fields) {
+  const std::string text = str_cat("ts=", log_timestamp(), " ", fields, "\n");
+  [[maybe_unused]] ssize_t written = write(STDERR_FILENO, text.data(), text.size());
+}
+
+}  // namespace sluice::app

@@ -1,0 +1,42 @@
+#pragma once
+// Structured log lines (logfmt), one per SMTP transaction and per notable event. A shard gathers
+// its lines in memory and writes them to stderr once per loop iteration through its ring, so
+// logging costs no syscall per message and never blocks the shard.
+#include <liburing.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace sluice::io {
+class Ring;
+}
+
+namespace sluice::app {
+
+class LogBuffer {
+ public:
+  static constexpr size_t kPendingOctetsMax = 4 << 20;  // beyond this, lines are dropped and counted
+
+  void set_shard(uint32_t shard) { _shard = shard; }
+  // Appends "ts=... shard=N " + fields + "\n".
+  void line(std::string_view fields);
+  // Submits one write of everything gathered, if no write is in flight.
+  void flush(io::Ring& ring, uint64_t user_data);
+  void on_write_done();
+  // At exit: writes what is left with plain write(2).
+  void flush_blocking();
+
+ private:
+  uint32_t _shard = 0;
+  bool _in_flight = false;
+  uint64_t _dropped = 0;
+  std::string _writing;
+  std::string _next;
+};
+
+// For threads without a ring (main, admin): one line straight to stderr.
+void log_line(std::string_view fields);
+std::string log_timestamp();
+
+}  // namespace sluice::app

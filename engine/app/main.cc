@@ -1,0 +1,390 @@
+// The `sluice` command: serve, check-config, queue, version. Start-up order matters for
+// durability: the spool is locked and recovered before any listener accepts a connection.
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "engine/app/admin_server.h"
+#include "engine/io/strings.h"
+#include "engine/app/config.h"
+#include "engine/app/http.h"
+#include "engine/app/log.h"
+#include "engine/app/shard.h"
+#include "engine/io/socket.h"
+#include "spool/spool.h"
+
+namespace sluice::app {
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitRuntime = 1;
+constexpr int kExitUsage = 2;
+// Descriptors kept free for the spool, the admin endpoint and answering 421 over the limit.
+constexpr int64_t kDescriptorReserve = 256;
+
+const char* kUsage =
+    "usage:\n"
+    "  sluice serve [--config FILE] [--listen ADDR:PORT] [--spool DIR] [--threads N] [--admin ADDR:PORT]\n"
+    "  sluice check-config --config FILE\n"
+    "  sluice queue [--admin ADDR:PORT] [--json] list|summary|show ID|flush [DOMAIN]|delete ID|hold ID|release ID\n"
+    "  sluice version\n";
+
+uint64_t wall_ms() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+struct Arguments {
+  std::string command;
+  std::optional<std::string> config_path;
+  CliOverrides overrides;
+  bool json = false;
+  std::vector<std::string> positional;
+};
+
+std::optional<Arguments> parse_arguments(int argc, char** argv) {
+  if (argc < 2) {
+    return std::nullopt;
+  }
+  Arguments arguments;
+  arguments.command = argv[1];
+  for (int i = 2; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::optional<std::string> {
+      if (i + 1 >= argc) {
+        return std::nullopt;
+      }
+      return std::string(argv[++i]);
+    };
+    std::optional<std::string> taken;
+    if (flag == "--json") {
+      arguments.json = true;
+      continue;
+    }
+    if (!flag.starts_with("--")) {
+      arguments.positional.push_back(flag);
+      continue;
+    }
+    taken = value();
+    if (!taken) {
+      std::cerr << "sluice: " << flag << " needs a value\n";
+      return std::nullopt;
+    }
+    if (flag == "--config") {
+      arguments.config_path = *taken;
+    } else if (flag == "--listen") {
+      arguments.overrides.listen.push_back(*taken);
+    } else if (flag == "--spool") {
+      arguments.overrides.spool = *taken;
+    } else if (flag == "--threads") {
+      arguments.overrides.threads = *taken;
+    } else if (flag == "--admin") {
+      arguments.overrides.admin = *taken;
+    } else {
+      std::cerr << "sluice: unknown option " << flag << "\n";
+      return std::nullopt;
+    }
+  }
+  return arguments;
+}
+
+absl::StatusOr<Config> load_config(const Arguments& arguments) {
+  Config config = default_config();
+  if (arguments.config_path) {
+    auto loaded = load_config_file(*arguments.config_path);
+    if (!loaded.ok()) {
+      return loaded.status();
+    }
+    config = std::move(*loaded);
+  }
+  if (absl::Status status = apply_cli_overrides(config, arguments.overrides); !status.ok()) {
+    return status;
+  }
+  return config;
+}
+
+int check_config(const Arguments& arguments) {
+  if (!arguments.config_path) {
+    std::cerr << "sluice check-config: --config FILE is required\n";
+    return kExitUsage;
+  }
+  const ConfigErrors errors = check_config_file(*arguments.config_path);
+  for (const ConfigError& error : errors) {
+    std::cerr << error.to_string() << "\n";
+  }
+  if (!errors.empty()) {
+    return kExitUsage;
+  }
+  std::cout << *arguments.config_path << ": ok\n";
+  return kExitOk;
+}
+
+// ---- queue ---------------------------------------------------------------------------------
+int queue_command(const Arguments& arguments) {
+  auto config = load_config(arguments);
+  if (!config.ok()) {
+    std::cerr << config.status().message() << "\n";
+    return kExitUsage;
+  }
+  const io::SocketAddress admin = config->admin.listen;
+  if (arguments.positional.empty()) {
+    std::cerr << kUsage;
+    return kExitUsage;
+  }
+  const std::string& action = arguments.positional[0];
+  const std::string id = arguments.positional.size() > 1 ? arguments.positional[1] : "";
+  std::string method = "GET";
+  std::string path;
+  if (action == "list") {
+    path = arguments.json ? "/api/queue" : "/api/queue?format=text";
+  } else if (action == "summary") {
+    path = "/api/queue/summary";
+  } else if (action == "flush") {
+    method = "POST";
+    path = id.empty() ? "/api/queue/flush" : str_cat("/api/queue/flush?domain=", id);
+  } else if ((action == "show" || action == "delete" || action == "hold" || action == "release") && !id.empty()) {
+    method = action == "show" ? "GET" : action == "delete" ? "DELETE" : "POST";
+    path = str_cat("/api/queue/", id, action == "hold" || action == "release" ? "/" + action : "");
+  } else {
+    std::cerr << kUsage;
+    return kExitUsage;
+  }
+  auto response = http_call(admin, method, path);
+  if (!response.ok()) {
+    std::cerr << "sluice queue: " << response.status().message() << "\n";
+    return kExitRuntime;
+  }
+  std::cout << response->body;
+  if (!response->body.empty() && response->body.back() != '\n') {
+    std::cout << "\n";
+  }
+  return response->status / 100 == 2 ? kExitOk : kExitRuntime;
+}
+
+// ---- serve ---------------------------------------------------------------------------------
+void pin_to_core(std::thread& thread, uint32_t index) {
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(index % cores, &set);
+  pthread_setaffinity_np(thread.native_handle(), sizeof(set), &set);
+}
+
+absl::StatusOr<std::vector<std::vector<int>>> open_listeners(const Config& config, uint32_t shards,
+                                                             std::vector<io::SocketAddress>& bound) {
+  std::vector<std::vector<int>> per_shard(shards);
+  for (io::SocketAddress address : config.server.listen) {
+    for (uint32_t shard = 0; shard < shards; ++shard) {
+      auto fd = io::open_listener(address);
+      if (!fd.ok()) {
+        return fd.status();
+      }
+      if (shard == 0) {
+        // Port 0: every other shard joins the port the kernel chose for the first.
+        auto local = io::local_address(*fd);
+        if (local.ok()) {
+          address = *local;
+        }
+        bound.push_back(address);
+      }
+      per_shard[shard].push_back(*fd);
+    }
+  }
+  return per_shard;
+}
+
+uint32_t shard_dirs_on_disk(const std::string& dir) {
+  uint32_t count = 0;
+  while (std::filesystem::exists(std::filesystem::path(dir) / str_cat("shard-", count))) {
+    ++count;
+  }
+  return count;
+}
+
+int serve(const Arguments& arguments) {
+  auto loaded = load_config(arguments);
+  if (!loaded.ok()) {
+    std::cerr << loaded.status().message() << "\n";
+    return kExitUsage;
+  }
+  const Config config = std::move(*loaded);
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  const uint64_t fd_limit = io::raise_open_file_limit();
+  std::error_code ignored;
+  std::filesystem::create_directories(config.spool.dir, ignored);
+  auto lock = spool::SpoolLock::acquire(config.spool.dir);
+  if (!lock.ok()) {
+    std::cerr << "sluice: " << lock.status().message() << "\n";
+    return kExitRuntime;
+  }
+  // Shards own their spool directories: never run fewer shards than there are on disk.
+  const uint32_t shards = std::max(effective_threads(config), shard_dirs_on_disk(config.spool.dir));
+  auto floor = spool::load_and_bump_floor(config.spool.dir, wall_ms());
+  if (!floor.ok()) {
+    std::cerr << "sluice: " << floor.status().message() << "\n";
+    return kExitRuntime;
+  }
+  std::vector<std::unique_ptr<spool::ShardSpool>> spools;
+  std::vector<uint64_t> floors;
+  uint64_t recovered_messages = 0;
+  for (uint32_t shard = 0; shard < shards; ++shard) {
+    auto recovered = spool::recover_shard(config.spool.dir, shard);
+    if (!recovered.ok()) {
+      std::cerr << "sluice: spool recovery failed: " << recovered.status().message() << "\n";
+      return kExitRuntime;
+    }
+    recovered_messages += recovered->messages.size();
+    floors.push_back(std::max(*floor, recovered->max_id_ms + 1));
+    log_line(str_cat("event=recovered shard=", shard, " messages=", recovered->messages.size(),
+                          " torn_tails=", recovered->torn_tails, " segments_deleted=", recovered->segments_deleted));
+    spool::SpoolOptions options{config.spool.dir, shard, config.spool.commit_interval_us,
+                                config.spool.commit_batch_bytes, config.spool.segment_bytes,
+                                config.spool.min_free_bytes};
+    auto opened = spool::ShardSpool::open(options, std::move(*recovered));
+    if (!opened.ok()) {
+      std::cerr << "sluice: spool: " << opened.status().message() << "\n";
+      return kExitRuntime;
+    }
+    spools.push_back(std::move(*opened));
+  }
+
+  std::atomic<bool> draining{false};
+  std::atomic<bool> ready{false};
+  std::atomic<int64_t> sessions_open{0};
+  ClientLimits client_limits(config.server.max_sessions_per_client, config.server.max_connection_rate_per_client);
+  ShardContext context;
+  context.settings.hostname = config.server.hostname;
+  context.settings.limits = smtp::ServerLimits{config.server.max_message_size, config.server.max_recipients,
+                                               config.server.max_errors,         config.server.max_command_line,
+                                               config.server.max_param_command_line,
+                                               config.server.max_received_headers};
+  context.settings.relay_networks = config.relay.networks;
+  context.settings.relay_domains = config.relay.domains;
+  context.proxy_trusted = config.proxy_protocol.trusted;
+  context.command_timeout_ms = static_cast<uint64_t>(config.server.command_timeout.count());
+  context.data_timeout_ms = static_cast<uint64_t>(config.server.data_timeout.count());
+  context.proxy_timeout_ms = static_cast<uint64_t>(config.proxy_protocol.timeout.count());
+  context.drain_timeout_ms = static_cast<uint64_t>(config.server.drain_timeout.count());
+  const int64_t derived_max = std::max<int64_t>(16, static_cast<int64_t>(fd_limit) - kDescriptorReserve);
+  context.sessions_max = config.server.max_sessions > 0
+                             ? std::min<int64_t>(config.server.max_sessions, derived_max)
+                             : derived_max;
+  context.client_limits = &client_limits;
+  context.draining = &draining;
+  context.sessions_open = &sessions_open;
+
+  std::vector<io::SocketAddress> bound;
+  auto listeners = open_listeners(config, shards, bound);
+  if (!listeners.ok()) {
+    std::cerr << "sluice: " << listeners.status().message() << "\n";
+    return kExitRuntime;
+  }
+  std::vector<std::unique_ptr<Shard>> shard_objects;
+  std::vector<Shard*> shard_pointers;
+  for (uint32_t shard = 0; shard < shards; ++shard) {
+    shard_objects.push_back(std::make_unique<Shard>(shard, &context, std::move((*listeners)[shard]),
+                                                    std::move(spools[shard]), floors[shard]));
+    shard_pointers.push_back(shard_objects.back().get());
+  }
+  AdminServer admin(shard_pointers, &ready);
+  auto admin_bound = admin.start(config.admin.listen);
+  if (!admin_bound.ok()) {
+    std::cerr << "sluice: admin endpoint: " << admin_bound.status().message() << "\n";
+    return kExitRuntime;
+  }
+  std::vector<std::thread> threads;
+  std::atomic<int> failed{0};
+  for (uint32_t shard = 0; shard < shards; ++shard) {
+    threads.emplace_back([&, shard] {
+      if (!shard_objects[shard]->run()) {
+        failed.fetch_add(1);
+      }
+    });
+    pin_to_core(threads.back(), shard);
+  }
+  while (failed.load() == 0) {
+    bool all_ready = true;
+    for (const auto& shard : shard_objects) {
+      all_ready = all_ready && shard->ready();
+    }
+    if (all_ready) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  int exit_code = kExitOk;
+  if (failed.load() > 0) {
+    draining.store(true);
+    exit_code = kExitRuntime;
+  } else {
+    std::vector<std::string> addresses;
+    for (const auto& address : bound) {
+      addresses.push_back(address.to_string());
+    }
+    ready.store(true);
+    log_line(str_cat("event=ready listen=", absl::StrJoin(addresses, ","), " admin=", admin_bound->to_string(),
+                          " shards=", shards, " sessions_max=", context.sessions_max,
+                          " recovered=", recovered_messages, " version=", SLUICE_VERSION));
+    int received = 0;
+    sigwait(&signals, &received);
+    log_line(str_cat("event=draining signal=", received == SIGTERM ? "TERM" : "INT"));
+    draining.store(true);
+  }
+  for (auto& thread : threads) {
+    thread.join();
+  }
+  ready.store(false);
+  admin.stop();
+  log_line(str_cat("event=stopped exit=", exit_code));
+  return exit_code;
+}
+
+}  // namespace
+}  // namespace sluice::app
+
+int main(int argc, char** argv) {
+  using namespace sluice::app;
+  const auto arguments = parse_arguments(argc, argv);
+  if (!arguments) {
+    std::cerr << kUsage;
+    return kExitUsage;
+  }
+  if (arguments->command == "serve") {
+    return serve(*arguments);
+  }
+  if (arguments->command == "check-config") {
+    return check_config(*arguments);
+  }
+  if (arguments->command == "queue") {
+    return queue_command(*arguments);
+  }
+  if (arguments->command == "version" || arguments->command == "--version") {
+    std::cout << "sluice " << SLUICE_VERSION << "\n";
+    return kExitOk;
+  }
+  std::cerr << kUsage;
+  return kExitUsage;
+}

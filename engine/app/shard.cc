@@ -1,0 +1,803 @@
+// The shard loop: accepts connections, runs SMTP sessions over multishot recv and one send in
+// flight per socket, stores messages through the spool's group commit, and drives timers.
+// It never blocks: every socket and file operation goes through its ring, and the only wait is
+// the ring wait, bounded by the next timer or commit deadline.
+// It never sends "250 queued" before the spool reports the covering fdatasync done.
+#include "engine/app/shard.h"
+#include "engine/io/strings.h"
+
+#include <sched.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cassert>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <optional>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "engine/app/log.h"
+#include "engine/io/buffer_ring.h"
+#include "engine/io/ring.h"
+#include "engine/io/socket.h"
+#include "engine/io/timer_wheel.h"
+#include "engine/smtp/proxy_protocol.h"
+#include "engine/smtp/replies.h"
+#include "engine/smtp/trace_header.h"
+#include "spool/message_id.h"
+
+namespace sluice::app {
+namespace {
+
+enum Tag : uint8_t {
+  kTagIgnore = 0,
+  kTagAccept,
+  kTagRecv,
+  kTagSend,
+  kTagShutdown,
+  kTagClose,
+  kTagSpool,
+  kTagDoorbell,
+  kTagLog,
+};
+
+constexpr uint16_t kBufferGroup = 1;
+constexpr uint64_t kLoopWaitUsMax = 10'000;      // the timer wheel's tick: the longest sleep
+constexpr size_t kPendingInputOctetsMax = 4 << 20;  // input parked while a commit runs
+constexpr size_t kOutputOctetsMax = 256 << 10;    // replies queued for a client that does not read
+constexpr size_t kIdleBufferCapacity = 1024;       // above this, buffers are released when empty
+constexpr uint32_t kSlotsPerChunk = 256;
+
+uint64_t now_us() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+uint64_t wall_ms() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
+}
+
+void release_if_large(std::string& buffer) {
+  if (buffer.empty() && buffer.capacity() > kIdleBufferCapacity) {
+    std::string().swap(buffer);
+  }
+}
+
+}  // namespace
+
+struct Connection {
+  uint32_t generation = 0;
+  int fd = -1;
+  bool in_use = false;
+  bool recv_armed = false;
+  bool send_in_flight = false;
+  bool closing = false;         // no more input is processed; close once output is sent
+  bool shutdown_sent = false;
+  bool close_sent = false;
+  bool awaiting_proxy = false;
+  bool dirty = false;           // has output to flush this loop iteration
+  bool counted_as_client = false;
+  uint32_t out_offset = 0;
+  uint64_t started_ms = 0;
+  io::TimerNode timer;
+  std::string out;       // being sent (the kernel reads it until the send CQE)
+  std::string out_next;  // replies gathered meanwhile
+  std::string pending_in;
+  io::SocketAddress peer;  // after PROXY: the real client
+  std::optional<smtp::ServerSession> session;
+};
+
+struct Shard::Impl : public smtp::SessionHost {
+  Shard* shard;
+  const ShardContext* context;
+  std::vector<int> listeners;
+  std::unique_ptr<io::Ring> ring;
+  std::unique_ptr<io::BufferRing> buffers;
+  std::unique_ptr<io::TimerWheel> timers;
+  std::unique_ptr<spool::IdGenerator> ids;
+  std::vector<std::unique_ptr<Connection[]>> chunks;
+  std::vector<uint32_t> free_slots;
+  uint32_t slots_used = 0;
+  uint32_t open_connections = 0;
+  std::vector<uint32_t> dirty;
+  absl::flat_hash_map<uint64_t, io::UserData> tickets;  // spool ticket -> connection
+  std::vector<spool::IoRequest> io_requests;
+  std::vector<spool::Completed> completed;
+  std::vector<io::TimerNode*> expired;
+  bool draining = false;
+  bool accepts_cancelled = false;
+  uint64_t drain_deadline_ms = 0;
+  uint64_t loop_now_ms = 0;
+  LogBuffer log;
+
+  bool spool_space_low() const override { return shard->_spool->below_min_free(); }
+
+  Connection& slot(uint32_t index) { return chunks[index / kSlotsPerChunk][index % kSlotsPerChunk]; }
+
+  uint64_t user_data(uint8_t tag, uint32_t index) {
+    return io::UserData{tag, index, slot(index).generation}.encode();
+  }
+
+  // ---- set-up -----------------------------------------------------------------------------
+  bool start() {
+    auto created = io::Ring::create_for_this_thread(io::RingOptions{});
+    if (!created.ok()) {
+      std::fprintf(stderr, "shard %u: %s\n", shard->_index, std::string(created.status().message()).c_str());
+      return false;
+    }
+    ring.reset(*created);
+    auto buffer_ring = io::BufferRing::create(ring->raw(), kBufferGroup, context->buffer_count, context->buffer_bytes);
+    if (!buffer_ring.ok()) {
+      std::fprintf(stderr, "shard %u: %s\n", shard->_index, std::string(buffer_ring.status().message()).c_str());
+      return false;
+    }
+    buffers.reset(*buffer_ring);
+    loop_now_ms = now_us() / 1000;
+    timers = std::make_unique<io::TimerWheel>(loop_now_ms);
+    log.line(str_cat("event=shard_start shard=", shard->_index, " ring=\"", ring->description(), "\""));
+    for (size_t i = 0; i < listeners.size(); ++i) {
+      arm_accept(static_cast<uint32_t>(i));
+    }
+    return true;
+  }
+
+  void arm_accept(uint32_t listener) {
+    io_uring_sqe* sqe = ring->sqe();
+    io_uring_prep_multishot_accept(sqe, listeners[listener], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, io::UserData{kTagAccept, listener, 0}.encode());
+  }
+
+  // ---- slots ------------------------------------------------------------------------------
+  std::optional<uint32_t> allocate_slot() {
+    if (free_slots.empty()) {
+      if (slots_used >= io::UserData::kIndexMax) {
+        return std::nullopt;
+      }
+      if (slots_used % kSlotsPerChunk == 0) {
+        chunks.push_back(std::make_unique<Connection[]>(kSlotsPerChunk));
+      }
+      free_slots.push_back(slots_used++);
+    }
+    const uint32_t index = free_slots.back();
+    free_slots.pop_back();
+    Connection& connection = slot(index);
+    connection.in_use = true;
+    connection.timer.cookie = index;
+    return index;
+  }
+
+  void free_slot(uint32_t index) {
+    Connection& c = slot(index);
+    if (c.counted_as_client) {
+      context->client_limits->release(c.peer.ip_string());
+    }
+    timers->cancel(c.timer);
+    const uint32_t generation = c.generation + 1;
+    c.~Connection();
+    new (&c) Connection();
+    c.generation = generation;
+    free_slots.push_back(index);
+    --open_connections;
+    context->sessions_open->fetch_sub(1, std::memory_order_relaxed);
+    shard->_metrics.add(shard->_metrics.connections_current, static_cast<uint64_t>(-1));
+  }
+
+  // ---- accept -----------------------------------------------------------------------------
+  void refuse(int fd, std::string_view reply) {
+    // The reply text is static; HARDLINK makes the close run even if the send fails.
+    io_uring_sqe* send = ring->sqe();
+    io_uring_prep_send(send, fd, reply.data(), reply.size(), MSG_NOSIGNAL);
+    send->flags |= IOSQE_IO_HARDLINK;
+    io_uring_sqe_set_data64(send, 0);
+    io_uring_sqe* close = ring->sqe();
+    io_uring_prep_close(close, fd);
+    io_uring_sqe_set_data64(close, 0);
+  }
+
+  void on_accept(const io_uring_cqe& cqe, uint32_t listener) {
+    if (!(cqe.flags & IORING_CQE_F_MORE) && !accepts_cancelled) {
+      arm_accept(listener);
+    }
+    if (cqe.res < 0) {
+      return;  // EMFILE/ENFILE/ECANCELED: re-armed above unless we are stopping
+    }
+    const int fd = cqe.res;
+    shard->_metrics.add(shard->_metrics.connections_total);
+    if (draining) {
+      refuse(fd, smtp::reply::kShuttingDown);
+      return;
+    }
+    if (context->sessions_open->fetch_add(1, std::memory_order_relaxed) >= context->sessions_max) {
+      context->sessions_open->fetch_sub(1, std::memory_order_relaxed);
+      shard->_metrics.reject(Rejection::too_many_connections);
+      refuse(fd, smtp::reply::kTooManyConnections);
+      return;
+    }
+    const std::optional<uint32_t> index = allocate_slot();
+    if (!index) {
+      context->sessions_open->fetch_sub(1, std::memory_order_relaxed);
+      refuse(fd, smtp::reply::kTooManyConnections);
+      return;
+    }
+    ++open_connections;
+    shard->_metrics.add(shard->_metrics.connections_current);
+    Connection& c = slot(*index);
+    c.fd = fd;
+    c.started_ms = loop_now_ms;
+    c.peer = io::peer_address(fd);
+    arm_recv(*index);
+    if (context->proxy_trusted.contains(c.peer)) {
+      c.awaiting_proxy = true;
+      timers->schedule(c.timer, loop_now_ms + context->proxy_timeout_ms);
+      return;
+    }
+    start_session(*index);
+  }
+
+  void start_session(uint32_t index) {
+    Connection& c = slot(index);
+    const bool relay_allowed = context->settings.relay_networks.contains(c.peer);
+    if (!relay_allowed) {
+      const ClientAdmission admission = context->client_limits->admit(c.peer.ip_string(), wall_ms());
+      if (admission != ClientAdmission::admitted) {
+        const bool rate = admission == ClientAdmission::rate_exceeded;
+        shard->_metrics.reject(rate ? Rejection::rate_limited : Rejection::too_many_from_client);
+        c.out_next.append(rate ? smtp::reply::kRateExceeded : smtp::reply::kTooManyFromYou);
+        begin_close(index);
+        return;
+      }
+      c.counted_as_client = true;
+    }
+    c.session.emplace(&context->settings, this, smtp::ClientInfo{c.peer, relay_allowed});
+    c.session->greet(c.out_next);
+    mark_dirty(index);
+    rearm_timer(index);
+  }
+
+  // ---- receive ----------------------------------------------------------------------------
+  void arm_recv(uint32_t index) {
+    Connection& c = slot(index);
+    io_uring_sqe* sqe = ring->sqe();
+    io_uring_prep_recv_multishot(sqe, c.fd, nullptr, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = kBufferGroup;
+    io_uring_sqe_set_data64(sqe, user_data(kTagRecv, index));
+    c.recv_armed = true;
+  }
+
+  void on_recv(const io_uring_cqe& cqe, uint32_t index) {
+    Connection& c = slot(index);
+    const bool more = cqe.flags & IORING_CQE_F_MORE;
+    if (cqe.res > 0 && (cqe.flags & IORING_CQE_F_BUFFER)) {
+      const uint16_t buffer_id = static_cast<uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
+      const std::span<const char> data = buffers->data(buffer_id, static_cast<uint32_t>(cqe.res));
+      if (!c.closing) {
+        on_bytes(index, std::string_view(data.data(), data.size()));
+      }
+      buffers->recycle(buffer_id);
+    }
+    if (more) {
+      return;
+    }
+    c.recv_armed = false;
+    if (cqe.res == -ENOBUFS && !c.closing) {
+      arm_recv(index);  // the buffer ring ran dry for a moment; buffers come back this iteration
+      return;
+    }
+    if (cqe.res > 0 && !c.closing) {
+      arm_recv(index);  // multishot ended for another reason (e.g. CQ overflow)
+      return;
+    }
+    // End of stream or error: the peer is gone or we shut the socket down.
+    if (!c.closing) {
+      c.closing = true;
+      c.out_next.clear();
+    }
+    advance_close(index);
+  }
+
+  void on_bytes(uint32_t index, std::string_view data) {
+    Connection& c = slot(index);
+    if (c.awaiting_proxy) {
+      on_proxy_bytes(index, data);
+      return;
+    }
+    if (!c.session) {
+      return;
+    }
+    if (!c.pending_in.empty() || c.session->waiting_for_commit() || c.out_next.size() > kOutputOctetsMax) {
+      if (c.pending_in.size() + data.size() > kPendingInputOctetsMax) {
+        c.out_next.append(smtp::reply::kTooManyErrors);
+        begin_close(index);
+        return;
+      }
+      c.pending_in.append(data);
+      return;
+    }
+    run_session(index, data);
+    rearm_timer(index);
+  }
+
+  // Feeds input to the session; parks what it cannot take yet in pending_in.
+  void run_session(uint32_t index, std::string_view data) {
+    Connection& c = slot(index);
+    const smtp::SessionStep step = c.session->on_input(data, c.out_next);
+    mark_dirty(index);
+    const std::string_view rest = data.substr(step.consumed);
+    switch (step.action) {
+      case smtp::SessionAction::commit:
+        c.pending_in.assign(rest);
+        commit_message(index);
+        return;
+      case smtp::SessionAction::close:
+        note_close_reason(index);
+        begin_close(index);
+        return;
+      case smtp::SessionAction::none:
+        if (!rest.empty()) {
+          c.pending_in.assign(rest);
+        }
+        return;
+    }
+  }
+
+  void resume_pending(uint32_t index) {
+    Connection& c = slot(index);
+    while (!c.closing && c.session && !c.session->waiting_for_commit() && !c.pending_in.empty() &&
+           c.out_next.size() <= kOutputOctetsMax) {
+      std::string input = std::move(c.pending_in);
+      c.pending_in.clear();
+      run_session(index, input);
+      if (!c.pending_in.empty() && c.pending_in.size() == input.size()) {
+        break;  // no progress: wait for more input
+      }
+    }
+    release_if_large(c.pending_in);
+  }
+
+  void note_close_reason(uint32_t index) {
+    Connection& c = slot(index);
+    if (c.out_next.find("521 ") != std::string::npos) {
+      shard->_metrics.reject(Rejection::bare_newline);
+      log.line(str_cat("event=rejected reason=bare_newline client=", c.peer.ip_string()));
+    } else if (c.session->errors() >= context->settings.limits.errors_max) {
+      shard->_metrics.reject(Rejection::too_many_errors);
+    }
+  }
+
+  // ---- PROXY protocol ---------------------------------------------------------------------
+  void on_proxy_bytes(uint32_t index, std::string_view data) {
+    Connection& c = slot(index);
+    c.pending_in.append(data);
+    const smtp::ProxyParseResult parsed = smtp::parse_proxy_header(c.pending_in);
+    if (parsed.status == smtp::ProxyParseStatus::need_more) {
+      return;
+    }
+    if (parsed.status == smtp::ProxyParseStatus::invalid) {
+      shard->_metrics.reject(Rejection::proxy_invalid);
+      log.line(str_cat("event=rejected reason=proxy_invalid client=", c.peer.ip_string()));
+      c.pending_in.clear();
+      begin_close(index);
+      return;
+    }
+    c.awaiting_proxy = false;
+    if (!parsed.use_socket_address) {
+      c.peer = parsed.source.unmapped();
+    }
+    const bool early = c.pending_in.size() > parsed.header_octets;
+    c.pending_in.clear();
+    if (early) {
+      // The client spoke before our greeting: RFC 5321 4.3.1 synchronization error.
+      shard->_metrics.reject(Rejection::early_talker);
+      c.out_next.append(smtp::reply::kEarlyTalker);
+      mark_dirty(index);
+      begin_close(index);
+      return;
+    }
+    timers->cancel(c.timer);
+    start_session(index);
+  }
+
+  // ---- send -------------------------------------------------------------------------------
+  void mark_dirty(uint32_t index) {
+    Connection& c = slot(index);
+    if (!c.dirty) {
+      c.dirty = true;
+      dirty.push_back(index);
+    }
+  }
+
+  void flush_output(uint32_t index) {
+    Connection& c = slot(index);
+    if (c.send_in_flight || c.fd < 0 || c.close_sent) {
+      return;
+    }
+    if (c.out_next.empty()) {
+      if (c.closing) {
+        advance_close(index);
+      }
+      return;
+    }
+    c.out.swap(c.out_next);
+    c.out_next.clear();
+    c.out_offset = 0;
+    submit_send(index);
+  }
+
+  void submit_send(uint32_t index) {
+    Connection& c = slot(index);
+    io_uring_sqe* sqe = ring->sqe();
+    io_uring_prep_send(sqe, c.fd, c.out.data() + c.out_offset, c.out.size() - c.out_offset, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, user_data(kTagSend, index));
+    c.send_in_flight = true;
+  }
+
+  void on_send(const io_uring_cqe& cqe, uint32_t index) {
+    Connection& c = slot(index);
+    c.send_in_flight = false;
+    if (cqe.res < 0) {
+      c.closing = true;
+      c.out.clear();
+      c.out_next.clear();
+      advance_close(index);
+      return;
+    }
+    c.out_offset += static_cast<uint32_t>(cqe.res);
+    if (c.out_offset < c.out.size()) {
+      submit_send(index);  // short send: the rest, in order
+      return;
+    }
+    c.out.clear();
+    release_if_large(c.out);
+    resume_pending(index);
+    flush_output(index);
+  }
+
+  // ---- close ------------------------------------------------------------------------------
+  void begin_close(uint32_t index) {
+    Connection& c = slot(index);
+    c.closing = true;
+    mark_dirty(index);
+  }
+
+  // Close order: replies sent -> shutdown (sends FIN, ends the multishot recv) -> recv's final
+  // CQE -> close -> close CQE -> slot freed. A slot is reused only after its last CQE.
+  void advance_close(uint32_t index) {
+    Connection& c = slot(index);
+    if (c.send_in_flight || !c.out_next.empty() || c.close_sent) {
+      return;
+    }
+    if (!c.shutdown_sent) {
+      c.shutdown_sent = true;
+      io_uring_sqe* sqe = ring->sqe();
+      io_uring_prep_shutdown(sqe, c.fd, SHUT_RDWR);
+      io_uring_sqe_set_data64(sqe, user_data(kTagShutdown, index));
+      return;
+    }
+    if (c.recv_armed) {
+      return;
+    }
+    c.close_sent = true;
+    io_uring_sqe* sqe = ring->sqe();
+    io_uring_prep_close(sqe, c.fd);
+    io_uring_sqe_set_data64(sqe, user_data(kTagClose, index));
+  }
+
+  void on_shutdown(uint32_t index) {
+    Connection& c = slot(index);
+    if (c.recv_armed) {
+      // Some kernels do not end the multishot recv on shutdown of a connection that already
+      // saw FIN; cancel it so its final CQE arrives.
+      io_uring_sqe* sqe = ring->sqe();
+      io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
+      io_uring_sqe_set_data64(sqe, 0);
+    }
+    advance_close(index);
+  }
+
+  void on_close(uint32_t index) { free_slot(index); }
+
+  // ---- timers -----------------------------------------------------------------------------
+  void rearm_timer(uint32_t index) {
+    Connection& c = slot(index);
+    if (!c.session || c.closing) {
+      return;
+    }
+    const uint64_t timeout = c.session->in_data_phase() ? context->data_timeout_ms : context->command_timeout_ms;
+    timers->cancel(c.timer);
+    timers->schedule(c.timer, loop_now_ms + timeout);
+  }
+
+  void on_timer(uint32_t index) {
+    Connection& c = slot(index);
+    if (!c.in_use || c.closing) {
+      return;
+    }
+    if (c.session && c.session->waiting_for_commit()) {
+      rearm_timer(index);  // the spool owes this client an answer; it is not the client's fault
+      return;
+    }
+    shard->_metrics.reject(Rejection::timeout);
+    if (c.session) {
+      c.session->on_timeout(c.out_next);
+    }
+    log.line(str_cat("event=timeout client=", c.peer.ip_string()));
+    begin_close(index);
+  }
+
+  // ---- spool ------------------------------------------------------------------------------
+  void commit_message(uint32_t index) {
+    Connection& c = slot(index);
+    smtp::AcceptedMessage message = c.session->take_message();
+    shard->_metrics.add(shard->_metrics.transactions_total);
+    const uint64_t arrival_ms = wall_ms();
+    std::string queue_id = ids->next(arrival_ms);
+    std::string head;
+    head.reserve(512);
+    smtp::TraceContext trace{context->settings.hostname, queue_id, &c.peer, false, false,
+                             static_cast<int64_t>(arrival_ms / 1000)};
+    smtp::append_trace_headers(message, trace, head);
+    spool::Envelope envelope;
+    envelope.sender = std::move(message.sender);
+    envelope.recipients = std::move(message.recipients);
+    envelope.body_8bit = message.body_8bit;
+    envelope.smtputf8 = message.smtputf8;
+    envelope.client_address = c.peer.ip_string();
+    envelope.client_helo = std::move(message.helo);
+    // TODO(spool): pass head and body as two iovecs to drop this copy of the body.
+    head.append(message.body);
+    std::string().swap(message.body);
+    auto ticket = shard->_spool->append_message(std::move(queue_id), arrival_ms, std::move(envelope),
+                                                message.rfc_size, std::move(head));
+    if (!ticket.ok()) {
+      shard->_metrics.reject(Rejection::spool_error);
+      log.line(str_cat("event=spool_error client=", c.peer.ip_string(), " error=\"",
+                            ticket.status().message(), "\""));
+      c.session->commit_done(false, "", c.out_next);
+      mark_dirty(index);
+      resume_pending(index);
+      return;
+    }
+    tickets[*ticket] = io::UserData{0, index, c.generation};
+  }
+
+  void submit_spool_io() {
+    io_requests.clear();
+    shard->_spool->collect_io(now_us(), io_requests);
+    for (const spool::IoRequest& request : io_requests) {
+      io_uring_sqe* sqe = ring->sqe();
+      switch (request.kind) {
+        case spool::IoRequest::Kind::write:
+          io_uring_prep_writev(sqe, request.fd, request.iov, request.iov_count, request.offset);
+          break;
+        case spool::IoRequest::Kind::fdatasync:
+          io_uring_prep_fsync(sqe, request.fd, IORING_FSYNC_DATASYNC);
+          break;
+        case spool::IoRequest::Kind::unlink:
+          io_uring_prep_unlinkat(sqe, AT_FDCWD, request.path, 0);
+          break;
+      }
+      io_uring_sqe_set_data64(sqe, (uint64_t{kTagSpool} << 56) | request.op_id);
+    }
+  }
+
+  void on_spool(const io_uring_cqe& cqe) {
+    const uint64_t op_id = cqe.user_data & ((uint64_t{1} << 56) - 1);
+    completed.clear();
+    shard->_spool->on_io_complete(op_id, cqe.res, completed);
+    for (spool::Completed& done : completed) {
+      const auto it = tickets.find(done.ticket);
+      if (it == tickets.end()) {
+        continue;
+      }
+      const io::UserData owner = it->second;
+      tickets.erase(it);
+      Connection& c = slot(owner.index);
+      if (!done.status.ok()) {
+        shard->_metrics.reject(Rejection::spool_error);
+        log.line(str_cat("event=spool_error id=", done.queue_id, " error=\"", done.status.message(), "\""));
+      } else {
+        shard->_metrics.add(shard->_metrics.messages_accepted);
+        shard->_metrics.queue_messages.store(shard->_spool->size(), std::memory_order_relaxed);
+        log.line(str_cat("event=queued id=", done.queue_id, " client=", c.generation == owner.generation ? c.peer.ip_string() : "gone"));
+      }
+      if (c.generation != owner.generation || !c.in_use || !c.session) {
+        continue;  // the client left before the answer; the message is stored (if ok) all the same
+      }
+      c.session->commit_done(done.status.ok(), done.queue_id, c.out_next);
+      mark_dirty(owner.index);
+      if (draining && !c.session->transaction_open()) {
+        c.out_next.append(smtp::reply::kShuttingDown);
+        begin_close(owner.index);
+      }
+      resume_pending(owner.index);
+    }
+  }
+
+  // ---- control and drain ------------------------------------------------------------------
+  void run_control_requests() {
+    ControlRequest* request = nullptr;
+    while (shard->_control.try_pop(request)) {
+      request->run(*shard);
+      delete request;  // posted by another thread, owned by us from then on
+    }
+  }
+
+  void start_drain() {
+    draining = true;
+    drain_deadline_ms = loop_now_ms + context->drain_timeout_ms;
+    log.line(str_cat("event=drain shard=", shard->_index, " sessions=", open_connections));
+    // Sessions between transactions are told now; those mid-transaction finish it first.
+    for (uint32_t index = 0; index < slots_used; ++index) {
+      Connection& c = slot(index);
+      if (c.in_use && !c.closing && c.session && !c.session->transaction_open() &&
+          !c.session->in_data_phase() && !c.session->waiting_for_commit()) {
+        c.out_next.append(smtp::reply::kShuttingDown);
+        begin_close(index);
+      } else if (c.in_use && !c.closing && !c.session) {
+        begin_close(index);
+      }
+    }
+  }
+
+  void force_close_all() {
+    for (uint32_t index = 0; index < slots_used; ++index) {
+      Connection& c = slot(index);
+      if (c.in_use && !c.closing) {
+        if (c.session && !c.session->waiting_for_commit()) {
+          c.out_next.append(smtp::reply::kShuttingDown);
+        }
+        begin_close(index);
+      }
+    }
+  }
+
+  void cancel_accepts() {
+    accepts_cancelled = true;
+    for (uint32_t i = 0; i < listeners.size(); ++i) {
+      io_uring_sqe* sqe = ring->sqe();
+      io_uring_prep_cancel64(sqe, io::UserData{kTagAccept, i, 0}.encode(), IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, 0);
+    }
+  }
+
+  // ---- the loop ---------------------------------------------------------------------------
+  void dispatch(const io_uring_cqe& cqe) {
+    const io::UserData data = io::UserData::decode(cqe.user_data);
+    switch (data.tag) {
+      case kTagAccept:
+        on_accept(cqe, data.index);
+        return;
+      case kTagSpool:
+        on_spool(cqe);
+        return;
+      case kTagDoorbell:
+        run_control_requests();
+        return;
+      case kTagLog:
+        log.on_write_done();
+        return;
+      case kTagIgnore:
+        return;
+      default:
+        break;
+    }
+    if (data.index >= slots_used || slot(data.index).generation != data.generation) {
+      assert(data.tag != kTagClose);  // a close CQE always finds its slot: freed only by it
+      return;
+    }
+    switch (data.tag) {
+      case kTagRecv:
+        on_recv(cqe, data.index);
+        return;
+      case kTagSend:
+        on_send(cqe, data.index);
+        return;
+      case kTagShutdown:
+        on_shutdown(data.index);
+        return;
+      case kTagClose:
+        on_close(data.index);
+        return;
+      default:
+        return;
+    }
+  }
+
+  void flush_dirty() {
+    // Flushing can mark more connections dirty (resume_pending); take the list as it grows.
+    for (size_t i = 0; i < dirty.size(); ++i) {
+      const uint32_t index = dirty[i];
+      Connection& c = slot(index);
+      c.dirty = false;
+      if (c.in_use) {
+        flush_output(index);
+      }
+    }
+    dirty.clear();
+  }
+
+  uint64_t wait_us() const {
+    uint64_t wait = kLoopWaitUsMax;
+    const uint64_t now = now_us();
+    const uint64_t spool_deadline = shard->_spool->next_deadline_us();
+    if (spool_deadline != UINT64_MAX) {
+      wait = std::min(wait, spool_deadline > now ? spool_deadline - now : 0);
+    }
+    return wait;
+  }
+
+  void loop() {
+    while (true) {
+      loop_now_ms = now_us() / 1000;
+      expired.clear();
+      timers->advance(loop_now_ms, [this](io::TimerNode& node) { expired.push_back(&node); });
+      for (io::TimerNode* node : expired) {
+        on_timer(static_cast<uint32_t>(node->cookie));
+      }
+      if (!draining && context->draining->load(std::memory_order_relaxed)) {
+        start_drain();
+      }
+      if (draining) {
+        if (loop_now_ms >= drain_deadline_ms) {
+          force_close_all();
+        }
+        if (open_connections == 0 && tickets.empty() && shard->_spool->idle()) {
+          if (!accepts_cancelled) {
+            cancel_accepts();
+          } else {
+            break;
+          }
+        }
+      }
+      run_control_requests();
+      flush_dirty();
+      submit_spool_io();
+      log.flush(*ring, io::UserData{kTagLog, 0, 0}.encode());
+      ring->submit_wait_and_reap(wait_us(), [this](const io_uring_cqe& cqe) { dispatch(cqe); });
+      buffers->publish();
+      flush_dirty();
+    }
+    // Let the cancels complete, then close the listeners.
+    ring->submit_wait_and_reap(1000, [](const io_uring_cqe&) {});
+    for (int fd : listeners) {
+      close(fd);
+    }
+    log.flush_blocking();
+  }
+};
+
+Shard::Shard(uint32_t index, const ShardContext* context, std::vector<int> listener_fds,
+             std::unique_ptr<spool::ShardSpool> spool, uint64_t id_floor_ms)
+    : _index(index), _spool(std::move(spool)), _impl(std::make_unique<Impl>()) {
+  _impl->shard = this;
+  _impl->context = context;
+  _impl->listeners = std::move(listener_fds);
+  _impl->ids = std::make_unique<spool::IdGenerator>(index, id_floor_ms);
+  _impl->log.set_shard(index);
+}
+
+Shard::~Shard() = default;
+
+bool Shard::run() {
+  if (!_impl->start()) {
+    return false;
+  }
+  _ring_fd.store(_impl->ring->fd(), std::memory_order_release);
+  _ready.store(true, std::memory_order_release);
+  _impl->loop();
+  _ready.store(false, std::memory_order_release);
+  return true;
+}
+
+bool Shard::post(ControlRequest* request) { return _control.try_push(request); }
+
+}  // namespace sluice::app
+
+namespace sluice::app {
+uint64_t Shard::doorbell_user_data() { return io::UserData{kTagDoorbell, 0, 0}.encode(); }
+}  // namespace sluice::app

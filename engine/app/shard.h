@@ -1,0 +1,78 @@
+#pragma once
+// A shard: one thread, one core, one io_uring. It owns its listener sockets, its SMTP sessions,
+// its spool and its timers; nothing in it is touched by another thread except through the
+// control ring (admin requests) and the relaxed-atomic metrics it publishes.
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/app/client_limits.h"
+#include "engine/app/metrics.h"
+#include "engine/io/address.h"
+#include "engine/io/spsc_ring.h"
+#include "engine/smtp/server_session.h"
+#include "spool/spool.h"
+
+namespace sluice::app {
+
+class Shard;
+
+// Read-only settings shared by every shard, plus the few process-wide cells they share.
+struct ShardContext {
+  smtp::ServerSettings settings;
+  io::NetworkList proxy_trusted;
+  uint64_t command_timeout_ms = 300'000;
+  uint64_t data_timeout_ms = 600'000;
+  uint64_t proxy_timeout_ms = 5'000;
+  uint64_t drain_timeout_ms = 30'000;
+  int64_t sessions_max = 10'000;  // over all shards; above it: 421 4.7.0
+  uint32_t buffer_count = 1024;   // provided recv buffers per shard (power of two)
+  uint32_t buffer_bytes = 16384;
+  ClientLimits* client_limits = nullptr;
+  std::atomic<bool>* draining = nullptr;
+  std::atomic<int64_t>* sessions_open = nullptr;
+};
+
+// Work the admin thread asks a shard to do on the shard's own thread.
+struct ControlRequest {
+  std::function<void(Shard&)> run;
+};
+
+class Shard {
+ public:
+  static constexpr uint32_t kControlRingEntries = 64;
+
+  Shard(uint32_t index, const ShardContext* context, std::vector<int> listener_fds,
+        std::unique_ptr<spool::ShardSpool> spool, uint64_t id_floor_ms);
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  // The thread body. Returns when a drain has finished (or the ring could not be set up: false).
+  bool run();
+  // From another thread: queue a request (the shard deletes it after running it). The caller
+  // then rings the doorbell: MSG_RING to ring_fd() with doorbell_user_data().
+  bool post(ControlRequest* request);
+  int ring_fd() const { return _ring_fd.load(std::memory_order_acquire); }
+  static uint64_t doorbell_user_data();
+  bool ready() const { return _ready.load(std::memory_order_acquire); }
+
+  uint32_t index() const { return _index; }
+  const ShardMetrics& metrics() const { return _metrics; }
+  spool::ShardSpool& spool() { return *_spool; }
+
+ private:
+  struct Impl;
+  uint32_t _index;
+  ShardMetrics _metrics;
+  std::unique_ptr<spool::ShardSpool> _spool;
+  std::unique_ptr<Impl> _impl;
+  io::SpscRing<ControlRequest*> _control{kControlRingEntries};
+  std::atomic<int> _ring_fd{-1};
+  std::atomic<bool> _ready{false};
+};
+
+}  // namespace sluice::app

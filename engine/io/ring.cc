@@ -1,0 +1,88 @@
+// The shard's io_uring: set-up with the best flags this kernel takes, a probe of what it
+// supports (logged once), and the submit/reap primitive every shard loop iteration uses.
+#include "engine/io/ring.h"
+#include "engine/io/strings.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace sluice::io {
+namespace {
+
+std::string probe_description(io_uring* ring, unsigned flags) {
+  std::string text = (flags & IORING_SETUP_DEFER_TASKRUN) ? "DEFER_TASKRUN" : "COOP_TASKRUN";
+  io_uring_probe* probe = io_uring_get_probe_ring(ring);
+  if (probe == nullptr) {
+    return text;
+  }
+  struct Named {
+    int op;
+    const char* name;
+  };
+  static constexpr Named kOps[] = {{IORING_OP_ACCEPT, "accept"},     {IORING_OP_RECV, "recv"},
+                                   {IORING_OP_SEND, "send"},         {IORING_OP_MSG_RING, "msg_ring"},
+                                   {IORING_OP_SEND_ZC, "send_zc"},   {IORING_OP_SHUTDOWN, "shutdown"},
+                                   {IORING_OP_WRITEV, "writev"},     {IORING_OP_FSYNC, "fsync"},
+                                   {IORING_OP_UNLINKAT, "unlinkat"}, {IORING_OP_SPLICE, "splice"}};
+  for (const auto& op : kOps) {
+    str_append(&text, " ", op.name, io_uring_opcode_supported(probe, op.op) ? "+" : "-");
+  }
+  io_uring_free_probe(probe);
+  return text;
+}
+
+}  // namespace
+
+absl::StatusOr<Ring*> Ring::create_for_this_thread(const RingOptions& options) {
+  auto* ring = new Ring();
+  io_uring_params params{};
+  params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN;
+  params.cq_entries = options.cq_entries;
+  int rc = io_uring_queue_init_params(options.sq_entries, &ring->_ring, &params);
+  if (rc == -EINVAL) {
+    params = io_uring_params{};
+    params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN;
+    params.cq_entries = options.cq_entries;
+    rc = io_uring_queue_init_params(options.sq_entries, &ring->_ring, &params);
+  }
+  if (rc < 0) {
+    delete ring;
+    return absl::InternalError(str_cat("io_uring_queue_init: ", std::strerror(-rc)));
+  }
+  ring->_description = absl::StrFormat("sq=%u cq=%u %s", params.sq_entries, params.cq_entries,
+                                       probe_description(&ring->_ring, params.flags));
+  return ring;
+}
+
+Ring::~Ring() { io_uring_queue_exit(&_ring); }
+
+io_uring_sqe* Ring::sqe() {
+  io_uring_sqe* entry = io_uring_get_sqe(&_ring);
+  while (entry == nullptr) {
+    io_uring_submit(&_ring);
+    entry = io_uring_get_sqe(&_ring);
+  }
+  return entry;
+}
+
+void Ring::submit() { io_uring_submit(&_ring); }
+
+void Ring::submit_and_wait(uint64_t timeout_us) {
+  __kernel_timespec timeout{};
+  timeout.tv_sec = static_cast<int64_t>(timeout_us / 1'000'000);
+  timeout.tv_nsec = static_cast<int64_t>((timeout_us % 1'000'000) * 1000);
+  io_uring_cqe* cqe = nullptr;
+  // -ETIME (timeout) and -EINTR are ordinary here: the caller reaps whatever is there.
+  io_uring_submit_and_wait_timeout(&_ring, &cqe, 1, &timeout, nullptr);
+}
+
+void prep_doorbell(io_uring_sqe* sqe, int target_ring_fd, uint64_t user_data) {
+  io_uring_prep_msg_ring(sqe, target_ring_fd, 0, user_data, 0);
+  // The doorbell's own completion on the sender's ring carries nothing worth handling.
+  io_uring_sqe_set_data64(sqe, 0);
+}
+
+}  // namespace sluice::io

@@ -1,0 +1,483 @@
+// SMTP server protocol (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8,
+// CHUNKING). Owns one connection's protocol state; owns no socket, no file, no clock.
+// Never: acknowledges a message before commit_done(), takes a bare CR/LF as a line end, or
+// lets a HELO name grant anything.
+#include "engine/smtp/server_session.h"
+#include "engine/io/strings.h"
+
+#include <algorithm>
+#include <cassert>
+#include <cstring>
+#include <variant>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "engine/smtp/command.h"
+#include "engine/smtp/replies.h"
+
+namespace sluice::smtp {
+namespace {
+
+// How much of a declared SIZE= we reserve up front, so one hostile MAIL cannot claim memory.
+constexpr uint64_t kBodyReserveOctetsMax = 1 << 20;
+constexpr uint64_t kBodyReserveOctetsDefault = 4096;
+
+bool header_name_is(std::string_view line, std::string_view name) {
+  return line.size() > name.size() && line[name.size()] == ':' &&
+         equals_ignore_case(line.substr(0, name.size()), name);
+}
+
+struct HeaderFacts {
+  uint32_t received = 0;
+  bool has_message_id = false;
+  bool has_date = false;
+};
+
+// Looks at the field names of the header block only (lines up to the first empty line).
+HeaderFacts inspect_headers(std::string_view block) {
+  HeaderFacts facts;
+  size_t pos = 0;
+  while (pos < block.size()) {
+    size_t end = block.find("\r\n", pos);
+    if (end == std::string_view::npos) {
+      end = block.size();
+    }
+    const std::string_view line = block.substr(pos, end - pos);
+    if (line.empty()) {
+      break;
+    }
+    if (line[0] != ' ' && line[0] != '\t') {
+      facts.received += header_name_is(line, "Received") ? 1 : 0;
+      facts.has_message_id |= header_name_is(line, "Message-ID");
+      facts.has_date |= header_name_is(line, "Date");
+    }
+    pos = end + 2;
+  }
+  return facts;
+}
+
+void append_parse_error(const ParseError& error, std::string& out) {
+  str_append(&out, error.code, " ", error.enhanced, " ", error.text, "\r\n");
+}
+
+}  // namespace
+
+ServerSession::ServerSession(const ServerSettings* settings, const SessionHost* host,
+                             const ClientInfo& client)
+    : _settings(settings), _host(host), _client(client) {}
+
+void ServerSession::greet(std::string& out) const {
+  str_append(&out, "220 ", _settings->hostname, " ESMTP Sluice\r\n");
+}
+
+void ServerSession::on_timeout(std::string& out) const { out.append(reply::kTimeout); }
+
+SessionStep ServerSession::on_input(std::string_view input, std::string& out) {
+  SessionStep total;
+  while (total.consumed < input.size() && total.action == SessionAction::none) {
+    const std::string_view rest = input.substr(total.consumed);
+    SessionStep step;
+    switch (_phase) {
+      case Phase::command:
+        step = on_command_input(rest, out);
+        break;
+      case Phase::data:
+        step = on_data_input(rest, out);
+        break;
+      case Phase::bdat_chunk:
+        step = on_bdat_input(rest, out);
+        break;
+      case Phase::committing:
+      case Phase::closed:
+        return total;  // the owner passes the rest again after commit_done()
+    }
+    total.consumed += step.consumed;
+    total.action = step.action;
+  }
+  return total;
+}
+
+SessionStep ServerSession::on_command_input(std::string_view input, std::string& out) {
+  const size_t newline = input.find('\n');
+  const uint32_t line_max = _settings->limits.param_command_line_octets_max;
+  if (newline == std::string_view::npos) {
+    if (_discarding_long_line) {
+      return {input.size(), SessionAction::none};
+    }
+    if (_line.size() + input.size() > line_max) {
+      _line.clear();
+      _discarding_long_line = true;
+      return {input.size(), reply_error(reply::kLineTooLong, out)};
+    }
+    _line.append(input);
+    return {input.size(), SessionAction::none};
+  }
+  const size_t consumed = newline + 1;
+  if (_discarding_long_line) {
+    _discarding_long_line = false;
+    return {consumed, SessionAction::none};
+  }
+  if (_line.empty()) {
+    return {consumed, handle_line(input.substr(0, consumed), out)};
+  }
+  if (_line.size() + consumed > line_max + 1) {
+    _line.clear();
+    return {consumed, reply_error(reply::kLineTooLong, out)};
+  }
+  _line.append(input.substr(0, consumed));
+  std::string line = std::move(_line);
+  _line.clear();
+  return {consumed, handle_line(line, out)};
+}
+
+// `line` ends with '\n'. A line must end with CRLF and hold no other CR (smuggling defence).
+SessionAction ServerSession::handle_line(std::string_view line, std::string& out) {
+  if (line.size() < 2 || line[line.size() - 2] != '\r') {
+    out.append(reply::kBadNewline);
+    _phase = Phase::closed;
+    return SessionAction::close;
+  }
+  const std::string_view text = line.substr(0, line.size() - 2);
+  if (text.find('\r') != std::string_view::npos) {
+    out.append(reply::kBadNewline);
+    _phase = Phase::closed;
+    return SessionAction::close;
+  }
+  return handle_command(text, out);
+}
+
+SessionAction ServerSession::reply_error(std::string_view text, std::string& out) {
+  out.append(text);
+  ++_errors;
+  if (_errors >= _settings->limits.errors_max) {
+    out.append(reply::kTooManyErrors);
+    _phase = Phase::closed;
+    return SessionAction::close;
+  }
+  return SessionAction::none;
+}
+
+SessionAction ServerSession::handle_command(std::string_view text, std::string& out) {
+  const CommandLine command = parse_command_line(text);
+  const bool has_params = command.verb == Verb::mail || command.verb == Verb::rcpt;
+  const uint32_t limit = has_params ? _settings->limits.param_command_line_octets_max
+                                    : _settings->limits.command_line_octets_max;
+  if (text.size() + 2 > limit) {
+    return reply_error(reply::kLineTooLong, out);
+  }
+  switch (command.verb) {
+    case Verb::ehlo:
+      return handle_helo(command.argument, true, out);
+    case Verb::helo:
+      return handle_helo(command.argument, false, out);
+    case Verb::mail:
+      return handle_mail(command.argument, out);
+    case Verb::rcpt:
+      return handle_rcpt(command.argument, out);
+    case Verb::data:
+      return handle_data(command.argument, out);
+    case Verb::bdat:
+      return handle_bdat(command.argument, out);
+    case Verb::rset:
+      if (!command.argument.empty()) {
+        return reply_error(reply::kNoArguments, out);
+      }
+      reset_transaction();
+      out.append(reply::kOk);
+      return SessionAction::none;
+    case Verb::noop:
+      out.append(reply::kOk);
+      return SessionAction::none;
+    case Verb::quit:
+      out.append(reply::kBye);
+      _phase = Phase::closed;
+      return SessionAction::close;
+    case Verb::vrfy:
+      out.append(reply::kVrfy);
+      return SessionAction::none;
+    case Verb::expn:
+      return reply_error(reply::kExpnDisabled, out);
+    case Verb::help:
+      out.append(reply::kHelp);
+      return SessionAction::none;
+    case Verb::turn:
+    case Verb::send:
+    case Verb::soml:
+    case Verb::saml:
+    case Verb::starttls:
+    case Verb::auth:
+      return reply_error(reply::kNotImplemented, out);
+    case Verb::unknown:
+      break;
+  }
+  return reply_error(reply::kUnknownCommand, out);
+}
+
+SessionAction ServerSession::handle_helo(std::string_view argument, bool extended, std::string& out) {
+  const std::string_view name = strip_whitespace(argument);
+  if (name.empty() || name.find(' ') != std::string_view::npos) {
+    return reply_error(reply::kHeloSyntax, out);
+  }
+  reset_transaction();
+  _helo_given = true;
+  _esmtp = extended;
+  _helo.assign(name.substr(0, 255));
+  if (!extended) {
+    str_append(&out, "250 ", _settings->hostname, "\r\n");
+    return SessionAction::none;
+  }
+  str_append(&out, "250-", _settings->hostname, "\r\n250-PIPELINING\r\n250-SIZE ",
+                  _settings->limits.message_octets_max,
+                  "\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n");
+  return SessionAction::none;
+}
+
+SessionAction ServerSession::handle_mail(std::string_view argument, std::string& out) {
+  if (!_helo_given) {
+    return reply_error(reply::kNeedHelo, out);
+  }
+  if (_mail_given) {
+    return reply_error(reply::kNestedMail, out);
+  }
+  const auto parsed = parse_mail_from(argument, _esmtp);
+  if (const auto* error = std::get_if<ParseError>(&parsed)) {
+    append_parse_error(*error, out);
+    return reply_error("", out);
+  }
+  const auto& mail = std::get<MailFrom>(parsed);
+  if (mail.size && *mail.size > _settings->limits.message_octets_max) {
+    return reply_error(reply::kMessageTooBig, out);
+  }
+  if (_host->spool_space_low()) {
+    return reply_error(reply::kSpoolLow, out);
+  }
+  _mail_given = true;
+  _sender.assign(mail.reverse_path);
+  _smtputf8 = mail.smtputf8;
+  _body_8bit_declared = mail.body == MailFrom::Body::eight_bit_mime;
+  const uint64_t declared = mail.size.value_or(0);
+  _body.reserve(std::min(kBodyReserveOctetsMax, std::max(kBodyReserveOctetsDefault, declared + declared / 16)));
+  out.append(reply::kSenderOk);
+  return SessionAction::none;
+}
+
+bool ServerSession::recipient_allowed(std::string_view forward_path) const {
+  if (_client.relay_allowed) {
+    return true;
+  }
+  const std::string domain = to_lower(domain_of(forward_path));
+  if (domain.empty()) {
+    return equals_ignore_case(forward_path, "postmaster");
+  }
+  for (const std::string& entry : _settings->relay_domains) {
+    if (entry == domain) {
+      return true;
+    }
+    if (!entry.empty() && entry[0] == '.' && domain.ends_with(entry)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+SessionAction ServerSession::handle_rcpt(std::string_view argument, std::string& out) {
+  if (!_mail_given) {
+    return reply_error(reply::kNeedMail, out);
+  }
+  const auto parsed = parse_rcpt_to(argument, _smtputf8);
+  if (const auto* error = std::get_if<ParseError>(&parsed)) {
+    append_parse_error(*error, out);
+    return reply_error("", out);
+  }
+  const auto& rcpt = std::get<RcptTo>(parsed);
+  if (!recipient_allowed(rcpt.forward_path)) {
+    return reply_error(reply::kRelayDenied, out);
+  }
+  if (_recipients.size() >= _settings->limits.recipients_max) {
+    return reply_error(reply::kTooManyRecipients, out);
+  }
+  _recipients.emplace_back(rcpt.forward_path);
+  out.append(reply::kRecipientOk);
+  return SessionAction::none;
+}
+
+SessionAction ServerSession::handle_data(std::string_view argument, std::string& out) {
+  if (!argument.empty()) {
+    return reply_error(reply::kNoArguments, out);
+  }
+  if (!_mail_given) {
+    return reply_error(reply::kNeedMail, out);
+  }
+  if (_used_bdat) {
+    return reply_error(reply::kDataAfterBdat, out);
+  }
+  if (_recipients.empty()) {
+    return reply_error(reply::kNoValidRecipients, out);
+  }
+  _scan = DataScanState{};
+  _too_big = false;
+  _body.clear();
+  _phase = Phase::data;
+  out.append(reply::kStartData);
+  return SessionAction::none;
+}
+
+SessionStep ServerSession::on_data_input(std::string_view input, std::string& out) {
+  const ScanResult result = scan_data(_scan, input.data(), input.size());
+  if (result.stop == ScanStop::bare_newline) {
+    out.append(reply::kBadNewline);
+    _phase = Phase::closed;
+    return {result.consumed, SessionAction::close};
+  }
+  // Past the limit we stop storing (the body is dropped) but keep scanning to the end of data.
+  if (!_too_big && _scan.wire_octets - _scan.stuffed_dots > _settings->limits.message_octets_max + 5) {
+    _too_big = true;
+    std::string().swap(_body);
+  }
+  if (!_too_big) {
+    _body.append(input.data(), result.consumed);
+  }
+  if (result.stop != ScanStop::end_of_data) {
+    return {result.consumed, SessionAction::none};
+  }
+  if (!_too_big) {
+    _body.resize(_scan.body_octets);
+  }
+  return {result.consumed, finish_message(out)};
+}
+
+SessionAction ServerSession::handle_bdat(std::string_view argument, std::string& out) {
+  const auto parsed = parse_bdat(argument);
+  if (const auto* error = std::get_if<ParseError>(&parsed)) {
+    // Without a valid size we cannot know where the chunk ends: the stream is lost.
+    append_parse_error(*error, out);
+    _phase = Phase::closed;
+    return SessionAction::close;
+  }
+  const auto& bdat = std::get<BdatArgs>(parsed);
+  _bdat_remaining = bdat.chunk_octets;
+  _bdat_last = bdat.last;
+  _bdat_discard = !_mail_given || _recipients.empty() || _too_big;
+  if (!_bdat_discard && !_used_bdat) {
+    _used_bdat = true;
+    _bdat = BdatEncodeState{};
+    _body.clear();
+  }
+  _phase = Phase::bdat_chunk;
+  if (_bdat_remaining == 0) {
+    return on_bdat_input({}, out).action;
+  }
+  return SessionAction::none;
+}
+
+SessionStep ServerSession::on_bdat_input(std::string_view input, std::string& out) {
+  const size_t take = static_cast<size_t>(std::min<uint64_t>(_bdat_remaining, input.size()));
+  _bdat_remaining -= take;
+  if (!_bdat_discard) {
+    if (bdat_encode(_bdat, input.substr(0, take), _body) == BdatStop::bare_newline) {
+      out.append(reply::kBadNewline);
+      _phase = Phase::closed;
+      return {take, SessionAction::close};
+    }
+    if (_bdat.body_octets - _bdat.stuffed_dots > _settings->limits.message_octets_max + 2) {
+      _too_big = true;
+      _bdat_discard = true;
+      std::string().swap(_body);
+    }
+  }
+  if (_bdat_remaining > 0) {
+    return {take, SessionAction::none};
+  }
+  _phase = Phase::command;
+  if (_bdat_discard) {
+    const bool failed_by_size = _too_big;
+    if (_bdat_last) {
+      reset_transaction();
+    }
+    return {take, reply_error(failed_by_size ? reply::kMessageTooBig
+                                             : (_mail_given ? reply::kNeedRcpt : reply::kNeedMail),
+                              out)};
+  }
+  if (!_bdat_last) {
+    out.append(reply::kChunkOk);
+    return {take, SessionAction::none};
+  }
+  if (bdat_finish(_bdat, _body) == BdatStop::bare_newline) {
+    out.append(reply::kBadNewline);
+    _phase = Phase::closed;
+    return {take, SessionAction::close};
+  }
+  return {take, finish_message(out)};
+}
+
+// End of DATA or BDAT LAST: check the whole message, then hand it to the owner to store.
+SessionAction ServerSession::finish_message(std::string& out) {
+  const bool from_bdat = _used_bdat;
+  const uint64_t wire = from_bdat ? _bdat.body_octets : _scan.body_octets;
+  const uint64_t stuffed = from_bdat ? _bdat.stuffed_dots : _scan.stuffed_dots;
+  const bool long_line = from_bdat ? _bdat.line_too_long : _scan.line_too_long;
+  const int64_t header_end = from_bdat ? _bdat.header_end_octets : _scan.header_end_octets;
+  const bool eight_bit = from_bdat ? _bdat.has_8bit : _scan.has_8bit;
+  _phase = Phase::command;
+  const uint64_t rfc_size = wire - stuffed;
+  if (_too_big || rfc_size > _settings->limits.message_octets_max) {
+    reset_transaction();
+    return reply_error(reply::kMessageTooBig, out);
+  }
+  if (long_line) {
+    reset_transaction();
+    return reply_error(reply::kTextLineTooLong, out);
+  }
+  const size_t header_octets = header_end < 0 ? _body.size() : static_cast<size_t>(header_end);
+  const HeaderFacts facts = inspect_headers(std::string_view(_body).substr(0, header_octets));
+  if (facts.received > _settings->limits.received_headers_max) {
+    reset_transaction();
+    return reply_error(reply::kMailLoop, out);
+  }
+  _ready.sender = std::move(_sender);
+  _ready.recipients = std::move(_recipients);
+  _ready.helo = _helo;
+  _ready.esmtp = _esmtp;
+  _ready.body_8bit = _body_8bit_declared || eight_bit;
+  _ready.smtputf8 = _smtputf8;
+  _ready.add_message_id = _client.relay_allowed && !facts.has_message_id;
+  _ready.add_date = _client.relay_allowed && !facts.has_date;
+  _ready.rfc_size = rfc_size;
+  _ready.body = std::move(_body);
+  reset_transaction();
+  _phase = Phase::committing;
+  return SessionAction::commit;
+}
+
+AcceptedMessage ServerSession::take_message() {
+  assert(_phase == Phase::committing);
+  return std::move(_ready);
+}
+
+void ServerSession::commit_done(bool stored, std::string_view queue_id, std::string& out) {
+  assert(_phase == Phase::committing);
+  _phase = Phase::command;
+  if (stored) {
+    str_append(&out, "250 2.0.0 Ok: queued as ", queue_id, "\r\n");
+  } else {
+    out.append(reply::kSpoolFailed);
+  }
+}
+
+void ServerSession::reset_transaction() {
+  _mail_given = false;
+  _used_bdat = false;
+  _too_big = false;
+  _smtputf8 = false;
+  _body_8bit_declared = false;
+  _sender.clear();
+  _recipients.clear();
+  if (_body.capacity() > kBodyReserveOctetsDefault) {
+    std::string().swap(_body);
+  } else {
+    _body.clear();
+  }
+}
+
+}  // namespace sluice::smtp

@@ -1,0 +1,135 @@
+#pragma once
+// The SMTP server side of one connection, as a state machine without I/O: bytes in, replies out,
+// and two requests to its owner (commit this message; close). The owner (a shard) moves bytes
+// between it and the socket, stores the message, and reports the store's outcome back. Keeping
+// I/O out makes every protocol rule testable without sockets, and lets a transport (TLS) sit
+// under it unchanged.
+//
+// It never acknowledges a message itself: the 250 after DATA is written only by commit_done(),
+// which the owner calls when the spool's fdatasync covering the message completed.
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/io/address.h"
+#include "engine/smtp/data_scanner.h"
+
+namespace sluice::smtp {
+
+struct ServerLimits {
+  uint64_t message_octets_max = 52'428'800;
+  uint32_t recipients_max = 1000;
+  uint32_t errors_max = 20;
+  uint32_t command_line_octets_max = 512;        // RFC 5321 4.5.3.1.4, including CRLF
+  uint32_t param_command_line_octets_max = 2048;  // MAIL/RCPT with ESMTP parameters
+  uint32_t received_headers_max = 100;            // more: a mail loop (554 5.4.6)
+};
+
+// Shared, read-only configuration of every session on a shard.
+struct ServerSettings {
+  std::string hostname = "localhost";
+  ServerLimits limits;
+  io::NetworkList relay_networks;
+  std::vector<std::string> relay_domains;  // lower case; ".example.test" also matches subdomains
+};
+
+// What the session knows of its peer when it starts.
+struct ClientInfo {
+  io::SocketAddress address;
+  bool relay_allowed = false;  // the address is in [relay] networks
+};
+
+// A complete message waiting for the spool.
+struct AcceptedMessage {
+  std::string sender;
+  std::vector<std::string> recipients;
+  std::string helo;
+  bool esmtp = false;
+  bool body_8bit = false;
+  bool smtputf8 = false;
+  bool add_message_id = false;  // missing, and the client may relay: we add one
+  bool add_date = false;
+  uint64_t rfc_size = 0;
+  std::string body;  // wire form: CRLF lines, dot-stuffed, without the final ".\r\n"
+};
+
+enum class SessionAction : uint8_t {
+  none,    // all input consumed; send what is in `out` and wait for more
+  commit,  // a message is ready: take_message(), store it, then commit_done()
+  close,   // send what is in `out`, then close the connection
+};
+
+struct SessionStep {
+  size_t consumed = 0;  // bytes of the input used; the rest must be passed again later
+  SessionAction action = SessionAction::none;
+};
+
+// Used by the session to ask its owner about the state of the world.
+class SessionHost {
+ public:
+  virtual ~SessionHost() = default;
+  virtual bool spool_space_low() const = 0;  // below min_free_bytes: MAIL gets 452 4.3.1
+};
+
+class ServerSession {
+ public:
+  ServerSession(const ServerSettings* settings, const SessionHost* host, const ClientInfo& client);
+
+  void greet(std::string& out) const;
+  SessionStep on_input(std::string_view input, std::string& out);
+  AcceptedMessage take_message();
+  void commit_done(bool stored, std::string_view queue_id, std::string& out);
+  void on_timeout(std::string& out) const;
+
+  bool in_data_phase() const { return _phase == Phase::data || _phase == Phase::bdat_chunk; }
+  bool waiting_for_commit() const { return _phase == Phase::committing; }
+  bool transaction_open() const { return _mail_given; }
+  const ClientInfo& client() const { return _client; }
+  uint32_t errors() const { return _errors; }
+
+ private:
+  enum class Phase : uint8_t { command, data, bdat_chunk, committing, closed };
+
+  SessionStep on_command_input(std::string_view input, std::string& out);
+  SessionStep on_data_input(std::string_view input, std::string& out);
+  SessionStep on_bdat_input(std::string_view input, std::string& out);
+  SessionAction handle_line(std::string_view line, std::string& out);
+  SessionAction handle_command(std::string_view line, std::string& out);
+  SessionAction handle_helo(std::string_view argument, bool extended, std::string& out);
+  SessionAction handle_mail(std::string_view argument, std::string& out);
+  SessionAction handle_rcpt(std::string_view argument, std::string& out);
+  SessionAction handle_data(std::string_view argument, std::string& out);
+  SessionAction handle_bdat(std::string_view argument, std::string& out);
+  SessionAction finish_message(std::string& out);
+  SessionAction reply_error(std::string_view text, std::string& out);
+  bool recipient_allowed(std::string_view forward_path) const;
+  void reset_transaction();
+
+  const ServerSettings* _settings;
+  const SessionHost* _host;
+  ClientInfo _client;
+  Phase _phase = Phase::command;
+  bool _helo_given = false;
+  bool _esmtp = false;
+  bool _mail_given = false;
+  bool _used_bdat = false;
+  bool _bdat_last = false;
+  bool _bdat_discard = false;     // chunk of a failed transaction: read and dropped
+  bool _too_big = false;
+  bool _smtputf8 = false;
+  bool _body_8bit_declared = false;
+  bool _discarding_long_line = false;
+  uint32_t _errors = 0;
+  uint64_t _bdat_remaining = 0;
+  std::string _line;  // a command line split across reads
+  std::string _helo;
+  std::string _sender;
+  std::vector<std::string> _recipients;
+  std::string _body;
+  DataScanState _scan;
+  BdatEncodeState _bdat;
+  AcceptedMessage _ready;
+};
+
+}  // namespace sluice::smtp

@@ -1,0 +1,290 @@
+// Encoding and decoding of spool records (the format is described in format.h). Pure functions
+// over byte buffers: no I/O. Encoders assert what they write; decoders never trust what they
+// read and return an error for anything out of bounds.
+#include "spool/format.h"
+
+#include <cassert>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "spool/crc32c.h"
+
+namespace sluice::spool {
+namespace {
+
+void put_u16(uint8_t* out, uint16_t value) {
+  out[0] = static_cast<uint8_t>(value);
+  out[1] = static_cast<uint8_t>(value >> 8);
+}
+void put_u32(uint8_t* out, uint32_t value) {
+  for (int i = 0; i < 4; ++i) {
+    out[i] = static_cast<uint8_t>(value >> (8 * i));
+  }
+}
+void put_u64(uint8_t* out, uint64_t value) {
+  for (int i = 0; i < 8; ++i) {
+    out[i] = static_cast<uint8_t>(value >> (8 * i));
+  }
+}
+uint16_t get_u16(const uint8_t* in) { return static_cast<uint16_t>(in[0] | (in[1] << 8)); }
+uint32_t get_u32(const uint8_t* in) {
+  uint32_t value = 0;
+  for (int i = 3; i >= 0; --i) {
+    value = (value << 8) | in[i];
+  }
+  return value;
+}
+uint64_t get_u64(const uint8_t* in) {
+  uint64_t value = 0;
+  for (int i = 7; i >= 0; --i) {
+    value = (value << 8) | in[i];
+  }
+  return value;
+}
+
+// Appends little-endian fields to a string being built.
+class Writer {
+ public:
+  explicit Writer(std::string& out) : _out(out) {}
+  void u32(uint32_t value) {
+    uint8_t bytes[4];
+    put_u32(bytes, value);
+    _out.append(reinterpret_cast<const char*>(bytes), sizeof(bytes));
+  }
+  void u64(uint64_t value) {
+    uint8_t bytes[8];
+    put_u64(bytes, value);
+    _out.append(reinterpret_cast<const char*>(bytes), sizeof(bytes));
+  }
+  void str(std::string_view value) {
+    assert(value.size() <= kMaxEnvelopeStringBytes);
+    uint8_t bytes[2];
+    put_u16(bytes, static_cast<uint16_t>(value.size()));
+    _out.append(reinterpret_cast<const char*>(bytes), sizeof(bytes));
+    _out.append(value);
+  }
+
+ private:
+  std::string& _out;
+};
+
+// Reads little-endian fields from an untrusted buffer; any overrun sets the error flag.
+class Reader {
+ public:
+  explicit Reader(std::span<const uint8_t> bytes) : _bytes(bytes) {}
+  bool ok() const { return _ok; }
+  size_t position() const { return _position; }
+  const uint8_t* take(size_t size) {
+    if (!_ok || _bytes.size() - _position < size) {
+      _ok = false;
+      return nullptr;
+    }
+    const uint8_t* at = _bytes.data() + _position;
+    _position += size;
+    return at;
+  }
+  uint16_t u16() {
+    const uint8_t* at = take(2);
+    return at == nullptr ? 0 : get_u16(at);
+  }
+  uint32_t u32() {
+    const uint8_t* at = take(4);
+    return at == nullptr ? 0 : get_u32(at);
+  }
+  uint64_t u64() {
+    const uint8_t* at = take(8);
+    return at == nullptr ? 0 : get_u64(at);
+  }
+  std::string str() {
+    const uint16_t size = u16();
+    if (size > kMaxEnvelopeStringBytes) {
+      _ok = false;
+      return {};
+    }
+    const uint8_t* at = take(size);
+    return at == nullptr ? std::string() : std::string(reinterpret_cast<const char*>(at), size);
+  }
+
+ private:
+  std::span<const uint8_t> _bytes;
+  size_t _position = 0;
+  bool _ok = true;
+};
+
+bool is_queue_id(std::string_view id) {
+  if (id.size() != kQueueIdBytes) {
+    return false;
+  }
+  for (char c : id) {
+    if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+void encode_record_header(const RecordHeader& header, uint8_t* out) {
+  assert(header.magic == kRecordMagic);
+  assert(header.version == kFormatVersion);
+  assert(header.payload_length <= kMaxPayloadBytes);
+  put_u32(out + 0, header.magic);
+  put_u16(out + 4, header.version);
+  put_u16(out + 6, static_cast<uint16_t>(header.type));
+  put_u64(out + 8, header.segment_id);
+  put_u32(out + 16, header.generation);
+  put_u64(out + 20, header.sequence);
+  put_u32(out + 28, header.payload_length);
+  put_u32(out + kRecordCrcOffset, header.crc);
+}
+
+RecordHeader decode_record_header(const uint8_t* in) {
+  RecordHeader header;
+  header.magic = get_u32(in + 0);
+  header.version = get_u16(in + 4);
+  header.type = static_cast<RecordType>(get_u16(in + 6));
+  header.segment_id = get_u64(in + 8);
+  header.generation = get_u32(in + 16);
+  header.sequence = get_u64(in + 20);
+  header.payload_length = get_u32(in + 28);
+  header.crc = get_u32(in + kRecordCrcOffset);
+  return header;
+}
+
+uint32_t record_crc(const uint8_t* header_bytes, uint32_t payload_crc) {
+  uint8_t copy[kRecordHeaderBytes];
+  std::memcpy(copy, header_bytes, kRecordHeaderBytes);
+  put_u32(copy + kRecordCrcOffset, 0);
+  return crc32c_extend(payload_crc, copy, sizeof(copy));
+}
+
+void seal_record_header(RecordHeader header, uint32_t payload_crc, uint8_t* out) {
+  header.crc = 0;
+  encode_record_header(header, out);
+  put_u32(out + kRecordCrcOffset, record_crc(out, payload_crc));
+  assert(decode_record_header(out).crc == record_crc(out, payload_crc));
+}
+
+size_t message_meta_bytes(const Envelope& envelope) {
+  size_t size = kQueueIdBytes + 8 + 8 + 4 + 4;
+  size += 2 + envelope.sender.size() + 2 + envelope.client_address.size() + 2 + envelope.client_helo.size();
+  size += 4;
+  for (const auto& recipient : envelope.recipients) {
+    size += 2 + recipient.size();
+  }
+  return size;
+}
+
+std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, uint64_t rfc_size,
+                                const Envelope& envelope, uint32_t wire_length) {
+  assert(is_queue_id(queue_id));
+  assert(envelope.recipients.size() <= kMaxRecipients);
+  std::string head;
+  head.reserve(kRecordHeaderBytes + message_meta_bytes(envelope));
+  head.resize(kRecordHeaderBytes);  // room for the header, sealed when the record is placed
+  Writer writer(head);
+  head.append(queue_id);
+  writer.u64(arrival_ms);
+  writer.u64(rfc_size);
+  writer.u32((envelope.body_8bit ? kFlagBody8bit : 0u) | (envelope.smtputf8 ? kFlagSmtputf8 : 0u));
+  writer.u32(wire_length);
+  writer.str(envelope.sender);
+  writer.str(envelope.client_address);
+  writer.str(envelope.client_helo);
+  writer.u32(static_cast<uint32_t>(envelope.recipients.size()));
+  for (const auto& recipient : envelope.recipients) {
+    writer.str(recipient);
+  }
+  assert(head.size() == kRecordHeaderBytes + message_meta_bytes(envelope));
+  return head;
+}
+
+absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload) {
+  Reader reader(payload);
+  MessageMeta meta;
+  const uint8_t* id = reader.take(kQueueIdBytes);
+  if (id != nullptr) {
+    meta.queue_id.assign(reinterpret_cast<const char*>(id), kQueueIdBytes);
+  }
+  meta.arrival_ms = reader.u64();
+  meta.rfc_size = reader.u64();
+  const uint32_t flags = reader.u32();
+  meta.envelope.body_8bit = (flags & kFlagBody8bit) != 0;
+  meta.envelope.smtputf8 = (flags & kFlagSmtputf8) != 0;
+  meta.wire_length = reader.u32();
+  meta.envelope.sender = reader.str();
+  meta.envelope.client_address = reader.str();
+  meta.envelope.client_helo = reader.str();
+  const uint32_t recipients = reader.u32();
+  if (!reader.ok() || recipients > kMaxRecipients || !is_queue_id(meta.queue_id)) {
+    return absl::DataLossError("spool: malformed message envelope");
+  }
+  meta.envelope.recipients.reserve(recipients);
+  for (uint32_t i = 0; i < recipients && reader.ok(); ++i) {
+    meta.envelope.recipients.push_back(reader.str());
+  }
+  if (!reader.ok() || payload.size() - reader.position() != meta.wire_length) {
+    return absl::DataLossError("spool: message envelope and length disagree");
+  }
+  meta.wire_offset = static_cast<uint32_t>(reader.position());
+  return meta;
+}
+
+void encode_file_header_payload(const FileHeaderPayload& payload, uint8_t* out) {
+  put_u64(out + 0, payload.segment_bytes);
+  put_u32(out + 8, payload.shard);
+  put_u32(out + 12, 0);
+  put_u64(out + 16, payload.created_ms);
+}
+
+absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uint8_t> payload) {
+  if (payload.size() != kFileHeaderPayloadBytes || get_u32(payload.data() + 12) != 0) {
+    return absl::DataLossError("spool: malformed file header");
+  }
+  FileHeaderPayload header;
+  header.segment_bytes = get_u64(payload.data() + 0);
+  header.shard = get_u32(payload.data() + 8);
+  header.created_ms = get_u64(payload.data() + 16);
+  return header;
+}
+
+void encode_journal_payload(const JournalEntry& entry, uint8_t* out) {
+  assert(is_queue_id(entry.queue_id));
+  put_u16(out + 0, static_cast<uint16_t>(entry.op));
+  put_u16(out + 2, 0);
+  std::memcpy(out + 4, entry.queue_id.data(), kQueueIdBytes);
+  put_u32(out + 4 + kQueueIdBytes, entry.argument);
+}
+
+absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload) {
+  if (payload.size() != kJournalPayloadBytes) {
+    return absl::DataLossError("spool: malformed journal entry");
+  }
+  JournalEntry entry;
+  const uint16_t op = get_u16(payload.data());
+  entry.queue_id.assign(reinterpret_cast<const char*>(payload.data() + 4), kQueueIdBytes);
+  entry.argument = get_u32(payload.data() + 4 + kQueueIdBytes);
+  if (op < static_cast<uint16_t>(JournalOp::remove) || op > static_cast<uint16_t>(JournalOp::bounced) ||
+      get_u16(payload.data() + 2) != 0 || !is_queue_id(entry.queue_id)) {
+    return absl::DataLossError("spool: malformed journal entry");
+  }
+  entry.op = static_cast<JournalOp>(op);
+  return entry;
+}
+
+std::string encode_file_header_record(uint64_t file_id, uint32_t generation, const FileHeaderPayload& payload) {
+  std::string record(kFileHeaderRecordBytes, '\0');
+  auto* bytes = reinterpret_cast<uint8_t*>(record.data());
+  encode_file_header_payload(payload, bytes + kRecordHeaderBytes);
+  RecordHeader header;
+  header.type = RecordType::file_header;
+  header.segment_id = file_id;
+  header.generation = generation;
+  header.sequence = 0;
+  header.payload_length = kFileHeaderPayloadBytes;
+  seal_record_header(header, crc32c(bytes + kRecordHeaderBytes, kFileHeaderPayloadBytes), bytes);
+  return record;
+}
+
+}  // namespace sluice::spool

@@ -1,0 +1,142 @@
+#pragma once
+// The spool's on-disk format, all of it, in one place. Bump kFormatVersion on any change.
+//
+// A file (segment or journal) is a sequence of records packed back to back:
+//
+//   record header, 36 octets, little endian:
+//     0  magic            u32  kRecordMagic ("SLSP")
+//     4  format version   u16  kFormatVersion
+//     6  record type      u16  RecordType
+//     8  segment id       u64  the file's id (kJournalFileId for the journal)
+//    16  generation       u32  the spool incarnation that created the file
+//    20  sequence         u64  0 for the file header record, then consecutive per file
+//    28  payload length   u32
+//    32  crc32c           u32  crc32c_extend(crc32c(payload), header with this field zeroed)
+//   payload, `payload length` octets.
+//
+// The CRC runs over the payload first and the header second, so a record that must move to
+// another segment (after a write error) gets a new header without a second pass over the body.
+//
+// Record 0 of every file is a file header (RecordType::file_header). Segments are preallocated
+// zero-filled to `segment_bytes`; the first all-zero or invalid header ends a file.
+//
+// Payloads (all integers little endian; strings are u16 length + octets):
+//   file header:  segment_bytes u64 (0 for the journal), shard u32, reserved u32, created_ms u64
+//   message:      queue id 16 octets, arrival_ms u64, rfc_size u64, flags u32 (kFlag*),
+//                 wire_length u32, sender, client_address, client_helo, recipient count u32,
+//                 recipients, then wire_length octets of the message in wire form (CRLF,
+//                 dot-stuffed, our Received: first).
+//   journal:      op u16 (JournalOp), reserved u16, queue id 16 octets, argument u32.
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace sluice::spool {
+
+inline constexpr uint32_t kRecordMagic = 0x50534C53u;  // octets "SLSP" on disk
+inline constexpr uint16_t kFormatVersion = 1;
+inline constexpr size_t kRecordHeaderBytes = 36;
+inline constexpr size_t kRecordCrcOffset = 32;
+inline constexpr uint64_t kJournalFileId = 0;  // segment ids start at 1
+inline constexpr size_t kQueueIdBytes = 16;
+
+// Limits: anything larger is refused when written and taken as corruption when read.
+inline constexpr uint32_t kMaxPayloadBytes = 1u << 30;
+inline constexpr size_t kMaxEnvelopeStringBytes = 4096;  // u16 on disk; SMTP paths are <= 256
+inline constexpr uint32_t kMaxRecipients = 100000;
+
+enum class RecordType : uint16_t {
+  file_header = 1,
+  message = 2,
+  journal = 3,
+};
+
+enum class JournalOp : uint16_t {
+  remove = 1,   // the message is gone (delivered to all, bounced, or deleted by the admin)
+  hold = 2,     // held by the admin: not delivered until released
+  release = 3,  // back to the queue
+  // Reserved for the relay: delivered (argument = recipient index), deferred, bounced.
+  delivered = 4,
+  deferred = 5,
+  bounced = 6,
+};
+
+inline constexpr uint32_t kFlagBody8bit = 1u << 0;
+inline constexpr uint32_t kFlagSmtputf8 = 1u << 1;
+
+struct RecordHeader {
+  uint32_t magic = kRecordMagic;
+  uint16_t version = kFormatVersion;
+  RecordType type = RecordType::message;
+  uint64_t segment_id = 0;
+  uint32_t generation = 0;
+  uint64_t sequence = 0;
+  uint32_t payload_length = 0;
+  uint32_t crc = 0;
+};
+
+struct Envelope {
+  std::string sender;
+  std::vector<std::string> recipients;
+  bool body_8bit = false;
+  bool smtputf8 = false;
+  std::string client_address;
+  std::string client_helo;
+};
+
+inline constexpr size_t kFileHeaderPayloadBytes = 24;
+struct FileHeaderPayload {
+  uint64_t segment_bytes = 0;
+  uint32_t shard = 0;
+  uint64_t created_ms = 0;
+};
+
+inline constexpr size_t kJournalPayloadBytes = 24;
+struct JournalEntry {
+  JournalOp op = JournalOp::remove;
+  std::string queue_id;
+  uint32_t argument = 0;
+};
+
+struct MessageMeta {
+  std::string queue_id;
+  uint64_t arrival_ms = 0;
+  uint64_t rfc_size = 0;
+  Envelope envelope;
+  uint32_t wire_length = 0;
+  uint32_t wire_offset = 0;  // offset of the wire bytes inside the payload
+};
+
+// Record header. encode writes all 36 octets (the crc field as given); decode reads them and
+// checks nothing but the length: validation is the reader's (recovery's) job.
+void encode_record_header(const RecordHeader& header, uint8_t* out);
+RecordHeader decode_record_header(const uint8_t* in);
+// The record CRC given the header octets (crc field ignored) and the payload's own crc32c.
+uint32_t record_crc(const uint8_t* header_bytes, uint32_t payload_crc);
+// Writes the header with its CRC into out[0..36).
+void seal_record_header(RecordHeader header, uint32_t payload_crc, uint8_t* out);
+
+// Message payload without the wire bytes, preceded by kRecordHeaderBytes of room for the
+// header, so that one string is the first iovec of the record.
+std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, uint64_t rfc_size,
+                                const Envelope& envelope, uint32_t wire_length);
+size_t message_meta_bytes(const Envelope& envelope);
+absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload);
+
+void encode_file_header_payload(const FileHeaderPayload& payload, uint8_t* out);
+absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uint8_t> payload);
+
+void encode_journal_payload(const JournalEntry& entry, uint8_t* out);
+absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload);
+
+// A whole file header record (header + payload), ready to write at offset 0.
+std::string encode_file_header_record(uint64_t file_id, uint32_t generation, const FileHeaderPayload& payload);
+inline constexpr size_t kFileHeaderRecordBytes = kRecordHeaderBytes + kFileHeaderPayloadBytes;
+
+}  // namespace sluice::spool

@@ -1,0 +1,391 @@
+// Start-up recovery of one shard's spool: replays segments and the journal, deletes what holds
+// nothing live, rewrites the journal compacted. Also the spool directory lock. Blocking; runs
+// before the listener opens. Must never accept a record that fails any check (a torn tail is
+// dropped, stale records past the tail are ignored), and never delete a segment with a live message.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <map>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "spool/crc32c.h"
+#include "spool/file_util.h"
+#include "spool/message_id.h"
+#include "spool/spool.h"
+
+namespace sluice::spool {
+namespace {
+
+bool all_zero(const uint8_t* bytes, size_t size) {
+  for (size_t i = 0; i < size; ++i) {
+    if (bytes[i] != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// A read-only mapping of a whole file; empty if the file is empty.
+class MappedFile {
+ public:
+  static absl::StatusOr<MappedFile> open(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      return errno_status(errno, absl::StrCat("open ", path));
+    }
+    struct stat info;
+    if (::fstat(fd, &info) != 0) {
+      const int error = errno;
+      ::close(fd);
+      return errno_status(error, absl::StrCat("stat ", path));
+    }
+    MappedFile file;
+    file._size = static_cast<size_t>(info.st_size);
+    if (file._size > 0) {
+      void* data = ::mmap(nullptr, file._size, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (data == MAP_FAILED) {
+        const int error = errno;
+        ::close(fd);
+        return errno_status(error, absl::StrCat("mmap ", path));
+      }
+      file._data = static_cast<const uint8_t*>(data);
+    }
+    ::close(fd);
+    return file;
+  }
+  MappedFile() = default;
+  MappedFile(MappedFile&& other) noexcept : _data(other._data), _size(other._size) { other._data = nullptr; }
+  MappedFile& operator=(MappedFile&&) = delete;
+  ~MappedFile() {
+    if (_data != nullptr) {
+      ::munmap(const_cast<uint8_t*>(_data), _size);
+    }
+  }
+  std::span<const uint8_t> bytes() const { return {_data, _size}; }
+
+ private:
+  const uint8_t* _data = nullptr;
+  size_t _size = 0;
+};
+
+struct ScannedSegment {
+  uint64_t id = 0;
+  std::string path;
+  uint64_t end_offset = 0;
+  std::vector<std::string> ids;  // every message id in it, live or not
+  uint32_t live = 0;
+};
+
+constexpr char kSegmentPrefix[] = "seg-";
+constexpr size_t kSegmentNameDigits = 16;
+
+std::optional<uint64_t> parse_segment_name(const char* name) {
+  const size_t prefix = sizeof(kSegmentPrefix) - 1;
+  if (std::strncmp(name, kSegmentPrefix, prefix) != 0 || std::strlen(name) != prefix + kSegmentNameDigits) {
+    return std::nullopt;
+  }
+  uint64_t id = 0;
+  for (size_t i = prefix; i < prefix + kSegmentNameDigits; ++i) {
+    const char c = name[i];
+    if (c >= '0' && c <= '9') {
+      id = id * 16 + static_cast<uint64_t>(c - '0');
+    } else if (c >= 'a' && c <= 'f') {
+      id = id * 16 + static_cast<uint64_t>(c - 'a' + 10);
+    } else {
+      return std::nullopt;
+    }
+  }
+  return id;
+}
+
+bool ends_with(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
+}
+
+uint64_t wall_ms() {
+  timespec ts;
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+}
+
+// Writes the compacted journal: a file header, then one record per state to keep.
+absl::Status write_journal(const std::string& shard_dir, uint32_t shard, uint32_t generation,
+                           const std::vector<JournalEntry>& entries, RecoveredShard& out) {
+  const std::string final_path = shard_dir + "/journal";
+  const std::string temporary = final_path + ".tmp";
+  FileHeaderPayload payload;
+  payload.shard = shard;
+  payload.created_ms = wall_ms();
+  std::string bytes = encode_file_header_record(kJournalFileId, generation, payload);
+  uint64_t sequence = 1;
+  for (const auto& entry : entries) {
+    uint8_t record[kRecordHeaderBytes + kJournalPayloadBytes];
+    encode_journal_payload(entry, record + kRecordHeaderBytes);
+    RecordHeader header;
+    header.type = RecordType::journal;
+    header.segment_id = kJournalFileId;
+    header.generation = generation;
+    header.sequence = sequence++;
+    header.payload_length = kJournalPayloadBytes;
+    seal_record_header(header, crc32c(record + kRecordHeaderBytes, kJournalPayloadBytes), record);
+    bytes.append(reinterpret_cast<const char*>(record), sizeof(record));
+  }
+  const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0) {
+    return errno_status(errno, absl::StrCat("open ", temporary));
+  }
+  absl::Status status = write_all(fd, bytes.data(), bytes.size());
+  if (status.ok() && ::fsync(fd) != 0) {
+    status = errno_status(errno, "fsync journal");
+  }
+  ::close(fd);
+  if (status.ok() && ::rename(temporary.c_str(), final_path.c_str()) != 0) {
+    status = errno_status(errno, "rename journal");
+  }
+  out.journal_end_offset = bytes.size();
+  out.journal_next_sequence = sequence;
+  return status;
+}
+
+}  // namespace
+
+FileScan scan_records(std::span<const uint8_t> bytes, uint64_t expected_file_id, RecordType body_type) {
+  FileScan scan;
+  uint64_t offset = 0;
+  uint64_t expected_sequence = 0;
+  while (true) {
+    if (bytes.size() - offset < kRecordHeaderBytes) {
+      scan.torn = !all_zero(bytes.data() + offset, bytes.size() - offset);
+      break;
+    }
+    const uint8_t* at = bytes.data() + offset;
+    if (all_zero(at, kRecordHeaderBytes)) {
+      break;  // the preallocated zeros: the clean end
+    }
+    const RecordHeader header = decode_record_header(at);
+    const RecordType wanted = expected_sequence == 0 ? RecordType::file_header : body_type;
+    const bool header_ok = header.magic == kRecordMagic && header.version == kFormatVersion &&
+                           header.type == wanted && header.segment_id == expected_file_id &&
+                           header.sequence == expected_sequence && header.payload_length <= kMaxPayloadBytes &&
+                           (expected_sequence == 0 || header.generation == scan.generation) &&
+                           header.payload_length <= bytes.size() - offset - kRecordHeaderBytes;
+    if (!header_ok) {
+      scan.torn = true;
+      break;
+    }
+    const std::span<const uint8_t> payload = bytes.subspan(offset + kRecordHeaderBytes, header.payload_length);
+    if (record_crc(at, crc32c(payload.data(), payload.size())) != header.crc) {
+      scan.torn = true;
+      break;
+    }
+    if (expected_sequence == 0) {
+      auto file_header = decode_file_header_payload(payload);
+      if (!file_header.ok()) {
+        scan.torn = true;
+        break;
+      }
+      scan.has_header = true;
+      scan.generation = header.generation;
+      scan.header = *file_header;
+    } else {
+      scan.records.push_back(ScannedRecord{header.type, header.sequence, offset, header.payload_length});
+    }
+    offset += kRecordHeaderBytes + header.payload_length;
+    ++expected_sequence;
+  }
+  scan.end_offset = offset;
+  return scan;
+}
+
+absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t shard) {
+  RecoveredShard out;
+  out.shard = shard;
+  out.shard_dir = absl::StrCat(dir, "/shard-", shard);
+  if (auto status = make_directories(out.shard_dir); !status.ok()) {
+    return status;
+  }
+  std::map<uint64_t, std::string> segment_paths;
+  bool have_journal = false;
+  {
+    DIR* listing = ::opendir(out.shard_dir.c_str());
+    if (listing == nullptr) {
+      return errno_status(errno, absl::StrCat("opendir ", out.shard_dir));
+    }
+    while (const dirent* entry = ::readdir(listing)) {
+      const std::string name = entry->d_name;
+      if (ends_with(name, ".tmp")) {
+        ::unlink(absl::StrCat(out.shard_dir, "/", name).c_str());  // half-created: never handed out
+        ++out.segments_deleted;
+      } else if (auto id = parse_segment_name(name.c_str()); id.has_value()) {
+        segment_paths[*id] = absl::StrCat(out.shard_dir, "/", name);
+      } else if (name == "journal") {
+        have_journal = true;
+      }
+    }
+    ::closedir(listing);
+  }
+
+  uint32_t max_generation = 0;
+  std::vector<ScannedSegment> segments;
+  absl::flat_hash_map<std::string, MessageInfo> live;
+  for (const auto& [id, path] : segment_paths) {
+    out.next_segment_id = std::max(out.next_segment_id, id + 1);
+    auto file = MappedFile::open(path);
+    if (!file.ok()) {
+      return file.status();
+    }
+    const FileScan scan = scan_records(file->bytes(), id, RecordType::message);
+    // Preallocation goes through a .tmp name, so this is belt and braces: a file without a valid
+    // header, or of the wrong size with nothing in it, is a half-created one. A file cut short
+    // after valid records keeps them (the scan stopped at its end).
+    const bool wrong_size = scan.header.segment_bytes != file->bytes().size();
+    if (!scan.has_header || (wrong_size && scan.records.empty())) {
+      ::unlink(path.c_str());
+      ++out.segments_deleted;
+      continue;
+    }
+    max_generation = std::max(max_generation, scan.generation);
+    out.torn_tails += scan.torn ? 1 : 0;
+    ScannedSegment segment{id, path, scan.end_offset, {}, 0};
+    for (const auto& record : scan.records) {
+      auto meta = decode_message_meta(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length));
+      if (!meta.ok()) {
+        break;  // a valid CRC over a malformed envelope: treat as the end, like any bad record
+      }
+      ++out.records_recovered;
+      out.max_id_ms = std::max(out.max_id_ms, id_ms(meta->queue_id).value_or(0));
+      segment.ids.push_back(meta->queue_id);
+      MessageInfo info;
+      info.id = meta->queue_id;
+      info.sender = std::move(meta->envelope.sender);
+      info.recipients = std::move(meta->envelope.recipients);
+      info.rfc_size = meta->rfc_size;
+      info.arrival_ms = meta->arrival_ms;
+      info.body_8bit = meta->envelope.body_8bit;
+      info.smtputf8 = meta->envelope.smtputf8;
+      info.client_address = std::move(meta->envelope.client_address);
+      info.client_helo = std::move(meta->envelope.client_helo);
+      info.location = MessageLocation{id, record.offset, record.offset + kRecordHeaderBytes + meta->wire_offset,
+                                      meta->wire_length};
+      live.try_emplace(info.id, std::move(info));  // first copy wins if an id ever repeats
+    }
+    segments.push_back(std::move(segment));
+  }
+
+  if (have_journal) {
+    auto file = MappedFile::open(out.shard_dir + "/journal");
+    if (!file.ok()) {
+      return file.status();
+    }
+    const FileScan scan = scan_records(file->bytes(), kJournalFileId, RecordType::journal);
+    max_generation = std::max(max_generation, scan.generation);
+    out.torn_tails += scan.torn ? 1 : 0;
+    for (const auto& record : scan.records) {
+      auto entry = decode_journal_payload(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length));
+      if (!entry.ok()) {
+        break;
+      }
+      auto it = live.find(entry->queue_id);
+      if (it == live.end()) {
+        continue;
+      }
+      if (entry->op == JournalOp::remove) {
+        live.erase(it);
+      } else if (entry->op == JournalOp::hold) {
+        it->second.status = MessageStatus::held;
+      } else if (entry->op == JournalOp::release) {
+        it->second.status = MessageStatus::queued;
+      }
+    }
+  }
+  out.generation = max_generation + 1;
+
+  // Segments with nothing live go; the journal keeps what the rest still need.
+  std::vector<JournalEntry> keep;
+  for (auto& segment : segments) {
+    for (const auto& id : segment.ids) {
+      auto it = live.find(id);
+      if (it != live.end() && it->second.location.segment_id == segment.id) {
+        ++segment.live;
+      }
+    }
+    if (segment.live == 0) {
+      ::unlink(segment.path.c_str());
+      ++out.segments_deleted;
+      continue;
+    }
+    for (const auto& id : segment.ids) {
+      auto it = live.find(id);
+      if (it == live.end()) {
+        keep.push_back(JournalEntry{JournalOp::remove, id, 0});
+      } else if (it->second.location.segment_id == segment.id && it->second.status == MessageStatus::held) {
+        keep.push_back(JournalEntry{JournalOp::hold, id, 0});
+      }
+    }
+    out.segments.push_back(RecoveredSegment{segment.id, segment.path, segment.end_offset, segment.live});
+  }
+  if (auto status = write_journal(out.shard_dir, shard, out.generation, keep, out); !status.ok()) {
+    return status;
+  }
+  if (auto status = fsync_directory(out.shard_dir); !status.ok()) {
+    return status;
+  }
+  out.messages.reserve(live.size());
+  for (auto& [id, info] : live) {
+    out.messages.push_back(std::move(info));
+  }
+  std::sort(out.messages.begin(), out.messages.end(),
+            [](const MessageInfo& a, const MessageInfo& b) { return a.id < b.id; });
+  return out;
+}
+
+absl::StatusOr<SpoolLock> SpoolLock::acquire(const std::string& dir) {
+  if (auto status = make_directories(dir); !status.ok()) {
+    return status;
+  }
+  const std::string path = dir + "/lock";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0) {
+    return errno_status(errno, absl::StrCat("open ", path));
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    ::close(fd);
+    if (error == EWOULDBLOCK) {
+      return absl::FailedPreconditionError(absl::StrCat("spool ", dir, " is in use by another process"));
+    }
+    return errno_status(error, absl::StrCat("flock ", path));
+  }
+  return SpoolLock(fd);
+}
+
+SpoolLock& SpoolLock::operator=(SpoolLock&& other) noexcept {
+  if (this != &other) {
+    if (_fd >= 0) {
+      ::close(_fd);
+    }
+    _fd = other._fd;
+    other._fd = -1;
+  }
+  return *this;
+}
+
+SpoolLock::~SpoolLock() {
+  if (_fd >= 0) {
+    ::close(_fd);
+  }
+}
+
+}  // namespace sluice::spool

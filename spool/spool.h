@@ -1,0 +1,309 @@
+#pragma once
+// The spool: the module's public interface (DESIGN.md section 2, "Durability", "Spool format").
+//
+// One ShardSpool per shard thread. It is sans-I/O on the data path: it never writes or syncs by
+// itself but hands IoRequests to the shard, which submits them on its io_uring and reports the
+// completions back. A ticket completes OK only after an fdatasync that covers its record has
+// completed OK; that is what lets the shard send "250 queued as ID".
+//
+// Lifecycle: SpoolLock::acquire(dir) -> load_and_bump_floor(dir, now) -> recover_shard(dir, n)
+// for every shard -> ShardSpool::open(options, recovered) -> loop { append_*, collect_io,
+// submit, on_io_complete } -> drain until idle() -> destroy.
+#include <sys/uio.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "spool/format.h"
+#include "spool/message_id.h"
+
+namespace sluice::spool {
+
+struct SpoolOptions {
+  std::string dir;
+  uint32_t shard = 0;
+  uint64_t commit_interval_us = 500;
+  uint64_t commit_batch_bytes = 1 << 20;
+  uint64_t segment_bytes = 64 << 20;
+  uint64_t min_free_bytes = 0;
+};
+
+inline constexpr size_t kReadySegmentsTarget = 2;         // segments kept preallocated
+inline constexpr uint32_t kMaxIovPerWrite = 1024;         // UIO_MAXIOV
+inline constexpr uint64_t kMinSegmentBytes = 64 << 10;
+inline constexpr uint64_t kFreeBytesRefreshMs = 100;
+inline constexpr uint64_t kPreallocRetryMs = 200;
+inline constexpr uint64_t kIdFloorPersistMs = 1000;
+
+struct IoRequest {
+  enum class Kind : uint8_t { write, fdatasync, unlink };
+  Kind kind = Kind::write;
+  int fd = -1;                  // write, fdatasync
+  uint64_t offset = 0;          // write: pwritev semantics
+  const iovec* iov = nullptr;   // write; owned by the spool until on_io_complete(op_id)
+  uint32_t iov_count = 0;
+  const char* path = nullptr;   // unlink (absolute or relative to the cwd); owned like iov
+  uint64_t op_id = 0;
+};
+
+struct Completed {
+  uint64_t ticket = 0;
+  absl::Status status;  // OK only after an fdatasync covering the record completed OK
+  std::string queue_id;
+};
+
+enum class MessageStatus : uint8_t { queued, held };
+
+struct MessageLocation {
+  uint64_t segment_id = 0;
+  uint64_t record_offset = 0;
+  uint64_t wire_offset = 0;  // absolute offset of the wire bytes in the segment file
+  uint64_t wire_length = 0;
+};
+
+// What the queue API and the delivery side need to know about one stored message.
+struct MessageInfo {
+  std::string id;
+  std::string sender;
+  std::vector<std::string> recipients;
+  uint64_t rfc_size = 0;
+  uint64_t arrival_ms = 0;
+  MessageStatus status = MessageStatus::queued;
+  uint32_t attempts = 0;
+  uint64_t next_attempt_ms = 0;
+  std::string last_reply;
+  bool body_8bit = false;
+  bool smtputf8 = false;
+  std::string client_address;
+  std::string client_helo;
+  MessageLocation location;
+};
+
+struct RecoveredSegment {
+  uint64_t id = 0;
+  std::string path;
+  uint64_t end_offset = 0;
+  uint32_t live_messages = 0;
+};
+
+struct RecoveredShard {
+  std::string shard_dir;
+  uint32_t shard = 0;
+  uint32_t generation = 1;        // for files created by this run
+  uint64_t next_segment_id = 1;
+  uint64_t max_id_ms = 0;         // largest millisecond of any id seen on disk
+  std::vector<RecoveredSegment> segments;  // segments with live messages, by id
+  std::vector<MessageInfo> messages;       // live messages, by id
+  uint64_t journal_end_offset = 0;         // the journal was rewritten (compacted) by recovery
+  uint64_t journal_next_sequence = 1;
+  // What recovery saw, for the start-up log line.
+  uint64_t records_recovered = 0;
+  uint64_t segments_deleted = 0;
+  uint64_t torn_tails = 0;        // files that ended in a partial or invalid record
+};
+
+// Replays one shard's segments and journal (blocking; before the listener opens), deletes
+// segments that hold nothing live or were half created, and rewrites the journal compacted.
+absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t shard);
+
+// One record found by scan_records: payload at offset + kRecordHeaderBytes.
+struct ScannedRecord {
+  RecordType type = RecordType::message;
+  uint64_t sequence = 0;
+  uint64_t offset = 0;
+  uint32_t payload_length = 0;
+};
+struct FileScan {
+  bool has_header = false;  // record 0 was a valid file header for expected_file_id
+  uint32_t generation = 0;
+  FileHeaderPayload header;
+  std::vector<ScannedRecord> records;  // after the header, all valid, consecutive
+  uint64_t end_offset = 0;             // where the next record would go
+  bool torn = false;                   // stopped at a non-zero invalid header, not at the end
+};
+// Pure: validates records of one file in memory (exposed for tests and the fuzzer).
+FileScan scan_records(std::span<const uint8_t> bytes, uint64_t expected_file_id, RecordType body_type);
+
+// Holds DIR/lock with flock(LOCK_EX|LOCK_NB) for the life of the process.
+class SpoolLock {
+ public:
+  static absl::StatusOr<SpoolLock> acquire(const std::string& dir);
+  SpoolLock(SpoolLock&& other) noexcept : _fd(other._fd) { other._fd = -1; }
+  SpoolLock& operator=(SpoolLock&& other) noexcept;
+  SpoolLock(const SpoolLock&) = delete;
+  SpoolLock& operator=(const SpoolLock&) = delete;
+  ~SpoolLock();
+
+ private:
+  explicit SpoolLock(int fd) : _fd(fd) {}
+  int _fd = -1;
+};
+
+inline constexpr size_t kFsyncLatencyBuckets = 14;
+inline constexpr std::array<uint64_t, kFsyncLatencyBuckets - 1> kFsyncLatencyBoundsUs = {
+    50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000};
+
+struct SpoolMetrics {
+  uint64_t fsyncs = 0;
+  uint64_t fsync_errors = 0;
+  uint64_t messages_per_fsync_sum = 0;    // messages made durable by fsyncs...
+  uint64_t messages_per_fsync_count = 0;  // ...and the fsyncs that made them (histogram style)
+  std::array<uint64_t, kFsyncLatencyBuckets> fsync_latency_bucket{};  // last bucket: > 1 s
+  uint64_t fsync_latency_sum_us = 0;
+  uint64_t bytes_written = 0;
+  uint64_t write_errors = 0;
+  uint64_t segments_used = 0;
+  uint64_t segments_unlinked = 0;
+  uint64_t unavailable = 0;  // appends refused because no segment was ready
+};
+
+class SegmentPreallocator;
+
+class ShardSpool {
+ public:
+  static absl::StatusOr<std::unique_ptr<ShardSpool>> open(const SpoolOptions& options, RecoveredShard recovered);
+  ~ShardSpool();  // the shard must have drained (idle()) first: in-flight iovecs point into us
+  ShardSpool(const ShardSpool&) = delete;
+  ShardSpool& operator=(const ShardSpool&) = delete;
+
+  // Takes the message bytes (wire form incl. our headers) without copying them. Errors at once:
+  // UNAVAILABLE (no segment ready), RESOURCE_EXHAUSTED (record larger than a segment),
+  // INVALID_ARGUMENT (malformed id, envelope over limits).
+  absl::StatusOr<uint64_t> append_message(std::string queue_id, uint64_t arrival_ms, Envelope envelope,
+                                          uint64_t rfc_size, std::string wire_bytes);
+  // A state change; durable (ticket completes) with the next commit. Does not touch the index.
+  absl::StatusOr<uint64_t> append_journal(JournalOp op, std::string_view queue_id, uint32_t argument = 0);
+
+  void collect_io(uint64_t now_us, std::vector<IoRequest>& out);
+  void on_io_complete(uint64_t op_id, int32_t result, std::vector<Completed>& done);
+  uint64_t next_deadline_us() const;
+  bool idle() const;  // nothing waiting, nothing in flight
+
+  uint64_t free_bytes() const;
+  bool below_min_free() const;
+  uint64_t ready_segments() const;  // preallocated, not yet in use
+
+  // The queue index: messages whose record is durable.
+  std::vector<MessageInfo> list() const;
+  std::optional<MessageInfo> find(std::string_view id) const;
+  size_t size() const { return _index.size(); }
+  absl::StatusOr<std::string> read_message(std::string_view id) const;  // blocking pread: control path
+  int segment_fd(uint64_t segment_id) const;  // for sending the body from the file; -1 if none
+  // Journal + index. NOT_FOUND if the id is not in the index.
+  absl::StatusOr<uint64_t> remove(std::string_view id);
+  absl::StatusOr<uint64_t> hold(std::string_view id);
+  absl::StatusOr<uint64_t> release(std::string_view id);
+
+  const SpoolMetrics& metrics() const { return _metrics; }
+
+ private:
+  // A record placed in a file but not yet durable. `head` is the record header plus the
+  // envelope (or journal payload); `body` is the moved-in wire bytes, written straight from here.
+  struct PendingRecord {
+    uint64_t ticket = 0;
+    RecordType type = RecordType::message;
+    uint64_t offset = 0;
+    uint64_t sequence = 0;
+    uint32_t payload_crc = 0;
+    std::string head;
+    std::string body;
+    MessageInfo info;  // the index entry once durable (journal records: info.id only)
+    uint64_t length() const { return head.size() + body.size(); }
+  };
+  struct SpoolFile {
+    int fd = -1;
+    uint64_t id = 0;
+    uint32_t generation = 0;
+    std::string path;
+    uint64_t capacity = 0;
+    uint64_t end_offset = 0;  // where the next record goes
+    uint64_t next_sequence = 1;
+    bool is_journal = false;
+    bool sealed = false;    // never appended to again
+    bool unlinked = false;
+    bool in_dirty = false;
+    uint32_t live = 0;       // durable messages in the index
+    uint32_t in_flight = 0;  // records placed here, not yet durable or failed
+    std::vector<PendingRecord> open;  // placed, not yet in a write
+  };
+  // One gathered write of a commit batch (one per file), then its fdatasync.
+  struct FileWrite {
+    SpoolFile* file = nullptr;
+    std::vector<PendingRecord> records;
+    std::vector<iovec> iov;
+    size_t iov_first = 0;
+    uint64_t start_offset = 0;
+    uint64_t start_sequence = 0;
+    uint64_t offset = 0;  // next octet to write (advances over short writes)
+    uint64_t bytes_left = 0;
+    bool in_flight = false;
+    bool needs_submit = false;
+    bool failed = false;
+  };
+  struct Op {
+    IoRequest::Kind kind = IoRequest::Kind::write;
+    size_t write_index = 0;
+    uint64_t segment_id = 0;
+    std::string path;
+  };
+
+  ShardSpool(const SpoolOptions& options, RecoveredShard& recovered);
+  absl::Status place_message(PendingRecord& record);
+  void place_in(SpoolFile& file, PendingRecord& record);
+  SpoolFile* take_ready_segment();
+  void seal(SpoolFile& file, std::vector<Completed>& done);
+  void fail_records(SpoolFile& file, std::vector<PendingRecord>& records, const absl::Status& status,
+                    std::vector<Completed>& done);
+  void rewind_journal(const FileWrite& write, std::vector<Completed>& done);
+  void remove_from_dirty(SpoolFile& file);
+  void maybe_unlink(SpoolFile& file);
+  void close_batch(std::vector<IoRequest>& out);
+  void emit_write(FileWrite& write, std::vector<IoRequest>& out);
+  void on_write_complete(size_t index, int32_t result, std::vector<Completed>& done);
+  void on_sync_complete(int32_t result, std::vector<Completed>& done);
+  void finish_writes_if_done();
+  void finish_sync_if_done();
+
+  SpoolOptions _options;
+  std::string _shard_dir;
+  uint32_t _generation;
+  absl::flat_hash_map<std::string, MessageInfo> _index;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<SpoolFile>> _segments;
+  std::unique_ptr<SpoolFile> _journal;
+  SpoolFile* _current = nullptr;
+  std::vector<SpoolFile*> _dirty;  // files with records not yet in a write, in order
+  uint64_t _open_bytes = 0;
+  uint64_t _open_records = 0;
+
+  enum class BatchState : uint8_t { idle, writing, syncing };
+  BatchState _batch_state = BatchState::idle;
+  std::vector<FileWrite> _batch;
+  size_t _sync_index = 0;
+  bool _sync_in_flight = false;
+  uint64_t _sync_op_id = 0;
+  uint64_t _sync_started_ns = 0;
+  uint64_t _last_sync_issue_us = 0;
+  bool _synced_once = false;
+
+  std::unordered_map<uint64_t, Op> _ops;  // node-based: unlink paths stay put
+  std::vector<uint64_t> _unlinks_to_submit;
+  uint64_t _next_op_id = 1;
+  uint64_t _next_ticket = 1;
+
+  SpoolMetrics _metrics;
+  std::unique_ptr<SegmentPreallocator> _preallocator;
+};
+
+}  // namespace sluice::spool

@@ -1,0 +1,569 @@
+"""Shared harness for Sluice's integration tests.
+
+Each tests/integration/test_*.py drives the built `sluice` binary with real peers. They are run
+by ctest as `/usr/bin/python3 tests/integration/test_X.py --sluice /path/to/build/sluice` and
+can be run by hand the same way. Only the standard library (and Debian's python3 modules) are
+used. Everything a test starts is stopped by PID in a cleanup, even when the test fails, and the
+tail of the server's log is printed when a test fails.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+SLUICE = None  # path of the binary, set by main() from --sluice
+
+QUEUE_ID_RE = re.compile(r"queued as ([0-9A-Z]{16})(?![0-9A-Za-z])")
+READY_TIMEOUT_S = 60.0     # generous: the suite also runs under ASan
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_LINES = 40
+
+
+# ---- small utilities ---------------------------------------------------------------------
+
+def free_port(host="127.0.0.1"):
+    """A port that was free a moment ago (bind port 0, read it, close)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.05):
+    """Polls predicate() until it returns a true value or timeout seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # TOML basic strings accept JSON's escapes for what we write
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError("cannot write %r as TOML" % (value,))
+
+
+def write_toml(path, config):
+    """Writes {section: {key: value}} as TOML; a list of dicts becomes [[section]] tables."""
+    lines = []
+    for section, body in config.items():
+        if isinstance(body, list):
+            for table in body:
+                lines.append("[[%s]]" % section)
+                lines.extend("%s = %s" % (k, toml_value(v)) for k, v in table.items())
+                lines.append("")
+            continue
+        lines.append("[%s]" % section)
+        lines.extend("%s = %s" % (k, toml_value(v)) for k, v in body.items())
+        lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
+
+
+def merge_config(base, overrides):
+    merged = {section: (list(body) if isinstance(body, list) else dict(body))
+              for section, body in base.items()}
+    for section, body in (overrides or {}).items():
+        if isinstance(body, list):
+            merged[section] = list(body)
+            continue
+        merged.setdefault(section, {})
+        for key, value in body.items():
+            if value is None:
+                merged[section].pop(key, None)
+            else:
+                merged[section][key] = value
+    return merged
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_cli(*args, timeout=60, check=False):
+    """Runs `sluice ARGS...`, returns CompletedProcess with text stdout/stderr."""
+    result = subprocess.run([SLUICE] + [str(a) for a in args], capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError("sluice %s exited %d\nstdout: %s\nstderr: %s" % (
+            " ".join(map(str, args)), result.returncode, result.stdout, result.stderr))
+    return result
+
+
+# ---- the server under test ---------------------------------------------------------------
+
+class Sluice:
+    """One `sluice serve --config FILE` process with ports picked by the test."""
+
+    def __init__(self, workdir, overrides=None, name="sluice", spool_dir=None):
+        self.workdir = workdir
+        self.name = name
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.spool_dir = spool_dir or os.path.join(workdir, "spool")
+        self.config_path = os.path.join(workdir, name + ".toml")
+        self.log_path = os.path.join(workdir, name + ".log")
+        base = {
+            "server": {
+                "hostname": "relay.example.test",
+                "listen": ["127.0.0.1:%d" % self.port],
+                "threads": 2,
+                "max_message_size": 1048576,
+                "drain_timeout": "3s",
+            },
+            "spool": {
+                "dir": self.spool_dir,
+                "min_free_bytes": 0,
+                "segment_bytes": 4194304,
+            },
+            "admin": {"listen": "127.0.0.1:%d" % self.admin_port},
+        }
+        self.config = merge_config(base, overrides)
+        write_toml(self.config_path, self.config)
+        self.proc = None
+        self.returncode = None
+        self._log_offset = 0
+        self.ready_line = None
+
+    # -- life cycle
+    def start(self, timeout=READY_TIMEOUT_S, expect_ready=True):
+        with open(self.log_path, "a") as log:
+            self._log_offset = log.tell()
+            self.proc = subprocess.Popen([SLUICE, "serve", "--config", self.config_path],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         cwd=self.workdir)
+        self.returncode = None
+        if not expect_ready:
+            return self
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_lines():
+                if "event=ready" in line:
+                    self.ready_line = line
+                    return self
+            if self.proc.poll() is not None:
+                raise AssertionError("%s exited with %d before event=ready\n%s" % (
+                    self.name, self.proc.returncode, self.log_tail()))
+            time.sleep(0.02)
+        raise AssertionError("%s: no event=ready within %.0f s\n%s" % (
+            self.name, timeout, self.log_tail()))
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, signum):
+        if self.running():
+            os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout):
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return self.returncode
+
+    def stop(self, timeout=STOP_TIMEOUT_S):
+        """SIGTERM, wait, then SIGKILL. Returns the exit code (negative = killed by signal)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                sys.stderr.write("%s: did not exit %.0f s after SIGTERM, sending SIGKILL\n" % (
+                    self.name, timeout))
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def kill9(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    # -- logs
+    def log_lines(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                f.seek(self._log_offset)
+                return f.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+    def full_log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines=LOG_TAIL_LINES):
+        tail = self.full_log().splitlines()[-lines:]
+        return "---- tail of %s ----\n%s\n---- end of log ----" % (self.log_path, "\n".join(tail))
+
+    # -- clients
+    def connect(self, **kwargs):
+        return SmtpClient(self.port, **kwargs)
+
+    def admin(self, path, method="GET", timeout=10):
+        return http_call(self.admin_port, path, method=method, timeout=timeout)
+
+    def queue(self, query=""):
+        status, body = self.admin("/api/queue" + query)
+        if status != 200:
+            raise AssertionError("GET /api/queue%s -> %d %s" % (query, status, body))
+        return json.loads(body)
+
+    def queue_ids(self):
+        return [m["id"] for m in self.queue()["messages"]]
+
+    def queue_count(self):
+        return self.queue()["count"]
+
+    def queued_message(self, queue_id):
+        status, body = self.admin("/api/queue/" + queue_id)
+        if status != 200:
+            raise AssertionError("GET /api/queue/%s -> %d %s" % (queue_id, status, body))
+        return json.loads(body)
+
+    def metrics(self):
+        status, body = self.admin("/metrics")
+        if status != 200:
+            raise AssertionError("GET /metrics -> %d" % status)
+        return body
+
+    def cli(self, *args, **kwargs):
+        return run_cli(*args, "--admin", "127.0.0.1:%d" % self.admin_port, **kwargs)
+
+
+def metric_sum(text, name):
+    """Sum of every sample of metric `name` (any labels) in Prometheus text; None if absent."""
+    total = None
+    pattern = re.compile(r"^%s(\{[^}]*\})?\s+([0-9.eE+-]+)" % re.escape(name))
+    for line in text.splitlines():
+        m = pattern.match(line)
+        if m:
+            total = (total or 0) + float(m.group(2))
+    return total
+
+
+def http_call(port, path, method="GET", timeout=10, host="127.0.0.1"):
+    """(status, body text) of an HTTP request to the admin endpoint."""
+    request = urllib.request.Request("http://%s:%d%s" % (host, port, path), method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+# ---- raw SMTP client ---------------------------------------------------------------------
+
+class Reply:
+    def __init__(self, code, lines):
+        self.code = code
+        self.lines = lines  # text of each line after "NNN-" / "NNN "
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+    @property
+    def enhanced(self):
+        """The RFC 3463 enhanced code of the last line ("2.0.0"), or None."""
+        parts = self.lines[-1].split(" ", 1) if self.lines else []
+        if parts and re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", parts[0]):
+            return parts[0]
+        return None
+
+    @property
+    def queue_id(self):
+        m = QUEUE_ID_RE.search(self.text)
+        return m.group(1) if m else None
+
+    def __repr__(self):
+        return "Reply(%d %r)" % (self.code, self.text)
+
+
+class ConnectionClosed(Exception):
+    pass
+
+
+class SmtpClient:
+    """A socket that speaks SMTP byte-exactly: send raw bytes, read whole (multi-line) replies."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10.0, greeting=True, source=None):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        if source:
+            self.sock.bind((source, 0))
+        self.sock.connect((host, port))
+        self.timeout = timeout
+        self.buffer = b""
+        self.closed_by_peer = False
+        self.greeting = self.read_reply() if greeting else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.sock.sendall(data)
+
+    def _fill(self, timeout):
+        self.sock.settimeout(timeout)
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.closed_by_peer = True
+            raise ConnectionClosed("connection closed by server; unread bytes: %r" % self.buffer)
+        self.buffer += chunk
+
+    def read_reply(self, timeout=None):
+        """Reads one complete reply ("250-a", "250-b", "250 c")."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        lines = []
+        code = None
+        while True:
+            while b"\r\n" not in self.buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise socket.timeout("no complete reply within %.1f s; have %r" % (
+                        timeout, self.buffer))
+                self._fill(remaining)
+            raw, self.buffer = self.buffer.split(b"\r\n", 1)
+            line = raw.decode("utf-8", "replace")
+            m = re.match(r"^(\d{3})([ -])(.*)$", line)
+            if not m and re.match(r"^\d{3}$", line):
+                m = re.match(r"^(\d{3})()()$", line)
+            if not m:
+                raise AssertionError("malformed reply line %r" % line)
+            this_code = int(m.group(1))
+            if code is not None and this_code != code:
+                raise AssertionError("reply code changed inside a multi-line reply: %r" % line)
+            code = this_code
+            lines.append(m.group(3))
+            if m.group(2) != "-":
+                return Reply(code, lines)
+
+    def read_replies(self, count, timeout=None):
+        return [self.read_reply(timeout) for _ in range(count)]
+
+    def cmd(self, line, timeout=None):
+        self.send(line + "\r\n" if isinstance(line, str) else line + b"\r\n")
+        return self.read_reply(timeout)
+
+    def recv_raw(self, delay=0.3, timeout=5.0):
+        """Whatever is readable after `delay` seconds, in ONE recv (plus the reply buffer)."""
+        time.sleep(delay)
+        self.sock.settimeout(timeout)
+        data = self.buffer
+        self.buffer = b""
+        try:
+            chunk = self.sock.recv(1 << 20)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.closed_by_peer = True
+        return data + chunk
+
+    def wait_closed(self, timeout=10.0):
+        """True if the server closes the connection within timeout (unread data is kept)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._fill(max(0.01, deadline - time.monotonic()))
+            except ConnectionClosed:
+                return True
+            except socket.timeout:
+                return False
+            except OSError:
+                return True
+        return False
+
+    def transaction(self, sender="sender@example.org", recipients=("rcpt@example.com",),
+                    body=b"Subject: test\r\n\r\nhello\r\n", mail_params=""):
+        """MAIL, RCPT..., DATA, body, '.' one step at a time; returns the final Reply.
+        `body` is raw wire bytes (already dot-stuffed) ending in CRLF."""
+        r = self.cmd("MAIL FROM:<%s>%s" % (sender, (" " + mail_params) if mail_params else ""))
+        if r.code != 250:
+            raise AssertionError("MAIL -> %r" % r)
+        for rcpt in recipients:
+            r = self.cmd("RCPT TO:<%s>" % rcpt)
+            if r.code != 250:
+                raise AssertionError("RCPT %s -> %r" % (rcpt, r))
+        r = self.cmd("DATA")
+        if r.code != 354:
+            raise AssertionError("DATA -> %r" % r)
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        self.send(body + b".\r\n")
+        return self.read_reply()
+
+
+def smtplib_send(port, sender, recipients, message, host="127.0.0.1", timeout=30,
+                 source_address=None, mail_options=()):
+    """Sends one message with smtplib; returns (code, reply text, queue id or None)."""
+    import smtplib
+    with smtplib.SMTP(host, port, timeout=timeout, source_address=source_address) as s:
+        s.ehlo("client.example.org")
+        code, msg = s.mail(sender, list(mail_options))
+        if code != 250:
+            return code, msg.decode(), None
+        for r in recipients:
+            code, msg = s.rcpt(r)
+            if code != 250:
+                return code, msg.decode(), None
+        code, msg = s.data(message)
+        text = msg.decode("utf-8", "replace")
+        m = QUEUE_ID_RE.search(text)
+        return code, text, (m.group(1) if m else None)
+
+
+# ---- unittest glue -----------------------------------------------------------------------
+
+class SluiceTestCase(unittest.TestCase):
+    """Gives each test a temp dir and starts servers that are always stopped afterwards; on a
+    failure the tail of each server's log is printed."""
+
+    class_servers = ()
+
+    def setUp(self):
+        self._tmp = tempfile.TemporaryDirectory(prefix="sluice-it-")
+        self.tmp = self._tmp.name
+        self.servers = []
+        self.addCleanup(self._cleanup)
+
+    def _failed(self):
+        outcome = getattr(self, "_outcome", None)
+        return outcome is not None and not getattr(outcome, "success", True)
+
+    def _cleanup(self):
+        failed = self._failed()
+        for server in self.servers:
+            code = server.stop()
+            if failed or (code not in (0, None) and not getattr(server, "expect_nonzero", False)):
+                sys.stderr.write("\n%s exit code %s\n%s\n" % (server.name, code, server.log_tail()))
+        if failed:
+            for server in type(self).class_servers:
+                sys.stderr.write("\n%s\n" % server.log_tail())
+        self._tmp.cleanup()
+
+    def start_sluice(self, overrides=None, name="sluice", spool_dir=None, workdir=None):
+        server = Sluice(workdir or self.tmp, overrides, name=name, spool_dir=spool_dir)
+        self.servers.append(server)
+        server.start()
+        return server
+
+    # -- assertions
+    def assertReply(self, reply, code, enhanced=None, msg=None):
+        self.assertIsInstance(reply, Reply)
+        self.assertEqual(reply.code, code, msg or ("expected %d, got %r" % (code, reply)))
+        if enhanced is not None:
+            self.assertEqual(reply.enhanced, enhanced,
+                             msg or ("expected enhanced code %s, got %r" % (enhanced, reply)))
+
+
+class SharedServerTestCase(SluiceTestCase):
+    """One server for the whole class (faster); override `server_overrides`."""
+
+    server_overrides = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls._class_tmp = tempfile.TemporaryDirectory(prefix="sluice-it-class-")
+        cls.server = Sluice(cls._class_tmp.name, cls.server_overrides, name="sluice-shared")
+        cls.class_servers = (cls.server,)
+        try:
+            cls.server.start()
+        except BaseException:
+            cls.server.stop()
+            sys.stderr.write(cls.server.log_tail() + "\n")
+            cls._class_tmp.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.server.stop()
+        if code != 0:
+            sys.stderr.write("\nshared server exited %s (expected 0)\n%s\n" % (
+                code, cls.server.log_tail()))
+        cls._class_tmp.cleanup()
+        if code != 0:
+            raise AssertionError("shared server exited %s on SIGTERM, expected 0" % code)
+
+
+def default_sluice_path():
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(os.path.dirname(os.path.dirname(here)), "build", "sluice")
+
+
+def main():
+    """Strips --sluice PATH from argv and runs unittest with the rest."""
+    global SLUICE
+    argv = [sys.argv[0]]
+    args = sys.argv[1:]
+    i = 0
+    while i < len(args):
+        if args[i] == "--sluice" and i + 1 < len(args):
+            SLUICE = args[i + 1]
+            i += 2
+            continue
+        if args[i].startswith("--sluice="):
+            SLUICE = args[i].split("=", 1)[1]
+            i += 1
+            continue
+        argv.append(args[i])
+        i += 1
+    SLUICE = os.path.abspath(SLUICE or os.environ.get("SLUICE") or default_sluice_path())
+    if not os.access(SLUICE, os.X_OK):
+        sys.stderr.write("sluice binary not found or not executable: %s\n" % SLUICE)
+        sys.exit(2)
+    sys.stderr.write("using %s\n" % SLUICE)
+    unittest.main(argv=argv, verbosity=2)

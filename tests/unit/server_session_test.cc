@@ -1,0 +1,262 @@
+// The SMTP server state machine without sockets: every reply, the pause at end of data until the
+// spool answers, pipelining, limits and the smuggling defences.
+#include "engine/smtp/server_session.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace sluice::smtp {
+namespace {
+
+class FakeHost : public SessionHost {
+ public:
+  bool spool_space_low() const override { return low; }
+  bool low = false;
+};
+
+class ServerSessionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    settings.hostname = "relay.example.test";
+    settings.limits.message_octets_max = 1000;
+    settings.limits.recipients_max = 3;
+    settings.limits.errors_max = 5;
+    settings.relay_domains = {"local.example", ".sub.example"};
+    start(true);
+  }
+
+  void start(bool relay_allowed) {
+    ClientInfo client;
+    client.address = *io::parse_host_port("127.0.0.1:4000");
+    client.relay_allowed = relay_allowed;
+    session.emplace(&settings, &host, client);
+    out.clear();
+    session->greet(out);
+  }
+
+  // Feeds input; on commit, answers "stored" like the shard does, and feeds the rest.
+  std::string feed(std::string_view input, bool store_ok = true) {
+    out.clear();
+    while (true) {
+      const SessionStep step = session->on_input(input, out);
+      input.remove_prefix(step.consumed);
+      if (step.action == SessionAction::commit) {
+        last = session->take_message();
+        ++commits;
+        session->commit_done(store_ok, "0123456789ABCDEF", out);
+        continue;
+      }
+      if (step.action == SessionAction::close) {
+        closed = true;
+        break;
+      }
+      if (input.empty()) {
+        break;
+      }
+    }
+    return out;
+  }
+
+  ServerSettings settings;
+  FakeHost host;
+  std::optional<ServerSession> session;
+  std::string out;
+  AcceptedMessage last;
+  int commits = 0;
+  bool closed = false;
+};
+
+TEST_F(ServerSessionTest, GreetsWithHostname) { EXPECT_EQ(out, "220 relay.example.test ESMTP Sluice\r\n"); }
+
+TEST_F(ServerSessionTest, EhloAdvertisesExtensions) {
+  const std::string reply = feed("EHLO client.example\r\n");
+  EXPECT_EQ(reply,
+            "250-relay.example.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n"
+            "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n");
+  EXPECT_EQ(feed("HELO client.example\r\n"), "250 relay.example.test\r\n");
+  EXPECT_EQ(feed("EHLO\r\n").substr(0, 10), "501 5.5.4 ");
+}
+
+TEST_F(ServerSessionTest, FullTransactionWaitsForCommit) {
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example>\r\n"), "250 2.1.0 Ok\r\n");
+  EXPECT_EQ(feed("RCPT TO:<x@y.example>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(feed("DATA\r\n"), "354 End data with <CR><LF>.<CR><LF>\r\n");
+  // The end of data alone produces no reply until the owner reports the commit.
+  out.clear();
+  const SessionStep step = session->on_input("Subject: hi\r\n\r\nbody\r\n..dot\r\n.\r\nNOOP\r\n", out);
+  EXPECT_EQ(step.action, SessionAction::commit);
+  EXPECT_TRUE(out.empty());
+  EXPECT_TRUE(session->waiting_for_commit());
+  // Input after the terminator is not consumed while the commit runs.
+  EXPECT_EQ(step.consumed, std::string_view("Subject: hi\r\n\r\nbody\r\n..dot\r\n.\r\n").size());
+  AcceptedMessage message = session->take_message();
+  EXPECT_EQ(message.body, "Subject: hi\r\n\r\nbody\r\n..dot\r\n");
+  EXPECT_EQ(message.rfc_size, message.body.size() - 1);  // one stuffing dot
+  EXPECT_EQ(message.sender, "a@b.example");
+  ASSERT_EQ(message.recipients.size(), 1u);
+  EXPECT_TRUE(message.add_message_id);
+  EXPECT_TRUE(message.add_date);
+  session->commit_done(true, "0123456789ABCDEF", out);
+  EXPECT_EQ(out, "250 2.0.0 Ok: queued as 0123456789ABCDEF\r\n");
+}
+
+TEST_F(ServerSessionTest, FailedCommitGives451) {
+  feed("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  EXPECT_EQ(feed("x\r\n.\r\n", false), "451 4.3.0 Error: queue file write error\r\n");
+}
+
+TEST_F(ServerSessionTest, PipelinedBatchRepliesInOrder) {
+  const std::string reply = feed(
+      "EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\nDATA\r\n"
+      "hello\r\n.\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<3@y.example>\r\nDATA\r\nagain\r\n.\r\nQUIT\r\n");
+  EXPECT_EQ(commits, 2);
+  EXPECT_TRUE(closed);
+  const std::string expected_tail =
+      "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+      "250 2.0.0 Ok: queued as 0123456789ABCDEF\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n"
+      "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as 0123456789ABCDEF\r\n221 2.0.0 Bye\r\n";
+  ASSERT_GE(reply.size(), expected_tail.size());
+  EXPECT_EQ(reply.substr(reply.size() - expected_tail.size()), expected_tail);
+}
+
+TEST_F(ServerSessionTest, CommandsSplitAcrossReads) {
+  feed("EH");
+  feed("LO c\r");
+  EXPECT_EQ(feed("\nNOOP\r\n").substr(0, 4), "250-");
+}
+
+TEST_F(ServerSessionTest, SequenceErrors) {
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example>\r\n").substr(0, 10), "503 5.5.1 ");
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed("RCPT TO:<x@y.example>\r\n").substr(0, 10), "503 5.5.1 ");
+  EXPECT_EQ(feed("DATA\r\n").substr(0, 10), "503 5.5.1 ");
+  feed("MAIL FROM:<a@b.example>\r\n");
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example>\r\n").substr(0, 10), "503 5.5.1 ");
+  EXPECT_EQ(feed("DATA\r\n").substr(0, 10), "554 5.5.1 ");
+}
+
+TEST_F(ServerSessionTest, SimpleCommands) {
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(feed("RSET\r\n"), "250 2.0.0 Ok\r\n");
+  EXPECT_EQ(feed("VRFY root\r\n").substr(0, 10), "252 2.5.2 ");
+  EXPECT_EQ(feed("EXPN staff\r\n").substr(0, 10), "502 5.5.1 ");
+  EXPECT_EQ(feed("HELP\r\n").substr(0, 10), "214 2.0.0 ");
+  EXPECT_EQ(feed("TURN\r\n").substr(0, 10), "502 5.5.1 ");
+  EXPECT_EQ(feed("XYZZY\r\n").substr(0, 10), "500 5.5.1 ");
+  EXPECT_EQ(feed("QUIT\r\n"), "221 2.0.0 Bye\r\n");
+  EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerSessionTest, SizeLimits) {
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example> SIZE=1001\r\n").substr(0, 10), "552 5.3.4 ");
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example> SIZE=1000\r\n"), "250 2.1.0 Ok\r\n");
+  feed("RCPT TO:<x@y.example>\r\nDATA\r\n");
+  // Exactly 1000 octets: 9 lines of 109 + CRLF = 999, plus "x" and no... build precisely.
+  std::string body;
+  while (body.size() + 100 <= 1000) {
+    body += std::string(98, 'a') + "\r\n";
+  }
+  body += std::string(1000 - body.size() - 2, 'b') + "\r\n";
+  ASSERT_EQ(body.size(), 1000u);
+  EXPECT_EQ(feed(body + ".\r\n"), "250 2.0.0 Ok: queued as 0123456789ABCDEF\r\n");
+  EXPECT_EQ(last.rfc_size, 1000u);
+  feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  EXPECT_EQ(feed("x" + body + ".\r\n").substr(0, 10), "552 5.3.4 ");
+  EXPECT_FALSE(closed);
+  EXPECT_EQ(feed("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+}
+
+TEST_F(ServerSessionTest, LongTextLineRefusedAfterData) {
+  settings.limits.message_octets_max = 5000;
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  EXPECT_EQ(feed(std::string(999, 'a') + "\r\n.\r\n").substr(0, 10), "500 5.5.2 ");
+  EXPECT_FALSE(closed);
+  feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  EXPECT_EQ(feed(std::string(998, 'a') + "\r\n.\r\n").substr(0, 4), "250 ");
+}
+
+TEST_F(ServerSessionTest, CommandLineLimits) {
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed("NOOP " + std::string(505, 'x') + "\r\n").substr(0, 4), "250 ");  // 512 with CRLF
+  EXPECT_EQ(feed("NOOP " + std::string(506, 'x') + "\r\n").substr(0, 10), "500 5.5.2 ");
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example> ENVID=" + std::string(600, 'x') + "\r\n").substr(0, 4), "250 ");
+  EXPECT_EQ(feed("RSET " + std::string(3000, 'x') + "\r\n").substr(0, 10), "500 5.5.2 ");
+  EXPECT_FALSE(closed);
+}
+
+TEST_F(ServerSessionTest, BareNewlinesCloseTheConnection) {
+  for (const std::string smuggle : {"a\n.\nMAIL FROM:<x@y>\r\n", "a\n.\r\n", "a\r.\r", "a\r\n.\n", "a\rb\r\n", "a\nb\r\n"}) {
+    SetUp();
+    feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+    const std::string reply = feed(smuggle + "\r\n.\r\n");
+    EXPECT_EQ(reply.substr(0, 10), "521 5.5.2 ") << smuggle;
+    EXPECT_TRUE(closed);
+    EXPECT_EQ(commits, 0);
+    closed = false;
+  }
+  SetUp();
+  EXPECT_EQ(feed("NOOP\n").substr(0, 10), "521 5.5.2 ");
+  EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerSessionTest, RelayRules) {
+  start(false);
+  feed("EHLO localhost\r\nMAIL FROM:<a@b.example>\r\n");
+  EXPECT_EQ(feed("RCPT TO:<x@other.example>\r\n"), "554 5.7.1 Relay access denied\r\n");
+  EXPECT_EQ(feed("RCPT TO:<x@LOCAL.example>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(feed("RCPT TO:<x@deep.sub.example>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(feed("RCPT TO:<x@sub.example.evil>\r\n"), "554 5.7.1 Relay access denied\r\n");
+  EXPECT_EQ(feed("RCPT TO:<postmaster>\r\n"), "250 2.1.5 Ok\r\n");
+}
+
+TEST_F(ServerSessionTest, RecipientLimit) {
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\nRCPT TO:<3@y.example>\r\n");
+  EXPECT_EQ(feed("RCPT TO:<4@y.example>\r\n"), "452 4.5.3 Error: too many recipients\r\n");
+}
+
+TEST_F(ServerSessionTest, ErrorLimitDisconnects) {
+  std::string reply;
+  for (int i = 0; i < 5; ++i) {
+    reply = feed("BOGUS\r\n");
+  }
+  EXPECT_NE(reply.find("421 4.7.0"), std::string::npos);
+  EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerSessionTest, SpoolLowGives452AtMail) {
+  host.low = true;
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example>\r\n"), "452 4.3.1 Insufficient system storage\r\n");
+}
+
+TEST_F(ServerSessionTest, MailLoopDetected) {
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  std::string headers;
+  for (int i = 0; i < 101; ++i) {
+    headers += "Received: from x by y; Thu, 1 Jan 2026 00:00:00 +0000\r\n";
+  }
+  EXPECT_EQ(feed(headers + "\r\nbody\r\n.\r\n").substr(0, 10), "554 5.4.6 ");
+  EXPECT_EQ(commits, 0);
+}
+
+TEST_F(ServerSessionTest, BdatChunksAreDotStuffed) {
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\n");
+  EXPECT_EQ(feed("BDAT 9\r\n.a\r\nb\r\n."), "250 2.0.0 Ok: chunk received\r\n");
+  EXPECT_EQ(feed("BDAT 2 LAST\r\n\r\n"), "250 2.0.0 Ok: queued as 0123456789ABCDEF\r\n");
+  EXPECT_EQ(last.body, "..a\r\nb\r\n..\r\n");
+  EXPECT_EQ(last.rfc_size, 10u);
+  // BDAT without a transaction: the chunk is read and dropped, then 503.
+  EXPECT_EQ(feed("BDAT 5 LAST\r\nhello").substr(0, 10), "503 5.5.1 ");
+  EXPECT_EQ(feed("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+  // BDAT 0 LAST ends a transaction started with chunks.
+  feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nBDAT 3\r\nx\r\n");
+  EXPECT_EQ(feed("BDAT 0 LAST\r\n"), "250 2.0.0 Ok: queued as 0123456789ABCDEF\r\n");
+  EXPECT_EQ(last.body, "x\r\n");
+}
+
+}  // namespace
+}  // namespace sluice::smtp

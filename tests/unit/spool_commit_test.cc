@@ -1,0 +1,424 @@
+// The group-commit state machine of ShardSpool against real files: a ticket completes only on
+// the fdatasync completion that covers it, one fdatasync in flight, pacing, ordering after the
+// write CQEs, short writes, and write / fdatasync errors failing exactly the covered tickets.
+#include <sys/resource.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "spool/spool.h"
+#include "spool/spool_testing.h"
+
+namespace sluice::spool {
+namespace {
+
+using testing::drain;
+using testing::perform;
+using testing::wait_for_ready_segments;
+
+class SpoolCommitTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/spool_commit_XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern), nullptr);
+    _dir = pattern;
+    _options.dir = _dir;
+    _options.shard = 0;
+    _options.segment_bytes = 256 << 10;
+    _options.commit_interval_us = 1000;
+    _options.commit_batch_bytes = 64 << 10;
+  }
+  void TearDown() override {
+    _spool.reset();
+    std::filesystem::remove_all(_dir);
+  }
+  void open_spool() {
+    auto recovered = recover_shard(_dir, 0);
+    ASSERT_TRUE(recovered.ok()) << recovered.status();
+    auto spool = ShardSpool::open(_options, *std::move(recovered));
+    ASSERT_TRUE(spool.ok()) << spool.status();
+    _spool = *std::move(spool);
+    ASSERT_TRUE(wait_for_ready_segments(*_spool));
+  }
+  uint64_t append(std::string body, std::string* id_out = nullptr) {
+    const std::string id = _ids.next(1700000000000);
+    if (id_out != nullptr) {
+      *id_out = id;
+    }
+    Envelope envelope;
+    envelope.sender = "sender@example.test";
+    envelope.recipients = {"a@example.test", "b@example.test"};
+    envelope.client_address = "127.0.0.1";
+    envelope.client_helo = "client.example.test";
+    auto ticket = _spool->append_message(id, 1700000000000, std::move(envelope), body.size(), std::move(body));
+    EXPECT_TRUE(ticket.ok()) << ticket.status();
+    return ticket.value_or(0);
+  }
+  std::vector<IoRequest> collect(uint64_t now_us) {
+    std::vector<IoRequest> requests;
+    _spool->collect_io(now_us, requests);
+    return requests;
+  }
+  static size_t count_kind(const std::vector<IoRequest>& requests, IoRequest::Kind kind) {
+    size_t count = 0;
+    for (const auto& request : requests) {
+      count += request.kind == kind ? 1 : 0;
+    }
+    return count;
+  }
+
+  std::string _dir;
+  SpoolOptions _options;
+  std::unique_ptr<ShardSpool> _spool;
+  IdGenerator _ids{0, 1700000000000};
+};
+
+TEST_F(SpoolCommitTest, TicketCompletesOnlyOnFdatasyncCompletion) {
+  open_spool();
+  std::string id;
+  const uint64_t ticket = append("Subject: x\r\n\r\nhello\r\n", &id);
+  std::vector<Completed> done;
+
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 1u);
+  ASSERT_EQ(requests[0].kind, IoRequest::Kind::write);  // the write first, no fdatasync yet
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  EXPECT_TRUE(done.empty()) << "a write completion must not release the ticket";
+  EXPECT_FALSE(_spool->find(id).has_value());
+
+  requests = collect(1);
+  ASSERT_EQ(requests.size(), 1u);
+  ASSERT_EQ(requests[0].kind, IoRequest::Kind::fdatasync);
+  EXPECT_TRUE(collect(2).empty()) << "nothing more while the fdatasync runs";
+  EXPECT_TRUE(done.empty());
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, ticket);
+  EXPECT_TRUE(done[0].status.ok());
+  EXPECT_EQ(done[0].queue_id, id);
+  ASSERT_TRUE(_spool->find(id).has_value());
+  EXPECT_EQ(_spool->read_message(id).value(), "Subject: x\r\n\r\nhello\r\n");
+  EXPECT_TRUE(_spool->idle());
+  EXPECT_EQ(_spool->metrics().fsyncs, 1u);
+}
+
+TEST_F(SpoolCommitTest, OneFdatasyncInFlightAndLateMessagesJoinTheNextOne) {
+  open_spool();
+  const uint64_t first = append("first\r\n");
+  std::vector<Completed> done;
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 1u);
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  auto sync = collect(0);
+  ASSERT_EQ(count_kind(sync, IoRequest::Kind::fdatasync), 1u);
+
+  const uint64_t second = append("second\r\n");
+  const uint64_t third = append("third\r\n");
+  // Long after the pacing interval, still nothing: the first fdatasync has not completed.
+  EXPECT_TRUE(collect(1000000).empty());
+  _spool->on_io_complete(sync[0].op_id, perform(sync[0]), done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, first);
+
+  requests = collect(1000000);
+  ASSERT_EQ(requests.size(), 1u);
+  ASSERT_EQ(requests[0].kind, IoRequest::Kind::write);
+  EXPECT_EQ(requests[0].iov_count, 4u) << "both records in one gathered write";
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  sync = collect(1000001);
+  ASSERT_EQ(count_kind(sync, IoRequest::Kind::fdatasync), 1u);
+  EXPECT_EQ(done.size(), 1u);
+  _spool->on_io_complete(sync[0].op_id, perform(sync[0]), done);
+  ASSERT_EQ(done.size(), 3u);
+  EXPECT_EQ(done[1].ticket, second);
+  EXPECT_EQ(done[2].ticket, third);
+  EXPECT_EQ(_spool->metrics().fsyncs, 2u);
+  EXPECT_EQ(_spool->metrics().messages_per_fsync_sum, 3u);
+  EXPECT_EQ(_spool->metrics().messages_per_fsync_count, 2u);
+}
+
+TEST_F(SpoolCommitTest, PacedByCommitInterval) {
+  open_spool();
+  append("one\r\n");
+  uint64_t now = 5000;
+  auto done = drain(*_spool, now);  // first commit at once: nothing was synced before
+  ASSERT_EQ(done.size(), 1u);
+  const uint64_t first_sync_us = 5000;
+  EXPECT_EQ(now, first_sync_us);
+
+  append("two\r\n");
+  EXPECT_EQ(_spool->next_deadline_us(), first_sync_us + _options.commit_interval_us);
+  EXPECT_TRUE(collect(first_sync_us + 1).empty());
+  EXPECT_TRUE(collect(first_sync_us + _options.commit_interval_us - 1).empty());
+  auto requests = collect(first_sync_us + _options.commit_interval_us);
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0].kind, IoRequest::Kind::write);
+}
+
+TEST_F(SpoolCommitTest, CommitsAtOnceWhenBatchBytesAreWaiting) {
+  _options.commit_interval_us = 10000000;
+  open_spool();
+  append("one\r\n");
+  uint64_t now = 100;
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  append("small\r\n");
+  EXPECT_TRUE(collect(now + 10).empty());
+  EXPECT_GT(_spool->next_deadline_us(), now + 10);
+  append(std::string(_options.commit_batch_bytes, 'x'));
+  EXPECT_LE(_spool->next_deadline_us(), now + 20);
+  auto requests = collect(now + 20);
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0].kind, IoRequest::Kind::write);
+}
+
+TEST_F(SpoolCommitTest, FdatasyncWaitsForEveryCoveredWriteCompletion) {
+  open_spool();
+  std::string kept;
+  append("message\r\n", &kept);
+  uint64_t now = 0;
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  // A message and a journal record: two files, two writes in one batch.
+  append("another\r\n");
+  ASSERT_TRUE(_spool->hold(kept).ok());
+  auto requests = collect(now + 1000000);
+  ASSERT_EQ(requests.size(), 2u);
+  ASSERT_EQ(count_kind(requests, IoRequest::Kind::write), 2u);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[1].op_id, perform(requests[1]), done);
+  EXPECT_TRUE(collect(now + 2000000).empty()) << "an fdatasync before the other write's CQE";
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  // Now one fdatasync at a time, one per file.
+  auto sync = collect(now + 2000001);
+  ASSERT_EQ(sync.size(), 1u);
+  ASSERT_EQ(sync[0].kind, IoRequest::Kind::fdatasync);
+  _spool->on_io_complete(sync[0].op_id, perform(sync[0]), done);
+  EXPECT_EQ(done.size(), 1u);
+  auto sync2 = collect(now + 2000002);
+  ASSERT_EQ(sync2.size(), 1u);
+  ASSERT_EQ(sync2[0].kind, IoRequest::Kind::fdatasync);
+  EXPECT_NE(sync2[0].fd, sync[0].fd);
+  _spool->on_io_complete(sync2[0].op_id, perform(sync2[0]), done);
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_TRUE(done[0].status.ok());
+  EXPECT_TRUE(done[1].status.ok());
+}
+
+TEST_F(SpoolCommitTest, ShortWritesAreResubmittedAndNoFdatasyncBeforeTheRest) {
+  open_spool();
+  std::vector<std::string> ids(3);
+  std::vector<std::string> bodies = {std::string(1000, 'a') + "\r\n", "b\r\n", std::string(3000, 'c') + "\r\n"};
+  for (size_t i = 0; i < bodies.size(); ++i) {
+    append(bodies[i], &ids[i]);
+  }
+  std::vector<Completed> done;
+  uint64_t now = 0;
+  size_t writes = 0;
+  for (int round = 0; round < 1000 && !_spool->idle(); ++round) {
+    auto requests = collect(now++);
+    for (const auto& request : requests) {
+      if (request.kind == IoRequest::Kind::write) {
+        ++writes;
+        EXPECT_TRUE(done.empty());
+        _spool->on_io_complete(request.op_id, perform(request, 333), done);  // 333 octets at a time
+      } else {
+        ASSERT_EQ(request.kind, IoRequest::Kind::fdatasync);
+        _spool->on_io_complete(request.op_id, perform(request), done);
+      }
+    }
+  }
+  EXPECT_GT(writes, 10u);
+  ASSERT_EQ(done.size(), 3u);
+  EXPECT_EQ(_spool->metrics().fsyncs, 1u);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_TRUE(done[i].status.ok());
+    EXPECT_EQ(_spool->read_message(ids[i]).value(), bodies[i]);
+  }
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok());
+  EXPECT_EQ(recovered->messages.size(), 3u);
+}
+
+TEST_F(SpoolCommitTest, WriteErrorFailsExactlyTheCoveredTicketsAndMovesToANewSegment) {
+  open_spool();
+  std::string good;
+  append("good\r\n", &good);
+  uint64_t now = 0;
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  const uint64_t good_segment = _spool->find(good)->location.segment_id;
+
+  std::string lost1, lost2, late;
+  const uint64_t t1 = append("lost one\r\n", &lost1);
+  const uint64_t t2 = append("lost two\r\n", &lost2);
+  auto requests = collect(now + 1000000);
+  ASSERT_EQ(requests.size(), 1u);
+  const uint64_t t3 = append("appended while the write was in flight\r\n", &late);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, -ENOSPC, done);
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_EQ(done[0].ticket, t1);
+  EXPECT_EQ(done[1].ticket, t2);
+  EXPECT_EQ(done[0].status.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(done[1].status.ok());
+  EXPECT_EQ(_spool->metrics().write_errors, 1u);
+
+  auto rest = drain(*_spool, now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, t3);
+  EXPECT_TRUE(rest[0].status.ok());
+  ASSERT_TRUE(_spool->find(late).has_value());
+  EXPECT_NE(_spool->find(late)->location.segment_id, good_segment) << "never append after a hole";
+  EXPECT_FALSE(_spool->find(lost1).has_value());
+  const uint64_t after = append("after\r\n");
+  auto after_done = drain(*_spool, now);
+  ASSERT_EQ(after_done.size(), 1u);
+  EXPECT_EQ(after_done[0].ticket, after);
+  EXPECT_TRUE(after_done[0].status.ok());
+
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok());
+  ASSERT_EQ(recovered->messages.size(), 3u);
+  EXPECT_EQ(recovered->messages[0].id, good);
+  EXPECT_EQ(recovered->messages[1].id, late);
+}
+
+TEST_F(SpoolCommitTest, FdatasyncErrorFailsExactlyTheCoveredTicketsAndIsNeverRetriedAsSuccess) {
+  open_spool();
+  std::string first_id;
+  const uint64_t first = append("first\r\n", &first_id);
+  std::vector<Completed> done;
+  auto requests = collect(0);
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  auto sync = collect(0);
+  ASSERT_EQ(sync.size(), 1u);
+  const uint64_t during = append("during the failing fdatasync\r\n");
+  _spool->on_io_complete(sync[0].op_id, -EIO, done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, first);
+  EXPECT_FALSE(done[0].status.ok());
+  EXPECT_EQ(_spool->metrics().fsync_errors, 1u);
+  EXPECT_FALSE(_spool->find(first_id).has_value());
+
+  uint64_t now = 10;
+  auto rest = drain(*_spool, now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, during);
+  EXPECT_TRUE(rest[0].status.ok());
+  for (const auto& completed : rest) {
+    EXPECT_NE(completed.ticket, first) << "a failed fdatasync's ticket completed again";
+  }
+}
+
+TEST_F(SpoolCommitTest, JournalWriteErrorFailsItsTicketsAndTheJournalContinues) {
+  open_spool();
+  std::string id;
+  append("m\r\n", &id);
+  uint64_t now = 0;
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  const uint64_t held = _spool->hold(id).value();
+  auto requests = collect(now + 1000000);
+  ASSERT_EQ(requests.size(), 1u);
+  const uint64_t released = _spool->release(id).value();
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, -EIO, done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, held);
+  EXPECT_FALSE(done[0].status.ok());
+  auto rest = drain(*_spool, now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, released);
+  EXPECT_TRUE(rest[0].status.ok());
+  // The journal stays readable: the release was written where the failed hold would have gone.
+  const uint64_t removed = _spool->remove(id).value();
+  rest = drain(*_spool, now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, removed);
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok());
+  EXPECT_TRUE(recovered->messages.empty());
+}
+
+TEST_F(SpoolCommitTest, RecordsLargerThanASegmentAreRefusedAtOnce) {
+  open_spool();
+  auto ticket = _spool->append_message(_ids.next(1700000000000), 1, Envelope{}, 1,
+                                       std::string(_options.segment_bytes, 'x'));
+  EXPECT_EQ(ticket.status().code(), absl::StatusCode::kResourceExhausted);
+  auto bad_id = _spool->append_message("not-an-id", 1, Envelope{}, 1, "x");
+  EXPECT_EQ(bad_id.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(_spool->idle());
+}
+
+TEST_F(SpoolCommitTest, SegmentsRollOverAndEmptiedSealedSegmentsAreUnlinked) {
+  _options.segment_bytes = 64 << 10;
+  open_spool();
+  std::vector<std::string> ids;
+  uint64_t now = 0;
+  for (int i = 0; i < 40; ++i) {
+    ASSERT_TRUE(wait_for_ready_segments(*_spool, 1));
+    std::string id;
+    append(std::string(5000, static_cast<char>('a' + i % 26)) + "\r\n", &id);
+    ids.push_back(id);
+    auto done = drain(*_spool, now);
+    ASSERT_EQ(done.size(), 1u);
+    ASSERT_TRUE(done[0].status.ok());
+  }
+  EXPECT_GE(_spool->metrics().segments_used, 3u);
+  const uint64_t first_segment = _spool->find(ids.front())->location.segment_id;
+  const std::string first_path = _dir + "/shard-0/" + [&] {
+    char name[32];
+    std::snprintf(name, sizeof(name), "seg-%016llx", static_cast<unsigned long long>(first_segment));
+    return std::string(name);
+  }();
+  ASSERT_TRUE(std::filesystem::exists(first_path));
+  for (const auto& id : ids) {
+    if (_spool->find(id)->location.segment_id == first_segment) {
+      ASSERT_TRUE(_spool->remove(id).ok());
+    }
+  }
+  drain(*_spool, now);
+  EXPECT_FALSE(std::filesystem::exists(first_path));
+  EXPECT_EQ(_spool->segment_fd(first_segment), -1);
+  EXPECT_GE(_spool->metrics().segments_unlinked, 1u);
+  for (const auto& id : ids) {
+    if (auto info = _spool->find(id)) {
+      EXPECT_EQ(_spool->read_message(id)->size(), 5002u);
+    }
+  }
+}
+
+// With the file size limit below a segment, preallocation fails (like ENOSPC): appends get
+// UNAVAILABLE at once. When the limit goes, the spool recovers by itself.
+TEST_F(SpoolCommitTest, NoSegmentReadyIsUnavailableAndRecoversBySelf) {
+  std::signal(SIGXFSZ, SIG_IGN);
+  rlimit original;
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &original), 0);
+  rlimit small = original;
+  small.rlim_cur = 16 << 10;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok());
+  auto spool = ShardSpool::open(_options, *std::move(recovered));
+  ASSERT_TRUE(spool.ok());
+  _spool = *std::move(spool);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto refused = _spool->append_message(_ids.next(1700000000000), 1, Envelope{}, 1, "x\r\n");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(_spool->metrics().unavailable, 1u);
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &original), 0);
+  ASSERT_TRUE(wait_for_ready_segments(*_spool, 1));
+  append("x\r\n");
+  uint64_t now = 0;
+  auto done = drain(*_spool, now);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_TRUE(done[0].status.ok());
+  EXPECT_GT(_spool->free_bytes(), 0u);
+  EXPECT_FALSE(_spool->below_min_free());
+}
+
+}  // namespace
+}  // namespace sluice::spool
