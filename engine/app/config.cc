@@ -9,6 +9,7 @@
 #include "engine/app/config.h"
 
 #include <sched.h>
+#include <toml++/toml.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,8 +19,6 @@
 #include <cstring>
 #include <sstream>
 #include <thread>
-
-#include <toml++/toml.h>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
@@ -46,18 +45,28 @@ constexpr std::array<std::string_view, 2> kDefaultRelayNetworks = {"127.0.0.0/8"
 
 constexpr std::array<std::string_view, 8> kSections = {
     "server", "spool", "relay", "proxy_protocol", "dns", "delivery", "route", "admin"};
-constexpr std::array<std::string_view, 15> kServerKeys = {
-    "hostname", "listen", "threads", "max_message_size", "max_recipients", "max_sessions",
-    "max_sessions_per_client", "max_connection_rate_per_client", "max_errors", "command_timeout",
-    "data_timeout", "drain_timeout", "max_received_headers", "max_command_line",
-    "max_param_command_line"};
+constexpr std::array<std::string_view, 15> kServerKeys = {"hostname",
+                                                          "listen",
+                                                          "threads",
+                                                          "max_message_size",
+                                                          "max_recipients",
+                                                          "max_sessions",
+                                                          "max_sessions_per_client",
+                                                          "max_connection_rate_per_client",
+                                                          "max_errors",
+                                                          "command_timeout",
+                                                          "data_timeout",
+                                                          "drain_timeout",
+                                                          "max_received_headers",
+                                                          "max_command_line",
+                                                          "max_param_command_line"};
 constexpr std::array<std::string_view, 5> kSpoolKeys = {
     "dir", "commit_interval_us", "commit_batch_bytes", "min_free_bytes", "segment_bytes"};
 constexpr std::array<std::string_view, 2> kRelayKeys = {"networks", "domains"};
 constexpr std::array<std::string_view, 2> kProxyKeys = {"trusted", "timeout"};
 constexpr std::array<std::string_view, 1> kDnsKeys = {"servers"};
-constexpr std::array<std::string_view, 5> kDeliveryKeys = {
-    "port", "retry_initial", "retry_max", "lifetime", "connections_per_host"};
+constexpr std::array<std::string_view, 5> kDeliveryKeys = {"port", "retry_initial", "retry_max",
+                                                           "lifetime", "connections_per_host"};
 constexpr std::array<std::string_view, 2> kRouteKeys = {"domain", "next_hop"};
 constexpr std::array<std::string_view, 1> kAdminKeys = {"listen"};
 
@@ -136,7 +145,9 @@ std::string suggestion(std::string_view key, absl::Span<const std::string_view> 
   return best.empty() ? "" : absl::StrCat(" (did you mean '", absl_view(best), "'?)");
 }
 
-bool is_label_char(char c) { return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-'; }
+bool is_label_char(char c) {
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-';
+}
 
 // A host or domain name: dot-separated labels of letters, digits and hyphens, no label empty or
 // starting or ending with a hyphen (RFC 1123 2.1), no trailing dot.
@@ -151,8 +162,8 @@ bool is_domain_name(std::string_view name) {
       end = name.size();
     }
     const std::string_view label = name.substr(start, end - start);
-    if (label.empty() || label.size() > kLabelMax || label.front() == '-' ||
-        label.back() == '-' || !std::all_of(label.begin(), label.end(), is_label_char)) {
+    if (label.empty() || label.size() > kLabelMax || label.front() == '-' || label.back() == '-' ||
+        !std::all_of(label.begin(), label.end(), is_label_char)) {
       return false;
     }
     start = end + 1;
@@ -312,11 +323,10 @@ class Reader {
         error(line, node.is_table() ? absl::StrCat("unknown table [", escaped, "]", hint)
                                     : absl::StrCat("unknown key ", quote(name), hint));
       } else {
-        error(line, node.is_table()
-                        ? absl::StrCat("unknown table [", absl_view(section), ".", escaped, "]",
-                                       hint)
-                        : absl::StrCat("unknown key ", quote(name), " in [", absl_view(section),
-                                       "]", hint));
+        error(line, node.is_table() ? absl::StrCat("unknown table [", absl_view(section), ".",
+                                                   escaped, "]", hint)
+                                    : absl::StrCat("unknown key ", quote(name), " in [",
+                                                   absl_view(section), "]", hint));
       }
     }
   }
@@ -373,9 +383,9 @@ class Reader {
       return;
     }
     if (*parsed < min || *parsed > kDurationMax) {
-      error(line_of(*node), absl::StrCat(what, ": ", quote(value->get()), " is out of range (",
-                                         duration_to_string(min), " to ",
-                                         duration_to_string(kDurationMax), ")"));
+      error(line_of(*node),
+            absl::StrCat(what, ": ", quote(value->get()), " is out of range (",
+                         duration_to_string(min), " to ", duration_to_string(kDurationMax), ")"));
       return;
     }
     out = *parsed;
@@ -443,14 +453,15 @@ class Reader {
       return;
     }
     io::NetworkList list;
-    const bool all_ok = for_each_string(*elements, label(section, key), [&list](std::string_view text) {
-      auto network = io::Network::parse(text);
-      if (!network.ok()) {
-        return network.status();
-      }
-      list.add(*network);
-      return absl::OkStatus();
-    });
+    const bool all_ok =
+        for_each_string(*elements, label(section, key), [&list](std::string_view text) {
+          auto network = io::Network::parse(text);
+          if (!network.ok()) {
+            return network.status();
+          }
+          list.add(*network);
+          return absl::OkStatus();
+        });
     if (all_ok) {
       out = std::move(list);
     }
@@ -462,24 +473,26 @@ class Reader {
         if (is_domain_name(*text)) {
           server.hostname = absl::AsciiStrToLower(*text);
         } else {
-          error(line_of(*node), absl::StrCat("server.hostname: ", quote(*text),
-                                             " is not a valid host name"));
+          error(line_of(*node),
+                absl::StrCat("server.hostname: ", quote(*text), " is not a valid host name"));
         }
       }
     }
     if (const toml::array* elements = array(section, "listen", kListenAddressesMax)) {
       std::vector<io::SocketAddress> listen;
-      const bool all_ok = for_each_string(*elements, "server.listen", [&listen](std::string_view text) {
-        auto address = io::parse_host_port(text);
-        if (!address.ok()) {
-          return address.status();
-        }
-        if (std::find(listen.begin(), listen.end(), *address) != listen.end()) {
-          return absl::InvalidArgumentError(absl::StrCat(address->to_string(), " is listed twice"));
-        }
-        listen.push_back(*address);
-        return absl::OkStatus();
-      });
+      const bool all_ok =
+          for_each_string(*elements, "server.listen", [&listen](std::string_view text) {
+            auto address = io::parse_host_port(text);
+            if (!address.ok()) {
+              return address.status();
+            }
+            if (std::find(listen.begin(), listen.end(), *address) != listen.end()) {
+              return absl::InvalidArgumentError(
+                  absl::StrCat(address->to_string(), " is listed twice"));
+            }
+            listen.push_back(*address);
+            return absl::OkStatus();
+          });
       if (all_ok && listen.empty()) {
         error(line_of(*elements), "server.listen: needs at least one address");
       } else if (all_ok) {
@@ -539,24 +552,27 @@ class Reader {
     }
     error(node != nullptr ? line_of(*node) : 0,
           absl::StrCat("spool.segment_bytes (", config.spool.segment_bytes,
-                       ") must be at least server.max_message_size + ", kSegmentOverheadBytes,
-                       " (", needed, "): a message is stored in one segment"));
+                       ") must be at least server.max_message_size + ", kSegmentOverheadBytes, " (",
+                       needed, "): a message is stored in one segment"));
   }
 
   void read_relay(Section section, RelayConfig& relay) {
     networks(section, "networks", relay.networks);
     if (const toml::array* elements = array(section, "domains", kRelayDomainsMax)) {
       std::vector<std::string> domains;
-      const bool all_ok = for_each_string(*elements, "relay.domains", [&domains](std::string_view text) {
-        const std::string_view name = text.empty() || text.front() != '.' ? text : text.substr(1);
-        if (!is_domain_name(name)) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              quote(text), " is not a domain (\"example.test\", or \".example.test\" for its "
-                           "subdomains)"));
-        }
-        domains.push_back(absl::AsciiStrToLower(absl_view(text)));
-        return absl::OkStatus();
-      });
+      const bool all_ok =
+          for_each_string(*elements, "relay.domains", [&domains](std::string_view text) {
+            const std::string_view name =
+                text.empty() || text.front() != '.' ? text : text.substr(1);
+            if (!is_domain_name(name)) {
+              return absl::InvalidArgumentError(
+                  absl::StrCat(quote(text),
+                               " is not a domain (\"example.test\", or \".example.test\" for its "
+                               "subdomains)"));
+            }
+            domains.push_back(absl::AsciiStrToLower(absl_view(text)));
+            return absl::OkStatus();
+          });
       if (all_ok) {
         relay.domains = std::move(domains);
       }
@@ -571,14 +587,15 @@ class Reader {
   void read_dns(Section section, DnsConfig& dns) {
     if (const toml::array* elements = array(section, "servers", kDnsServersMax)) {
       std::vector<io::SocketAddress> servers;
-      const bool all_ok = for_each_string(*elements, "dns.servers", [&servers](std::string_view text) {
-        auto address = io::parse_host_optional_port(text, kDnsDefaultPort);
-        if (!address.ok()) {
-          return address.status();
-        }
-        servers.push_back(*address);
-        return absl::OkStatus();
-      });
+      const bool all_ok =
+          for_each_string(*elements, "dns.servers", [&servers](std::string_view text) {
+            auto address = io::parse_host_optional_port(text, kDnsDefaultPort);
+            if (!address.ok()) {
+              return address.status();
+            }
+            servers.push_back(*address);
+            return absl::OkStatus();
+          });
       if (all_ok) {
         dns.servers = std::move(servers);
       }
@@ -632,12 +649,12 @@ class Reader {
         if (const std::string* text = string_node(*domain, "route.domain")) {
           const std::string name = absl::AsciiStrToLower(*text);
           if (name != "*" && !is_domain_name(name)) {
-            error(line_of(*domain), absl::StrCat("route.domain: ", quote(*text),
-                                                 " is not \"*\" or a domain"));
+            error(line_of(*domain),
+                  absl::StrCat("route.domain: ", quote(*text), " is not \"*\" or a domain"));
             route_ok = false;
           } else if (!seen.insert(name).second) {
-            error(line_of(*domain), absl::StrCat("route.domain: ", quote(*text),
-                                                 " has more than one route"));
+            error(line_of(*domain),
+                  absl::StrCat("route.domain: ", quote(*text), " has more than one route"));
             route_ok = false;
           }
           route.domain = name;
@@ -664,7 +681,9 @@ class Reader {
     }
   }
 
-  void read_admin(Section section, AdminConfig& admin) { host_port(section, "listen", admin.listen); }
+  void read_admin(Section section, AdminConfig& admin) {
+    host_port(section, "listen", admin.listen);
+  }
 
   std::string_view _file_name;
   ConfigErrors& _errors;
@@ -680,7 +699,8 @@ Config read_text(std::string_view text, std::string_view file_name, ConfigErrors
     errors.push_back(ConfigError{std::string(file_name), e.source().begin.line,
                                  absl::StrCat("syntax error: ", absl_view(e.description()))});
   } catch (const std::exception& e) {
-    errors.push_back(ConfigError{std::string(file_name), 0, absl::StrCat("cannot read: ", e.what())});
+    errors.push_back(
+        ConfigError{std::string(file_name), 0, absl::StrCat("cannot read: ", e.what())});
   }
   std::stable_sort(errors.begin(), errors.end(),
                    [](const ConfigError& a, const ConfigError& b) { return a.line < b.line; });
@@ -701,8 +721,8 @@ std::optional<std::string> read_file(const std::string& path, ConfigErrors& erro
     text.append(chunk.data(), got);
     if (text.size() > kConfigFileBytesMax) {
       std::fclose(file);
-      errors.push_back(ConfigError{path, 0, absl::StrCat("larger than ", kConfigFileBytesMax,
-                                                         " bytes")});
+      errors.push_back(
+          ConfigError{path, 0, absl::StrCat("larger than ", kConfigFileBytesMax, " bytes")});
       return std::nullopt;
     }
   }
@@ -710,7 +730,8 @@ std::optional<std::string> read_file(const std::string& path, ConfigErrors& erro
   const int saved_errno = errno;
   std::fclose(file);
   if (failed) {
-    errors.push_back(ConfigError{path, 0, absl::StrCat("cannot read: ", std::strerror(saved_errno))});
+    errors.push_back(
+        ConfigError{path, 0, absl::StrCat("cannot read: ", std::strerror(saved_errno))});
     return std::nullopt;
   }
   return text;
@@ -861,8 +882,8 @@ std::string config_to_string(const Config& config) {
   const DeliveryConfig& delivery = config.delivery;
   toml::array routes;
   for (const RouteConfig& route : config.routes) {
-    routes.push_back(toml::table{{"domain", route.domain},
-                                 {"next_hop", route.next_hop.to_string()}});
+    routes.push_back(
+        toml::table{{"domain", route.domain}, {"next_hop", route.next_hop.to_string()}});
   }
   toml::table root{
       {"server",

@@ -19,13 +19,13 @@ namespace sluice::app {
 
 // Limits on the values themselves, so that a typo cannot ask for absurd resources.
 inline constexpr uint32_t kThreadsMax = 1024;
-inline constexpr uint64_t kMessageSizeMax = 4294967295;  // fits the spool's 32-bit lengths
+inline constexpr uint64_t kMessageSizeMax = 4294967295;   // fits the spool's 32-bit lengths
 inline constexpr uint64_t kSegmentOverheadBytes = 65536;  // envelope + Received: + record headers
 inline constexpr uint64_t kSegmentBytesMin = 1048576;
 inline constexpr uint64_t kSegmentBytesMax = 68719476736;  // 64 GiB
 inline constexpr uint32_t kRecipientsMax = 100000;
 inline constexpr uint32_t kSessionsMax = 10000000;
-inline constexpr uint32_t kCommandLineMin = 512;      // RFC 5321 4.5.3.1.4
+inline constexpr uint32_t kCommandLineMin = 512;  // RFC 5321 4.5.3.1.4
 inline constexpr uint32_t kCommandLineMax = 65536;
 inline constexpr uint32_t kReceivedHeadersMax = 10000;
 inline constexpr uint32_t kErrorsMax = 100000;
@@ -44,29 +44,29 @@ inline constexpr uint16_t kDnsDefaultPort = 53;
 struct ServerConfig {
   std::string hostname;  // EHLO name, Received:, Message-ID; default gethostname()
   std::vector<io::SocketAddress> listen;
-  uint32_t threads = 0;                          // 0 = one per core
-  uint64_t max_message_size = 52428800;          // bytes, advertised in SIZE
-  uint32_t max_recipients = 1000;                // per transaction
-  uint32_t max_sessions = 0;                     // 0 = derived from the open-file limit
-  uint32_t max_sessions_per_client = 50;         // concurrent, per client address; 0 = off
-  uint32_t max_connection_rate_per_client = 0;   // connections per minute; 0 = off
-  uint32_t max_errors = 20;                      // errors before disconnect
+  uint32_t threads = 0;                         // 0 = one per core
+  uint64_t max_message_size = 52428800;         // bytes, advertised in SIZE
+  uint32_t max_recipients = 1000;               // per transaction
+  uint32_t max_sessions = 0;                    // 0 = derived from the open-file limit
+  uint32_t max_sessions_per_client = 50;        // concurrent, per client address; 0 = off
+  uint32_t max_connection_rate_per_client = 0;  // connections per minute; 0 = off
+  uint32_t max_errors = 20;                     // errors before disconnect
   std::chrono::milliseconds command_timeout = std::chrono::minutes(5);
   std::chrono::milliseconds data_timeout = std::chrono::minutes(10);  // RFC 5321 4.5.3.2
   std::chrono::milliseconds drain_timeout = std::chrono::seconds(30);
-  uint32_t max_received_headers = 100;           // loop detection
-  uint32_t max_command_line = 512;               // octets, CRLF included
-  uint32_t max_param_command_line = 2048;        // MAIL/RCPT with ESMTP parameters
+  uint32_t max_received_headers = 100;     // loop detection
+  uint32_t max_command_line = 512;         // octets, CRLF included
+  uint32_t max_param_command_line = 2048;  // MAIL/RCPT with ESMTP parameters
 
   friend bool operator==(const ServerConfig&, const ServerConfig&) = default;
 };
 
 struct SpoolConfig {
   std::string dir = "./var/spool";
-  uint32_t commit_interval_us = 500;             // group commit pacing, microseconds
-  uint64_t commit_batch_bytes = 1048576;         // commit at once when this much is waiting
-  uint64_t min_free_bytes = 1073741824;          // below this, MAIL gets 452 4.3.1
-  uint64_t segment_bytes = 67108864;             // >= max_message_size + kSegmentOverheadBytes
+  uint32_t commit_interval_us = 500;      // group commit pacing, microseconds
+  uint64_t commit_batch_bytes = 1048576;  // commit at once when this much is waiting
+  uint64_t min_free_bytes = 1073741824;   // below this, MAIL gets 452 4.3.1
+  uint64_t segment_bytes = 67108864;      // >= max_message_size + kSegmentOverheadBytes
 
   friend bool operator==(const SpoolConfig&, const SpoolConfig&) = default;
 };
@@ -153,10 +153,10 @@ absl::StatusOr<Config> load_config_text(std::string_view text, std::string_view 
 
 // Command-line overrides of `sluice serve`, as given on the command line.
 struct CliOverrides {
-  std::vector<std::string> listen;      // --listen ADDR:PORT (repeatable); replaces the list
-  std::optional<std::string> spool;     // --spool DIR
-  std::optional<std::string> threads;   // --threads N
-  std::optional<std::string> admin;     // --admin ADDR:PORT
+  std::vector<std::string> listen;     // --listen ADDR:PORT (repeatable); replaces the list
+  std::optional<std::string> spool;    // --spool DIR
+  std::optional<std::string> threads;  // --threads N
+  std::optional<std::string> admin;    // --admin ADDR:PORT
 };
 // Error messages name the option, e.g. "--threads: ...".
 absl::Status apply_cli_overrides(Config& config, const CliOverrides& overrides);

@@ -10,6 +10,7 @@ const char* rejection_name(Rejection reason) {
   switch (reason) {
     case Rejection::relay_denied: return "relay_denied";
     case Rejection::too_big: return "message_too_big";
+    case Rejection::too_many_recipients: return "too_many_recipients";
     case Rejection::line_too_long: return "line_too_long";
     case Rejection::bare_newline: return "bare_newline";
     case Rejection::mail_loop: return "mail_loop";

@@ -14,6 +14,7 @@ namespace sluice::app {
 enum class Rejection : uint8_t {
   relay_denied,
   too_big,
+  too_many_recipients,
   line_too_long,
   bare_newline,
   mail_loop,

@@ -36,7 +36,6 @@ enum Tag : uint8_t {
   kTagAccept,
   kTagRecv,
   kTagSend,
-  kTagShutdown,
   kTagClose,
   kTagSpool,
   kTagDoorbell,
@@ -104,7 +103,14 @@ struct Shard::Impl : public smtp::SessionHost {
   uint32_t slots_used = 0;
   uint32_t open_connections = 0;
   std::vector<uint32_t> dirty;
-  absl::flat_hash_map<uint64_t, io::UserData> tickets;  // spool ticket -> connection
+  // A message handed to the spool and not yet answered: who waits for it, and what to log.
+  struct PendingCommit {
+    io::UserData owner;
+    uint64_t rfc_size = 0;
+    uint32_t recipients = 0;
+    uint64_t started_us = 0;
+  };
+  absl::flat_hash_map<uint64_t, PendingCommit> tickets;  // spool ticket -> waiting session
   std::vector<spool::IoRequest> io_requests;
   std::vector<spool::Completed> completed;
   std::vector<io::TimerNode*> expired;
@@ -115,6 +121,21 @@ struct Shard::Impl : public smtp::SessionHost {
   LogBuffer log;
 
   bool spool_space_low() const override { return shard->_spool->below_min_free(); }
+
+  void on_reject(smtp::RejectReason reason, const smtp::ClientInfo& client) override {
+    static constexpr struct {
+      Rejection metric;
+      const char* name;
+    } kReasons[] = {
+        {Rejection::relay_denied, "relay_denied"},   {Rejection::too_big, "message_too_big"},
+        {Rejection::line_too_long, "line_too_long"}, {Rejection::mail_loop, "mail_loop"},
+        {Rejection::too_many_recipients, "too_many_recipients"}, {Rejection::spool_low, "spool_low"},
+        {Rejection::too_many_errors, "too_many_errors"}, {Rejection::bare_newline, "bare_newline"},
+    };
+    const auto& entry = kReasons[static_cast<size_t>(reason)];
+    shard->_metrics.reject(entry.metric);
+    log.line(str_cat("event=rejected reason=", entry.name, " client=", client.address.ip_string()));
+  }
 
   Connection& slot(uint32_t index) { return chunks[index / kSlotsPerChunk][index % kSlotsPerChunk]; }
 
@@ -293,6 +314,9 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     // End of stream or error: the peer is gone or we shut the socket down.
+    if (cqe.res < 0 && cqe.res != -ECANCELED && !c.closing) {
+      log.line(str_cat("event=recv_error client=", c.peer.ip_string(), " error=", -cqe.res));
+    }
     if (!c.closing) {
       c.closing = true;
       c.out_next.clear();
@@ -334,7 +358,6 @@ struct Shard::Impl : public smtp::SessionHost {
         commit_message(index);
         return;
       case smtp::SessionAction::close:
-        note_close_reason(index);
         begin_close(index);
         return;
       case smtp::SessionAction::none:
@@ -357,16 +380,6 @@ struct Shard::Impl : public smtp::SessionHost {
       }
     }
     release_if_large(c.pending_in);
-  }
-
-  void note_close_reason(uint32_t index) {
-    Connection& c = slot(index);
-    if (c.out_next.find("521 ") != std::string::npos) {
-      shard->_metrics.reject(Rejection::bare_newline);
-      log.line(str_cat("event=rejected reason=bare_newline client=", c.peer.ip_string()));
-    } else if (c.session->errors() >= context->settings.limits.errors_max) {
-      shard->_metrics.reject(Rejection::too_many_errors);
-    }
   }
 
   // ---- PROXY protocol ---------------------------------------------------------------------
@@ -472,11 +485,17 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     if (!c.shutdown_sent) {
+      // A plain shutdown(2), not IORING_OP_SHUTDOWN: that op always runs in an io-wq worker,
+      // which looks the fd number up late; by then we may have closed it and another shard may
+      // have accepted a new connection on the same number, which the late shutdown would kill.
       c.shutdown_sent = true;
-      io_uring_sqe* sqe = ring->sqe();
-      io_uring_prep_shutdown(sqe, c.fd, SHUT_RDWR);
-      io_uring_sqe_set_data64(sqe, user_data(kTagShutdown, index));
-      return;
+      shutdown(c.fd, SHUT_RDWR);
+      if (c.recv_armed) {
+        // Normally the shutdown ends the multishot recv; cancel it too so its final CQE comes.
+        io_uring_sqe* sqe = ring->sqe();
+        io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
+        io_uring_sqe_set_data64(sqe, 0);
+      }
     }
     if (c.recv_armed) {
       return;
@@ -485,18 +504,6 @@ struct Shard::Impl : public smtp::SessionHost {
     io_uring_sqe* sqe = ring->sqe();
     io_uring_prep_close(sqe, c.fd);
     io_uring_sqe_set_data64(sqe, user_data(kTagClose, index));
-  }
-
-  void on_shutdown(uint32_t index) {
-    Connection& c = slot(index);
-    if (c.recv_armed) {
-      // Some kernels do not end the multishot recv on shutdown of a connection that already
-      // saw FIN; cancel it so its final CQE arrives.
-      io_uring_sqe* sqe = ring->sqe();
-      io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
-      io_uring_sqe_set_data64(sqe, 0);
-    }
-    advance_close(index);
   }
 
   void on_close(uint32_t index) { free_slot(index); }
@@ -536,6 +543,8 @@ struct Shard::Impl : public smtp::SessionHost {
     shard->_metrics.add(shard->_metrics.transactions_total);
     const uint64_t arrival_ms = wall_ms();
     std::string queue_id = ids->next(arrival_ms);
+    const uint64_t rfc_size = message.rfc_size;
+    const uint32_t recipient_count = static_cast<uint32_t>(message.recipients.size());
     std::string head;
     head.reserve(512);
     smtp::TraceContext trace{context->settings.hostname, queue_id, &c.peer, false, false,
@@ -562,7 +571,7 @@ struct Shard::Impl : public smtp::SessionHost {
       resume_pending(index);
       return;
     }
-    tickets[*ticket] = io::UserData{0, index, c.generation};
+    tickets[*ticket] = PendingCommit{io::UserData{0, index, c.generation}, rfc_size, recipient_count, now_us()};
   }
 
   void submit_spool_io() {
@@ -594,18 +603,26 @@ struct Shard::Impl : public smtp::SessionHost {
       if (it == tickets.end()) {
         continue;
       }
-      const io::UserData owner = it->second;
+      const PendingCommit pending = it->second;
+      const io::UserData owner = pending.owner;
       tickets.erase(it);
       Connection& c = slot(owner.index);
+      const bool client_present = c.generation == owner.generation && c.in_use && c.session;
+      const std::string client = client_present ? c.peer.ip_string() : std::string("gone");
+      const uint64_t duration_us = now_us() - pending.started_us;
       if (!done.status.ok()) {
         shard->_metrics.reject(Rejection::spool_error);
-        log.line(str_cat("event=spool_error id=", done.queue_id, " error=\"", done.status.message(), "\""));
+        log.line(str_cat("event=transaction status=451 id=", done.queue_id, " client=", client,
+                         " rcpts=", pending.recipients, " size=", pending.rfc_size, " commit_us=", duration_us,
+                         " error=\"", to_std(done.status.message()), "\""));
       } else {
         shard->_metrics.add(shard->_metrics.messages_accepted);
+        shard->_metrics.add(shard->_metrics.bytes_accepted, pending.rfc_size);
         shard->_metrics.queue_messages.store(shard->_spool->size(), std::memory_order_relaxed);
-        log.line(str_cat("event=queued id=", done.queue_id, " client=", c.generation == owner.generation ? c.peer.ip_string() : "gone"));
+        log.line(str_cat("event=transaction status=250 id=", done.queue_id, " client=", client,
+                         " rcpts=", pending.recipients, " size=", pending.rfc_size, " commit_us=", duration_us));
       }
-      if (c.generation != owner.generation || !c.in_use || !c.session) {
+      if (!client_present) {
         continue;  // the client left before the answer; the message is stored (if ok) all the same
       }
       c.session->commit_done(done.status.ok(), done.queue_id, c.out_next);
@@ -696,9 +713,6 @@ struct Shard::Impl : public smtp::SessionHost {
         return;
       case kTagSend:
         on_send(cqe, data.index);
-        return;
-      case kTagShutdown:
-        on_shutdown(data.index);
         return;
       case kTagClose:
         on_close(data.index);

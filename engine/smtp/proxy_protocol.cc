@@ -210,8 +210,7 @@ ProxyParseResult parse_v1(std::string_view input) {
   const auto bad_port = "PROXY v1: malformed port";
   const auto bad_separator = "PROXY v1: fields must be separated by one space";
   if ((step = reader.literal(" ", bad_separator)) != Step::ok ||
-      (step = reader.token(kV1AddressMax, is_address_char, bad_address, source_text)) !=
-          Step::ok ||
+      (step = reader.token(kV1AddressMax, is_address_char, bad_address, source_text)) != Step::ok ||
       (step = reader.literal(" ", bad_separator)) != Step::ok ||
       (step = reader.token(kV1AddressMax, is_address_char, bad_address, destination_text)) !=
           Step::ok ||
@@ -235,7 +234,7 @@ ProxyParseResult parse_v1(std::string_view input) {
                       : "PROXY v1: TCP4 needs two valid IPv4 addresses");
   }
   result.status = ProxyParseStatus::done;
-  result.header_octets = reader.position() + 1;
+  result.header_octets = reader.position();
   return result;
 }
 

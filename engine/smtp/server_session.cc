@@ -63,7 +63,7 @@ void append_parse_error(const ParseError& error, std::string& out) {
 
 }  // namespace
 
-ServerSession::ServerSession(const ServerSettings* settings, const SessionHost* host,
+ServerSession::ServerSession(const ServerSettings* settings, SessionHost* host,
                              const ClientInfo& client)
     : _settings(settings), _host(host), _client(client) {}
 
@@ -108,7 +108,7 @@ SessionStep ServerSession::on_command_input(std::string_view input, std::string&
     if (_line.size() + input.size() > line_max) {
       _line.clear();
       _discarding_long_line = true;
-      return {input.size(), reply_error(reply::kLineTooLong, out)};
+      return {input.size(), reject(RejectReason::line_too_long, reply::kLineTooLong, out)};
     }
     _line.append(input);
     return {input.size(), SessionAction::none};
@@ -123,7 +123,7 @@ SessionStep ServerSession::on_command_input(std::string_view input, std::string&
   }
   if (_line.size() + consumed > line_max + 1) {
     _line.clear();
-    return {consumed, reply_error(reply::kLineTooLong, out)};
+    return {consumed, reject(RejectReason::line_too_long, reply::kLineTooLong, out)};
   }
   _line.append(input.substr(0, consumed));
   std::string line = std::move(_line);
@@ -134,23 +134,32 @@ SessionStep ServerSession::on_command_input(std::string_view input, std::string&
 // `line` ends with '\n'. A line must end with CRLF and hold no other CR (smuggling defence).
 SessionAction ServerSession::handle_line(std::string_view line, std::string& out) {
   if (line.size() < 2 || line[line.size() - 2] != '\r') {
-    out.append(reply::kBadNewline);
-    _phase = Phase::closed;
-    return SessionAction::close;
+    return close_bare_newline(out);
   }
   const std::string_view text = line.substr(0, line.size() - 2);
   if (text.find('\r') != std::string_view::npos) {
-    out.append(reply::kBadNewline);
-    _phase = Phase::closed;
-    return SessionAction::close;
+    return close_bare_newline(out);
   }
   return handle_command(text, out);
+}
+
+SessionAction ServerSession::reject(RejectReason reason, std::string_view text, std::string& out) {
+  _host->on_reject(reason, _client);
+  return reply_error(text, out);
+}
+
+SessionAction ServerSession::close_bare_newline(std::string& out) {
+  _host->on_reject(RejectReason::bare_newline, _client);
+  out.append(reply::kBadNewline);
+  _phase = Phase::closed;
+  return SessionAction::close;
 }
 
 SessionAction ServerSession::reply_error(std::string_view text, std::string& out) {
   out.append(text);
   ++_errors;
   if (_errors >= _settings->limits.errors_max) {
+    _host->on_reject(RejectReason::too_many_errors, _client);
     out.append(reply::kTooManyErrors);
     _phase = Phase::closed;
     return SessionAction::close;
@@ -164,7 +173,7 @@ SessionAction ServerSession::handle_command(std::string_view text, std::string& 
   const uint32_t limit = has_params ? _settings->limits.param_command_line_octets_max
                                     : _settings->limits.command_line_octets_max;
   if (text.size() + 2 > limit) {
-    return reply_error(reply::kLineTooLong, out);
+    return reject(RejectReason::line_too_long, reply::kLineTooLong, out);
   }
   switch (command.verb) {
     case Verb::ehlo:
@@ -247,10 +256,10 @@ SessionAction ServerSession::handle_mail(std::string_view argument, std::string&
   }
   const auto& mail = std::get<MailFrom>(parsed);
   if (mail.size && *mail.size > _settings->limits.message_octets_max) {
-    return reply_error(reply::kMessageTooBig, out);
+    return reject(RejectReason::too_big, reply::kMessageTooBig, out);
   }
   if (_host->spool_space_low()) {
-    return reply_error(reply::kSpoolLow, out);
+    return reject(RejectReason::spool_low, reply::kSpoolLow, out);
   }
   _mail_given = true;
   _sender.assign(mail.reverse_path);
@@ -292,10 +301,10 @@ SessionAction ServerSession::handle_rcpt(std::string_view argument, std::string&
   }
   const auto& rcpt = std::get<RcptTo>(parsed);
   if (!recipient_allowed(rcpt.forward_path)) {
-    return reply_error(reply::kRelayDenied, out);
+    return reject(RejectReason::relay_denied, reply::kRelayDenied, out);
   }
   if (_recipients.size() >= _settings->limits.recipients_max) {
-    return reply_error(reply::kTooManyRecipients, out);
+    return reject(RejectReason::too_many_recipients, reply::kTooManyRecipients, out);
   }
   _recipients.emplace_back(rcpt.forward_path);
   out.append(reply::kRecipientOk);
@@ -326,9 +335,7 @@ SessionAction ServerSession::handle_data(std::string_view argument, std::string&
 SessionStep ServerSession::on_data_input(std::string_view input, std::string& out) {
   const ScanResult result = scan_data(_scan, input.data(), input.size());
   if (result.stop == ScanStop::bare_newline) {
-    out.append(reply::kBadNewline);
-    _phase = Phase::closed;
-    return {result.consumed, SessionAction::close};
+    return {result.consumed, close_bare_newline(out)};
   }
   // Past the limit we stop storing (the body is dropped) but keep scanning to the end of data.
   if (!_too_big && _scan.wire_octets - _scan.stuffed_dots > _settings->limits.message_octets_max + 5) {
@@ -376,9 +383,7 @@ SessionStep ServerSession::on_bdat_input(std::string_view input, std::string& ou
   _bdat_remaining -= take;
   if (!_bdat_discard) {
     if (bdat_encode(_bdat, input.substr(0, take), _body) == BdatStop::bare_newline) {
-      out.append(reply::kBadNewline);
-      _phase = Phase::closed;
-      return {take, SessionAction::close};
+      return {take, close_bare_newline(out)};
     }
     if (_bdat.body_octets - _bdat.stuffed_dots > _settings->limits.message_octets_max + 2) {
       _too_big = true;
@@ -404,9 +409,7 @@ SessionStep ServerSession::on_bdat_input(std::string_view input, std::string& ou
     return {take, SessionAction::none};
   }
   if (bdat_finish(_bdat, _body) == BdatStop::bare_newline) {
-    out.append(reply::kBadNewline);
-    _phase = Phase::closed;
-    return {take, SessionAction::close};
+    return {take, close_bare_newline(out)};
   }
   return {take, finish_message(out)};
 }
@@ -423,17 +426,17 @@ SessionAction ServerSession::finish_message(std::string& out) {
   const uint64_t rfc_size = wire - stuffed;
   if (_too_big || rfc_size > _settings->limits.message_octets_max) {
     reset_transaction();
-    return reply_error(reply::kMessageTooBig, out);
+    return reject(RejectReason::too_big, reply::kMessageTooBig, out);
   }
   if (long_line) {
     reset_transaction();
-    return reply_error(reply::kTextLineTooLong, out);
+    return reject(RejectReason::line_too_long, reply::kTextLineTooLong, out);
   }
   const size_t header_octets = header_end < 0 ? _body.size() : static_cast<size_t>(header_end);
   const HeaderFacts facts = inspect_headers(std::string_view(_body).substr(0, header_octets));
   if (facts.received > _settings->limits.received_headers_max) {
     reset_transaction();
-    return reply_error(reply::kMailLoop, out);
+    return reject(RejectReason::mail_loop, reply::kMailLoop, out);
   }
   _ready.sender = std::move(_sender);
   _ready.recipients = std::move(_recipients);

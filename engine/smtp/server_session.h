@@ -65,16 +65,29 @@ struct SessionStep {
   SessionAction action = SessionAction::none;
 };
 
-// Used by the session to ask its owner about the state of the world.
+// Why the session refused something; its owner counts and logs these.
+enum class RejectReason : uint8_t {
+  relay_denied,
+  too_big,
+  line_too_long,
+  mail_loop,
+  too_many_recipients,
+  spool_low,
+  too_many_errors,
+  bare_newline,
+};
+
+// Used by the session to ask its owner about the state of the world, and to report refusals.
 class SessionHost {
  public:
   virtual ~SessionHost() = default;
   virtual bool spool_space_low() const = 0;  // below min_free_bytes: MAIL gets 452 4.3.1
+  virtual void on_reject(RejectReason reason, const ClientInfo& client) = 0;
 };
 
 class ServerSession {
  public:
-  ServerSession(const ServerSettings* settings, const SessionHost* host, const ClientInfo& client);
+  ServerSession(const ServerSettings* settings, SessionHost* host, const ClientInfo& client);
 
   void greet(std::string& out) const;
   SessionStep on_input(std::string_view input, std::string& out);
@@ -103,11 +116,13 @@ class ServerSession {
   SessionAction handle_bdat(std::string_view argument, std::string& out);
   SessionAction finish_message(std::string& out);
   SessionAction reply_error(std::string_view text, std::string& out);
+  SessionAction reject(RejectReason reason, std::string_view text, std::string& out);
+  SessionAction close_bare_newline(std::string& out);
   bool recipient_allowed(std::string_view forward_path) const;
   void reset_transaction();
 
   const ServerSettings* _settings;
-  const SessionHost* _host;
+  SessionHost* _host;
   ClientInfo _client;
   Phase _phase = Phase::command;
   bool _helo_given = false;

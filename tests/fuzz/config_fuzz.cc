@@ -21,14 +21,20 @@ void check(bool condition) {
 
 // Keys to aim at, so random text is tried as the value of a real key (the replay driver's
 // random bytes are rarely valid TOML on their own).
-constexpr std::array<std::string_view, 12> kTargets = {
-    "[server]\nlisten = [\"", "[server]\nmax_message_size = ", "[server]\ncommand_timeout = \"",
-    "[spool]\nsegment_bytes = ", "[relay]\nnetworks = [\"", "[relay]\ndomains = [\"",
-    "[proxy_protocol]\ntrusted = [\"", "[dns]\nservers = [\"", "[delivery]\nretry_max = \"",
-    "[[route]]\ndomain = \"*\"\nnext_hop = \"", "[admin]\nlisten = \"", "[server]\n"};
-constexpr std::array<std::string_view, 12> kEndings = {"\"]\n", "\n", "\"\n", "\n", "\"]\n",
-                                                       "\"]\n", "\"]\n", "\"]\n", "\"\n", "\"\n",
-                                                       "\"\n", "\n"};
+constexpr std::array<std::string_view, 12> kTargets = {"[server]\nlisten = [\"",
+                                                       "[server]\nmax_message_size = ",
+                                                       "[server]\ncommand_timeout = \"",
+                                                       "[spool]\nsegment_bytes = ",
+                                                       "[relay]\nnetworks = [\"",
+                                                       "[relay]\ndomains = [\"",
+                                                       "[proxy_protocol]\ntrusted = [\"",
+                                                       "[dns]\nservers = [\"",
+                                                       "[delivery]\nretry_max = \"",
+                                                       "[[route]]\ndomain = \"*\"\nnext_hop = \"",
+                                                       "[admin]\nlisten = \"",
+                                                       "[server]\n"};
+constexpr std::array<std::string_view, 12> kEndings = {
+    "\"]\n", "\n", "\"\n", "\n", "\"]\n", "\"]\n", "\"]\n", "\"]\n", "\"\n", "\"\n", "\"\n", "\n"};
 
 void check_text(std::string_view text) {
   const size_t lines = static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) + 1;

@@ -25,7 +25,7 @@ SLUICE = None  # path of the binary, set by main() from --sluice
 QUEUE_ID_RE = re.compile(r"queued as ([0-9A-Z]{16})(?![0-9A-Za-z])")
 READY_TIMEOUT_S = 60.0     # generous: the suite also runs under ASan
 STOP_TIMEOUT_S = 30.0
-LOG_TAIL_LINES = 40
+LOG_TAIL_LINES = 60
 
 
 # ---- small utilities ---------------------------------------------------------------------
@@ -124,6 +124,7 @@ class Sluice:
         self.name = name
         self.port = free_port()
         self.admin_port = free_port()
+        self.port6 = free_port("::1")  # for tests that also listen on [::1]
         self.spool_dir = spool_dir or os.path.join(workdir, "spool")
         self.config_path = os.path.join(workdir, name + ".toml")
         self.log_path = os.path.join(workdir, name + ".log")
@@ -142,6 +143,8 @@ class Sluice:
             },
             "admin": {"listen": "127.0.0.1:%d" % self.admin_port},
         }
+        if callable(overrides):  # overrides that need the ports picked above
+            overrides = overrides(self)
         self.config = merge_config(base, overrides)
         write_toml(self.config_path, self.config)
         self.proc = None
@@ -481,8 +484,13 @@ class SluiceTestCase(unittest.TestCase):
         self.addCleanup(self._cleanup)
 
     def _failed(self):
+        # During cleanups unittest's own "success" flag is reset; look at the result instead.
         outcome = getattr(self, "_outcome", None)
-        return outcome is not None and not getattr(outcome, "success", True)
+        result = getattr(outcome, "result", None)
+        if result is None:
+            return False
+        return any(test is self or getattr(test, "test_case", None) is self
+                   for test, _ in list(result.failures) + list(result.errors))
 
     def _cleanup(self):
         failed = self._failed()
@@ -493,6 +501,9 @@ class SluiceTestCase(unittest.TestCase):
         if failed:
             for server in type(self).class_servers:
                 sys.stderr.write("\n%s\n" % server.log_tail())
+        if failed and os.environ.get("SLUICE_IT_KEEP"):
+            sys.stderr.write("kept %s (SLUICE_IT_KEEP)\n" % self.tmp)
+            return
         self._tmp.cleanup()
 
     def start_sluice(self, overrides=None, name="sluice", spool_dir=None, workdir=None):
@@ -504,10 +515,11 @@ class SluiceTestCase(unittest.TestCase):
     # -- assertions
     def assertReply(self, reply, code, enhanced=None, msg=None):
         self.assertIsInstance(reply, Reply)
-        self.assertEqual(reply.code, code, msg or ("expected %d, got %r" % (code, reply)))
-        if enhanced is not None:
-            self.assertEqual(reply.enhanced, enhanced,
-                             msg or ("expected enhanced code %s, got %r" % (enhanced, reply)))
+        what = ("%s: " % msg) if msg else ""
+        if reply.code != code:
+            self.fail("%sexpected %d, got %r" % (what, code, reply))
+        if enhanced is not None and reply.enhanced != enhanced:
+            self.fail("%sexpected enhanced code %s, got %r" % (what, enhanced, reply))
 
 
 class SharedServerTestCase(SluiceTestCase):

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/str_cat.h"
+
 #include <string>
 
 namespace sluice::smtp {
@@ -250,41 +252,41 @@ TEST(MailFromTest, SourceRouteIsAcceptedAndIgnored) {
 TEST(MailFromTest, LengthLimits) {
   const std::string local64(kLocalPartOctetsMax, 'l');
   const std::string local65(kLocalPartOctetsMax + 1, 'l');
-  EXPECT_EQ(mail_ok("FROM:<" + local64 + "@example.com>").reverse_path,
-            local64 + "@example.com");
-  const ParseError local_error = mail_error("FROM:<" + local65 + "@example.com>");
+  EXPECT_EQ(mail_ok(absl::StrCat("FROM:<", local64, "@example.com>")).reverse_path,
+            absl::StrCat(local64, "@example.com"));
+  const ParseError local_error = mail_error(absl::StrCat("FROM:<", local65, "@example.com>"));
   expect_reply(local_error, 501, "5.1.7");
   EXPECT_NE(local_error.text.find("local part"), std::string_view::npos);
 
   // A 253-octet domain in labels of at most 63: with "a@" and "<>" the path is 257 > 256.
   std::string domain;
   while (domain.size() < 240) {
-    domain += std::string(59, 'd') + ".";
+    absl::StrAppend(&domain, std::string(59, 'd'), ".");
   }
-  domain += "example";  // 247 octets
-  const std::string path_ok = "FROM:<a@" + domain + ">";
-  EXPECT_EQ(mail_ok(path_ok).reverse_path, "a@" + domain);  // path = 2 + 2 + 247 = 251
-  const std::string long_path = "FROM:<" + std::string(10, 'a') + "@" + domain + ">";
+  absl::StrAppend(&domain, "example");  // 247 octets
+  const std::string path_ok = absl::StrCat("FROM:<a@", domain, ">");
+  EXPECT_EQ(mail_ok(path_ok).reverse_path, absl::StrCat("a@", domain));  // path = 2 + 2 + 247 = 251
+  const std::string long_path = absl::StrCat("FROM:<", std::string(10, 'a'), "@", domain, ">");
   const ParseError path_error = mail_error(long_path);  // path = 2 + 11 + 247 = 260
   expect_reply(path_error, 501, "5.1.7");
   EXPECT_NE(path_error.text.find("path"), std::string_view::npos);
 
   // A domain over 255 octets cannot fit in a 256-octet path: it is reported as a long path.
-  const ParseError domain_error = mail_error("FROM:<a@" + std::string(300, 'd') + ">");
+  const ParseError domain_error = mail_error(absl::StrCat("FROM:<a@", std::string(300, 'd'), ">"));
   expect_reply(domain_error, 501, "5.1.7");
   EXPECT_NE(domain_error.text.find("path"), std::string_view::npos);
 }
 
 TEST(MailFromTest, PathLimitCountsBrackets) {
   // Exactly 256 octets including the brackets is accepted; 257 is not.
-  const std::string domain = std::string(63, 'd') + "." + std::string(63, 'e') + "." +
-                             std::string(63, 'f') + "." + std::string(57, 'g');  // 249 octets
+  const std::string domain = absl::StrCat(std::string(63, 'd'), ".", std::string(63, 'e'), ".",
+                                          std::string(63, 'f'), ".", std::string(57, 'g'));
   ASSERT_EQ(domain.size(), 249u);
-  const std::string at_limit = "<" + std::string(4, 'a') + "@" + domain + ">";
+  const std::string at_limit = absl::StrCat("<", std::string(4, 'a'), "@", domain, ">");
   ASSERT_EQ(at_limit.size(), kPathOctetsMax);
-  EXPECT_EQ(mail_ok("FROM:" + at_limit).reverse_path.size(), kPathOctetsMax - 2);
-  const std::string over = "<" + std::string(5, 'a') + "@" + domain + ">";
-  expect_reply(mail_error("FROM:" + over), 501, "5.1.7");
+  EXPECT_EQ(mail_ok(absl::StrCat("FROM:", at_limit)).reverse_path.size(), kPathOctetsMax - 2);
+  const std::string over = absl::StrCat("<", std::string(5, 'a'), "@", domain, ">");
+  expect_reply(mail_error(absl::StrCat("FROM:", over)), 501, "5.1.7");
 }
 
 // ---- MAIL FROM: parameters ----
@@ -356,8 +358,8 @@ TEST(MailFromTest, EnvidParameter) {
   expect_reply(mail_error("FROM:<a@b.example> ENVID="), 501, "5.5.4");
   expect_reply(mail_error("FROM:<a@b.example> ENVID=a=b"), 501, "5.5.4");
   const std::string envid_max(kEnvidOctetsMax, 'x');
-  EXPECT_EQ(mail_ok("FROM:<a@b.example> ENVID=" + envid_max).envid, envid_max);
-  expect_reply(mail_error("FROM:<a@b.example> ENVID=" + envid_max + "x"), 501, "5.5.4");
+  EXPECT_EQ(mail_ok(absl::StrCat("FROM:<a@b.example> ENVID=", envid_max)).envid, envid_max);
+  expect_reply(mail_error(absl::StrCat("FROM:<a@b.example> ENVID=", envid_max, "x")), 501, "5.5.4");
   expect_reply(mail_error("FROM:<a@b.example> ENVID=a ENVID=b"), 555, "5.5.4");
 }
 
@@ -433,20 +435,20 @@ TEST(RcptToTest, NonAscii) {
 
 TEST(RcptToTest, LengthLimits) {
   const std::string local65(kLocalPartOctetsMax + 1, 'l');
-  const ParseError error = rcpt_error("TO:<" + local65 + "@example.org>");
+  const ParseError error = rcpt_error(absl::StrCat("TO:<", local65, "@example.org>"));
   expect_reply(error, 501, "5.1.3");
   EXPECT_NE(error.text.find("local part"), std::string_view::npos);
-  const ParseError path_error = rcpt_error("TO:<a@" + std::string(300, 'd') + ">");
+  const ParseError path_error = rcpt_error(absl::StrCat("TO:<a@", std::string(300, 'd'), ">"));
   expect_reply(path_error, 501, "5.1.3");
   EXPECT_NE(path_error.text.find("path"), std::string_view::npos);
 }
 
 TEST(AddressTest, DomainLimit255) {
-  const std::string domain256 = std::string(63, 'a') + "." + std::string(63, 'b') + "." +
-                                std::string(63, 'c') + "." + std::string(64, 'd');
+  const std::string domain256 = absl::StrCat(std::string(63, 'a'), ".", std::string(63, 'b'), ".",
+                                             std::string(63, 'c'), ".", std::string(64, 'd'));
   ASSERT_EQ(domain256.size(), 256u);
   EXPECT_FALSE(valid_domain(domain256));
-  EXPECT_FALSE(valid_mailbox("x@" + domain256, false));
+  EXPECT_FALSE(valid_mailbox(absl::StrCat("x@", domain256), false));
   const std::string domain255 = domain256.substr(0, 255);  // last label now 63 octets
   EXPECT_TRUE(valid_domain(domain255));
 }
@@ -478,8 +480,8 @@ TEST(RcptToTest, OrcptParameter) {
   expect_reply(rcpt_error("TO:<b@example.org> ORCPT=;b@example.org"), 501, "5.5.4");
   expect_reply(rcpt_error("TO:<b@example.org> ORCPT=rfc822;b+zz@example.org"), 501, "5.5.4");
   expect_reply(rcpt_error("TO:<b@example.org> ORCPT=rf/c;b@example.org"), 501, "5.5.4");
-  const std::string long_orcpt = "rfc822;" + std::string(kOrcptOctetsMax, 'x');
-  expect_reply(rcpt_error("TO:<b@example.org> ORCPT=" + long_orcpt), 501, "5.5.4");
+  const std::string long_orcpt = absl::StrCat("rfc822;", std::string(kOrcptOctetsMax, 'x'));
+  expect_reply(rcpt_error(absl::StrCat("TO:<b@example.org> ORCPT=", long_orcpt)), 501, "5.5.4");
   expect_reply(rcpt_error("TO:<b@example.org> ORCPT=rfc822;a ORCPT=rfc822;b"), 555, "5.5.4");
 }
 
@@ -533,8 +535,8 @@ TEST(AddressTest, ValidDomain) {
     EXPECT_FALSE(valid_domain(domain)) << domain;
   }
   EXPECT_TRUE(valid_domain("b\xC3\xBC" "cher.example", /*utf8_allowed=*/true));
-  EXPECT_TRUE(valid_domain(std::string(63, 'a') + ".example"));
-  EXPECT_FALSE(valid_domain(std::string(64, 'a') + ".example"));
+  EXPECT_TRUE(valid_domain(absl::StrCat(std::string(63, 'a'), ".example")));
+  EXPECT_FALSE(valid_domain(absl::StrCat(std::string(64, 'a'), ".example")));
 }
 
 TEST(AddressTest, ValidDomainNulInsideIpv6Literal) {
@@ -557,7 +559,7 @@ TEST(AddressTest, ValidMailbox) {
   EXPECT_FALSE(valid_mailbox("\"a\\\"@example.com", false));  // escaped closing quote
   EXPECT_FALSE(valid_mailbox("\xC3\xA9@example.com", false));
   EXPECT_TRUE(valid_mailbox("\xC3\xA9@example.com", true));
-  EXPECT_FALSE(valid_mailbox(std::string(65, 'a') + "@example.com", false));
+  EXPECT_FALSE(valid_mailbox(absl::StrCat(std::string(65, 'a'), "@example.com"), false));
 }
 
 TEST(AddressTest, DomainOf) {

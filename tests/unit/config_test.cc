@@ -283,7 +283,8 @@ TEST(ConfigKeys, InlineTablesAndDottedKeysWork) {
 TEST(ConfigErrors, UnknownKeysAndTables) {
   expect_one_error("[server]\nthreads = 1\nmax_recipient = 5\n", 3,
                    "unknown key 'max_recipient' in [server] (did you mean 'max_recipients'?)");
-  expect_one_error("\n[servre]\nthreads = 1\n", 2, "unknown table [servre] (did you mean 'server'?)");
+  expect_one_error("\n[servre]\nthreads = 1\n", 2,
+                   "unknown table [servre] (did you mean 'server'?)");
   expect_one_error("[server]\n\n[server.tls]\ncert = \"x\"\n", 3, "unknown table [server.tls]");
   expect_one_error("colour = 1\n", 1, "unknown key 'colour'");
   expect_one_error("[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:25\"\nweight = 1\n", 4,
@@ -299,7 +300,8 @@ TEST(ConfigErrors, WrongTypes) {
   expect_one_error("[server]\nthreads = \"2\"\n", 2,
                    "server.threads: expected an integer, got a string");
   expect_one_error("[server]\nthreads = 2.0\n", 2, "got a floating-point number");
-  expect_one_error("[server]\nhostname = 5\n", 2, "server.hostname: expected a string, got an integer");
+  expect_one_error("[server]\nhostname = 5\n", 2,
+                   "server.hostname: expected a string, got an integer");
   expect_one_error("[server]\nlisten = \"127.0.0.1:25\"\n", 2,
                    "server.listen: expected an array, got a string");
   expect_one_error("[server]\nlisten = [\n\"127.0.0.1:25\",\n25]\n", 4,
@@ -309,7 +311,8 @@ TEST(ConfigErrors, WrongTypes) {
   expect_one_error("server = 5\n", 1, "server: expected a table ([server]), got an integer");
   expect_one_error("[route]\ndomain = \"*\"\n", 1,
                    "route: expected an array of tables ([[route]]), got a table");
-  expect_one_error("[relay]\nnetworks = [true]\n", 2, "relay.networks[0]: expected a string, got a boolean");
+  expect_one_error("[relay]\nnetworks = [true]\n", 2,
+                   "relay.networks[0]: expected a string, got a boolean");
   expect_one_error("[spool]\ndir = 1979-05-27\n", 2, "got a date");
 }
 
@@ -333,7 +336,8 @@ TEST(ConfigErrors, OutOfRange) {
 }
 
 TEST(ConfigErrors, BadValues) {
-  expect_one_error("[server]\nlisten = [\"127.0.0.1\"]\n", 2, "server.listen[0]: '127.0.0.1': missing port");
+  expect_one_error("[server]\nlisten = [\"127.0.0.1\"]\n", 2,
+                   "server.listen[0]: '127.0.0.1': missing port");
   expect_one_error("[server]\nlisten = [\"::1:25\"]\n", 2, "must be in brackets");
   expect_one_error("[server]\nlisten = [\"localhost:25\"]\n", 2, "not a numeric IP address");
   expect_one_error("[server]\nlisten = []\n", 2, "needs at least one address");
@@ -344,7 +348,8 @@ TEST(ConfigErrors, BadValues) {
                    "must be at least server.max_command_line");
   expect_one_error("[spool]\ndir = \"\"\n", 2, "spool.dir: must be a non-empty path");
   expect_one_error("[spool]\ndir = \"a\\u0000b\"\n", 2, "without NUL");
-  expect_one_error("[admin]\nlisten = \"127.0.0.1\"\n", 2, "admin.listen: '127.0.0.1': missing port");
+  expect_one_error("[admin]\nlisten = \"127.0.0.1\"\n", 2,
+                   "admin.listen: '127.0.0.1': missing port");
   expect_one_error("[dns]\nservers = [\"127.0.0.1:\"]\n", 2, "dns.servers[0]");
   expect_one_error("[dns]\nservers = [\"resolver.example\"]\n", 2, "not a numeric IP address");
   expect_one_error("[delivery]\nretry_initial = \"2h\"\nretry_max = \"1h\"\n", 3,
@@ -395,7 +400,8 @@ next_hop = "1.2.3.4"
 }
 
 TEST(ConfigErrors, RouteProblems) {
-  expect_one_error("[[route]]\nnext_hop = \"127.0.0.1:25\"\n", 1, "[[route]]: missing key 'domain'");
+  expect_one_error("[[route]]\nnext_hop = \"127.0.0.1:25\"\n", 1,
+                   "[[route]]: missing key 'domain'");
   expect_one_error("[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1\"\n", 3,
                    "route.next_hop: '127.0.0.1': missing port");
   expect_one_error("[[route]]\ndomain = \"*.example.test\"\nnext_hop = \"127.0.0.1:25\"\n", 2,
@@ -433,11 +439,12 @@ TEST(ConfigDurations, UnitsAndStrictness) {
   for (const Good& good : {Good{"1s", seconds(1)}, Good{"30s", seconds(30)}, Good{"5m", minutes(5)},
                            Good{"1h", hours(1)}, Good{"5d", hours(120)},
                            Good{"3650d", hours(24 * 3650)}, Good{"0090s", seconds(90)}}) {
-    const Config config = load_ok("[server]\ncommand_timeout = \"" + std::string(good.text) + "\"\n");
+    const Config config =
+        load_ok("[server]\ncommand_timeout = \"" + std::string(good.text) + "\"\n");
     EXPECT_EQ(config.server.command_timeout, good.value) << good.text;
   }
-  for (std::string_view bad : {"5", "", "m", "5 m", " 5m", "5m ", "-5m", "+5m", "5M", "5ms",
-                               "1.5h", "5mm", "1h30m", "5w", "0x10s", "5\u00b5s"}) {
+  for (std::string_view bad : {"5", "", "m", "5 m", " 5m", "5m ", "-5m", "+5m", "5M", "5ms", "1.5h",
+                               "5mm", "1h30m", "5w", "0x10s", "5\u00b5s"}) {
     expect_one_error("[server]\n\ncommand_timeout = \"" + std::string(bad) + "\"\n", 3,
                      "is not a duration: an integer with s, m, h or d");
   }
@@ -465,16 +472,18 @@ TEST(ConfigNetworks, RelayAndTrustedNetworks) {
   // An empty list relays for nobody.
   EXPECT_TRUE(load_ok("[relay]\nnetworks = []\n").relay.networks.empty());
   expect_one_error("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", 2, "prefix length must be");
-  expect_one_error("[proxy_protocol]\ntrusted = [\"lb.example\"]\n", 2, "proxy_protocol.trusted[0]");
+  expect_one_error("[proxy_protocol]\ntrusted = [\"lb.example\"]\n", 2,
+                   "proxy_protocol.trusted[0]");
 }
 
 TEST(ConfigDomains, BothFormsAndValidation) {
-  const Config config = load_ok("[relay]\ndomains = [\"example.test\", \".Example.ORG\", \"localdomain\"]\n");
+  const Config config =
+      load_ok("[relay]\ndomains = [\"example.test\", \".Example.ORG\", \"localdomain\"]\n");
   EXPECT_EQ(config.relay.domains,
             (std::vector<std::string>{"example.test", ".example.org", "localdomain"}));
-  for (std::string_view bad : {"", ".", "..example.test", "example..test", "-a.test", "a-.test",
-                               "a_b.test", "*.example.test", "example.test.", "exa mple.test",
-                               "@example.test"}) {
+  for (std::string_view bad :
+       {"", ".", "..example.test", "example..test", "-a.test", "a-.test", "a_b.test",
+        "*.example.test", "example.test.", "exa mple.test", "@example.test"}) {
     expect_one_error("[relay]\ndomains = [\"" + std::string(bad) + "\"]\n", 2, "is not a domain");
   }
   const std::string label63(63, 'a');

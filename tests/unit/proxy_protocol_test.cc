@@ -64,8 +64,8 @@ std::vector<ValidCase> valid_cases() {
   return {
       {"v1 tcp4", "PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n", false, "192.0.2.1:56324",
        "198.51.100.2:25"},
-      {"v1 tcp4 port limits", "PROXY TCP4 0.0.0.0 255.255.255.255 0 65535\r\n", false,
-       "0.0.0.0:0", "255.255.255.255:65535"},
+      {"v1 tcp4 port limits", "PROXY TCP4 0.0.0.0 255.255.255.255 0 65535\r\n", false, "0.0.0.0:0",
+       "255.255.255.255:65535"},
       {"v1 tcp6", "PROXY TCP6 2001:db8::1 ::1 1 25\r\n", false, "[2001:db8::1]:1", "[::1]:25"},
       {"v1 tcp6 longest",
        "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
@@ -86,8 +86,8 @@ std::vector<ValidCase> valid_cases() {
       {"v2 inet4 longest", v2_inet4(tlv(0x04, std::string(1024 - 12 - 3, 'p'))), false,
        "192.0.2.1:56324", "198.51.100.2:25"},
       {"v2 local empty", v2(0x20, 0x00, ""), true, "unspecified", "unspecified"},
-      {"v2 local with block", v2(0x20, 0x11, std::string(12, '\x7f') + "junk"), true,
-       "unspecified", "unspecified"},
+      {"v2 local with block", v2(0x20, 0x11, std::string(12, '\x7f') + "junk"), true, "unspecified",
+       "unspecified"},
       {"v2 local unix family", v2(0x20, 0x31, std::string(216, 'u')), true, "unspecified",
        "unspecified"},
       {"v2 unspec", v2(0x21, 0x00, "ignored block"), true, "unspecified", "unspecified"},
@@ -123,7 +123,8 @@ TEST(ProxyProtocol, EveryByteSplitNeedsMoreThenDone) {
   for (const ValidCase& c : valid_cases()) {
     const std::string received = c.header + std::string(kSmtp);
     for (size_t length = 0; length < c.header.size(); ++length) {
-      const ProxyParseResult partial = parse_proxy_header(std::string_view(received).substr(0, length));
+      const ProxyParseResult partial =
+          parse_proxy_header(std::string_view(received).substr(0, length));
       ASSERT_EQ(partial.status, ProxyParseStatus::need_more)
           << c.name << " at " << length << ": " << partial.error;
     }
@@ -221,8 +222,10 @@ std::vector<InvalidCase> invalid_cases() {
       {"v2 tlv truncated header", v2_inet4("\x01\x00"s)},
       {"v2 tlv one byte", v2_inet4("\x04")},
       {"v2 tlv value overruns", v2_inet4(tlv(0x01, "h2").substr(0, 4))},
-      {"v2 tlv length too big", v2_inet4("\x01\x00\x05" "ab"s)},
-      {"v2 second tlv truncated", v2_inet4(tlv(0x01, "h2") + "\x02\x00\x09" "short"s)},
+      {"v2 tlv length too big", v2_inet4("\x01\x00\x05"
+                                         "ab"s)},
+      {"v2 second tlv truncated", v2_inet4(tlv(0x01, "h2") + "\x02\x00\x09"
+                                                             "short"s)},
   };
   return cases;
 }
@@ -242,7 +245,8 @@ TEST(ProxyProtocol, InvalidIsFinalAndPrefixesNeverDone) {
   for (const InvalidCase& c : invalid_cases()) {
     bool seen_invalid = false;
     for (size_t length = 0; length <= c.input.size(); ++length) {
-      const ProxyParseResult result = parse_proxy_header(std::string_view(c.input).substr(0, length));
+      const ProxyParseResult result =
+          parse_proxy_header(std::string_view(c.input).substr(0, length));
       ASSERT_NE(result.status, ProxyParseStatus::done) << c.name << " at " << length;
       if (seen_invalid) {
         ASSERT_EQ(result.status, ProxyParseStatus::invalid) << c.name << " at " << length;
@@ -259,8 +263,7 @@ TEST(ProxyProtocol, GarbageIsRejectedEarly) {
   EXPECT_EQ(parse_proxy_header("PROXX").status, ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("PROXY X").status, ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("PROXY TCP4 1.2.3.4x").status, ProxyParseStatus::invalid);
-  EXPECT_EQ(parse_proxy_header("PROXY TCP4 1.2.3.4 5.6.7.8 1a").status,
-            ProxyParseStatus::invalid);
+  EXPECT_EQ(parse_proxy_header("PROXY TCP4 1.2.3.4 5.6.7.8 1a").status, ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("PROXY TCP4 1.2.3.4 5.6.7.8 123456").status,
             ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("\r\n\r\n\0\r\nQUIX"s).status, ProxyParseStatus::invalid);
@@ -278,13 +281,14 @@ TEST(ProxyProtocol, PartialInputsNeedMore) {
   // 107 octets without the CRLF can no longer become a valid v1 header.
   EXPECT_EQ(parse_proxy_header("PROXY UNKNOWN " + std::string(kProxyV1OctetsMax - 14, 'x')).status,
             ProxyParseStatus::invalid);
-  EXPECT_EQ(parse_proxy_header("PROXY UNKNOWN " + std::string(kProxyV1OctetsMax - 15, 'x') + "\r")
-                .status,
-            ProxyParseStatus::invalid);
+  EXPECT_EQ(
+      parse_proxy_header("PROXY UNKNOWN " + std::string(kProxyV1OctetsMax - 15, 'x') + "\r").status,
+      ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("\r").status, ProxyParseStatus::need_more);
   EXPECT_EQ(parse_proxy_header(kSignature).status, ProxyParseStatus::need_more);
   // A v2 header declaring 1024 octets waits for all of them.
-  const std::string header = v2(0x21, 0x11, std::string(12, '\0') + tlv(0x04, std::string(1009, 'z')));
+  const std::string header =
+      v2(0x21, 0x11, std::string(12, '\0') + tlv(0x04, std::string(1009, 'z')));
   ASSERT_EQ(header.size(), kProxyV2OctetsMax);
   EXPECT_EQ(parse_proxy_header(header.substr(0, 1039)).status, ProxyParseStatus::need_more);
   EXPECT_EQ(parse_proxy_header(header).status, ProxyParseStatus::done);

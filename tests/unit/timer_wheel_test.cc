@@ -125,8 +125,8 @@ TEST(TimerWheelTest, OrderingByDeadline) {
   const std::vector<uint64_t> fired = advance_to(wheel, 3 * kHourMs);
   ASSERT_EQ(fired.size(), nodes.size());
   for (size_t i = 1; i < fired.size(); ++i) {
-    EXPECT_LE((deadline[fired[i - 1]] + kTick - 1) / kTick, (deadline[fired[i]] + kTick - 1) / kTick)
-        << "position " << i;
+    const uint64_t previous_tick = (deadline[fired[i - 1]] + kTick - 1) / kTick;
+    EXPECT_LE(previous_tick, (deadline[fired[i]] + kTick - 1) / kTick) << "position " << i;
   }
 }
 

@@ -1,0 +1,42 @@
+"""Start-up: once `event=ready` is logged, /readyz is 200 and the very first messages on every
+shard are accepted (the spool must be ready before the listener is)."""
+
+import threading
+
+import harness as h
+from harness import SluiceTestCase
+
+RESTARTS = 6
+PARALLEL = 6  # enough connections that SO_REUSEPORT gives every shard some
+
+
+class Startup(SluiceTestCase):
+    def test_first_messages_after_ready_are_accepted(self):
+        failures = []
+        for round_ in range(RESTARTS):
+            server = self.start_sluice(name="start%d" % round_, spool_dir="%s/spool%d" % (self.tmp, round_))
+            status, _ = server.admin("/readyz")
+            self.assertEqual(status, 200, "/readyz after event=ready")
+            results = [None] * PARALLEL
+
+            def send(i):
+                try:
+                    results[i] = h.smtplib_send(server.port, "first@example.org", ["r@example.com"],
+                                                "Subject: first %d\r\n\r\nx\r\n" % i)
+                except Exception as e:  # reported below
+                    results[i] = (None, repr(e), None)
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(PARALLEL)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            for code, text, _ in results:
+                if code != 250:
+                    failures.append("round %d: %s %s" % (round_, code, text))
+            self.assertEqual(server.stop(), 0)
+        print("\n    %d starts x %d first messages: %d refused %s" % (RESTARTS, PARALLEL, len(failures), failures))
+        self.assertEqual(failures, [], "messages sent right after event=ready were refused")
+
+
+if __name__ == "__main__":
+    h.main()
