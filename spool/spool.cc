@@ -104,7 +104,7 @@ ShardSpool::~ShardSpool() {
 }
 
 absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64_t arrival_ms, Envelope envelope,
-                                                    uint64_t rfc_size, std::string wire_bytes) {
+                                                    uint64_t rfc_size, std::string trace, std::string body) {
   if (!valid_queue_id(queue_id) || envelope.recipients.size() > kMaxRecipients ||
       envelope.sender.size() > kMaxEnvelopeStringBytes || envelope.client_address.size() > kMaxEnvelopeStringBytes ||
       envelope.client_helo.size() > kMaxEnvelopeStringBytes) {
@@ -115,7 +115,8 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
       return absl::InvalidArgumentError("spool: recipient over limits");
     }
   }
-  const uint64_t payload_bytes = message_meta_bytes(envelope) + wire_bytes.size();
+  const uint64_t wire_bytes = trace.size() + body.size();
+  const uint64_t payload_bytes = message_meta_bytes(envelope) + wire_bytes;
   if (payload_bytes > kMaxPayloadBytes ||
       kRecordHeaderBytes + payload_bytes > _options.segment_bytes - kFileHeaderRecordBytes) {
     return absl::ResourceExhaustedError("spool: message larger than a segment");
@@ -123,11 +124,13 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
   PendingRecord record;
   record.type = RecordType::message;
   record.head = encode_message_head(queue_id, arrival_ms, rfc_size, envelope,
-                                    static_cast<uint32_t>(wire_bytes.size()));
-  record.payload_crc = crc32c_extend(crc32c(record.head.data() + kRecordHeaderBytes,
-                                            record.head.size() - kRecordHeaderBytes),
-                                     wire_bytes.data(), wire_bytes.size());
-  record.body = std::move(wire_bytes);
+                                    static_cast<uint32_t>(wire_bytes));
+  record.payload_crc = crc32c_extend(
+      crc32c_extend(crc32c(record.head.data() + kRecordHeaderBytes, record.head.size() - kRecordHeaderBytes),
+                    trace.data(), trace.size()),
+      body.data(), body.size());
+  record.trace = std::move(trace);
+  record.body = std::move(body);
   MessageInfo& info = record.info;
   info.id = std::move(queue_id);
   info.sender = std::move(envelope.sender);
@@ -344,7 +347,7 @@ void ShardSpool::close_batch(std::vector<IoRequest>& out) {
     size_t take = 0;
     size_t iov_count = 0;
     for (const auto& record : file->open) {
-      const size_t needed = record.body.empty() ? 1 : 2;
+      const size_t needed = 1 + (record.trace.empty() ? 0 : 1) + (record.body.empty() ? 0 : 1);
       if (iov_count + needed > kMaxIovPerWrite) {
         break;
       }
@@ -368,12 +371,15 @@ void ShardSpool::close_batch(std::vector<IoRequest>& out) {
     write.start_offset = write.records.front().offset;
     write.start_sequence = write.records.front().sequence;
     write.offset = write.start_offset;
-    write.iov.reserve(2 * write.records.size());
+    write.iov.reserve(3 * write.records.size());
     uint64_t expected_offset = write.start_offset;
     for (auto& record : write.records) {
       assert(record.offset == expected_offset);
       expected_offset += record.length();
       write.iov.push_back(iovec{record.head.data(), record.head.size()});
+      if (!record.trace.empty()) {
+        write.iov.push_back(iovec{record.trace.data(), record.trace.size()});
+      }
       if (!record.body.empty()) {
         write.iov.push_back(iovec{record.body.data(), record.body.size()});
       }
@@ -517,7 +523,7 @@ void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) 
         ++file.live;
         MessageInfo& info = record.info;
         const uint64_t meta_bytes = record.head.size();
-        info.location = MessageLocation{file.id, record.offset, record.offset + meta_bytes, record.body.size()};
+        info.location = MessageLocation{file.id, record.offset, record.offset + meta_bytes, record.wire_length()};
         std::string id = info.id;
         _index.insert_or_assign(std::move(id), std::move(info));
       }

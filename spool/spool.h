@@ -182,7 +182,14 @@ class ShardSpool {
   // UNAVAILABLE (no segment ready), RESOURCE_EXHAUSTED (record larger than a segment),
   // INVALID_ARGUMENT (malformed id, envelope over limits).
   absl::StatusOr<uint64_t> append_message(std::string queue_id, uint64_t arrival_ms, Envelope envelope,
-                                          uint64_t rfc_size, std::string wire_bytes);
+                                          uint64_t rfc_size, std::string wire_bytes) {
+    return append_message(std::move(queue_id), arrival_ms, std::move(envelope), rfc_size, std::string(),
+                          std::move(wire_bytes));
+  }
+  // The same, with the wire bytes in two parts (trace headers we add, then the client's body),
+  // written with one iovec each, so the body is never copied to prepend our headers.
+  absl::StatusOr<uint64_t> append_message(std::string queue_id, uint64_t arrival_ms, Envelope envelope,
+                                          uint64_t rfc_size, std::string trace, std::string body);
   // A state change; durable (ticket completes) with the next commit. Does not touch the index.
   absl::StatusOr<uint64_t> append_journal(JournalOp op, std::string_view queue_id, uint32_t argument = 0);
 
@@ -218,9 +225,11 @@ class ShardSpool {
     uint64_t sequence = 0;
     uint32_t payload_crc = 0;
     std::string head;
-    std::string body;
+    std::string trace;  // our added header fields: the first part of the wire bytes
+    std::string body;   // the client's message: the rest, never copied
     MessageInfo info;  // the index entry once durable (journal records: info.id only)
-    uint64_t length() const { return head.size() + body.size(); }
+    uint64_t wire_length() const { return trace.size() + body.size(); }
+    uint64_t length() const { return head.size() + wire_length(); }
   };
   struct SpoolFile {
     int fd = -1;

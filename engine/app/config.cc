@@ -426,7 +426,7 @@ class Reader {
     return elements;
   }
 
-  // Calls parse(text, element) for every string element; `parse` returns a Status.
+  // Calls parse(text) for every string element and reports each failure on its own line.
   template <typename Parse>
   bool for_each_string(const toml::array& elements, std::string_view what, Parse parse) {
     bool all_ok = true;

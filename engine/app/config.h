@@ -19,7 +19,7 @@ namespace sluice::app {
 
 // Limits on the values themselves, so that a typo cannot ask for absurd resources.
 inline constexpr uint32_t kThreadsMax = 1024;
-inline constexpr uint64_t kMessageSizeMax = 4294967295;   // fits the spool's 32-bit lengths
+inline constexpr uint64_t kMessageSizeMax = 4294967295;   // 4 GiB - 1
 inline constexpr uint64_t kSegmentOverheadBytes = 65536;  // envelope + Received: + record headers
 inline constexpr uint64_t kSegmentBytesMin = 1048576;
 inline constexpr uint64_t kSegmentBytesMax = 68719476736;  // 64 GiB

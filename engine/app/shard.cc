@@ -557,11 +557,8 @@ struct Shard::Impl : public smtp::SessionHost {
     envelope.smtputf8 = message.smtputf8;
     envelope.client_address = c.peer.ip_string();
     envelope.client_helo = std::move(message.helo);
-    // TODO(spool): pass head and body as two iovecs to drop this copy of the body.
-    head.append(message.body);
-    std::string().swap(message.body);
     auto ticket = shard->_spool->append_message(std::move(queue_id), arrival_ms, std::move(envelope),
-                                                message.rfc_size, std::move(head));
+                                                rfc_size, std::move(head), std::move(message.body));
     if (!ticket.ok()) {
       shard->_metrics.reject(Rejection::spool_error);
       log.line(str_cat("event=spool_error client=", c.peer.ip_string(), " error=\"",
