@@ -571,6 +571,16 @@ uint64_t ShardSpool::free_bytes() const { return _preallocator->free_bytes(); }
 
 uint64_t ShardSpool::ready_segments() const { return _preallocator->ready(); }
 
+bool ShardSpool::has_room_for(uint64_t wire_octets) const {
+  // The envelope's size is not known here; kEnvelopeAllowanceBytes bounds it generously.
+  constexpr uint64_t kEnvelopeAllowanceBytes = 64 << 10;
+  const uint64_t record_bytes = kRecordHeaderBytes + kEnvelopeAllowanceBytes + wire_octets;
+  if (_current != nullptr && !_current->sealed && _current->end_offset + record_bytes <= _current->capacity) {
+    return true;
+  }
+  return ready_segments() > 0;
+}
+
 bool ShardSpool::below_min_free() const { return free_bytes() < _options.min_free_bytes; }
 
 std::vector<MessageInfo> ShardSpool::list() const {

@@ -37,6 +37,7 @@ constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
 // Descriptors kept free for the spool, the admin endpoint and answering 421 over the limit.
 constexpr int64_t kDescriptorReserve = 256;
+constexpr auto kFirstSegmentWait = std::chrono::seconds(30);
 
 const char* kUsage =
     "usage:\n"
@@ -270,6 +271,16 @@ int serve(const Arguments& arguments) {
     }
     spools.push_back(std::move(*opened));
   }
+  // The first messages must find a segment: wait (bounded) for the preallocators' first files.
+  const auto segments_deadline = std::chrono::steady_clock::now() + kFirstSegmentWait;
+  for (const auto& spool : spools) {
+    while (spool->ready_segments() == 0 && std::chrono::steady_clock::now() < segments_deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (spool->ready_segments() == 0) {
+      log_line("event=warning message=\"no spool segment ready yet: messages get 451 until one is\"");
+    }
+  }
 
   std::atomic<bool> draining{false};
   std::atomic<bool> ready{false};
@@ -351,6 +362,7 @@ int serve(const Arguments& arguments) {
     int received = 0;
     sigwait(&signals, &received);
     log_line(str_cat("event=draining signal=", received == SIGTERM ? "TERM" : "INT"));
+    ready.store(false);  // load balancers stop sending new connections here first
     draining.store(true);
   }
   for (auto& thread : threads) {

@@ -48,6 +48,8 @@ constexpr size_t kPendingInputOctetsMax = 4 << 20;  // input parked while a comm
 constexpr size_t kOutputOctetsMax = 256 << 10;    // replies queued for a client that does not read
 constexpr size_t kIdleBufferCapacity = 1024;       // above this, buffers are released when empty
 constexpr uint32_t kSlotsPerChunk = 256;
+constexpr uint64_t kAcceptRetryMs = 50;
+constexpr uint64_t kSpoolWaitMs = 2'000;  // how long a message may wait for a spool segment            // after EMFILE/ENFILE ended a multishot accept
 
 uint64_t now_us() {
   return static_cast<uint64_t>(
@@ -91,6 +93,14 @@ struct Connection {
 };
 
 struct Shard::Impl : public smtp::SessionHost {
+  // A finished message waits here while the spool has no segment to put it in (preallocation
+  // behind, or the disk full); it is stored as soon as one is ready, or refused with 451.
+  struct WaitingForSpace {
+    uint32_t index;
+    uint32_t generation;
+    uint64_t deadline_ms;
+  };
+
   Shard* shard;
   const ShardContext* context;
   std::vector<int> listeners;
@@ -115,6 +125,9 @@ struct Shard::Impl : public smtp::SessionHost {
   std::vector<spool::Completed> completed;
   std::vector<io::TimerNode*> expired;
   bool draining = false;
+  std::vector<uint32_t> accepts_to_rearm;
+  std::deque<WaitingForSpace> waiting_for_space;
+  uint64_t accept_retry_ms = 0;
   bool accepts_cancelled = false;
   uint64_t drain_deadline_ms = 0;
   uint64_t loop_now_ms = 0;
@@ -220,11 +233,19 @@ struct Shard::Impl : public smtp::SessionHost {
   }
 
   void on_accept(const io_uring_cqe& cqe, uint32_t listener) {
+    const bool out_of_descriptors = cqe.res == -EMFILE || cqe.res == -ENFILE || cqe.res == -ENOMEM;
     if (!(cqe.flags & IORING_CQE_F_MORE) && !accepts_cancelled) {
-      arm_accept(listener);
+      if (out_of_descriptors) {
+        // Re-arming at once would spin on the same error: try again a little later.
+        accept_retry_ms = loop_now_ms + kAcceptRetryMs;
+        accepts_to_rearm.push_back(listener);
+        log.line(str_cat("event=accept_error error=", -cqe.res, " listener=", listener));
+      } else {
+        arm_accept(listener);
+      }
     }
     if (cqe.res < 0) {
-      return;  // EMFILE/ENFILE/ECANCELED: re-armed above unless we are stopping
+      return;  // ECANCELED when stopping; descriptor shortage handled above
     }
     const int fd = cqe.res;
     shard->_metrics.add(shard->_metrics.connections_total);
@@ -539,6 +560,41 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- spool ------------------------------------------------------------------------------
   void commit_message(uint32_t index) {
     Connection& c = slot(index);
+    if (!waiting_for_space.empty() || !shard->_spool->has_room_for(c.session->message_octets())) {
+      waiting_for_space.push_back(WaitingForSpace{index, c.generation, loop_now_ms + kSpoolWaitMs});
+      return;
+    }
+    store_message(index);
+  }
+
+  void retry_waiting_for_space() {
+    while (!waiting_for_space.empty()) {
+      const WaitingForSpace waiting = waiting_for_space.front();
+      Connection& c = slot(waiting.index);
+      if (c.generation != waiting.generation || !c.in_use || !c.session || !c.session->waiting_for_commit()) {
+        waiting_for_space.pop_front();  // the client left; its message was never acknowledged
+        continue;
+      }
+      if (shard->_spool->has_room_for(c.session->message_octets())) {
+        waiting_for_space.pop_front();
+        store_message(waiting.index);
+        continue;
+      }
+      if (loop_now_ms < waiting.deadline_ms) {
+        return;
+      }
+      waiting_for_space.pop_front();
+      c.session->take_message();
+      shard->_metrics.reject(Rejection::spool_error);
+      log.line(str_cat("event=transaction status=451 client=", c.peer.ip_string(), " error=\"no spool segment ready\""));
+      c.session->commit_done(false, "", c.out_next);
+      mark_dirty(waiting.index);
+      resume_pending(waiting.index);
+    }
+  }
+
+  void store_message(uint32_t index) {
+    Connection& c = slot(index);
     smtp::AcceptedMessage message = c.session->take_message();
     shard->_metrics.add(shard->_metrics.transactions_total);
     const uint64_t arrival_ms = wall_ms();
@@ -757,7 +813,7 @@ struct Shard::Impl : public smtp::SessionHost {
         if (loop_now_ms >= drain_deadline_ms) {
           force_close_all();
         }
-        if (open_connections == 0 && tickets.empty() && shard->_spool->idle()) {
+        if (open_connections == 0 && tickets.empty() && waiting_for_space.empty() && shard->_spool->idle()) {
           if (!accepts_cancelled) {
             cancel_accepts();
           } else {
@@ -765,7 +821,14 @@ struct Shard::Impl : public smtp::SessionHost {
           }
         }
       }
+      if (!accepts_to_rearm.empty() && loop_now_ms >= accept_retry_ms && !accepts_cancelled) {
+        for (const uint32_t listener : accepts_to_rearm) {
+          arm_accept(listener);
+        }
+        accepts_to_rearm.clear();
+      }
       run_control_requests();
+      retry_waiting_for_space();
       flush_dirty();
       submit_spool_io();
       log.flush(*ring, io::UserData{kTagLog, 0, 0}.encode());

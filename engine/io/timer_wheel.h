@@ -48,6 +48,7 @@ class TimerWheel {
   explicit TimerWheel(uint64_t start_ms = 0, uint64_t tick_ms = kTimerTickMsDefault);
   TimerWheel(const TimerWheel&) = delete;
   TimerWheel& operator=(const TimerWheel&) = delete;
+  // Leaves every node still scheduled unscheduled, so those nodes must outlive the wheel.
   ~TimerWheel();
 
   // Schedules `node` to fire at `deadline_ms`; a node already scheduled is moved (reschedule).

@@ -294,6 +294,7 @@ SessionAction ServerSession::handle_rcpt(std::string_view argument, std::string&
   if (!_mail_given) {
     return reply_error(reply::kNeedMail, out);
   }
+  _rcpt_attempted = true;
   const auto parsed = parse_rcpt_to(argument, _smtputf8);
   if (const auto* error = std::get_if<ParseError>(&parsed)) {
     append_parse_error(*error, out);
@@ -322,7 +323,7 @@ SessionAction ServerSession::handle_data(std::string_view argument, std::string&
     return reply_error(reply::kDataAfterBdat, out);
   }
   if (_recipients.empty()) {
-    return reply_error(reply::kNoValidRecipients, out);
+    return reply_error(_rcpt_attempted ? reply::kNoValidRecipients : reply::kNeedRcpt, out);
   }
   _scan = DataScanState{};
   _too_big = false;
@@ -470,6 +471,7 @@ void ServerSession::commit_done(bool stored, std::string_view queue_id, std::str
 
 void ServerSession::reset_transaction() {
   _mail_given = false;
+  _rcpt_attempted = false;
   _used_bdat = false;
   _too_big = false;
   _smtputf8 = false;

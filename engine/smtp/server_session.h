@@ -95,6 +95,8 @@ class ServerSession {
   void commit_done(bool stored, std::string_view queue_id, std::string& out);
   void on_timeout(std::string& out) const;
 
+  // Wire octets of the message waiting for commit (valid while waiting_for_commit()).
+  uint64_t message_octets() const { return _ready.body.size(); }
   bool in_data_phase() const { return _phase == Phase::data || _phase == Phase::bdat_chunk; }
   bool waiting_for_commit() const { return _phase == Phase::committing; }
   bool transaction_open() const { return _mail_given; }
@@ -128,6 +130,7 @@ class ServerSession {
   bool _helo_given = false;
   bool _esmtp = false;
   bool _mail_given = false;
+  bool _rcpt_attempted = false;  // DATA without any RCPT is 503; with all RCPTs refused, 554
   bool _used_bdat = false;
   bool _bdat_last = false;
   bool _bdat_discard = false;     // chunk of a failed transaction: read and dropped

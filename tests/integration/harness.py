@@ -271,6 +271,16 @@ class Sluice:
         return run_cli(*args, "--admin", "127.0.0.1:%d" % self.admin_port, **kwargs)
 
 
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+def sanitizer_reports(log_text):
+    """The lines of a server log that come from ASan/UBSan/LSan (empty when clean)."""
+    lines = [l for l in log_text.splitlines() if any(m in l for m in SANITIZER_MARKERS)]
+    return "\n".join(lines[:20])
+
+
 def metric_sum(text, name):
     """Sum of every sample of metric `name` (any labels) in Prometheus text; None if absent."""
     total = None
@@ -494,17 +504,26 @@ class SluiceTestCase(unittest.TestCase):
 
     def _cleanup(self):
         failed = self._failed()
+        problems = []
         for server in self.servers:
             code = server.stop()
-            if failed or (code not in (0, None) and not getattr(server, "expect_nonzero", False)):
+            bad_exit = code not in (0, None) and not getattr(server, "expect_nonzero", False)
+            reports = sanitizer_reports(server.full_log())
+            if bad_exit:
+                problems.append("%s exited %s on SIGTERM (expected 0)" % (server.name, code))
+            if reports:
+                problems.append("%s: sanitizer report in its log:\n%s" % (server.name, reports))
+            if failed or bad_exit or reports:
                 sys.stderr.write("\n%s exit code %s\n%s\n" % (server.name, code, server.log_tail()))
-        if failed:
+        if failed or problems:
             for server in type(self).class_servers:
                 sys.stderr.write("\n%s\n" % server.log_tail())
-        if failed and os.environ.get("SLUICE_IT_KEEP"):
+        if (failed or problems) and os.environ.get("SLUICE_IT_KEEP"):
             sys.stderr.write("kept %s (SLUICE_IT_KEEP)\n" % self.tmp)
-            return
-        self._tmp.cleanup()
+        else:
+            self._tmp.cleanup()
+        if problems:
+            raise AssertionError("\n".join(problems))
 
     def start_sluice(self, overrides=None, name="sluice", spool_dir=None, workdir=None):
         server = Sluice(workdir or self.tmp, overrides, name=name, spool_dir=spool_dir)
@@ -543,12 +562,15 @@ class SharedServerTestCase(SluiceTestCase):
     @classmethod
     def tearDownClass(cls):
         code = cls.server.stop()
-        if code != 0:
+        reports = sanitizer_reports(cls.server.full_log())
+        if code != 0 or reports:
             sys.stderr.write("\nshared server exited %s (expected 0)\n%s\n" % (
                 code, cls.server.log_tail()))
         cls._class_tmp.cleanup()
         if code != 0:
             raise AssertionError("shared server exited %s on SIGTERM, expected 0" % code)
+        if reports:
+            raise AssertionError("sanitizer report in the shared server's log:\n%s" % reports)
 
 
 def default_sluice_path():

@@ -4,7 +4,6 @@
 import json
 import os
 import re
-import socket
 import subprocess
 
 import harness as h

@@ -137,7 +137,11 @@ TEST_F(ServerSessionTest, SequenceErrors) {
   EXPECT_EQ(feed("DATA\r\n").substr(0, 10), "503 5.5.1 ");
   feed("MAIL FROM:<a@b.example>\r\n");
   EXPECT_EQ(feed("MAIL FROM:<a@b.example>\r\n").substr(0, 10), "503 5.5.1 ");
-  EXPECT_EQ(feed("DATA\r\n").substr(0, 10), "554 5.5.1 ");
+  EXPECT_EQ(feed("DATA\r\n").substr(0, 10), "503 5.5.1 ");  // no RCPT at all
+  settings.relay_domains.clear();
+  start(false);
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\n");
+  EXPECT_EQ(feed("DATA\r\n").substr(0, 10), "554 5.5.1 ");  // every RCPT was refused
 }
 
 TEST_F(ServerSessionTest, SimpleCommands) {

@@ -395,9 +395,9 @@ TEST(TimerWheelTest, RandomizedAgainstMultimapModel) {
   for (const uint64_t seed : {11u, 12u, 13u, 14u}) {
     std::mt19937_64 rng(seed);
     const uint64_t start = rng() % (100 * kDayMs);
-    TimerWheel wheel(start);
     constexpr size_t kNodes = 3000;
-    std::vector<TimerNode> nodes(kNodes);
+    std::vector<TimerNode> nodes(kNodes);  // declared first: outlives the wheel
+    TimerWheel wheel(start);
     std::vector<uint64_t> deadline_ms(kNodes);
     std::multimap<uint64_t, size_t> model;
     std::vector<std::multimap<uint64_t, size_t>::iterator> where(kNodes, model.end());
