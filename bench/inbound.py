@@ -567,6 +567,7 @@ def main():
                         help="where the spools go: a real disk, never tmpfs (default /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--markdown", help="write the table and ratios as Markdown here")
     args = parser.parse_args()
 
     if not os.access(args.sluice, os.X_OK):
@@ -675,6 +676,26 @@ def main():
         print(f"  [{r['case']}] server: {' '.join(r['server_command'])}")
         print(f"  [{r['case']}] source: {' '.join(r['source_command'])}")
 
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"Run of {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started))}, load average "
+                    f"before {results[0]['loadavg_before'] if results else '?'}, after {loadavg()}.\n\n")
+            f.write("| " + " | ".join(head) + " |\n")
+            f.write("|" + "---|" * len(head) + "\n")
+            for row in rows:
+                f.write("| " + " | ".join(row) + " |\n")
+            f.write("\n| ratio | value | target | verdict |\n|---|---|---|---|\n")
+            for r in ratio_rows:
+                verdict = "(no target)" if r["met"] is None else ("met" if r["met"] else "**not met**")
+                f.write(f"| {r['ratio']} | {r['value']:.3f} | {r['target'] or ''} | {verdict} |\n")
+            f.write("\n")
+            for r in results:
+                if r["server"] == "sluice":
+                    f.write(f"- {r['case']}: {r['spool_fsyncs']} fdatasyncs for {r['spool_messages_fsynced']} "
+                            f"messages = {r['messages_per_fsync']} messages per fsync; CPU by thread (s): "
+                            f"{r['server_cpu_by_thread_s']}\n")
+                if r["server"] == "postfix":
+                    f.write(f"- {r['case']}: CPU by process name (s): {r['server_cpu_by_thread_s']}\n")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
