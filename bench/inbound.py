@@ -594,6 +594,13 @@ def main():
              args.large_size, False),
         ]
 
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # SIGTERM (and SIGINT even when started in the background) unwind through the finally below.
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+
     results = []
     current = None
     started = time.time()

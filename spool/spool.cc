@@ -4,6 +4,7 @@
 // completed OK, never issue an fdatasync before the CQEs of the writes it covers, never have two
 // fdatasyncs in flight, and never append to a segment after a hole (a failed write seals it).
 #include "spool/spool.h"
+#include "engine/io/strings.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -29,8 +30,6 @@ uint64_t monotonic_ns() {
 
 bool valid_queue_id(std::string_view id) { return id.size() == kQueueIdBytes && id_ms(id).has_value(); }
 
-// abseil 20220623 here is built with its own string_view, not std::string_view.
-absl::string_view av(std::string_view text) { return absl::string_view(text.data(), text.size()); }
 
 absl::Status io_error(int32_t result, std::string_view what) {
   return errno_status(result < 0 ? -result : EIO, what);
@@ -594,7 +593,7 @@ std::vector<MessageInfo> ShardSpool::list() const {
 }
 
 std::optional<MessageInfo> ShardSpool::find(std::string_view id) const {
-  auto it = _index.find(av(id));
+  auto it = _index.find(to_absl(id));
   if (it == _index.end()) {
     return std::nullopt;
   }
@@ -607,9 +606,9 @@ int ShardSpool::segment_fd(uint64_t segment_id) const {
 }
 
 absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) const {
-  auto it = _index.find(av(id));
+  auto it = _index.find(to_absl(id));
   if (it == _index.end()) {
-    return absl::NotFoundError(absl::StrCat("no message ", av(id)));
+    return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
   }
   const MessageLocation& location = it->second.location;
   const int fd = segment_fd(location.segment_id);
@@ -632,9 +631,9 @@ absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) const 
 }
 
 absl::StatusOr<uint64_t> ShardSpool::remove(std::string_view id) {
-  auto it = _index.find(av(id));
+  auto it = _index.find(to_absl(id));
   if (it == _index.end()) {
-    return absl::NotFoundError(absl::StrCat("no message ", av(id)));
+    return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
   }
   auto ticket = append_journal(JournalOp::remove, id);
   if (!ticket.ok()) {
@@ -650,9 +649,9 @@ absl::StatusOr<uint64_t> ShardSpool::remove(std::string_view id) {
 }
 
 absl::StatusOr<uint64_t> ShardSpool::hold(std::string_view id) {
-  auto it = _index.find(av(id));
+  auto it = _index.find(to_absl(id));
   if (it == _index.end()) {
-    return absl::NotFoundError(absl::StrCat("no message ", av(id)));
+    return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
   }
   auto ticket = append_journal(JournalOp::hold, id);
   if (ticket.ok()) {
@@ -662,9 +661,9 @@ absl::StatusOr<uint64_t> ShardSpool::hold(std::string_view id) {
 }
 
 absl::StatusOr<uint64_t> ShardSpool::release(std::string_view id) {
-  auto it = _index.find(av(id));
+  auto it = _index.find(to_absl(id));
   if (it == _index.end()) {
-    return absl::NotFoundError(absl::StrCat("no message ", av(id)));
+    return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
   }
   auto ticket = append_journal(JournalOp::release, id);
   if (ticket.ok()) {

@@ -7,6 +7,7 @@
 // this module.
 
 #include "engine/app/config.h"
+#include "engine/io/strings.h"
 
 #include <sched.h>
 #include <toml++/toml.h>
@@ -70,14 +71,12 @@ constexpr std::array<std::string_view, 5> kDeliveryKeys = {"port", "retry_initia
 constexpr std::array<std::string_view, 2> kRouteKeys = {"domain", "next_hop"};
 constexpr std::array<std::string_view, 1> kAdminKeys = {"listen"};
 
-// Debian's abseil has its own string_view type (ABSL_OPTION_USE_STD_STRING_VIEW is 0).
-absl::string_view absl_view(std::string_view text) { return {text.data(), text.size()}; }
 
 std::string quote(std::string_view text) {
   if (text.size() > kQuotedValueMax) {
-    return absl::StrCat("'", absl::CHexEscape(absl_view(text.substr(0, kQuotedValueMax))), "...'");
+    return absl::StrCat("'", absl::CHexEscape(to_absl(text.substr(0, kQuotedValueMax))), "...'");
   }
-  return absl::StrCat("'", absl::CHexEscape(absl_view(text)), "'");
+  return absl::StrCat("'", absl::CHexEscape(to_absl(text)), "'");
 }
 
 std::string_view type_name(toml::node_type type) {
@@ -142,7 +141,7 @@ std::string suggestion(std::string_view key, absl::Span<const std::string_view> 
       best_distance = distance;
     }
   }
-  return best.empty() ? "" : absl::StrCat(" (did you mean '", absl_view(best), "'?)");
+  return best.empty() ? "" : absl::StrCat(" (did you mean '", to_absl(best), "'?)");
 }
 
 bool is_label_char(char c) {
@@ -259,12 +258,12 @@ class Reader {
   }
 
   void wrong_type(const toml::node& node, std::string_view label, std::string_view expected) {
-    error(line_of(node), absl::StrCat(absl_view(label), ": expected ", absl_view(expected),
-                                      ", got ", absl_view(type_name(node.type()))));
+    error(line_of(node), absl::StrCat(to_absl(label), ": expected ", to_absl(expected),
+                                      ", got ", to_absl(type_name(node.type()))));
   }
 
   static std::string label(Section section, std::string_view key) {
-    return absl::StrCat(absl_view(section.name), ".", absl_view(key));
+    return absl::StrCat(to_absl(section.name), ".", to_absl(key));
   }
 
   Section section(const toml::table& root, std::string_view name) {
@@ -273,7 +272,7 @@ class Reader {
       return Section{nullptr, name};
     }
     if (!node->is_table()) {
-      wrong_type(*node, name, absl::StrCat("a table ([", absl_view(name), "])"));
+      wrong_type(*node, name, absl::StrCat("a table ([", to_absl(name), "])"));
       return Section{nullptr, name};
     }
     reject_unknown(*node->as_table(), name, known_keys(name));
@@ -316,17 +315,17 @@ class Reader {
       }
       const std::string hint = suggestion(name, known);
       const uint32_t line = key.source().begin.line;
-      const std::string escaped = absl::CHexEscape(absl_view(name));
+      const std::string escaped = absl::CHexEscape(to_absl(name));
       if (section == "route") {
         error(line, absl::StrCat("unknown key ", quote(name), " in [[route]]", hint));
       } else if (section.empty()) {
         error(line, node.is_table() ? absl::StrCat("unknown table [", escaped, "]", hint)
                                     : absl::StrCat("unknown key ", quote(name), hint));
       } else {
-        error(line, node.is_table() ? absl::StrCat("unknown table [", absl_view(section), ".",
+        error(line, node.is_table() ? absl::StrCat("unknown table [", to_absl(section), ".",
                                                    escaped, "]", hint)
                                     : absl::StrCat("unknown key ", quote(name), " in [",
-                                                   absl_view(section), "]", hint));
+                                                   to_absl(section), "]", hint));
       }
     }
   }
@@ -432,7 +431,7 @@ class Reader {
     bool all_ok = true;
     for (size_t i = 0; i < elements.size(); ++i) {
       const toml::node& element = elements[i];
-      const std::string element_label = absl::StrCat(absl_view(what), "[", i, "]");
+      const std::string element_label = absl::StrCat(to_absl(what), "[", i, "]");
       const std::string* text = string_node(element, element_label);
       if (text == nullptr) {
         all_ok = false;
@@ -570,7 +569,7 @@ class Reader {
                                " is not a domain (\"example.test\", or \".example.test\" for its "
                                "subdomains)"));
             }
-            domains.push_back(absl::AsciiStrToLower(absl_view(text)));
+            domains.push_back(absl::AsciiStrToLower(to_absl(text)));
             return absl::OkStatus();
           });
       if (all_ok) {
@@ -697,7 +696,7 @@ Config read_text(std::string_view text, std::string_view file_name, ConfigErrors
     Reader(file_name, errors).read(root, config);
   } catch (const toml::parse_error& e) {
     errors.push_back(ConfigError{std::string(file_name), e.source().begin.line,
-                                 absl::StrCat("syntax error: ", absl_view(e.description()))});
+                                 absl::StrCat("syntax error: ", to_absl(e.description()))});
   } catch (const std::exception& e) {
     errors.push_back(
         ConfigError{std::string(file_name), 0, absl::StrCat("cannot read: ", e.what())});

@@ -2,7 +2,11 @@
 #include "engine/app/log.h"
 #include "engine/io/strings.h"
 
+#include <fcntl.h>
+#include <limits.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include <chrono>
 #include <ctime>
@@ -32,23 +36,51 @@ void LogBuffer::line(std::string_view fields) {
 }
 
 void LogBuffer::flush(io::Ring& ring, uint64_t user_data) {
-  if (_in_flight || _next.empty()) {
+  if (_in_flight) {
     return;
   }
-  _writing.swap(_next);
-  _next.clear();
+  if (_written >= _writing.size()) {
+    if (_next.empty()) {
+      return;
+    }
+    _writing.swap(_next);
+    _next.clear();
+    _written = 0;
+  }
+  size_t length = std::min(_writing.size() - _written, static_cast<size_t>(PIPE_BUF));
+  const size_t line_end = _writing.rfind('\n', _written + length - 1);
+  if (line_end != std::string::npos && line_end >= _written) {
+    length = line_end + 1 - _written;  // a line longer than PIPE_BUF goes out whole-ish: rare
+  }
   io_uring_sqe* sqe = ring.sqe();
-  io_uring_prep_write(sqe, STDERR_FILENO, _writing.data(), static_cast<unsigned>(_writing.size()), static_cast<uint64_t>(-1));
+  io_uring_prep_write(sqe, STDERR_FILENO, _writing.data() + _written, static_cast<unsigned>(length),
+                      static_cast<uint64_t>(-1));
   io_uring_sqe_set_data64(sqe, user_data);
   _in_flight = true;
 }
 
-void LogBuffer::on_write_done() {
+void LogBuffer::on_write_done(int32_t result) {
   _in_flight = false;
-  _writing.clear();
+  if (result <= 0) {
+    ++_dropped;
+    _written = _writing.size();  // stderr is broken: drop this batch rather than spin on it
+    return;
+  }
+  _written += static_cast<size_t>(result);
+}
+
+void prepare_log_output() {
+  const int flags = fcntl(STDERR_FILENO, F_GETFL);
+  if (flags >= 0) {
+    fcntl(STDERR_FILENO, F_SETFL, flags | O_APPEND);
+  }
 }
 
 void LogBuffer::flush_blocking() {
+  if (_written < _writing.size()) {
+    [[maybe_unused]] ssize_t written = write(STDERR_FILENO, _writing.data() + _written, _writing.size() - _written);
+    _written = _writing.size();
+  }
   if (!_next.empty()) {
     [[maybe_unused]] ssize_t written = write(STDERR_FILENO, _next.data(), _next.size());
     _next.clear();

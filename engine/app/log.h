@@ -21,9 +21,10 @@ class LogBuffer {
   void set_shard(uint32_t shard) { _shard = shard; }
   // Appends "ts=... shard=N " + fields + "\n".
   void line(std::string_view fields);
-  // Submits one write of everything gathered, if no write is in flight.
+  // Submits one write of gathered lines, if no write is in flight. A write is at most PIPE_BUF
+  // octets and ends at a line end, so lines from several shards never interleave in a pipe.
   void flush(io::Ring& ring, uint64_t user_data);
-  void on_write_done();
+  void on_write_done(int32_t result);
   // At exit: writes what is left with plain write(2).
   void flush_blocking();
 
@@ -32,8 +33,13 @@ class LogBuffer {
   bool _in_flight = false;
   uint64_t _dropped = 0;
   std::string _writing;
+  size_t _written = 0;
   std::string _next;
 };
+
+// Makes stderr append-only when it is a file, so that writes from several threads at the file
+// position never overwrite each other. Called once at start.
+void prepare_log_output();
 
 // For threads without a ring (main, admin): one line straight to stderr.
 void log_line(std::string_view fields);

@@ -233,6 +233,7 @@ int serve(const Arguments& arguments) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
+  prepare_log_output();
   const uint64_t fd_limit = io::raise_open_file_limit();
   std::error_code ignored;
   std::filesystem::create_directories(config.spool.dir, ignored);

@@ -749,7 +749,7 @@ struct Shard::Impl : public smtp::SessionHost {
         run_control_requests();
         return;
       case kTagLog:
-        log.on_write_done();
+        log.on_write_done(cqe.res);
         return;
       case kTagIgnore:
         return;

@@ -5,6 +5,7 @@
 // address that is not numeric is an error, and the error says what is wrong with it.
 
 #include "engine/io/address.h"
+#include "engine/io/strings.h"
 
 #include <arpa/inet.h>
 
@@ -28,14 +29,12 @@ constexpr int kIpv6Bits = 128;
 constexpr int kMappedPrefixBits = 96;
 constexpr std::array<uint8_t, 12> kMappedPrefix = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
-// Debian's abseil has its own string_view type (ABSL_OPTION_USE_STD_STRING_VIEW is 0).
-absl::string_view absl_view(std::string_view text) { return {text.data(), text.size()}; }
 
 std::string quote(std::string_view text) {
   if (text.size() > kQuotedTextMax) {
-    return absl::StrCat("'", absl::CHexEscape(absl_view(text.substr(0, kQuotedTextMax))), "...'");
+    return absl::StrCat("'", absl::CHexEscape(to_absl(text.substr(0, kQuotedTextMax))), "...'");
   }
-  return absl::StrCat("'", absl::CHexEscape(absl_view(text)), "'");
+  return absl::StrCat("'", absl::CHexEscape(to_absl(text)), "'");
 }
 
 absl::Status invalid(std::string_view text, absl::string_view why) {
