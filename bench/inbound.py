@@ -281,7 +281,8 @@ class Sluice:
 
     METRICS = ("sluice_messages_accepted_total", "sluice_spool_fsyncs_total",
                "sluice_spool_messages_fsynced_total", "sluice_spool_bytes_written_total",
-               "sluice_transactions_total", "sluice_connections_total")
+               "sluice_transactions_total", "sluice_connections_total", "sluice_spool_fsync_seconds_sum",
+               "sluice_spool_fsync_seconds_count")
 
     def start(self):
         port, admin_port = free_port(), free_port()
@@ -348,6 +349,7 @@ class Sluice:
             "spool_messages_fsynced": int(synced),
             "messages_per_fsync": round(synced / fsyncs, 2) if fsyncs else None,
             "spool_bytes_written": int(delta("sluice_spool_bytes_written_total")),
+            "fsync_mean_ms": round(1e3 * delta("sluice_spool_fsync_seconds_sum") / fsyncs, 3) if fsyncs else None,
         }
 
     def stop(self):
@@ -432,7 +434,12 @@ class Postfix:
             try:
                 with open(f"/proc/{pid}/comm") as f:
                     name = f.read().strip()
-                u, s = proc_cpu(pid, include_children=(pid == self.master))
+                u, s = proc_cpu(pid)
+                if pid == self.master:
+                    # Services that exited (max_use, idle) were reaped by master: their CPU is
+                    # master's cutime+cstime. Reported apart so that master's own share shows.
+                    cu, cs = proc_cpu(pid, include_children=True)
+                    out["exited children (smtpd, cleanup, ...)"] = cu + cs - u - s
             except (FileNotFoundError, ProcessLookupError):
                 continue
             out[name] = out.get(name, 0) + u + s
@@ -699,7 +706,7 @@ def main():
             for r in results:
                 if r["server"] == "sluice":
                     f.write(f"- {r['case']}: {r['spool_fsyncs']} fdatasyncs for {r['spool_messages_fsynced']} "
-                            f"messages = {r['messages_per_fsync']} messages per fsync; CPU by thread (s): "
+                            f"messages = {r['messages_per_fsync']} messages per fsync, mean fdatasync {r['fsync_mean_ms']} ms; CPU by thread (s): "
                             f"{r['server_cpu_by_thread_s']}\n")
                 if r["server"] == "postfix":
                     f.write(f"- {r['case']}: CPU by process name (s): {r['server_cpu_by_thread_s']}\n")

@@ -1,0 +1,114 @@
+// The control-plane helpers: HTTP request parsing, JSON escaping, queue reports, per-client
+// limits and the Prometheus rendering.
+#include <gtest/gtest.h>
+
+#include "engine/app/client_limits.h"
+#include "engine/app/http.h"
+#include "engine/app/metrics.h"
+#include "engine/app/queue_report.h"
+
+namespace sluice::app {
+namespace {
+
+TEST(HttpTest, ParsesRequestLineAndQuery) {
+  auto request = parse_http_request("GET /api/queue?limit=5&domain=ex%41mple.test HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_TRUE(request.ok());
+  EXPECT_EQ(request->method, "GET");
+  EXPECT_EQ(request->path, "/api/queue");
+  EXPECT_EQ(request->query["limit"], "5");
+  EXPECT_EQ(request->query["domain"], "exAmple.test");
+  EXPECT_FALSE(parse_http_request("GET /\r\n\r\n").ok());
+  EXPECT_FALSE(parse_http_request("garbage").ok());
+  EXPECT_FALSE(parse_http_request("GET / SPDY/3\r\n\r\n").ok());
+}
+
+TEST(HttpTest, UrlDecodeLeavesBrokenEscapesAlone) {
+  EXPECT_EQ(url_decode("a%2Fb+c"), "a/b c");
+  EXPECT_EQ(url_decode("%"), "%");
+  EXPECT_EQ(url_decode("%4"), "%4");
+  EXPECT_EQ(url_decode("%zz"), "%zz");
+}
+
+TEST(HttpTest, JsonEscapeQuotesControlsAndKeepsUtf8) {
+  EXPECT_EQ(json_escape("a\"b\\c\r\n\t\x01"), "a\\\"b\\\\c\\r\\n\\t\\u0001");
+  EXPECT_EQ(json_escape("caf\xc3\xa9"), "caf\xc3\xa9");
+}
+
+TEST(HttpTest, ResponseHasLengthAndStatus) {
+  const std::string text = format_http_response(HttpResponse{404, "application/json", "{}"});
+  EXPECT_EQ(text.rfind("HTTP/1.1 404 Not Found\r\n", 0), 0u);
+  EXPECT_NE(text.find("Content-Length: 2\r\n"), std::string::npos);
+  EXPECT_EQ(text.substr(text.size() - 2), "{}");
+}
+
+spool::MessageInfo message(std::string id, uint64_t arrival_ms, std::vector<std::string> recipients) {
+  spool::MessageInfo info;
+  info.id = std::move(id);
+  info.sender = "sender@example.test";
+  info.recipients = std::move(recipients);
+  info.rfc_size = 2048;
+  info.arrival_ms = arrival_ms;
+  return info;
+}
+
+TEST(QueueReportTest, ListHasOneLinePerMessageAndATotal) {
+  const std::string text = format_queue_list({message("0MWY62MQU0100000", 1'764'000'000'000, {"a@x.test", "b@y.test"})});
+  EXPECT_NE(text.find("0MWY62MQU0100000"), std::string::npos);
+  EXPECT_NE(text.find("<sender@example.test> -> a@x.test, b@y.test"), std::string::npos);
+  EXPECT_NE(text.find("-- 2 Kbytes in 1 Requests."), std::string::npos);
+}
+
+TEST(QueueReportTest, SummaryBucketsRecipientDomainsByAge) {
+  const uint64_t now = 10'000'000'000;
+  const std::string text = format_queue_summary(
+      {message("A", now - 60'000, {"a@x.test", "b@X.TEST"}), message("B", now - 30 * 60'000, {"c@y.test"}),
+       message("C", now - 3'000 * 60'000, {"d@x.test"})},
+      now);
+  // x.test: 2 recipients in the first bucket (age < 5 min) and 1 beyond 1280 min.
+  const size_t x = text.find("x.test");
+  ASSERT_NE(x, std::string::npos);
+  const std::string row = text.substr(x, text.find('\n', x) - x);
+  EXPECT_EQ(row.substr(0, 6), "x.test");
+  EXPECT_NE(row.find("     3      2"), std::string::npos) << row;
+  EXPECT_EQ(row.substr(row.size() - 7), "      1") << row;
+  EXPECT_NE(text.find("TOTAL"), std::string::npos);
+}
+
+TEST(ClientLimitsTest, ConcurrentConnectionsPerAddress) {
+  ClientLimits limits(2, 0);
+  EXPECT_EQ(limits.admit("192.0.2.1", 0), ClientAdmission::admitted);
+  EXPECT_EQ(limits.admit("192.0.2.1", 0), ClientAdmission::admitted);
+  EXPECT_EQ(limits.admit("192.0.2.1", 0), ClientAdmission::too_many_connections);
+  EXPECT_EQ(limits.admit("192.0.2.2", 0), ClientAdmission::admitted);
+  limits.release("192.0.2.1");
+  EXPECT_EQ(limits.admit("192.0.2.1", 0), ClientAdmission::admitted);
+}
+
+TEST(ClientLimitsTest, RatePerMinute) {
+  ClientLimits limits(0, 3);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(limits.admit("192.0.2.1", 1000), ClientAdmission::admitted);
+    limits.release("192.0.2.1");
+  }
+  EXPECT_EQ(limits.admit("192.0.2.1", 2000), ClientAdmission::rate_exceeded);
+  EXPECT_EQ(limits.admit("192.0.2.1", 61'000), ClientAdmission::admitted) << "a new minute";
+}
+
+TEST(MetricsTest, PrometheusTextSumsShards) {
+  ShardMetrics a;
+  ShardMetrics b;
+  a.add(a.messages_accepted, 3);
+  b.add(b.messages_accepted, 4);
+  b.reject(Rejection::relay_denied);
+  spool::SpoolMetrics spool;
+  spool.fsyncs = 5;
+  spool.fsync_latency_bucket[0] = 5;
+  const std::string text = render_prometheus({&a, &b}, {spool});
+  EXPECT_NE(text.find("sluice_messages_accepted_total 7\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_rejections_total{reason=\"relay_denied\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_spool_fsyncs_total 5\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_spool_fsync_seconds_bucket{le=\"+Inf\"} 5\n"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sluice::app
