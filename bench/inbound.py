@@ -268,8 +268,9 @@ class Sink:
 class Sluice:
     name = "sluice"
 
-    def __init__(self, workdir, binary, threads):
+    def __init__(self, workdir, binary, threads, commit_interval_us=None):
         self.workdir = workdir
+        self.commit_interval_us = commit_interval_us
         self.binary = os.path.abspath(binary)
         self.threads_n = threads
         self.proc = None
@@ -299,9 +300,10 @@ class Sluice:
             "[spool]\n"
             f'dir = "{spool}"\n'
             "min_free_bytes = 0\n"
-            "[admin]\n"
-            f'listen = "127.0.0.1:{admin_port}"\n'
         )
+        if self.commit_interval_us is not None:
+            self.config_text += f"commit_interval_us = {self.commit_interval_us}\n"
+        self.config_text += f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
         with open(config, "w") as f:
             f.write(self.config_text)
         self.command = [self.binary, "serve", "--config", config]
@@ -546,6 +548,8 @@ def run_case(label, server, messages, sessions, size, per_session):
         "loadavg_after": load_after,
     }
     result.update(extra)
+    if isinstance(server, Sluice):
+        result["server_config"] = server.config_text
     if not ok and isinstance(server, Sluice):
         with open(server.stderr_path, errors="replace") as f:
             result["server_log_tail"] = f.read()[-2000:]
@@ -570,6 +574,9 @@ def main():
                         help="messages for the 100 KiB case (sluice vs sink); 0 skips it")
     parser.add_argument("--large-size", type=int, default=102400)
     parser.add_argument("--no-postfix", action="store_true", help="skip the Postfix case")
+    parser.add_argument("--only", help="comma-separated case labels to run, e.g. 'sink -d,sluice -d'")
+    parser.add_argument("--commit-interval-us", type=int,
+                        help="set sluice [spool] commit_interval_us (default: Sluice's own default)")
     parser.add_argument("--tmpdir", default="/var/tmp",
                         help="where the spools go: a real disk, never tmpfs (default /var/tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
@@ -586,18 +593,18 @@ def main():
 
     plan = [
         ("sink", lambda d: Sink(d), args.messages, args.size, False),
-        ("sluice", lambda d: Sluice(d, args.sluice, args.threads), args.messages, args.size, False),
+        ("sluice", lambda d: Sluice(d, args.sluice, args.threads, args.commit_interval_us), args.messages, args.size, False),
     ]
     if not args.no_postfix:
         plan.append(("postfix", lambda d: Postfix(d), args.messages, args.size, False))
     plan += [
         ("sink -d", lambda d: Sink(d), args.messages, args.size, True),
-        ("sluice -d", lambda d: Sluice(d, args.sluice, args.threads), args.messages, args.size, True),
+        ("sluice -d", lambda d: Sluice(d, args.sluice, args.threads, args.commit_interval_us), args.messages, args.size, True),
     ]
     if args.large_messages > 0:
         plan += [
             ("sink 100K", lambda d: Sink(d), args.large_messages, args.large_size, False),
-            ("sluice 100K", lambda d: Sluice(d, args.sluice, args.threads), args.large_messages,
+            ("sluice 100K", lambda d: Sluice(d, args.sluice, args.threads, args.commit_interval_us), args.large_messages,
              args.large_size, False),
         ]
 
@@ -607,6 +614,13 @@ def main():
     # SIGTERM (and SIGINT even when started in the background) unwind through the finally below.
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)
+
+    if args.only:
+        wanted = [x.strip() for x in args.only.split(",")]
+        unknown = set(wanted) - {p[0] for p in plan}
+        if unknown:
+            raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; known: {[p[0] for p in plan]}")
+        plan = [p for p in plan if p[0] in wanted]
 
     results = []
     current = None
@@ -680,7 +694,8 @@ def main():
     for r in results:
         if r["server"] == "sluice":
             print(f"{r['case']}: fsyncs {r['spool_fsyncs']}, messages fsynced {r['spool_messages_fsynced']}, "
-                  f"per fsync {r['messages_per_fsync']}; CPU by thread (s): {r['server_cpu_by_thread_s']}")
+                  f"per fsync {r['messages_per_fsync']}, mean fdatasync {r['fsync_mean_ms']} ms; "
+                  f"CPU by thread (s): {r['server_cpu_by_thread_s']}")
         if r["server"] == "postfix":
             print(f"{r['case']}: CPU by process name (s): {r['server_cpu_by_thread_s']}")
     print()
@@ -689,6 +704,10 @@ def main():
     for r in results:
         print(f"  [{r['case']}] server: {' '.join(r['server_command'])}")
         print(f"  [{r['case']}] source: {' '.join(r['source_command'])}")
+    for r in results:
+        if r.get("server_config"):
+            print(f"  [{r['case']}] sluice.toml:\n    " + r["server_config"].rstrip().replace("\n", "\n    "))
+            break
 
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -570,10 +570,10 @@ uint64_t ShardSpool::free_bytes() const { return _preallocator->free_bytes(); }
 
 uint64_t ShardSpool::ready_segments() const { return _preallocator->ready(); }
 
-bool ShardSpool::has_room_for(uint64_t wire_octets) const {
-  // The envelope's size is not known here; kEnvelopeAllowanceBytes bounds it generously.
-  constexpr uint64_t kEnvelopeAllowanceBytes = 64 << 10;
-  const uint64_t record_bytes = kRecordHeaderBytes + kEnvelopeAllowanceBytes + wire_octets;
+bool ShardSpool::has_room_for(uint64_t wire_octets, uint64_t envelope_octets) const {
+  // The caller's envelope figure is an estimate; the allowance covers the fixed fields.
+  constexpr uint64_t kEnvelopeAllowanceBytes = 4 << 10;
+  const uint64_t record_bytes = kRecordHeaderBytes + kEnvelopeAllowanceBytes + envelope_octets + wire_octets;
   if (_current != nullptr && !_current->sealed && _current->end_offset + record_bytes <= _current->capacity) {
     return true;
   }

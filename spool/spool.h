@@ -200,7 +200,7 @@ class ShardSpool {
 
   // Whether a message of this many wire octets can be placed now (the current segment has room,
   // or a fresh one is ready); when false, append_message would fail with UNAVAILABLE.
-  bool has_room_for(uint64_t wire_octets) const;
+  bool has_room_for(uint64_t wire_octets, uint64_t envelope_octets) const;
   uint64_t free_bytes() const;
   bool below_min_free() const;
   uint64_t ready_segments() const;  // preallocated, not yet in use

@@ -32,7 +32,8 @@ namespace sluice::app {
 namespace {
 
 constexpr int kPollIntervalMs = 200;
-constexpr int kRequestTimeoutMs = 5'000;
+constexpr int kRequestTimeoutMs = 5'000;  // a whole request must arrive within this
+constexpr timeval kSocketTimeout = {5, 0};   // per send/recv: a client that stops reading
 constexpr auto kShardAnswerTimeout = std::chrono::seconds(5);
 
 std::string rfc3339(uint64_t unix_ms) {
@@ -157,6 +158,8 @@ void AdminServer::serve() {
     if (fd < 0) {
       continue;
     }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &kSocketTimeout, sizeof(kSocketTimeout));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &kSocketTimeout, sizeof(kSocketTimeout));
     handle_connection(fd);
     close(fd);
   }
@@ -164,15 +167,19 @@ void AdminServer::serve() {
 
 namespace {
 
+// The admin thread serves one connection at a time, so every request is bounded in time as a
+// whole: a client trickling bytes cannot hold the endpoint (or a drain) hostage.
 std::optional<std::string> read_request_head(int fd) {
   std::string head;
   char buffer[4096];
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRequestTimeoutMs);
   while (head.find("\r\n\r\n") == std::string::npos) {
     if (head.size() > kHttpRequestOctetsMax) {
       return std::nullopt;
     }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     pollfd waiting{fd, POLLIN, 0};
-    if (poll(&waiting, 1, kRequestTimeoutMs) <= 0) {
+    if (left.count() <= 0 || poll(&waiting, 1, static_cast<int>(left.count())) <= 0) {
       return std::nullopt;
     }
     const ssize_t got = recv(fd, buffer, sizeof(buffer), 0);

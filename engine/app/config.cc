@@ -541,7 +541,7 @@ class Reader {
 
   // Run after every section is read: the bound involves [server] and [spool].
   void check_segment_size(const toml::table& root, const Config& config) {
-    const uint64_t needed = config.server.max_message_size + kSegmentOverheadBytes;
+    const uint64_t needed = segment_bytes_needed(config.server.max_message_size, config.server.max_recipients);
     if (config.spool.segment_bytes >= needed) {
       return;
     }
@@ -551,8 +551,8 @@ class Reader {
     }
     error(node != nullptr ? line_of(*node) : 0,
           absl::StrCat("spool.segment_bytes (", config.spool.segment_bytes,
-                       ") must be at least server.max_message_size + ", kSegmentOverheadBytes, " (",
-                       needed, "): a message is stored in one segment"));
+                       ") must be at least 4/3 of server.max_message_size plus the envelope and headers (",
+                       needed, "): a message is stored dot-stuffed in one segment"));
   }
 
   void read_relay(Section section, RelayConfig& relay) {
@@ -764,6 +764,11 @@ std::string ConfigError::to_string() const {
     return absl::StrCat(file, ": ", message);
   }
   return absl::StrCat(file, ":", line, ": ", message);
+}
+
+uint64_t segment_bytes_needed(uint64_t max_message_size, uint32_t max_recipients) {
+  return max_message_size + (max_message_size + 2) / 3 + uint64_t{max_recipients} * kEnvelopeOctetsPerRecipient +
+         kSegmentOverheadBytes;
 }
 
 Config default_config() {

@@ -20,7 +20,8 @@ namespace sluice::app {
 // Limits on the values themselves, so that a typo cannot ask for absurd resources.
 inline constexpr uint32_t kThreadsMax = 1024;
 inline constexpr uint64_t kMessageSizeMax = 4294967295;   // 4 GiB - 1
-inline constexpr uint64_t kSegmentOverheadBytes = 65536;  // envelope + Received: + record headers
+inline constexpr uint64_t kSegmentOverheadBytes = 65536;  // Received: + record headers + sender
+inline constexpr uint64_t kEnvelopeOctetsPerRecipient = 264;  // a 256-octet path + framing
 inline constexpr uint64_t kSegmentBytesMin = 1048576;
 inline constexpr uint64_t kSegmentBytesMax = 68719476736;  // 64 GiB
 inline constexpr uint32_t kRecipientsMax = 100000;
@@ -66,7 +67,7 @@ struct SpoolConfig {
   uint32_t commit_interval_us = 500;      // group commit pacing, microseconds
   uint64_t commit_batch_bytes = 1048576;  // commit at once when this much is waiting
   uint64_t min_free_bytes = 1073741824;   // below this, MAIL gets 452 4.3.1
-  uint64_t segment_bytes = 67108864;      // >= max_message_size + kSegmentOverheadBytes
+  uint64_t segment_bytes = 75497472;      // >= segment_bytes_needed(): 72 MiB for the defaults
 
   friend bool operator==(const SpoolConfig&, const SpoolConfig&) = default;
 };
@@ -127,6 +128,10 @@ struct Config {
 
   friend bool operator==(const Config&, const Config&) = default;
 };
+
+// The smallest segment that holds the largest message the config allows, as stored: dot-stuffing
+// can grow a message by a third (a body of "." lines), plus the envelope and our headers.
+uint64_t segment_bytes_needed(uint64_t max_message_size, uint32_t max_recipients);
 
 // One problem found in a config file. line is 1-based; 0 when no line applies (unreadable file).
 struct ConfigError {

@@ -25,7 +25,8 @@ class LogBuffer {
   // octets and ends at a line end, so lines from several shards never interleave in a pipe.
   void flush(io::Ring& ring, uint64_t user_data);
   void on_write_done(int32_t result);
-  // At exit: writes what is left with plain write(2).
+  bool in_flight() const { return _in_flight; }
+  // At exit, after the last ring write completed: writes what is left with plain write(2).
   void flush_blocking();
 
  private:

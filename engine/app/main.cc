@@ -329,11 +329,13 @@ int serve(const Arguments& arguments) {
   }
   std::vector<std::thread> threads;
   std::atomic<int> failed{0};
+  std::atomic<uint32_t> finished{0};
   for (uint32_t shard = 0; shard < shards; ++shard) {
     threads.emplace_back([&, shard] {
       if (!shard_objects[shard]->run()) {
         failed.fetch_add(1);
       }
+      finished.fetch_add(1);
     });
     pin_to_core(threads.back(), shard);
   }
@@ -365,6 +367,17 @@ int serve(const Arguments& arguments) {
     log_line(str_cat("event=draining signal=", received == SIGTERM ? "TERM" : "INT"));
     ready.store(false);  // load balancers stop sending new connections here first
     draining.store(true);
+    // A second SIGINT (Ctrl-C twice) during the drain stops at once: every acknowledged message
+    // is already durable, so only unacknowledged transactions are cut short. A repeated SIGTERM
+    // (service managers resend it) just lets the drain go on.
+    const timespec poll_interval{0, 100'000'000};
+    while (finished.load() < shards) {
+      siginfo_t info;
+      if (sigtimedwait(&signals, &info, &poll_interval) == SIGINT) {
+        log_line("event=stop_now reason=second_sigint");
+        std::_Exit(kExitRuntime);
+      }
+    }
   }
   for (auto& thread : threads) {
     thread.join();

@@ -44,12 +44,18 @@ enum Tag : uint8_t {
 
 constexpr uint16_t kBufferGroup = 1;
 constexpr uint64_t kLoopWaitUsMax = 10'000;      // the timer wheel's tick: the longest sleep
-constexpr size_t kPendingInputOctetsMax = 4 << 20;  // input parked while a commit runs
+constexpr size_t kPendingInputOctetsMax = 4 << 20;  // hard cap on parked input: beyond it, close
+constexpr size_t kPendingInputHighOctets = 256 << 10;  // parked input that pauses the recv...
+constexpr size_t kPendingInputLowOctets = 64 << 10;    // ...until it is drained below this
 constexpr size_t kOutputOctetsMax = 256 << 10;    // replies queued for a client that does not read
-constexpr size_t kIdleBufferCapacity = 1024;       // above this, buffers are released when empty
+constexpr size_t kIdleBufferCapacity = 1024;
+constexpr size_t kInputSliceOctets = 16 << 10;      // parked input handed to a session at once
+constexpr uint64_t kCloseLingerMs = 10'000;         // a closing client that reads nothing is cut off
+constexpr uint64_t kDrainForceGraceMs = 1'000;      // after the drain deadline, before cutting off       // above this, buffers are released when empty
 constexpr uint32_t kSlotsPerChunk = 256;
 constexpr uint64_t kAcceptRetryMs = 50;
-constexpr uint64_t kSpoolWaitMs = 2'000;  // how long a message may wait for a spool segment            // after EMFILE/ENFILE ended a multishot accept
+constexpr uint64_t kSpoolWaitMs = 2'000;
+constexpr uint64_t kTraceOctetsMax = 1024;  // our Received:, Message-ID:, Date: (bounded: the HELO name is cut at 255)  // how long a message may wait for a spool segment            // after EMFILE/ENFILE ended a multishot accept
 
 uint64_t now_us() {
   return static_cast<uint64_t>(
@@ -82,6 +88,9 @@ struct Connection {
   bool awaiting_proxy = false;
   bool dirty = false;           // has output to flush this loop iteration
   bool counted_as_client = false;
+  bool read_closed = false;     // the client sent FIN; replies may still go out
+  bool reading_paused = false;  // backpressure: too much input parked
+  bool recv_cancel_pending = false;
   uint32_t out_offset = 0;
   uint64_t started_ms = 0;
   io::TimerNode timer;
@@ -125,6 +134,7 @@ struct Shard::Impl : public smtp::SessionHost {
   std::vector<spool::Completed> completed;
   std::vector<io::TimerNode*> expired;
   bool draining = false;
+  bool drain_deadline_passed = false;
   std::vector<uint32_t> accepts_to_rearm;
   std::deque<WaitingForSpace> waiting_for_space;
   uint64_t accept_retry_ms = 0;
@@ -326,6 +336,18 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     c.recv_armed = false;
+    if (c.recv_cancel_pending) {
+      // The end of a recv we cancelled for backpressure, not the end of the stream.
+      c.recv_cancel_pending = false;
+      if (cqe.res == -ECANCELED || cqe.res > 0) {
+        if (!c.reading_paused && !c.closing) {
+          arm_recv(index);
+        } else if (c.closing) {
+          advance_close(index);
+        }
+        return;
+      }
+    }
     if (cqe.res == -ENOBUFS && !c.closing) {
       arm_recv(index);  // the buffer ring ran dry for a moment; buffers come back this iteration
       return;
@@ -334,7 +356,14 @@ struct Shard::Impl : public smtp::SessionHost {
       arm_recv(index);  // multishot ended for another reason (e.g. CQ overflow)
       return;
     }
-    // End of stream or error: the peer is gone or we shut the socket down.
+    if (cqe.res == 0 && !c.closing) {
+      // The client half-closed (SHUT_WR): it may still read. Answer what it sent, then close.
+      c.read_closed = true;
+      resume_pending(index);
+      finish_if_read_closed(index);
+      return;
+    }
+    // An error, or the end of a recv we shut down or cancelled: nobody is listening any more.
     if (cqe.res < 0 && cqe.res != -ECANCELED && !c.closing) {
       log.line(str_cat("event=recv_error client=", c.peer.ip_string(), " error=", -cqe.res));
     }
@@ -343,6 +372,19 @@ struct Shard::Impl : public smtp::SessionHost {
       c.out_next.clear();
     }
     advance_close(index);
+  }
+
+  // After the client's EOF: once nothing it sent is still being processed, close (after the
+  // replies are sent).
+  void finish_if_read_closed(uint32_t index) {
+    Connection& c = slot(index);
+    if (!c.read_closed || c.closing) {
+      return;
+    }
+    if (c.session && c.session->waiting_for_commit()) {
+      return;  // on_spool() comes back here
+    }
+    begin_close(index);
   }
 
   void on_bytes(uint32_t index, std::string_view data) {
@@ -361,10 +403,41 @@ struct Shard::Impl : public smtp::SessionHost {
         return;
       }
       c.pending_in.append(data);
+      pause_reading_if_full(index);
       return;
     }
+    // A recv buffer is at most one slice: its replies are bounded without slicing here.
     run_session(index, data);
+    pause_reading_if_full(index);
     rearm_timer(index);
+  }
+
+  // Backpressure: while input waits (a commit running, or replies the client does not read),
+  // stop the recv once kPendingInputHighOctets are parked, so TCP's window holds the client
+  // back instead of our memory. resume_pending() starts it again.
+  void pause_reading_if_full(uint32_t index) {
+    Connection& c = slot(index);
+    if (c.reading_paused || c.closing || c.pending_in.size() < kPendingInputHighOctets) {
+      return;
+    }
+    c.reading_paused = true;
+    if (c.recv_armed && !c.recv_cancel_pending) {
+      c.recv_cancel_pending = true;
+      io_uring_sqe* sqe = ring->sqe();
+      io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
+      io_uring_sqe_set_data64(sqe, 0);
+    }
+  }
+
+  void resume_reading_if_drained(uint32_t index) {
+    Connection& c = slot(index);
+    if (!c.reading_paused || c.closing || c.read_closed || c.pending_in.size() >= kPendingInputLowOctets) {
+      return;
+    }
+    c.reading_paused = false;
+    if (!c.recv_armed) {
+      arm_recv(index);
+    }  // else the cancelled recv's final CQE re-arms it (on_recv)
   }
 
   // Feeds input to the session; parks what it cannot take yet in pending_in.
@@ -389,18 +462,24 @@ struct Shard::Impl : public smtp::SessionHost {
     }
   }
 
+  // Feeds parked input to the session a slice at a time, so that the replies it produces stay
+  // bounded by kOutputOctetsMax (a client that sends many commands and reads nothing).
   void resume_pending(uint32_t index) {
     Connection& c = slot(index);
     while (!c.closing && c.session && !c.session->waiting_for_commit() && !c.pending_in.empty() &&
            c.out_next.size() <= kOutputOctetsMax) {
       std::string input = std::move(c.pending_in);
       c.pending_in.clear();
-      run_session(index, input);
-      if (!c.pending_in.empty() && c.pending_in.size() == input.size()) {
+      const size_t slice = std::min(input.size(), kInputSliceOctets);
+      run_session(index, std::string_view(input).substr(0, slice));
+      // run_session parked what it did not take of the slice; the rest of the input follows it.
+      c.pending_in.append(input, slice, std::string::npos);
+      if (c.pending_in.size() == input.size()) {
         break;  // no progress: wait for more input
       }
     }
     release_if_large(c.pending_in);
+    resume_reading_if_drained(index);
   }
 
   // ---- PROXY protocol ---------------------------------------------------------------------
@@ -494,8 +573,33 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- close ------------------------------------------------------------------------------
   void begin_close(uint32_t index) {
     Connection& c = slot(index);
+    if (!c.closing) {
+      // We read nothing more: stop the recv now rather than draining a client that keeps
+      // sending. The last replies get kCloseLingerMs to leave; a client that does not read is
+      // cut off then.
+      shutdown(c.fd, SHUT_RD);
+      timers->schedule(c.timer, loop_now_ms + kCloseLingerMs);
+    }
     c.closing = true;
     mark_dirty(index);
+  }
+
+  // Ends the connection now, even with a send stuck on a client that does not read: shutdown
+  // makes the pending send and the multishot recv complete, and the close follows.
+  void force_close(uint32_t index) {
+    Connection& c = slot(index);
+    c.closing = true;
+    c.out_next.clear();
+    if (!c.shutdown_sent && !c.close_sent) {
+      c.shutdown_sent = true;
+      shutdown(c.fd, SHUT_RDWR);
+      if (c.recv_armed) {
+        io_uring_sqe* sqe = ring->sqe();
+        io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
+        io_uring_sqe_set_data64(sqe, 0);
+      }
+    }
+    advance_close(index);
   }
 
   // Close order: replies sent -> shutdown (sends FIN, ends the multishot recv) -> recv's final
@@ -542,7 +646,12 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void on_timer(uint32_t index) {
     Connection& c = slot(index);
-    if (!c.in_use || c.closing) {
+    if (!c.in_use || c.close_sent) {
+      return;
+    }
+    if (c.closing) {
+      log.line(str_cat("event=close_forced client=", c.peer.ip_string(), " reason=not_reading"));
+      force_close(index);
       return;
     }
     if (c.session && c.session->waiting_for_commit()) {
@@ -560,7 +669,7 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- spool ------------------------------------------------------------------------------
   void commit_message(uint32_t index) {
     Connection& c = slot(index);
-    if (!waiting_for_space.empty() || !shard->_spool->has_room_for(c.session->message_octets())) {
+    if (!waiting_for_space.empty() || !shard->_spool->has_room_for(c.session->message_octets() + kTraceOctetsMax, c.session->envelope_octets())) {
       waiting_for_space.push_back(WaitingForSpace{index, c.generation, loop_now_ms + kSpoolWaitMs});
       return;
     }
@@ -575,7 +684,7 @@ struct Shard::Impl : public smtp::SessionHost {
         waiting_for_space.pop_front();  // the client left; its message was never acknowledged
         continue;
       }
-      if (shard->_spool->has_room_for(c.session->message_octets())) {
+      if (shard->_spool->has_room_for(c.session->message_octets() + kTraceOctetsMax, c.session->envelope_octets())) {
         waiting_for_space.pop_front();
         store_message(waiting.index);
         continue;
@@ -590,6 +699,7 @@ struct Shard::Impl : public smtp::SessionHost {
       c.session->commit_done(false, "", c.out_next);
       mark_dirty(waiting.index);
       resume_pending(waiting.index);
+      finish_if_read_closed(waiting.index);
     }
   }
 
@@ -685,6 +795,7 @@ struct Shard::Impl : public smtp::SessionHost {
         begin_close(owner.index);
       }
       resume_pending(owner.index);
+      finish_if_read_closed(owner.index);
     }
   }
 
@@ -810,8 +921,16 @@ struct Shard::Impl : public smtp::SessionHost {
         start_drain();
       }
       if (draining) {
-        if (loop_now_ms >= drain_deadline_ms) {
+        if (loop_now_ms >= drain_deadline_ms && !drain_deadline_passed) {
+          drain_deadline_passed = true;
           force_close_all();
+        }
+        if (loop_now_ms >= drain_deadline_ms + kDrainForceGraceMs) {
+          for (uint32_t index = 0; index < slots_used; ++index) {
+            if (slot(index).in_use && !slot(index).close_sent) {
+              force_close(index);
+            }
+          }
         }
         if (open_connections == 0 && tickets.empty() && waiting_for_space.empty() && shard->_spool->idle()) {
           if (!accepts_cancelled) {
@@ -836,8 +955,14 @@ struct Shard::Impl : public smtp::SessionHost {
       buffers->publish();
       flush_dirty();
     }
-    // Let the cancels complete, then close the listeners.
-    ring->submit_wait_and_reap(1000, [](const io_uring_cqe&) {});
+    // Let the cancels and the last log write complete, then close the listeners.
+    for (int round = 0; round < 100 && (round == 0 || log.in_flight()); ++round) {
+      ring->submit_wait_and_reap(10'000, [this](const io_uring_cqe& cqe) {
+        if (io::UserData::decode(cqe.user_data).tag == kTagLog) {
+          log.on_write_done(cqe.res);
+        }
+      });
+    }
     for (int fd : listeners) {
       close(fd);
     }

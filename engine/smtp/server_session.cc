@@ -103,11 +103,13 @@ SessionStep ServerSession::on_command_input(std::string_view input, std::string&
   const uint32_t line_max = _settings->limits.param_command_line_octets_max;
   if (newline == std::string_view::npos) {
     if (_discarding_long_line) {
+      _discarded_cr_last = !input.empty() && input.back() == '\r';
       return {input.size(), SessionAction::none};
     }
     if (_line.size() + input.size() > line_max) {
       _line.clear();
       _discarding_long_line = true;
+      _discarded_cr_last = !input.empty() && input.back() == '\r';
       return {input.size(), reject(RejectReason::line_too_long, reply::kLineTooLong, out)};
     }
     _line.append(input);
@@ -116,6 +118,10 @@ SessionStep ServerSession::on_command_input(std::string_view input, std::string&
   const size_t consumed = newline + 1;
   if (_discarding_long_line) {
     _discarding_long_line = false;
+    const bool crlf = newline > 0 ? input[newline - 1] == '\r' : _discarded_cr_last;
+    if (!crlf) {
+      return {consumed, close_bare_newline(out)};  // even a line we drop must end in CRLF
+    }
     return {consumed, SessionAction::none};
   }
   if (_line.empty()) {

@@ -95,8 +95,16 @@ class ServerSession {
   void commit_done(bool stored, std::string_view queue_id, std::string& out);
   void on_timeout(std::string& out) const;
 
-  // Wire octets of the message waiting for commit (valid while waiting_for_commit()).
+  // Octets of the message waiting for commit (valid while waiting_for_commit()): its wire bytes,
+  // and its envelope as stored (sender, recipients, client details).
   uint64_t message_octets() const { return _ready.body.size(); }
+  uint64_t envelope_octets() const {
+    uint64_t octets = _ready.sender.size() + _ready.helo.size() + 64;
+    for (const std::string& recipient : _ready.recipients) {
+      octets += recipient.size() + 8;
+    }
+    return octets;
+  }
   bool in_data_phase() const { return _phase == Phase::data || _phase == Phase::bdat_chunk; }
   bool waiting_for_commit() const { return _phase == Phase::committing; }
   bool transaction_open() const { return _mail_given; }
@@ -138,6 +146,7 @@ class ServerSession {
   bool _smtputf8 = false;
   bool _body_8bit_declared = false;
   bool _discarding_long_line = false;
+  bool _discarded_cr_last = false;  // the last octet dropped of a long line was CR
   uint32_t _errors = 0;
   uint64_t _bdat_remaining = 0;
   std::string _line;  // a command line split across reads

@@ -119,7 +119,8 @@ TEST(ConfigDefaults, MatchTheDesign) {
   EXPECT_EQ(config.spool.commit_interval_us, 500u);
   EXPECT_EQ(config.spool.commit_batch_bytes, 1048576u);
   EXPECT_EQ(config.spool.min_free_bytes, 1073741824u);
-  EXPECT_EQ(config.spool.segment_bytes, 67108864u);
+  EXPECT_EQ(config.spool.segment_bytes, 75497472u);
+  EXPECT_GE(config.spool.segment_bytes, segment_bytes_needed(config.server.max_message_size, config.server.max_recipients));
   EXPECT_EQ(config.proxy_protocol.timeout, seconds(5));
   EXPECT_EQ(config.delivery.port, 25);
   EXPECT_EQ(config.delivery.retry_initial, minutes(5));
@@ -417,17 +418,18 @@ TEST(ConfigErrors, RouteProblems) {
 
 TEST(ConfigErrors, SegmentMustHoldTheLargestMessage) {
   // Reported on max_message_size's line when segment_bytes is the default...
+  // 104857600 + 34952534 (a third, rounded up) + 1000 * 264 + 65536 = 140139670.
   expect_one_error("[server]\n\nmax_message_size = 104857600\n", 3,
-                   "spool.segment_bytes (67108864) must be at least server.max_message_size + "
-                   "65536 (104923136)");
+                   "spool.segment_bytes (75497472) must be at least 4/3 of server.max_message_size plus the "
+                   "envelope and headers (140139670)");
   // ...and on segment_bytes's line when the file sets it.
   expect_one_error("[spool]\nsegment_bytes = 2097152\n[server]\nmax_message_size = 2097152\n", 2,
                    "must be at least");
   expect_one_error("[spool]\nsegment_bytes = 1048575\n", 2, "out of range");
   const Config exact =
-      load_ok("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 104923136\n");
-  EXPECT_EQ(exact.spool.segment_bytes, 104923136u);
-  expect_one_error("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 104923135\n",
+      load_ok("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 140139670\n");
+  EXPECT_EQ(exact.spool.segment_bytes, 140139670u);
+  expect_one_error("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 140139669\n",
                    4, "must be at least");
 }
 

@@ -1,0 +1,114 @@
+"""Clients that misbehave on purpose (found by review): one that never reads its replies, one that
+half-closes after sending, one whose commands would multiply into replies, one that trickles an
+admin request, and a bare LF after an over-long command line."""
+
+import signal
+import socket
+import time
+
+import harness as h
+from harness import SluiceTestCase
+
+
+class HostileClients(SluiceTestCase):
+    def test_client_that_never_reads_is_cut_off_and_does_not_block_shutdown(self):
+        server = self.start_sluice({"server": {"command_timeout": "2s", "drain_timeout": "2s"}})
+        s = socket.create_connection(("127.0.0.1", server.port))
+        self.addCleanup(s.close)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setblocking(False)
+        sent = 0
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            try:
+                sent += s.send(b"EHLO x\r\n" * 512)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except (ConnectionResetError, BrokenPipeError):
+                break  # cut off by the server: fine
+        print("\n    client wrote %d octets without reading" % sent)
+        server.signal(signal.SIGTERM)
+        code = server.wait(timeout=2 + 1 + 10 + 5)  # drain + grace + linger + slack
+        self.assertEqual(code, 0, "sluice must exit 0 after the drain even with a client that never reads")
+
+    def test_half_closed_client_still_gets_its_replies(self):
+        server = self.start_sluice()
+        for attempt in range(10):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(b"EHLO x\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+                      b"Subject: half\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            s.close()
+            self.assertIn(b"250 2.0.0 Ok: queued as ", data, "attempt %d: %r" % (attempt, data))
+            self.assertTrue(data.endswith(b"221 2.0.0 Bye\r\n"), "attempt %d: %r" % (attempt, data))
+
+    def test_replies_to_a_flood_of_commands_stay_bounded(self):
+        server = self.start_sluice()
+        # The first flood touches the shards' receive-buffer rings (16 MiB each, shared by all
+        # connections): warm them first so that only per-connection memory is measured.
+        self._flood(server, 2)
+        time.sleep(1)
+        before = h.rss_kib(server.proc.pid)
+        self._flood(server, 4)
+        time.sleep(1)
+        grown_mib = (h.rss_kib(server.proc.pid) - before) / 1024
+        print("\n    RSS grew %.1f MiB for 4 clients flooding commands without reading" % grown_mib)
+        # Without bounds this was ~70 MiB per client (input parked whole, replies to all of it);
+        # with backpressure it is a few MiB (a slice of replies, the parked input, allocator slack).
+        self.assertLess(grown_mib, 32)
+
+    def _flood(self, server, clients):
+        socks = []
+        for _ in range(clients):
+            s = socket.create_connection(("127.0.0.1", server.port))
+            self.addCleanup(s.close)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            payload = b"EHLO x\r\n" * (3_900_000 // 8)
+            view = memoryview(payload)
+            deadline = time.time() + 5
+            while view and time.time() < deadline:
+                try:
+                    view = view[s.send(view):]
+                except BlockingIOError:
+                    time.sleep(0.005)
+                except (ConnectionResetError, BrokenPipeError):
+                    break
+            socks.append(s)
+        return socks
+
+    def test_bare_lf_ending_an_overlong_line_closes(self):
+        server = self.start_sluice()
+        c = server.connect()
+        self.addCleanup(c.close)
+        c.send(b"NOOP " + b"a" * 100_000 + b"\n")
+        r = c.read_reply(timeout=10)
+        while r.code == 500:
+            r = c.read_reply(timeout=10)
+        self.assertReply(r, 521, "5.5.2")
+        self.assertTrue(c.wait_closed(10))
+
+    def test_trickling_admin_client_does_not_block_the_endpoint(self):
+        server = self.start_sluice()
+        slow = socket.create_connection(("127.0.0.1", server.admin_port))
+        self.addCleanup(slow.close)
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        start = time.time()
+        # The trickler stays silent after its first line; the endpoint must be back within the
+        # per-request deadline (5 s), not held until the client gives up.
+        status, _ = server.admin("/healthz", timeout=15)
+        waited = time.time() - start
+        print("\n    /healthz answered after %.1f s behind a stalled admin client" % waited)
+        self.assertEqual(status, 200)
+        self.assertLess(waited, 12)
+
+
+if __name__ == "__main__":
+    h.main()
