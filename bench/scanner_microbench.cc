@@ -199,7 +199,9 @@ void BM_DataScanner(benchmark::State& state) {
 void BM_DataScannerScalar(benchmark::State& state) {
   run_scanner(state, &sluice::smtp::scan_data_scalar, kCorpusOctets);
 }
-void BM_DataScannerSse2(benchmark::State& state) { run_scanner(state, &sluice::smtp::scan_data_sse2, kCorpusOctets); }
+void BM_DataScannerSse2(benchmark::State& state) {
+  run_scanner(state, &sluice::smtp::scan_data_sse2, kCorpusOctets);
+}
 void BM_DataScannerAvx2(benchmark::State& state) {
   if (!sluice::smtp::cpu_has_avx2()) {
     state.SkipWithError("no AVX2 on this CPU");
@@ -211,8 +213,12 @@ void BM_DataScannerAvx2(benchmark::State& state) {
 void BM_DataScannerRecvPieces(benchmark::State& state) {
   run_scanner(state, static_cast<ScanFn>(&sluice::smtp::scan_data), kRecvBufferOctets);
 }
-void BM_ByteLoop(benchmark::State& state) { run_baseline(state, &byte_loop); }
-void BM_MemchrLines(benchmark::State& state) { run_baseline(state, &memchr_lines); }
+void BM_ByteLoop(benchmark::State& state) {
+  run_baseline(state, &byte_loop);
+}
+void BM_MemchrLines(benchmark::State& state) {
+  run_baseline(state, &memchr_lines);
+}
 
 BENCHMARK(BM_DataScanner);
 BENCHMARK(BM_DataScannerScalar);

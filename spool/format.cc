@@ -26,7 +26,9 @@ void put_u64(uint8_t* out, uint64_t value) {
     out[i] = static_cast<uint8_t>(value >> (8 * i));
   }
 }
-uint16_t get_u16(const uint8_t* in) { return static_cast<uint16_t>(in[0] | (in[1] << 8)); }
+uint16_t get_u16(const uint8_t* in) {
+  return static_cast<uint16_t>(in[0] | (in[1] << 8));
+}
 uint32_t get_u32(const uint8_t* in) {
   uint32_t value = 0;
   for (int i = 3; i >= 0; --i) {

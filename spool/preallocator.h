@@ -29,9 +29,7 @@ class SegmentPreallocator {
   // Shard side, lock-free.
   std::optional<ReadySegment> take();
   uint64_t free_bytes() const { return _free_bytes.load(std::memory_order_relaxed); }
-  uint64_t ready() const {
-    return _tail.load(std::memory_order_acquire) - _head.load(std::memory_order_relaxed);
-  }
+  uint64_t ready() const { return _tail.load(std::memory_order_acquire) - _head.load(std::memory_order_relaxed); }
   void note_id_ms(uint64_t ms);
 
  private:

@@ -176,9 +176,9 @@ FileScan scan_records(std::span<const uint8_t> bytes, uint64_t expected_file_id,
     }
     const RecordHeader header = decode_record_header(at);
     const RecordType wanted = expected_sequence == 0 ? RecordType::file_header : body_type;
-    const bool header_ok = header.magic == kRecordMagic && header.version == kFormatVersion &&
-                           header.type == wanted && header.segment_id == expected_file_id &&
-                           header.sequence == expected_sequence && header.payload_length <= kMaxPayloadBytes &&
+    const bool header_ok = header.magic == kRecordMagic && header.version == kFormatVersion && header.type == wanted &&
+                           header.segment_id == expected_file_id && header.sequence == expected_sequence &&
+                           header.payload_length <= kMaxPayloadBytes &&
                            (expected_sequence == 0 || header.generation == scan.generation) &&
                            header.payload_length <= bytes.size() - offset - kRecordHeaderBytes;
     if (!header_ok) {
@@ -277,8 +277,8 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       info.smtputf8 = meta->envelope.smtputf8;
       info.client_address = std::move(meta->envelope.client_address);
       info.client_helo = std::move(meta->envelope.client_helo);
-      info.location = MessageLocation{id, record.offset, record.offset + kRecordHeaderBytes + meta->wire_offset,
-                                      meta->wire_length};
+      info.location =
+          MessageLocation{id, record.offset, record.offset + kRecordHeaderBytes + meta->wire_offset, meta->wire_length};
       live.try_emplace(info.id, std::move(info));  // first copy wins if an id ever repeats
     }
     segments.push_back(std::move(segment));
@@ -293,7 +293,8 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     max_generation = std::max(max_generation, scan.generation);
     out.torn_tails += scan.torn ? 1 : 0;
     for (const auto& record : scan.records) {
-      auto entry = decode_journal_payload(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length));
+      auto entry =
+          decode_journal_payload(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length));
       if (!entry.ok()) {
         break;
       }

@@ -4,7 +4,6 @@
 // completed OK, never issue an fdatasync before the CQEs of the writes it covers, never have two
 // fdatasyncs in flight, and never append to a segment after a hole (a failed write seals it).
 #include "spool/spool.h"
-#include "engine/io/strings.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -15,6 +14,7 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io/strings.h"
 #include "spool/crc32c.h"
 #include "spool/file_util.h"
 #include "spool/preallocator.h"
@@ -28,8 +28,9 @@ uint64_t monotonic_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-bool valid_queue_id(std::string_view id) { return id.size() == kQueueIdBytes && id_ms(id).has_value(); }
-
+bool valid_queue_id(std::string_view id) {
+  return id.size() == kQueueIdBytes && id_ms(id).has_value();
+}
 
 absl::Status io_error(int32_t result, std::string_view what) {
   return errno_status(result < 0 ? -result : EIO, what);
@@ -75,9 +76,9 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
   if (idfloor_fd < 0) {
     return errno_status(errno, absl::StrCat("open ", idfloor));
   }
-  spool->_preallocator = std::make_unique<SegmentPreallocator>(recovered.shard_dir, options.shard,
-                                                               recovered.generation, options.segment_bytes,
-                                                               recovered.next_segment_id, idfloor_fd);
+  spool->_preallocator =
+      std::make_unique<SegmentPreallocator>(recovered.shard_dir, options.shard, recovered.generation,
+                                            options.segment_bytes, recovered.next_segment_id, idfloor_fd);
   return spool;
 }
 
@@ -122,8 +123,7 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
   }
   PendingRecord record;
   record.type = RecordType::message;
-  record.head = encode_message_head(queue_id, arrival_ms, rfc_size, envelope,
-                                    static_cast<uint32_t>(wire_bytes));
+  record.head = encode_message_head(queue_id, arrival_ms, rfc_size, envelope, static_cast<uint32_t>(wire_bytes));
   record.payload_crc = crc32c_extend(
       crc32c_extend(crc32c(record.head.data() + kRecordHeaderBytes, record.head.size() - kRecordHeaderBytes),
                     trace.data(), trace.size()),
@@ -566,9 +566,13 @@ bool ShardSpool::idle() const {
   return _open_records == 0 && _batch_state == BatchState::idle && _ops.empty() && _unlinks_to_submit.empty();
 }
 
-uint64_t ShardSpool::free_bytes() const { return _preallocator->free_bytes(); }
+uint64_t ShardSpool::free_bytes() const {
+  return _preallocator->free_bytes();
+}
 
-uint64_t ShardSpool::ready_segments() const { return _preallocator->ready(); }
+uint64_t ShardSpool::ready_segments() const {
+  return _preallocator->ready();
+}
 
 bool ShardSpool::has_room_for(uint64_t wire_octets, uint64_t envelope_octets) const {
   // The caller's envelope figure is an estimate; the allowance covers the fixed fields.
@@ -580,7 +584,9 @@ bool ShardSpool::has_room_for(uint64_t wire_octets, uint64_t envelope_octets) co
   return ready_segments() > 0;
 }
 
-bool ShardSpool::below_min_free() const { return free_bytes() < _options.min_free_bytes; }
+bool ShardSpool::below_min_free() const {
+  return free_bytes() < _options.min_free_bytes;
+}
 
 std::vector<MessageInfo> ShardSpool::list() const {
   std::vector<MessageInfo> messages;
@@ -618,7 +624,8 @@ absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) const 
   std::string bytes(location.wire_length, '\0');
   uint64_t done = 0;
   while (done < bytes.size()) {
-    const ssize_t n = ::pread(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(location.wire_offset + done));
+    const ssize_t n =
+        ::pread(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(location.wire_offset + done));
     if (n < 0 && errno == EINTR) {
       continue;
     }

@@ -40,8 +40,8 @@ struct SpoolOptions {
   uint64_t min_free_bytes = 0;
 };
 
-inline constexpr size_t kReadySegmentsTarget = 2;         // segments kept preallocated
-inline constexpr uint32_t kMaxIovPerWrite = 1024;         // UIO_MAXIOV
+inline constexpr size_t kReadySegmentsTarget = 2;  // segments kept preallocated
+inline constexpr uint32_t kMaxIovPerWrite = 1024;  // UIO_MAXIOV
 inline constexpr uint64_t kMinSegmentBytes = 64 << 10;
 inline constexpr uint64_t kFreeBytesRefreshMs = 100;
 inline constexpr uint64_t kPreallocRetryMs = 200;
@@ -50,11 +50,11 @@ inline constexpr uint64_t kIdFloorPersistMs = 1000;
 struct IoRequest {
   enum class Kind : uint8_t { write, fdatasync, unlink };
   Kind kind = Kind::write;
-  int fd = -1;                  // write, fdatasync
-  uint64_t offset = 0;          // write: pwritev semantics
-  const iovec* iov = nullptr;   // write; owned by the spool until on_io_complete(op_id)
+  int fd = -1;                 // write, fdatasync
+  uint64_t offset = 0;         // write: pwritev semantics
+  const iovec* iov = nullptr;  // write; owned by the spool until on_io_complete(op_id)
   uint32_t iov_count = 0;
-  const char* path = nullptr;   // unlink (absolute or relative to the cwd); owned like iov
+  const char* path = nullptr;  // unlink (absolute or relative to the cwd); owned like iov
   uint64_t op_id = 0;
 };
 
@@ -101,9 +101,9 @@ struct RecoveredSegment {
 struct RecoveredShard {
   std::string shard_dir;
   uint32_t shard = 0;
-  uint32_t generation = 1;        // for files created by this run
+  uint32_t generation = 1;  // for files created by this run
   uint64_t next_segment_id = 1;
-  uint64_t max_id_ms = 0;         // largest millisecond of any id seen on disk
+  uint64_t max_id_ms = 0;                  // largest millisecond of any id seen on disk
   std::vector<RecoveredSegment> segments;  // segments with live messages, by id
   std::vector<MessageInfo> messages;       // live messages, by id
   uint64_t journal_end_offset = 0;         // the journal was rewritten (compacted) by recovery
@@ -111,7 +111,7 @@ struct RecoveredShard {
   // What recovery saw, for the start-up log line.
   uint64_t records_recovered = 0;
   uint64_t segments_deleted = 0;
-  uint64_t torn_tails = 0;        // files that ended in a partial or invalid record
+  uint64_t torn_tails = 0;  // files that ended in a partial or invalid record
 };
 
 // Replays one shard's segments and journal (blocking; before the listener opens), deletes
@@ -230,7 +230,7 @@ class ShardSpool {
     std::string head;
     std::string trace;  // our added header fields: the first part of the wire bytes
     std::string body;   // the client's message: the rest, never copied
-    MessageInfo info;  // the index entry once durable (journal records: info.id only)
+    MessageInfo info;   // the index entry once durable (journal records: info.id only)
     uint64_t wire_length() const { return trace.size() + body.size(); }
     uint64_t length() const { return head.size() + wire_length(); }
   };
@@ -243,11 +243,11 @@ class ShardSpool {
     uint64_t end_offset = 0;  // where the next record goes
     uint64_t next_sequence = 1;
     bool is_journal = false;
-    bool sealed = false;    // never appended to again
+    bool sealed = false;  // never appended to again
     bool unlinked = false;
     bool in_dirty = false;
-    uint32_t live = 0;       // durable messages in the index
-    uint32_t in_flight = 0;  // records placed here, not yet durable or failed
+    uint32_t live = 0;                // durable messages in the index
+    uint32_t in_flight = 0;           // records placed here, not yet durable or failed
     std::vector<PendingRecord> open;  // placed, not yet in a write
   };
   // One gathered write of a commit batch (one per file), then its fdatasync.

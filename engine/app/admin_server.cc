@@ -2,7 +2,6 @@
 // hold, release, flush). Never touches shard state directly: every query runs on the shard's
 // own thread through its control ring.
 #include "engine/app/admin_server.h"
-#include "engine/io/strings.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -26,14 +25,15 @@
 #include "engine/app/queue_report.h"
 #include "engine/io/ring.h"
 #include "engine/io/socket.h"
+#include "engine/io/strings.h"
 #include "engine/smtp/command.h"
 
 namespace sluice::app {
 namespace {
 
 constexpr int kPollIntervalMs = 200;
-constexpr int kRequestTimeoutMs = 5'000;  // a whole request must arrive within this
-constexpr timeval kSocketTimeout = {5, 0};   // per send/recv: a client that stops reading
+constexpr int kRequestTimeoutMs = 5'000;    // a whole request must arrive within this
+constexpr timeval kSocketTimeout = {5, 0};  // per send/recv: a client that stops reading
 constexpr auto kShardAnswerTimeout = std::chrono::seconds(5);
 
 std::string rfc3339(uint64_t unix_ms) {
@@ -50,12 +50,11 @@ std::string message_json(const spool::MessageInfo& message) {
     str_append(&recipients, recipients.empty() ? "" : ", ", "\"", json_escape(rcpt), "\"");
   }
   const uint64_t next_attempt = message.next_attempt_ms != 0 ? message.next_attempt_ms : message.arrival_ms;
-  return str_cat("{\"id\": \"", message.id, "\", \"from\": \"", json_escape(message.sender),
-                      "\", \"recipients\": [", recipients, "], \"size\": ", message.rfc_size, ", \"arrived\": \"",
-                      rfc3339(message.arrival_ms), "\", \"next_attempt\": \"", rfc3339(next_attempt),
-                      "\", \"attempts\": ", message.attempts, ", \"status\": \"",
-                      message.status == spool::MessageStatus::held ? "held" : "queued", "\", \"last_reply\": \"",
-                      json_escape(message.last_reply), "\"}");
+  return str_cat("{\"id\": \"", message.id, "\", \"from\": \"", json_escape(message.sender), "\", \"recipients\": [",
+                 recipients, "], \"size\": ", message.rfc_size, ", \"arrived\": \"", rfc3339(message.arrival_ms),
+                 "\", \"next_attempt\": \"", rfc3339(next_attempt), "\", \"attempts\": ", message.attempts,
+                 ", \"status\": \"", message.status == spool::MessageStatus::held ? "held" : "queued",
+                 "\", \"last_reply\": \"", json_escape(message.last_reply), "\"}");
 }
 
 bool has_recipient_domain(const spool::MessageInfo& message, std::string_view domain) {
@@ -124,7 +123,9 @@ class ShardCaller {
 AdminServer::AdminServer(std::vector<Shard*> shards, const std::atomic<bool>* ready)
     : _shards(std::move(shards)), _ready(ready) {}
 
-AdminServer::~AdminServer() { stop(); }
+AdminServer::~AdminServer() {
+  stop();
+}
 
 absl::StatusOr<io::SocketAddress> AdminServer::start(const io::SocketAddress& listen) {
   auto fd = io::open_listener(listen);
@@ -177,7 +178,8 @@ std::optional<std::string> read_request_head(int fd) {
     if (head.size() > kHttpRequestOctetsMax) {
       return std::nullopt;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     pollfd waiting{fd, POLLIN, 0};
     if (left.count() <= 0 || poll(&waiting, 1, static_cast<int>(left.count())) <= 0) {
       return std::nullopt;
@@ -250,9 +252,9 @@ void AdminServer::handle_connection(int fd) {
         parse_decimal(std::string_view(it->second), limit);
       }
       if (path == "/api/queue/summary") {
-        const uint64_t now_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                          std::chrono::system_clock::now().time_since_epoch())
-                                                          .count());
+        const uint64_t now_ms = static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+                .count());
         send_all(fd, format_http_response(HttpResponse{200, "text/plain", format_queue_summary(all, now_ms)}));
         return;
       }
@@ -270,7 +272,8 @@ void AdminServer::handle_connection(int fd) {
         selected.push_back(message);
         ++count;
       }
-      if (const auto format = request->query.find("format"); format != request->query.end() && format->second == "text") {
+      if (const auto format = request->query.find("format");
+          format != request->query.end() && format->second == "text") {
         send_all(fd, format_http_response(HttpResponse{200, "text/plain", format_queue_list(selected)}));
         return;
       }

@@ -7,7 +7,6 @@
 // this module.
 
 #include "engine/app/config.h"
-#include "engine/io/strings.h"
 
 #include <sched.h>
 #include <toml++/toml.h>
@@ -27,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
+#include "engine/io/strings.h"
 
 namespace sluice::app {
 namespace {
@@ -44,8 +44,8 @@ constexpr std::string_view kDefaultListen = "127.0.0.1:2525";
 constexpr std::string_view kDefaultAdmin = "127.0.0.1:9025";
 constexpr std::array<std::string_view, 2> kDefaultRelayNetworks = {"127.0.0.0/8", "::1/128"};
 
-constexpr std::array<std::string_view, 8> kSections = {
-    "server", "spool", "relay", "proxy_protocol", "dns", "delivery", "route", "admin"};
+constexpr std::array<std::string_view, 8> kSections = {"server", "spool",    "relay", "proxy_protocol",
+                                                       "dns",    "delivery", "route", "admin"};
 constexpr std::array<std::string_view, 15> kServerKeys = {"hostname",
                                                           "listen",
                                                           "threads",
@@ -61,16 +61,15 @@ constexpr std::array<std::string_view, 15> kServerKeys = {"hostname",
                                                           "max_received_headers",
                                                           "max_command_line",
                                                           "max_param_command_line"};
-constexpr std::array<std::string_view, 5> kSpoolKeys = {
-    "dir", "commit_interval_us", "commit_batch_bytes", "min_free_bytes", "segment_bytes"};
+constexpr std::array<std::string_view, 5> kSpoolKeys = {"dir", "commit_interval_us", "commit_batch_bytes",
+                                                        "min_free_bytes", "segment_bytes"};
 constexpr std::array<std::string_view, 2> kRelayKeys = {"networks", "domains"};
 constexpr std::array<std::string_view, 2> kProxyKeys = {"trusted", "timeout"};
 constexpr std::array<std::string_view, 1> kDnsKeys = {"servers"};
-constexpr std::array<std::string_view, 5> kDeliveryKeys = {"port", "retry_initial", "retry_max",
-                                                           "lifetime", "connections_per_host"};
+constexpr std::array<std::string_view, 5> kDeliveryKeys = {"port", "retry_initial", "retry_max", "lifetime",
+                                                           "connections_per_host"};
 constexpr std::array<std::string_view, 2> kRouteKeys = {"domain", "next_hop"};
 constexpr std::array<std::string_view, 1> kAdminKeys = {"listen"};
-
 
 std::string quote(std::string_view text) {
   if (text.size() > kQuotedValueMax) {
@@ -104,7 +103,9 @@ std::string_view type_name(toml::node_type type) {
   }
 }
 
-uint32_t line_of(const toml::node& node) { return node.source().begin.line; }
+uint32_t line_of(const toml::node& node) {
+  return node.source().begin.line;
+}
 
 size_t edit_distance(std::string_view a, std::string_view b) {
   std::array<size_t, kSuggestKeyMax + 1> previous{};
@@ -230,8 +231,7 @@ std::string duration_to_string(milliseconds duration) {
 // Reads a parsed document into a Config, collecting every problem.
 class Reader {
  public:
-  Reader(std::string_view file_name, ConfigErrors& errors)
-      : _file_name(file_name), _errors(errors) {}
+  Reader(std::string_view file_name, ConfigErrors& errors) : _file_name(file_name), _errors(errors) {}
 
   void read(const toml::table& root, Config& config) {
     reject_unknown(root, "", kSections);
@@ -258,8 +258,8 @@ class Reader {
   }
 
   void wrong_type(const toml::node& node, std::string_view label, std::string_view expected) {
-    error(line_of(node), absl::StrCat(to_absl(label), ": expected ", to_absl(expected),
-                                      ", got ", to_absl(type_name(node.type()))));
+    error(line_of(node),
+          absl::StrCat(to_absl(label), ": expected ", to_absl(expected), ", got ", to_absl(type_name(node.type()))));
   }
 
   static std::string label(Section section, std::string_view key) {
@@ -306,8 +306,7 @@ class Reader {
 
   // Reports every key of `table` not in `known`. `section` is "" for the document itself and
   // "route" for a [[route]] element.
-  void reject_unknown(const toml::table& table, std::string_view section,
-                      absl::Span<const std::string_view> known) {
+  void reject_unknown(const toml::table& table, std::string_view section, absl::Span<const std::string_view> known) {
     for (const auto& [key, node] : table) {
       const std::string_view name = key.str();
       if (std::find(known.begin(), known.end(), name) != known.end()) {
@@ -322,10 +321,8 @@ class Reader {
         error(line, node.is_table() ? absl::StrCat("unknown table [", escaped, "]", hint)
                                     : absl::StrCat("unknown key ", quote(name), hint));
       } else {
-        error(line, node.is_table() ? absl::StrCat("unknown table [", to_absl(section), ".",
-                                                   escaped, "]", hint)
-                                    : absl::StrCat("unknown key ", quote(name), " in [",
-                                                   to_absl(section), "]", hint));
+        error(line, node.is_table() ? absl::StrCat("unknown table [", to_absl(section), ".", escaped, "]", hint)
+                                    : absl::StrCat("unknown key ", quote(name), " in [", to_absl(section), "]", hint));
       }
     }
   }
@@ -346,8 +343,8 @@ class Reader {
       return;
     }
     if (value->get() < min || value->get() > max) {
-      error(line_of(*node), absl::StrCat(label(section, key), ": ", value->get(),
-                                         " is out of range (", min, " to ", max, ")"));
+      error(line_of(*node),
+            absl::StrCat(label(section, key), ": ", value->get(), " is out of range (", min, " to ", max, ")"));
       return;
     }
     out = static_cast<T>(value->get());
@@ -382,9 +379,8 @@ class Reader {
       return;
     }
     if (*parsed < min || *parsed > kDurationMax) {
-      error(line_of(*node),
-            absl::StrCat(what, ": ", quote(value->get()), " is out of range (",
-                         duration_to_string(min), " to ", duration_to_string(kDurationMax), ")"));
+      error(line_of(*node), absl::StrCat(what, ": ", quote(value->get()), " is out of range (", duration_to_string(min),
+                                         " to ", duration_to_string(kDurationMax), ")"));
       return;
     }
     out = *parsed;
@@ -452,15 +448,14 @@ class Reader {
       return;
     }
     io::NetworkList list;
-    const bool all_ok =
-        for_each_string(*elements, label(section, key), [&list](std::string_view text) {
-          auto network = io::Network::parse(text);
-          if (!network.ok()) {
-            return network.status();
-          }
-          list.add(*network);
-          return absl::OkStatus();
-        });
+    const bool all_ok = for_each_string(*elements, label(section, key), [&list](std::string_view text) {
+      auto network = io::Network::parse(text);
+      if (!network.ok()) {
+        return network.status();
+      }
+      list.add(*network);
+      return absl::OkStatus();
+    });
     if (all_ok) {
       out = std::move(list);
     }
@@ -472,26 +467,23 @@ class Reader {
         if (is_domain_name(*text)) {
           server.hostname = absl::AsciiStrToLower(*text);
         } else {
-          error(line_of(*node),
-                absl::StrCat("server.hostname: ", quote(*text), " is not a valid host name"));
+          error(line_of(*node), absl::StrCat("server.hostname: ", quote(*text), " is not a valid host name"));
         }
       }
     }
     if (const toml::array* elements = array(section, "listen", kListenAddressesMax)) {
       std::vector<io::SocketAddress> listen;
-      const bool all_ok =
-          for_each_string(*elements, "server.listen", [&listen](std::string_view text) {
-            auto address = io::parse_host_port(text);
-            if (!address.ok()) {
-              return address.status();
-            }
-            if (std::find(listen.begin(), listen.end(), *address) != listen.end()) {
-              return absl::InvalidArgumentError(
-                  absl::StrCat(address->to_string(), " is listed twice"));
-            }
-            listen.push_back(*address);
-            return absl::OkStatus();
-          });
+      const bool all_ok = for_each_string(*elements, "server.listen", [&listen](std::string_view text) {
+        auto address = io::parse_host_port(text);
+        if (!address.ok()) {
+          return address.status();
+        }
+        if (std::find(listen.begin(), listen.end(), *address) != listen.end()) {
+          return absl::InvalidArgumentError(absl::StrCat(address->to_string(), " is listed twice"));
+        }
+        listen.push_back(*address);
+        return absl::OkStatus();
+      });
       if (all_ok && listen.empty()) {
         error(line_of(*elements), "server.listen: needs at least one address");
       } else if (all_ok) {
@@ -503,23 +495,20 @@ class Reader {
     integer(section, "max_recipients", 1, kRecipientsMax, server.max_recipients);
     integer(section, "max_sessions", 0, kSessionsMax, server.max_sessions);
     integer(section, "max_sessions_per_client", 0, kSessionsMax, server.max_sessions_per_client);
-    integer(section, "max_connection_rate_per_client", 0, kSessionsMax,
-            server.max_connection_rate_per_client);
+    integer(section, "max_connection_rate_per_client", 0, kSessionsMax, server.max_connection_rate_per_client);
     integer(section, "max_errors", 1, kErrorsMax, server.max_errors);
     duration(section, "command_timeout", std::chrono::seconds(1), server.command_timeout);
     duration(section, "data_timeout", std::chrono::seconds(1), server.data_timeout);
     duration(section, "drain_timeout", milliseconds(0), server.drain_timeout);
     integer(section, "max_received_headers", 1, kReceivedHeadersMax, server.max_received_headers);
     integer(section, "max_command_line", kCommandLineMin, kCommandLineMax, server.max_command_line);
-    integer(section, "max_param_command_line", kCommandLineMin, kCommandLineMax,
-            server.max_param_command_line);
+    integer(section, "max_param_command_line", kCommandLineMin, kCommandLineMax, server.max_param_command_line);
     if (server.max_param_command_line < server.max_command_line) {
       const toml::node* node = find(section, "max_param_command_line");
       node = node != nullptr ? node : find(section, "max_command_line");
       error(node != nullptr ? line_of(*node) : 0,
             absl::StrCat("server.max_param_command_line (", server.max_param_command_line,
-                         ") must be at least server.max_command_line (", server.max_command_line,
-                         ")"));
+                         ") must be at least server.max_command_line (", server.max_command_line, ")"));
     }
   }
 
@@ -551,27 +540,25 @@ class Reader {
     }
     error(node != nullptr ? line_of(*node) : 0,
           absl::StrCat("spool.segment_bytes (", config.spool.segment_bytes,
-                       ") must be at least 4/3 of server.max_message_size plus the envelope and headers (",
-                       needed, "): a message is stored dot-stuffed in one segment"));
+                       ") must be at least 4/3 of server.max_message_size plus the envelope and headers (", needed,
+                       "): a message is stored dot-stuffed in one segment"));
   }
 
   void read_relay(Section section, RelayConfig& relay) {
     networks(section, "networks", relay.networks);
     if (const toml::array* elements = array(section, "domains", kRelayDomainsMax)) {
       std::vector<std::string> domains;
-      const bool all_ok =
-          for_each_string(*elements, "relay.domains", [&domains](std::string_view text) {
-            const std::string_view name =
-                text.empty() || text.front() != '.' ? text : text.substr(1);
-            if (!is_domain_name(name)) {
-              return absl::InvalidArgumentError(
-                  absl::StrCat(quote(text),
-                               " is not a domain (\"example.test\", or \".example.test\" for its "
-                               "subdomains)"));
-            }
-            domains.push_back(absl::AsciiStrToLower(to_absl(text)));
-            return absl::OkStatus();
-          });
+      const bool all_ok = for_each_string(*elements, "relay.domains", [&domains](std::string_view text) {
+        const std::string_view name = text.empty() || text.front() != '.' ? text : text.substr(1);
+        if (!is_domain_name(name)) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(quote(text),
+                           " is not a domain (\"example.test\", or \".example.test\" for its "
+                           "subdomains)"));
+        }
+        domains.push_back(absl::AsciiStrToLower(to_absl(text)));
+        return absl::OkStatus();
+      });
       if (all_ok) {
         relay.domains = std::move(domains);
       }
@@ -586,15 +573,14 @@ class Reader {
   void read_dns(Section section, DnsConfig& dns) {
     if (const toml::array* elements = array(section, "servers", kDnsServersMax)) {
       std::vector<io::SocketAddress> servers;
-      const bool all_ok =
-          for_each_string(*elements, "dns.servers", [&servers](std::string_view text) {
-            auto address = io::parse_host_optional_port(text, kDnsDefaultPort);
-            if (!address.ok()) {
-              return address.status();
-            }
-            servers.push_back(*address);
-            return absl::OkStatus();
-          });
+      const bool all_ok = for_each_string(*elements, "dns.servers", [&servers](std::string_view text) {
+        auto address = io::parse_host_optional_port(text, kDnsDefaultPort);
+        if (!address.ok()) {
+          return address.status();
+        }
+        servers.push_back(*address);
+        return absl::OkStatus();
+      });
       if (all_ok) {
         dns.servers = std::move(servers);
       }
@@ -606,15 +592,14 @@ class Reader {
     duration(section, "retry_initial", std::chrono::seconds(1), delivery.retry_initial);
     duration(section, "retry_max", std::chrono::seconds(1), delivery.retry_max);
     duration(section, "lifetime", milliseconds(0), delivery.lifetime);
-    integer(section, "connections_per_host", 1, kConnectionsPerHostMax,
-            delivery.connections_per_host);
+    integer(section, "connections_per_host", 1, kConnectionsPerHostMax, delivery.connections_per_host);
     if (delivery.retry_max < delivery.retry_initial) {
       const toml::node* node = find(section, "retry_max");
       node = node != nullptr ? node : find(section, "retry_initial");
-      error(node != nullptr ? line_of(*node) : 0,
-            absl::StrCat("delivery.retry_max (", duration_to_string(delivery.retry_max),
-                         ") must be at least delivery.retry_initial (",
-                         duration_to_string(delivery.retry_initial), ")"));
+      error(
+          node != nullptr ? line_of(*node) : 0,
+          absl::StrCat("delivery.retry_max (", duration_to_string(delivery.retry_max),
+                       ") must be at least delivery.retry_initial (", duration_to_string(delivery.retry_initial), ")"));
     }
   }
 
@@ -648,12 +633,10 @@ class Reader {
         if (const std::string* text = string_node(*domain, "route.domain")) {
           const std::string name = absl::AsciiStrToLower(*text);
           if (name != "*" && !is_domain_name(name)) {
-            error(line_of(*domain),
-                  absl::StrCat("route.domain: ", quote(*text), " is not \"*\" or a domain"));
+            error(line_of(*domain), absl::StrCat("route.domain: ", quote(*text), " is not \"*\" or a domain"));
             route_ok = false;
           } else if (!seen.insert(name).second) {
-            error(line_of(*domain),
-                  absl::StrCat("route.domain: ", quote(*text), " has more than one route"));
+            error(line_of(*domain), absl::StrCat("route.domain: ", quote(*text), " has more than one route"));
             route_ok = false;
           }
           route.domain = name;
@@ -680,9 +663,7 @@ class Reader {
     }
   }
 
-  void read_admin(Section section, AdminConfig& admin) {
-    host_port(section, "listen", admin.listen);
-  }
+  void read_admin(Section section, AdminConfig& admin) { host_port(section, "listen", admin.listen); }
 
   std::string_view _file_name;
   ConfigErrors& _errors;
@@ -698,8 +679,7 @@ Config read_text(std::string_view text, std::string_view file_name, ConfigErrors
     errors.push_back(ConfigError{std::string(file_name), e.source().begin.line,
                                  absl::StrCat("syntax error: ", to_absl(e.description()))});
   } catch (const std::exception& e) {
-    errors.push_back(
-        ConfigError{std::string(file_name), 0, absl::StrCat("cannot read: ", e.what())});
+    errors.push_back(ConfigError{std::string(file_name), 0, absl::StrCat("cannot read: ", e.what())});
   }
   std::stable_sort(errors.begin(), errors.end(),
                    [](const ConfigError& a, const ConfigError& b) { return a.line < b.line; });
@@ -720,8 +700,7 @@ std::optional<std::string> read_file(const std::string& path, ConfigErrors& erro
     text.append(chunk.data(), got);
     if (text.size() > kConfigFileBytesMax) {
       std::fclose(file);
-      errors.push_back(
-          ConfigError{path, 0, absl::StrCat("larger than ", kConfigFileBytesMax, " bytes")});
+      errors.push_back(ConfigError{path, 0, absl::StrCat("larger than ", kConfigFileBytesMax, " bytes")});
       return std::nullopt;
     }
   }
@@ -729,16 +708,15 @@ std::optional<std::string> read_file(const std::string& path, ConfigErrors& erro
   const int saved_errno = errno;
   std::fclose(file);
   if (failed) {
-    errors.push_back(
-        ConfigError{path, 0, absl::StrCat("cannot read: ", std::strerror(saved_errno))});
+    errors.push_back(ConfigError{path, 0, absl::StrCat("cannot read: ", std::strerror(saved_errno))});
     return std::nullopt;
   }
   return text;
 }
 
 absl::Status errors_to_status(const ConfigErrors& errors) {
-  return absl::InvalidArgumentError(absl::StrJoin(
-      errors, "\n", [](std::string* out, const ConfigError& e) { out->append(e.to_string()); }));
+  return absl::InvalidArgumentError(
+      absl::StrJoin(errors, "\n", [](std::string* out, const ConfigError& e) { out->append(e.to_string()); }));
 }
 
 bool parse_cli_count(std::string_view text, uint32_t max, uint32_t& out) {
@@ -825,8 +803,7 @@ absl::Status apply_cli_overrides(Config& config, const CliOverrides& overrides) 
       }
       if (std::find(updated.server.listen.begin(), updated.server.listen.end(), *address) !=
           updated.server.listen.end()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--listen: ", address->to_string(), " is given twice"));
+        return absl::InvalidArgumentError(absl::StrCat("--listen: ", address->to_string(), " is given twice"));
       }
       updated.server.listen.push_back(*address);
     }
@@ -839,9 +816,8 @@ absl::Status apply_cli_overrides(Config& config, const CliOverrides& overrides) 
   }
   if (overrides.threads) {
     if (!parse_cli_count(*overrides.threads, kThreadsMax, updated.server.threads)) {
-      return absl::InvalidArgumentError(absl::StrCat("--threads: ", quote(*overrides.threads),
-                                                     " is not a number from 0 to ", kThreadsMax,
-                                                     " (0 = one per core)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--threads: ", quote(*overrides.threads), " is not a number from 0 to ", kThreadsMax, " (0 = one per core)"));
     }
   }
   if (overrides.admin) {
@@ -886,8 +862,7 @@ std::string config_to_string(const Config& config) {
   const DeliveryConfig& delivery = config.delivery;
   toml::array routes;
   for (const RouteConfig& route : config.routes) {
-    routes.push_back(
-        toml::table{{"domain", route.domain}, {"next_hop", route.next_hop.to_string()}});
+    routes.push_back(toml::table{{"domain", route.domain}, {"next_hop", route.next_hop.to_string()}});
   }
   toml::table root{
       {"server",

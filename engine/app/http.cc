@@ -1,6 +1,5 @@
 // Minimal HTTP for the admin endpoint and its CLI client (control plane, blocking I/O).
 #include "engine/app/http.h"
-#include "engine/io/strings.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -9,11 +8,12 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
+#include "engine/io/strings.h"
 
 namespace sluice::app {
 namespace {
@@ -23,20 +23,30 @@ constexpr size_t kResponseOctetsMax = 256 << 20;
 
 const char* reason_phrase(int status) {
   switch (status) {
-    case 200: return "OK";
-    case 202: return "Accepted";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 503: return "Service Unavailable";
-    default: return "Error";
+    case 200:
+      return "OK";
+    case 202:
+      return "Accepted";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 405:
+      return "Method Not Allowed";
+    case 503:
+      return "Service Unavailable";
+    default:
+      return "Error";
   }
 }
 
 int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
   return -1;
 }
 
@@ -84,8 +94,8 @@ absl::StatusOr<HttpRequest> parse_http_request(std::string_view head) {
 
 std::string format_http_response(const HttpResponse& response) {
   return str_cat("HTTP/1.1 ", response.status, " ", reason_phrase(response.status),
-                      "\r\nContent-Type: ", response.content_type, "\r\nContent-Length: ", response.body.size(),
-                      "\r\nConnection: close\r\n\r\n", response.body);
+                 "\r\nContent-Type: ", response.content_type, "\r\nContent-Length: ", response.body.size(),
+                 "\r\nConnection: close\r\n\r\n", response.body);
 }
 
 std::string json_escape(std::string_view text) {
@@ -93,11 +103,21 @@ std::string json_escape(std::string_view text) {
   out.reserve(text.size() + 2);
   for (const char c : text) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           out += absl::StrFormat("\\u%04x", static_cast<unsigned char>(c));
@@ -118,11 +138,11 @@ absl::StatusOr<HttpResponse> http_call(const io::SocketAddress& server, std::str
   if (connect(fd, server.get(), server.length) < 0) {
     const int error = errno;
     close(fd);
-    return absl::UnavailableError(str_cat("cannot reach the admin endpoint at ", server.to_string(), ": ",
-                                               std::strerror(error)));
+    return absl::UnavailableError(
+        str_cat("cannot reach the admin endpoint at ", server.to_string(), ": ", std::strerror(error)));
   }
   const std::string request = str_cat(method, " ", path_and_query, " HTTP/1.1\r\nHost: ", server.to_string(),
-                                           "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                                      "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
   if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
     close(fd);
     return absl::UnavailableError("send to the admin endpoint failed");

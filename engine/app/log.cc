@@ -1,19 +1,18 @@
 // Log line formatting and the per-shard batched writer.
 #include "engine/app/log.h"
-#include "engine/io/strings.h"
 
 #include <fcntl.h>
 #include <limits.h>
 #include <unistd.h>
 
 #include <algorithm>
-
 #include <chrono>
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/io/ring.h"
+#include "engine/io/strings.h"
 
 namespace sluice::app {
 
@@ -23,8 +22,8 @@ std::string log_timestamp() {
   const time_t seconds = static_cast<time_t>(ms / 1000);
   tm parts{};
   gmtime_r(&seconds, &parts);
-  return absl::StrFormat("%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1,
-                         parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec, static_cast<int>(ms % 1000));
+  return absl::StrFormat("%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday,
+                         parts.tm_hour, parts.tm_min, parts.tm_sec, static_cast<int>(ms % 1000));
 }
 
 void LogBuffer::line(std::string_view fields) {

@@ -21,12 +21,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "engine/app/admin_server.h"
-#include "engine/io/strings.h"
 #include "engine/app/config.h"
 #include "engine/app/http.h"
 #include "engine/app/log.h"
 #include "engine/app/shard.h"
 #include "engine/io/socket.h"
+#include "engine/io/strings.h"
 #include "spool/spool.h"
 
 namespace sluice::app {
@@ -47,9 +47,9 @@ const char* kUsage =
     "  sluice version\n";
 
 uint64_t wall_ms() {
-  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                   std::chrono::system_clock::now().time_since_epoch())
-                                   .count());
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count());
 }
 
 struct Arguments {
@@ -261,9 +261,12 @@ int serve(const Arguments& arguments) {
     recovered_messages += recovered->messages.size();
     floors.push_back(std::max(*floor, recovered->max_id_ms + 1));
     log_line(str_cat("event=recovered shard=", shard, " messages=", recovered->messages.size(),
-                          " torn_tails=", recovered->torn_tails, " segments_deleted=", recovered->segments_deleted));
-    spool::SpoolOptions options{config.spool.dir, shard, config.spool.commit_interval_us,
-                                config.spool.commit_batch_bytes, config.spool.segment_bytes,
+                     " torn_tails=", recovered->torn_tails, " segments_deleted=", recovered->segments_deleted));
+    spool::SpoolOptions options{config.spool.dir,
+                                shard,
+                                config.spool.commit_interval_us,
+                                config.spool.commit_batch_bytes,
+                                config.spool.segment_bytes,
                                 config.spool.min_free_bytes};
     auto opened = spool::ShardSpool::open(options, std::move(*recovered));
     if (!opened.ok()) {
@@ -289,10 +292,9 @@ int serve(const Arguments& arguments) {
   ClientLimits client_limits(config.server.max_sessions_per_client, config.server.max_connection_rate_per_client);
   ShardContext context;
   context.settings.hostname = config.server.hostname;
-  context.settings.limits = smtp::ServerLimits{config.server.max_message_size, config.server.max_recipients,
-                                               config.server.max_errors,         config.server.max_command_line,
-                                               config.server.max_param_command_line,
-                                               config.server.max_received_headers};
+  context.settings.limits = smtp::ServerLimits{
+      config.server.max_message_size, config.server.max_recipients,         config.server.max_errors,
+      config.server.max_command_line, config.server.max_param_command_line, config.server.max_received_headers};
   context.settings.relay_networks = config.relay.networks;
   context.settings.relay_domains = config.relay.domains;
   context.proxy_trusted = config.proxy_protocol.trusted;
@@ -301,9 +303,8 @@ int serve(const Arguments& arguments) {
   context.proxy_timeout_ms = static_cast<uint64_t>(config.proxy_protocol.timeout.count());
   context.drain_timeout_ms = static_cast<uint64_t>(config.server.drain_timeout.count());
   const int64_t derived_max = std::max<int64_t>(16, static_cast<int64_t>(fd_limit) - kDescriptorReserve);
-  context.sessions_max = config.server.max_sessions > 0
-                             ? std::min<int64_t>(config.server.max_sessions, derived_max)
-                             : derived_max;
+  context.sessions_max =
+      config.server.max_sessions > 0 ? std::min<int64_t>(config.server.max_sessions, derived_max) : derived_max;
   context.client_limits = &client_limits;
   context.draining = &draining;
   context.sessions_open = &sessions_open;
@@ -360,8 +361,8 @@ int serve(const Arguments& arguments) {
     }
     ready.store(true);
     log_line(str_cat("event=ready listen=", absl::StrJoin(addresses, ","), " admin=", admin_bound->to_string(),
-                          " shards=", shards, " sessions_max=", context.sessions_max,
-                          " recovered=", recovered_messages, " version=", SLUICE_VERSION));
+                     " shards=", shards, " sessions_max=", context.sessions_max, " recovered=", recovered_messages,
+                     " version=", SLUICE_VERSION));
     int received = 0;
     sigwait(&signals, &received);
     log_line(str_cat("event=draining signal=", received == SIGTERM ? "TERM" : "INT"));

@@ -1,29 +1,45 @@
 // Prometheus text rendering of the shards' counters.
 #include "engine/app/metrics.h"
-#include "engine/io/strings.h"
 
 #include "absl/strings/str_cat.h"
+#include "engine/io/strings.h"
 
 namespace sluice::app {
 
 const char* rejection_name(Rejection reason) {
   switch (reason) {
-    case Rejection::relay_denied: return "relay_denied";
-    case Rejection::too_big: return "message_too_big";
-    case Rejection::too_many_recipients: return "too_many_recipients";
-    case Rejection::line_too_long: return "line_too_long";
-    case Rejection::bare_newline: return "bare_newline";
-    case Rejection::mail_loop: return "mail_loop";
-    case Rejection::spool_low: return "spool_low";
-    case Rejection::spool_error: return "spool_error";
-    case Rejection::too_many_connections: return "too_many_connections";
-    case Rejection::too_many_from_client: return "too_many_from_client";
-    case Rejection::rate_limited: return "rate_limited";
-    case Rejection::timeout: return "timeout";
-    case Rejection::too_many_errors: return "too_many_errors";
-    case Rejection::proxy_invalid: return "proxy_invalid";
-    case Rejection::early_talker: return "early_talker";
-    case Rejection::count_: break;
+    case Rejection::relay_denied:
+      return "relay_denied";
+    case Rejection::too_big:
+      return "message_too_big";
+    case Rejection::too_many_recipients:
+      return "too_many_recipients";
+    case Rejection::line_too_long:
+      return "line_too_long";
+    case Rejection::bare_newline:
+      return "bare_newline";
+    case Rejection::mail_loop:
+      return "mail_loop";
+    case Rejection::spool_low:
+      return "spool_low";
+    case Rejection::spool_error:
+      return "spool_error";
+    case Rejection::too_many_connections:
+      return "too_many_connections";
+    case Rejection::too_many_from_client:
+      return "too_many_from_client";
+    case Rejection::rate_limited:
+      return "rate_limited";
+    case Rejection::timeout:
+      return "timeout";
+    case Rejection::too_many_errors:
+      return "too_many_errors";
+    case Rejection::proxy_invalid:
+      return "proxy_invalid";
+    case Rejection::early_talker:
+      return "early_talker";
+    case Rejection::count_:
+      break;
   }
   return "unknown";
 }
@@ -59,14 +75,14 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
           sum(shards, &ShardMetrics::bytes_accepted));
   counter(out, "sluice_queue_messages", "Messages in the queue.", "gauge", sum(shards, &ShardMetrics::queue_messages));
   str_append(&out, "# HELP sluice_rejections_total SMTP rejections by reason.\n",
-                  "# TYPE sluice_rejections_total counter\n");
+             "# TYPE sluice_rejections_total counter\n");
   for (size_t reason = 0; reason < static_cast<size_t>(Rejection::count_); ++reason) {
     uint64_t total = 0;
     for (const ShardMetrics* shard : shards) {
       total += shard->rejections[reason].load(std::memory_order_relaxed);
     }
-    str_append(&out, "sluice_rejections_total{reason=\"", rejection_name(static_cast<Rejection>(reason)),
-                    "\"} ", total, "\n");
+    str_append(&out, "sluice_rejections_total{reason=\"", rejection_name(static_cast<Rejection>(reason)), "\"} ", total,
+               "\n");
   }
   spool::SpoolMetrics total;
   for (const spool::SpoolMetrics& one : spools) {
@@ -91,7 +107,7 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
   counter(out, "sluice_spool_unavailable_total", "Messages refused: no spool segment was ready.", "counter",
           total.unavailable);
   str_append(&out, "# HELP sluice_spool_fsync_seconds Latency of spool fdatasync.\n",
-                  "# TYPE sluice_spool_fsync_seconds histogram\n");
+             "# TYPE sluice_spool_fsync_seconds histogram\n");
   uint64_t cumulative = 0;
   for (size_t bucket = 0; bucket < total.fsync_latency_bucket.size(); ++bucket) {
     cumulative += total.fsync_latency_bucket[bucket];
@@ -101,7 +117,7 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
     str_append(&out, "sluice_spool_fsync_seconds_bucket{le=\"", bound, "\"} ", cumulative, "\n");
   }
   str_append(&out, "sluice_spool_fsync_seconds_sum ", total.fsync_latency_sum_us / 1e6, "\n",
-                  "sluice_spool_fsync_seconds_count ", total.fsyncs, "\n");
+             "sluice_spool_fsync_seconds_count ", total.fsyncs, "\n");
   return out;
 }
 

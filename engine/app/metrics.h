@@ -31,7 +31,6 @@ enum class Rejection : uint8_t {
 };
 const char* rejection_name(Rejection reason);
 
-
 struct ShardMetrics {
   std::atomic<uint64_t> connections_total{0};
   std::atomic<uint64_t> connections_current{0};

@@ -1,6 +1,5 @@
 // Text renderings of the queue for operators.
 #include "engine/app/queue_report.h"
-#include "engine/io/strings.h"
 
 #include <ctime>
 #include <map>
@@ -9,13 +8,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "engine/io/strings.h"
 #include "engine/smtp/command.h"
 
 namespace sluice::app {
 
 std::string format_queue_list(const std::vector<spool::MessageInfo>& messages) {
-  std::string out = absl::StrFormat("%-16s %9s  %-20s  %s\n", "-Queue ID-", "-Size-", "-Arrival Time-",
-                                    "-Sender- -> -Recipients-");
+  std::string out =
+      absl::StrFormat("%-16s %9s  %-20s  %s\n", "-Queue ID-", "-Size-", "-Arrival Time-", "-Sender- -> -Recipients-");
   uint64_t bytes = 0;
   for (const spool::MessageInfo& message : messages) {
     const time_t seconds = static_cast<time_t>(message.arrival_ms / 1000);
@@ -24,9 +24,8 @@ std::string format_queue_list(const std::vector<spool::MessageInfo>& messages) {
     char arrival[32];
     strftime(arrival, sizeof(arrival), "%a %b %d %H:%M:%S", &parts);
     str_append(&out, absl::StrFormat("%-16s%s %9u  %-20s  <%s> -> %s\n", message.id,
-                                          message.status == spool::MessageStatus::held ? "!" : " ",
-                                          message.rfc_size, arrival, message.sender,
-                                          absl::StrJoin(message.recipients, ", ")));
+                                     message.status == spool::MessageStatus::held ? "!" : " ", message.rfc_size,
+                                     arrival, message.sender, absl::StrJoin(message.recipients, ", ")));
     bytes += message.rfc_size;
   }
   str_append(&out, "-- ", (bytes + 1023) / 1024, " Kbytes in ", messages.size(), " Requests.\n");
@@ -54,8 +53,8 @@ std::string format_queue_summary(const std::vector<spool::MessageInfo>& messages
   }
   std::string out = absl::StrFormat("%-30s %6s", "", "T");
   for (size_t i = 0; i < kColumns; ++i) {
-    const std::string label =
-        i < std::size(kSummaryBucketsMinutes) ? str_cat(kSummaryBucketsMinutes[i]) : str_cat(kSummaryBucketsMinutes[i - 1], "+");
+    const std::string label = i < std::size(kSummaryBucketsMinutes) ? str_cat(kSummaryBucketsMinutes[i])
+                                                                    : str_cat(kSummaryBucketsMinutes[i - 1], "+");
     str_append(&out, absl::StrFormat(" %6s", label));
   }
   out += "\n";

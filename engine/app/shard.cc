@@ -4,7 +4,6 @@
 // the ring wait, bounded by the next timer or commit deadline.
 // It never sends "250 queued" before the spool reports the covering fdatasync done.
 #include "engine/app/shard.h"
-#include "engine/io/strings.h"
 
 #include <sched.h>
 #include <sys/socket.h>
@@ -22,6 +21,7 @@
 #include "engine/io/buffer_ring.h"
 #include "engine/io/ring.h"
 #include "engine/io/socket.h"
+#include "engine/io/strings.h"
 #include "engine/io/timer_wheel.h"
 #include "engine/smtp/proxy_protocol.h"
 #include "engine/smtp/replies.h"
@@ -43,19 +43,22 @@ enum Tag : uint8_t {
 };
 
 constexpr uint16_t kBufferGroup = 1;
-constexpr uint64_t kLoopWaitUsMax = 10'000;      // the timer wheel's tick: the longest sleep
-constexpr size_t kPendingInputOctetsMax = 4 << 20;  // hard cap on parked input: beyond it, close
+constexpr uint64_t kLoopWaitUsMax = 10'000;            // the timer wheel's tick: the longest sleep
+constexpr size_t kPendingInputOctetsMax = 4 << 20;     // hard cap on parked input: beyond it, close
 constexpr size_t kPendingInputHighOctets = 256 << 10;  // parked input that pauses the recv...
 constexpr size_t kPendingInputLowOctets = 64 << 10;    // ...until it is drained below this
-constexpr size_t kOutputOctetsMax = 256 << 10;    // replies queued for a client that does not read
+constexpr size_t kOutputOctetsMax = 256 << 10;         // replies queued for a client that does not read
 constexpr size_t kIdleBufferCapacity = 1024;
-constexpr size_t kInputSliceOctets = 16 << 10;      // parked input handed to a session at once
-constexpr uint64_t kCloseLingerMs = 10'000;         // a closing client that reads nothing is cut off
-constexpr uint64_t kDrainForceGraceMs = 1'000;      // after the drain deadline, before cutting off       // above this, buffers are released when empty
+constexpr size_t kInputSliceOctets = 16 << 10;  // parked input handed to a session at once
+constexpr uint64_t kCloseLingerMs = 10'000;     // a closing client that reads nothing is cut off
+constexpr uint64_t kDrainForceGraceMs =
+    1'000;  // after the drain deadline, before cutting off       // above this, buffers are released when empty
 constexpr uint32_t kSlotsPerChunk = 256;
 constexpr uint64_t kAcceptRetryMs = 50;
 constexpr uint64_t kSpoolWaitMs = 2'000;
-constexpr uint64_t kTraceOctetsMax = 1024;  // our Received:, Message-ID:, Date: (bounded: the HELO name is cut at 255)  // how long a message may wait for a spool segment            // after EMFILE/ENFILE ended a multishot accept
+constexpr uint64_t kTraceOctetsMax =
+    1024;  // our Received:, Message-ID:, Date: (bounded: the HELO name is cut at 255)  // how long a message may wait
+           // for a spool segment            // after EMFILE/ENFILE ended a multishot accept
 
 uint64_t now_us() {
   return static_cast<uint64_t>(
@@ -82,11 +85,11 @@ struct Connection {
   bool in_use = false;
   bool recv_armed = false;
   bool send_in_flight = false;
-  bool closing = false;         // no more input is processed; close once output is sent
+  bool closing = false;  // no more input is processed; close once output is sent
   bool shutdown_sent = false;
   bool close_sent = false;
   bool awaiting_proxy = false;
-  bool dirty = false;           // has output to flush this loop iteration
+  bool dirty = false;  // has output to flush this loop iteration
   bool counted_as_client = false;
   bool read_closed = false;     // the client sent FIN; replies may still go out
   bool reading_paused = false;  // backpressure: too much input parked
@@ -150,10 +153,14 @@ struct Shard::Impl : public smtp::SessionHost {
       Rejection metric;
       const char* name;
     } kReasons[] = {
-        {Rejection::relay_denied, "relay_denied"},   {Rejection::too_big, "message_too_big"},
-        {Rejection::line_too_long, "line_too_long"}, {Rejection::mail_loop, "mail_loop"},
-        {Rejection::too_many_recipients, "too_many_recipients"}, {Rejection::spool_low, "spool_low"},
-        {Rejection::too_many_errors, "too_many_errors"}, {Rejection::bare_newline, "bare_newline"},
+        {Rejection::relay_denied, "relay_denied"},
+        {Rejection::too_big, "message_too_big"},
+        {Rejection::line_too_long, "line_too_long"},
+        {Rejection::mail_loop, "mail_loop"},
+        {Rejection::too_many_recipients, "too_many_recipients"},
+        {Rejection::spool_low, "spool_low"},
+        {Rejection::too_many_errors, "too_many_errors"},
+        {Rejection::bare_newline, "bare_newline"},
     };
     const auto& entry = kReasons[static_cast<size_t>(reason)];
     shard->_metrics.reject(entry.metric);
@@ -162,9 +169,7 @@ struct Shard::Impl : public smtp::SessionHost {
 
   Connection& slot(uint32_t index) { return chunks[index / kSlotsPerChunk][index % kSlotsPerChunk]; }
 
-  uint64_t user_data(uint8_t tag, uint32_t index) {
-    return io::UserData{tag, index, slot(index).generation}.encode();
-  }
+  uint64_t user_data(uint8_t tag, uint32_t index) { return io::UserData{tag, index, slot(index).generation}.encode(); }
 
   // ---- set-up -----------------------------------------------------------------------------
   bool start() {
@@ -669,7 +674,8 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- spool ------------------------------------------------------------------------------
   void commit_message(uint32_t index) {
     Connection& c = slot(index);
-    if (!waiting_for_space.empty() || !shard->_spool->has_room_for(c.session->message_octets() + kTraceOctetsMax, c.session->envelope_octets())) {
+    if (!waiting_for_space.empty() ||
+        !shard->_spool->has_room_for(c.session->message_octets() + kTraceOctetsMax, c.session->envelope_octets())) {
       waiting_for_space.push_back(WaitingForSpace{index, c.generation, loop_now_ms + kSpoolWaitMs});
       return;
     }
@@ -695,7 +701,8 @@ struct Shard::Impl : public smtp::SessionHost {
       waiting_for_space.pop_front();
       c.session->take_message();
       shard->_metrics.reject(Rejection::spool_error);
-      log.line(str_cat("event=transaction status=451 client=", c.peer.ip_string(), " error=\"no spool segment ready\""));
+      log.line(
+          str_cat("event=transaction status=451 client=", c.peer.ip_string(), " error=\"no spool segment ready\""));
       c.session->commit_done(false, "", c.out_next);
       mark_dirty(waiting.index);
       resume_pending(waiting.index);
@@ -713,8 +720,8 @@ struct Shard::Impl : public smtp::SessionHost {
     const uint32_t recipient_count = static_cast<uint32_t>(message.recipients.size());
     std::string head;
     head.reserve(512);
-    smtp::TraceContext trace{context->settings.hostname, queue_id, &c.peer, false, false,
-                             static_cast<int64_t>(arrival_ms / 1000)};
+    smtp::TraceContext trace{
+        context->settings.hostname, queue_id, &c.peer, false, false, static_cast<int64_t>(arrival_ms / 1000)};
     smtp::append_trace_headers(message, trace, head);
     spool::Envelope envelope;
     envelope.sender = std::move(message.sender);
@@ -723,12 +730,11 @@ struct Shard::Impl : public smtp::SessionHost {
     envelope.smtputf8 = message.smtputf8;
     envelope.client_address = c.peer.ip_string();
     envelope.client_helo = std::move(message.helo);
-    auto ticket = shard->_spool->append_message(std::move(queue_id), arrival_ms, std::move(envelope),
-                                                rfc_size, std::move(head), std::move(message.body));
+    auto ticket = shard->_spool->append_message(std::move(queue_id), arrival_ms, std::move(envelope), rfc_size,
+                                                std::move(head), std::move(message.body));
     if (!ticket.ok()) {
       shard->_metrics.reject(Rejection::spool_error);
-      log.line(str_cat("event=spool_error client=", c.peer.ip_string(), " error=\"",
-                            ticket.status().message(), "\""));
+      log.line(str_cat("event=spool_error client=", c.peer.ip_string(), " error=\"", ticket.status().message(), "\""));
       c.session->commit_done(false, "", c.out_next);
       mark_dirty(index);
       resume_pending(index);
@@ -815,8 +821,8 @@ struct Shard::Impl : public smtp::SessionHost {
     // Sessions between transactions are told now; those mid-transaction finish it first.
     for (uint32_t index = 0; index < slots_used; ++index) {
       Connection& c = slot(index);
-      if (c.in_use && !c.closing && c.session && !c.session->transaction_open() &&
-          !c.session->in_data_phase() && !c.session->waiting_for_commit()) {
+      if (c.in_use && !c.closing && c.session && !c.session->transaction_open() && !c.session->in_data_phase() &&
+          !c.session->waiting_for_commit()) {
         c.out_next.append(smtp::reply::kShuttingDown);
         begin_close(index);
       } else if (c.in_use && !c.closing && !c.session) {
@@ -993,10 +999,14 @@ bool Shard::run() {
   return true;
 }
 
-bool Shard::post(ControlRequest* request) { return _control.try_push(request); }
+bool Shard::post(ControlRequest* request) {
+  return _control.try_push(request);
+}
 
 }  // namespace sluice::app
 
 namespace sluice::app {
-uint64_t Shard::doorbell_user_data() { return io::UserData{kTagDoorbell, 0, 0}.encode(); }
+uint64_t Shard::doorbell_user_data() {
+  return io::UserData{kTagDoorbell, 0, 0}.encode();
+}
 }  // namespace sluice::app

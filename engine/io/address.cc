@@ -5,7 +5,6 @@
 // address that is not numeric is an error, and the error says what is wrong with it.
 
 #include "engine/io/address.h"
-#include "engine/io/strings.h"
 
 #include <arpa/inet.h>
 
@@ -15,6 +14,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/io/strings.h"
 
 namespace sluice::io {
 namespace {
@@ -29,7 +29,6 @@ constexpr int kIpv6Bits = 128;
 constexpr int kMappedPrefixBits = 96;
 constexpr std::array<uint8_t, 12> kMappedPrefix = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
-
 std::string quote(std::string_view text) {
   if (text.size() > kQuotedTextMax) {
     return absl::StrCat("'", absl::CHexEscape(to_absl(text.substr(0, kQuotedTextMax))), "...'");
@@ -42,8 +41,7 @@ absl::Status invalid(std::string_view text, absl::string_view why) {
 }
 
 bool is_decimal_digits(std::string_view text) {
-  return !text.empty() &&
-         std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 // Decimal, no sign, no leading zeros (except "0" itself), at most `max`.
@@ -73,10 +71,11 @@ absl::StatusOr<uint16_t> parse_port(std::string_view whole, std::string_view tex
   return static_cast<uint16_t>(port);
 }
 
-bool is_ipv4_char(char c) { return (c >= '0' && c <= '9') || c == '.'; }
+bool is_ipv4_char(char c) {
+  return (c >= '0' && c <= '9') || c == '.';
+}
 bool is_ipv6_char(char c) {
-  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == ':' ||
-         c == '.';
+  return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == ':' || c == '.';
 }
 
 bool mapped_bytes(const in6_addr& address) {
@@ -139,7 +138,9 @@ SocketAddress SocketAddress::ipv6(const in6_addr& address, uint16_t port) {
   return result;
 }
 
-int SocketAddress::family() const { return length == 0 ? AF_UNSPEC : storage.ss_family; }
+int SocketAddress::family() const {
+  return length == 0 ? AF_UNSPEC : storage.ss_family;
+}
 
 uint16_t SocketAddress::port() const {
   switch (family()) {
@@ -165,13 +166,16 @@ void SocketAddress::set_port(uint16_t port) {
   }
 }
 
-const sockaddr* SocketAddress::get() const { return reinterpret_cast<const sockaddr*>(&storage); }
+const sockaddr* SocketAddress::get() const {
+  return reinterpret_cast<const sockaddr*>(&storage);
+}
 
-sockaddr* SocketAddress::get_mutable() { return reinterpret_cast<sockaddr*>(&storage); }
+sockaddr* SocketAddress::get_mutable() {
+  return reinterpret_cast<sockaddr*>(&storage);
+}
 
 bool SocketAddress::is_ipv4_mapped() const {
-  return family() == AF_INET6 &&
-         mapped_bytes(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr);
+  return family() == AF_INET6 && mapped_bytes(reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr);
 }
 
 SocketAddress SocketAddress::unmapped() const {
@@ -188,12 +192,10 @@ std::string SocketAddress::ip_string() const {
   char buffer[kIpTextMax] = {};
   switch (family()) {
     case AF_INET:
-      inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, buffer,
-                sizeof(buffer));
+      inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr, buffer, sizeof(buffer));
       return buffer;
     case AF_INET6:
-      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, buffer,
-                sizeof(buffer));
+      inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr, buffer, sizeof(buffer));
       return buffer;
     default:
       return "unspecified";
@@ -224,13 +226,11 @@ bool operator==(const SocketAddress& a, const SocketAddress& b) {
     case AF_INET6: {
       const auto* x = reinterpret_cast<const sockaddr_in6*>(&a.storage);
       const auto* y = reinterpret_cast<const sockaddr_in6*>(&b.storage);
-      return x->sin6_port == y->sin6_port &&
-             std::memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(in6_addr)) == 0 &&
+      return x->sin6_port == y->sin6_port && std::memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(in6_addr)) == 0 &&
              x->sin6_scope_id == y->sin6_scope_id;
     }
     default:
-      return a.length == b.length &&
-             std::memcmp(&a.storage, &b.storage, static_cast<size_t>(a.length)) == 0;
+      return a.length == b.length && std::memcmp(&a.storage, &b.storage, static_cast<size_t>(a.length)) == 0;
   }
 }
 
@@ -239,8 +239,8 @@ absl::StatusOr<SocketAddress> parse_ip(std::string_view text, uint16_t port) {
     return invalid(text, "empty address");
   }
   const bool v6 = text.find(':') != std::string_view::npos;
-  const bool chars_ok = v6 ? std::all_of(text.begin(), text.end(), is_ipv6_char)
-                           : std::all_of(text.begin(), text.end(), is_ipv4_char);
+  const bool chars_ok =
+      v6 ? std::all_of(text.begin(), text.end(), is_ipv6_char) : std::all_of(text.begin(), text.end(), is_ipv4_char);
   if (!chars_ok) {
     // Checked before inet_pton: it would stop at an embedded NUL and accept the prefix.
     return invalid(text, "not a numeric IP address (host names and zone ids are not accepted)");
@@ -306,8 +306,7 @@ absl::StatusOr<SocketAddress> parse_host_port(std::string_view text) {
   return address;
 }
 
-absl::StatusOr<SocketAddress> parse_host_optional_port(std::string_view text,
-                                                       uint16_t default_port) {
+absl::StatusOr<SocketAddress> parse_host_optional_port(std::string_view text, uint16_t default_port) {
   if (!text.empty() && text.front() == '[' && text.back() == ']') {
     const std::string_view host = text.substr(1, text.size() - 2);
     if (host.find(':') == std::string_view::npos) {
@@ -364,8 +363,7 @@ absl::StatusOr<Network> Network::parse(std::string_view cidr) {
   if (masked != network._address) {
     // Postfix refuses these too: "10.1.2.3/8" is almost always a typo for a host or a network.
     network._address = masked;
-    return invalid(cidr, absl::StrCat("host bits are set after the prefix (did you mean ",
-                                      network.to_string(), "?)"));
+    return invalid(cidr, absl::StrCat("host bits are set after the prefix (did you mean ", network.to_string(), "?)"));
   }
   return network;
 }
@@ -418,9 +416,8 @@ bool NetworkList::contains(const SocketAddress& address) const {
 }
 
 std::string NetworkList::to_string() const {
-  return absl::StrJoin(_networks, ", ", [](std::string* out, const Network& network) {
-    out->append(network.to_string());
-  });
+  return absl::StrJoin(_networks, ", ",
+                       [](std::string* out, const Network& network) { out->append(network.to_string()); });
 }
 
 }  // namespace sluice::io

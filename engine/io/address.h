@@ -49,8 +49,7 @@ struct SocketAddress {
 // "ADDR:PORT" or "[V6ADDR]:PORT", numeric only (no names, no zone ids); port 0-65535.
 absl::StatusOr<SocketAddress> parse_host_port(std::string_view text);
 // As parse_host_port, but a bare "ADDR" or "V6ADDR" (or "[V6ADDR]") means `default_port`.
-absl::StatusOr<SocketAddress> parse_host_optional_port(std::string_view text,
-                                                       uint16_t default_port);
+absl::StatusOr<SocketAddress> parse_host_optional_port(std::string_view text, uint16_t default_port);
 // A numeric IPv4 or IPv6 address without port or brackets.
 absl::StatusOr<SocketAddress> parse_ip(std::string_view text, uint16_t port = 0);
 

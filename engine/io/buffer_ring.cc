@@ -1,6 +1,5 @@
 // Registers and refills the provided-buffer ring that multishot recv draws from.
 #include "engine/io/buffer_ring.h"
-#include "engine/io/strings.h"
 
 #include <sys/mman.h>
 
@@ -8,6 +7,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io/strings.h"
 
 namespace sluice::io {
 
@@ -22,11 +22,10 @@ absl::StatusOr<BufferRing*> BufferRing::create(io_uring* ring, uint16_t group_id
   self->_buffer_bytes = buffer_bytes;
   self->_group_id = group_id;
   self->_entries_bytes = entries * sizeof(io_uring_buf);
-  void* entries_memory = mmap(nullptr, self->_entries_bytes, PROT_READ | PROT_WRITE,
-                              MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  void* entries_memory =
+      mmap(nullptr, self->_entries_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   self->_buffers_bytes = static_cast<size_t>(entries) * buffer_bytes;
-  void* buffer_memory = mmap(nullptr, self->_buffers_bytes, PROT_READ | PROT_WRITE,
-                             MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+  void* buffer_memory = mmap(nullptr, self->_buffers_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
   if (entries_memory == MAP_FAILED || buffer_memory == MAP_FAILED) {
     delete self;
     return absl::ResourceExhaustedError("mmap for buffer ring failed");
@@ -64,9 +63,8 @@ BufferRing::~BufferRing() {
 
 void BufferRing::recycle(uint16_t buffer_id) {
   assert(buffer_id < _count);
-  io_uring_buf_ring_add(_entries, _buffers + static_cast<size_t>(buffer_id) * _buffer_bytes,
-                        _buffer_bytes, buffer_id, io_uring_buf_ring_mask(_count),
-                        static_cast<int>(_unpublished));
+  io_uring_buf_ring_add(_entries, _buffers + static_cast<size_t>(buffer_id) * _buffer_bytes, _buffer_bytes, buffer_id,
+                        io_uring_buf_ring_mask(_count), static_cast<int>(_unpublished));
   ++_unpublished;
 }
 

@@ -16,8 +16,7 @@ class BufferRing {
   static constexpr uint32_t kEntriesMax = 32768;  // kernel limit for a buffer ring
 
   // entries must be a power of two <= kEntriesMax.
-  static absl::StatusOr<BufferRing*> create(io_uring* ring, uint16_t group_id, uint32_t entries,
-                                            uint32_t buffer_bytes);
+  static absl::StatusOr<BufferRing*> create(io_uring* ring, uint16_t group_id, uint32_t entries, uint32_t buffer_bytes);
   ~BufferRing();
   BufferRing(const BufferRing&) = delete;
   BufferRing& operator=(const BufferRing&) = delete;

@@ -1,13 +1,13 @@
 // The shard's io_uring: set-up with the best flags this kernel takes, a probe of what it
 // supports (logged once), and the submit/reap primitive every shard loop iteration uses.
 #include "engine/io/ring.h"
-#include "engine/io/strings.h"
 
 #include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/io/strings.h"
 
 namespace sluice::io {
 namespace {
@@ -57,7 +57,9 @@ absl::StatusOr<Ring*> Ring::create_for_this_thread(const RingOptions& options) {
   return ring;
 }
 
-Ring::~Ring() { io_uring_queue_exit(&_ring); }
+Ring::~Ring() {
+  io_uring_queue_exit(&_ring);
+}
 
 io_uring_sqe* Ring::sqe() {
   io_uring_sqe* entry = io_uring_get_sqe(&_ring);
@@ -68,7 +70,9 @@ io_uring_sqe* Ring::sqe() {
   return entry;
 }
 
-void Ring::submit() { io_uring_submit(&_ring); }
+void Ring::submit() {
+  io_uring_submit(&_ring);
+}
 
 void Ring::submit_and_wait(uint64_t timeout_us) {
   __kernel_timespec timeout{};

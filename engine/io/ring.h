@@ -20,9 +20,7 @@ struct UserData {
   uint32_t generation = 0;
 
   static constexpr uint32_t kIndexMax = (1u << 24) - 1;
-  uint64_t encode() const {
-    return (uint64_t{tag} << 56) | (uint64_t{index & kIndexMax} << 32) | generation;
-  }
+  uint64_t encode() const { return (uint64_t{tag} << 56) | (uint64_t{index & kIndexMax} << 32) | generation; }
   static UserData decode(uint64_t value) {
     return UserData{static_cast<uint8_t>(value >> 56), static_cast<uint32_t>(value >> 32) & kIndexMax,
                     static_cast<uint32_t>(value)};

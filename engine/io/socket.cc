@@ -1,6 +1,5 @@
 // Listener set-up and socket queries; called at start-up and once per accepted connection.
 #include "engine/io/socket.h"
-#include "engine/io/strings.h"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,6 +11,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io/strings.h"
 
 namespace sluice::io {
 
@@ -30,8 +30,7 @@ absl::StatusOr<int> open_listener(const SocketAddress& address) {
   if (bind(fd, address.get(), address.length) < 0 || listen(fd, kListenBacklog) < 0) {
     const int error = errno;
     close(fd);
-    return absl::UnavailableError(
-        str_cat("cannot listen on ", address.to_string(), ": ", std::strerror(error)));
+    return absl::UnavailableError(str_cat("cannot listen on ", address.to_string(), ": ", std::strerror(error)));
   }
   return fd;
 }

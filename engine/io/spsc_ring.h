@@ -36,8 +36,7 @@ class SpscRing {
                 "items move through the ring without exceptions");
 
   // `capacity` must be a power of two, at least 1.
-  explicit SpscRing(size_t capacity)
-      : _mask(capacity - 1), _slots(std::make_unique<Slot[]>(capacity)) {
+  explicit SpscRing(size_t capacity) : _mask(capacity - 1), _slots(std::make_unique<Slot[]>(capacity)) {
     assert(capacity > 0 && (capacity & (capacity - 1)) == 0 && "capacity is a power of two");
   }
   SpscRing(const SpscRing&) = delete;
@@ -129,9 +128,7 @@ class SpscRing {
     return true;
   }
 
-  T* item(uint64_t index) {
-    return std::launder(reinterpret_cast<T*>(_slots[index & _mask].bytes));
-  }
+  T* item(uint64_t index) { return std::launder(reinterpret_cast<T*>(_slots[index & _mask].bytes)); }
 
   // Indices count pushes and pops since construction; 64 bits never wrap in practice (2^64 items
   // at a billion per second is 584 years), so full is tail - head == capacity.

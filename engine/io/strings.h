@@ -14,23 +14,39 @@
 
 namespace sluice {
 
-inline absl::string_view to_absl(std::string_view text) { return absl::string_view(text.data(), text.size()); }
-inline std::string_view to_std(absl::string_view text) { return std::string_view(text.data(), text.size()); }
+inline absl::string_view to_absl(std::string_view text) {
+  return absl::string_view(text.data(), text.size());
+}
+inline std::string_view to_std(absl::string_view text) {
+  return std::string_view(text.data(), text.size());
+}
 
 namespace strings_detail {
 
-inline void append_piece(std::string& out, std::string_view text) { out.append(text); }
-inline void append_piece(std::string& out, const char* text) { out.append(text); }
-inline void append_piece(std::string& out, const std::string& text) { out.append(text); }
-inline void append_piece(std::string& out, absl::string_view text) { out.append(text.data(), text.size()); }
-inline void append_piece(std::string& out, char c) { out.push_back(c); }
+inline void append_piece(std::string& out, std::string_view text) {
+  out.append(text);
+}
+inline void append_piece(std::string& out, const char* text) {
+  out.append(text);
+}
+inline void append_piece(std::string& out, const std::string& text) {
+  out.append(text);
+}
+inline void append_piece(std::string& out, absl::string_view text) {
+  out.append(text.data(), text.size());
+}
+inline void append_piece(std::string& out, char c) {
+  out.push_back(c);
+}
 template <std::integral T>
 void append_piece(std::string& out, T value) {
   char digits[24];
   const auto result = std::to_chars(digits, digits + sizeof(digits), value);
   out.append(digits, result.ptr);
 }
-inline void append_piece(std::string& out, double value) { out.append(absl::StrCat(value)); }
+inline void append_piece(std::string& out, double value) {
+  out.append(absl::StrCat(value));
+}
 
 }  // namespace strings_detail
 
@@ -46,7 +62,9 @@ std::string str_cat(const Pieces&... pieces) {
   return out;
 }
 
-inline char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+inline char ascii_lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
 
 inline std::string to_lower(std::string_view text) {
   std::string out(text);

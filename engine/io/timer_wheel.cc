@@ -32,8 +32,7 @@ void make_empty(TimerLink& head) {
 
 }  // namespace
 
-TimerWheel::TimerWheel(uint64_t start_ms, uint64_t tick_ms)
-    : _tick_ms(tick_ms), _now_tick(start_ms / tick_ms) {
+TimerWheel::TimerWheel(uint64_t start_ms, uint64_t tick_ms) : _tick_ms(tick_ms), _now_tick(start_ms / tick_ms) {
   assert(tick_ms > 0);
   for (auto& level : _slots) {
     for (TimerLink& head : level) {
@@ -113,8 +112,7 @@ void TimerWheel::place(TimerNode& node) {
   const uint64_t delta = node.deadline_tick - _now_tick;
   for (unsigned level = 0; level < kLevels; ++level) {
     if (delta < level_span_ticks(level + 1)) {
-      const auto slot =
-          static_cast<uint8_t>((node.deadline_tick >> (kSlotBits * level)) & kSlotMask);
+      const auto slot = static_cast<uint8_t>((node.deadline_tick >> (kSlotBits * level)) & kSlotMask);
       link_into(_slots[level][slot], node, static_cast<uint8_t>(level), slot);
       _occupied[level] |= uint64_t{1} << slot;
       return;

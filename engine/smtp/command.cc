@@ -35,16 +35,11 @@ constexpr ParseError kBadOrcpt{501, "5.5.4", "Bad ORCPT parameter"};
 constexpr ParseError kBadSender{553, "5.1.7", "Bad sender address syntax"};
 constexpr ParseError kBadRecipient{501, "5.1.3", "Bad recipient address syntax"};
 constexpr ParseError kNonAsciiSender{553, "5.6.7", "Non-ASCII sender address requires SMTPUTF8"};
-constexpr ParseError kNonAsciiRecipient{553, "5.6.7",
-                                        "Non-ASCII recipient address requires SMTPUTF8"};
-constexpr ParseError kSenderPathTooLong{501, "5.1.7",
-                                        "Sender address too long (path over 256 octets)"};
-constexpr ParseError kSenderLocalTooLong{501, "5.1.7",
-                                         "Sender local part too long (over 64 octets)"};
-constexpr ParseError kRecipientPathTooLong{501, "5.1.3",
-                                           "Recipient address too long (path over 256 octets)"};
-constexpr ParseError kRecipientLocalTooLong{501, "5.1.3",
-                                            "Recipient local part too long (over 64 octets)"};
+constexpr ParseError kNonAsciiRecipient{553, "5.6.7", "Non-ASCII recipient address requires SMTPUTF8"};
+constexpr ParseError kSenderPathTooLong{501, "5.1.7", "Sender address too long (path over 256 octets)"};
+constexpr ParseError kSenderLocalTooLong{501, "5.1.7", "Sender local part too long (over 64 octets)"};
+constexpr ParseError kRecipientPathTooLong{501, "5.1.3", "Recipient address too long (path over 256 octets)"};
+constexpr ParseError kRecipientLocalTooLong{501, "5.1.3", "Recipient local part too long (over 64 octets)"};
 
 // The replies that differ between the two paths: a sender and a recipient. There is no
 // "domain too long" reply: a path within 256 octets cannot hold a domain over 255.
@@ -54,10 +49,8 @@ struct PathErrors {
   const ParseError& path_too_long;
   const ParseError& local_too_long;
 };
-constexpr PathErrors kSenderErrors{kBadSender, kNonAsciiSender, kSenderPathTooLong,
-                                   kSenderLocalTooLong};
-constexpr PathErrors kRecipientErrors{kBadRecipient, kNonAsciiRecipient, kRecipientPathTooLong,
-                                      kRecipientLocalTooLong};
+constexpr PathErrors kSenderErrors{kBadSender, kNonAsciiSender, kSenderPathTooLong, kSenderLocalTooLong};
+constexpr PathErrors kRecipientErrors{kBadRecipient, kNonAsciiRecipient, kRecipientPathTooLong, kRecipientLocalTooLong};
 
 // IPv6 text is at most 45 characters (INET6_ADDRSTRLEN - 1); longer is not an address.
 constexpr size_t kIpv6TextOctetsMax = INET6_ADDRSTRLEN - 1;
@@ -370,8 +363,7 @@ bool valid_notify(std::string_view value) {
   while (true) {
     const size_t comma = value.find(',', start);
     const std::string_view item =
-        value.substr(start, comma == std::string_view::npos ? std::string_view::npos
-                                                            : comma - start);
+        value.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
     bool matched = false;
     for (size_t i = 0; i < kConditions.size(); ++i) {
       if (iequals(item, kConditions[i])) {
@@ -551,9 +543,8 @@ std::optional<std::string_view> strip_source_route(std::string_view inner, bool 
 
 // Checks a path's mailbox: lengths first (so the client learns which limit it hit), then the
 // character set, then the grammar. Returns the mailbox without brackets and source route.
-std::variant<std::string_view, ParseError> check_path(std::string_view path, bool utf8_allowed,
-                                                      bool null_allowed, bool postmaster_allowed,
-                                                      const PathErrors& errors) {
+std::variant<std::string_view, ParseError> check_path(std::string_view path, bool utf8_allowed, bool null_allowed,
+                                                      bool postmaster_allowed, const PathErrors& errors) {
   if (path.size() > kPathOctetsMax) {
     return errors.path_too_long;
   }
@@ -597,8 +588,8 @@ enum MailParamBit : unsigned {
 };
 
 // Applies one MAIL parameter to `mail`; nullopt when it is fine.
-std::optional<ParseError> apply_mail_param(const EsmtpParam& param, bool smtputf8_allowed_by_us,
-                                           unsigned& seen, MailFrom& mail) {
+std::optional<ParseError> apply_mail_param(const EsmtpParam& param, bool smtputf8_allowed_by_us, unsigned& seen,
+                                           MailFrom& mail) {
   const auto first_time = [&seen](unsigned bit) {
     const bool first = (seen & bit) == 0;
     seen |= bit;
@@ -658,8 +649,7 @@ std::optional<ParseError> apply_mail_param(const EsmtpParam& param, bool smtputf
     if (!first_time(kMailEnvid)) {
       return kDuplicateParameter;
     }
-    if (param.value.empty() || param.value.size() > kEnvidOctetsMax ||
-        !valid_xtext(param.value)) {
+    if (param.value.empty() || param.value.size() > kEnvidOctetsMax || !valid_xtext(param.value)) {
       return kBadEnvid;
     }
     mail.envid = param.value;
@@ -673,8 +663,7 @@ enum RcptParamBit : unsigned {
   kRcptOrcpt = 1u << 1,
 };
 
-std::optional<ParseError> apply_rcpt_param(const EsmtpParam& param, unsigned& seen,
-                                           RcptTo& rcpt) {
+std::optional<ParseError> apply_rcpt_param(const EsmtpParam& param, unsigned& seen, RcptTo& rcpt) {
   const auto first_time = [&seen](unsigned bit) {
     const bool first = (seen & bit) == 0;
     seen |= bit;
@@ -718,12 +707,23 @@ struct VerbName {
   Verb verb;
 };
 constexpr std::array<VerbName, 17> kFourLetterVerbs = {{
-    {pack4("ehlo"), Verb::ehlo}, {pack4("helo"), Verb::helo}, {pack4("mail"), Verb::mail},
-    {pack4("rcpt"), Verb::rcpt}, {pack4("data"), Verb::data}, {pack4("bdat"), Verb::bdat},
-    {pack4("rset"), Verb::rset}, {pack4("noop"), Verb::noop}, {pack4("quit"), Verb::quit},
-    {pack4("vrfy"), Verb::vrfy}, {pack4("expn"), Verb::expn}, {pack4("help"), Verb::help},
-    {pack4("turn"), Verb::turn}, {pack4("send"), Verb::send}, {pack4("soml"), Verb::soml},
-    {pack4("saml"), Verb::saml}, {pack4("auth"), Verb::auth},
+    {pack4("ehlo"), Verb::ehlo},
+    {pack4("helo"), Verb::helo},
+    {pack4("mail"), Verb::mail},
+    {pack4("rcpt"), Verb::rcpt},
+    {pack4("data"), Verb::data},
+    {pack4("bdat"), Verb::bdat},
+    {pack4("rset"), Verb::rset},
+    {pack4("noop"), Verb::noop},
+    {pack4("quit"), Verb::quit},
+    {pack4("vrfy"), Verb::vrfy},
+    {pack4("expn"), Verb::expn},
+    {pack4("help"), Verb::help},
+    {pack4("turn"), Verb::turn},
+    {pack4("send"), Verb::send},
+    {pack4("soml"), Verb::soml},
+    {pack4("saml"), Verb::saml},
+    {pack4("auth"), Verb::auth},
 }};
 
 Verb match_verb(std::string_view name) {
@@ -756,8 +756,7 @@ CommandLine parse_command_line(std::string_view line_without_crlf) {
   return CommandLine{match_verb(line.substr(0, space)), line.substr(space + 1)};
 }
 
-std::variant<MailFrom, ParseError> parse_mail_from(std::string_view argument,
-                                                   bool smtputf8_allowed_by_us) {
+std::variant<MailFrom, ParseError> parse_mail_from(std::string_view argument, bool smtputf8_allowed_by_us) {
   constexpr std::string_view kFrom = "FROM:";
   if (!istarts_with(argument, kFrom)) {
     return kMailSyntax;
@@ -787,8 +786,7 @@ std::variant<MailFrom, ParseError> parse_mail_from(std::string_view argument,
   return mail;
 }
 
-std::variant<RcptTo, ParseError> parse_rcpt_to(std::string_view argument,
-                                               bool smtputf8_transaction) {
+std::variant<RcptTo, ParseError> parse_rcpt_to(std::string_view argument, bool smtputf8_transaction) {
   constexpr std::string_view kTo = "TO:";
   if (!istarts_with(argument, kTo)) {
     return kRcptSyntax;
@@ -875,8 +873,7 @@ bool valid_mailbox(std::string_view address, bool utf8_allowed) {
   if (at == std::string_view::npos) {
     return false;
   }
-  return valid_local_part(address.substr(0, at), utf8_allowed) &&
-         valid_domain(address.substr(at + 1), utf8_allowed);
+  return valid_local_part(address.substr(0, at), utf8_allowed) && valid_domain(address.substr(at + 1), utf8_allowed);
 }
 
 std::string_view domain_of(std::string_view mailbox) {

@@ -93,14 +93,12 @@ struct BdatArgs {
 
 // `argument` is CommandLine::argument of a MAIL command: "FROM:<path> [params]". SMTPUTF8 is
 // accepted only when `smtputf8_allowed_by_us` (we advertised it); a non-ASCII sender needs it.
-std::variant<MailFrom, ParseError> parse_mail_from(std::string_view argument,
-                                                   bool smtputf8_allowed_by_us);
+std::variant<MailFrom, ParseError> parse_mail_from(std::string_view argument, bool smtputf8_allowed_by_us);
 
 // `argument` is CommandLine::argument of a RCPT command: "TO:<path> [params]".
 // `smtputf8_transaction` is MailFrom::smtputf8 of the transaction: it allows a non-ASCII
 // recipient (RFC 6531 section 3.4).
-std::variant<RcptTo, ParseError> parse_rcpt_to(std::string_view argument,
-                                               bool smtputf8_transaction = false);
+std::variant<RcptTo, ParseError> parse_rcpt_to(std::string_view argument, bool smtputf8_transaction = false);
 
 // `argument` is CommandLine::argument of a BDAT command: "chunk-size [LAST]" (RFC 3030).
 std::variant<BdatArgs, ParseError> parse_bdat(std::string_view argument);

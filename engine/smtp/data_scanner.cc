@@ -161,8 +161,7 @@ struct DataScanAccess {
   // ORs the fast blocks together so that 8-bit octets cost one test per call. Inlined into each
   // target function so that the loads are compiled for that instruction set.
   template <typename Block>
-  static inline __attribute__((always_inline)) ScanResult blocks(DataScanState& state, const char* data,
-                                                                  size_t size) {
+  static inline __attribute__((always_inline)) ScanResult blocks(DataScanState& state, const char* data, size_t size) {
     if (state._final != ScanStop::need_more) {
       return ScanResult{0, state._final};
     }
@@ -287,7 +286,9 @@ ScanResult scan_data_sse2(DataScanState& state, const char* data, size_t size) {
 ScanResult scan_data_avx2(DataScanState& state, const char* data, size_t size) {
   return scan_data_scalar(state, data, size);
 }
-bool cpu_has_avx2() { return false; }
+bool cpu_has_avx2() {
+  return false;
+}
 
 #endif
 
@@ -321,7 +322,9 @@ ScanResult scan_data(DataScanState& state, const char* data, size_t size) {
   return dispatch().fn(state, data, size);
 }
 
-const char* scan_data_dispatch_name() { return dispatch().name; }
+const char* scan_data_dispatch_name() {
+  return dispatch().name;
+}
 
 // ---------------------------------------------------------------------------------------------
 // BDAT: raw content in, wire form out.
@@ -431,6 +434,8 @@ BdatStop bdat_encode(BdatEncodeState& state, std::string_view chunk, std::string
   return BdatEncodeAccess::encode(state, chunk, out);
 }
 
-BdatStop bdat_finish(BdatEncodeState& state, std::string& out) { return BdatEncodeAccess::finish(state, out); }
+BdatStop bdat_finish(BdatEncodeState& state, std::string& out) {
+  return BdatEncodeAccess::finish(state, out);
+}
 
 }  // namespace sluice::smtp

@@ -29,15 +29,15 @@ enum class ScanStop : uint8_t {
 // Carry for one DATA transaction. A default-constructed state is "start of data, at the start of
 // a line". All answers are the same however the stream is split into calls.
 struct DataScanState {
-  uint64_t wire_octets = 0;         // octets consumed so far, over all calls
-  uint64_t body_octets = 0;         // once end_of_data: wire octets before the final ".\r\n"
-                                    // (the CRLF that ends the last body line belongs to the body)
-  uint64_t stuffed_dots = 0;        // body lines that start with '.': stuffing octets to remove
-  int64_t header_end_octets = -1;   // wire offset just past the first empty line; -1: none yet
-  bool has_8bit = false;            // an octet >= 0x80 was consumed
-  bool line_too_long = false;       // a line exceeded kTextLineOctetsMax after unstuffing. Set as
-                                    // soon as the consumed part of a line exceeds it (so it is
-                                    // already true at need_more); scanning goes on to the end.
+  uint64_t wire_octets = 0;        // octets consumed so far, over all calls
+  uint64_t body_octets = 0;        // once end_of_data: wire octets before the final ".\r\n"
+                                   // (the CRLF that ends the last body line belongs to the body)
+  uint64_t stuffed_dots = 0;       // body lines that start with '.': stuffing octets to remove
+  int64_t header_end_octets = -1;  // wire offset just past the first empty line; -1: none yet
+  bool has_8bit = false;           // an octet >= 0x80 was consumed
+  bool line_too_long = false;      // a line exceeded kTextLineOctetsMax after unstuffing. Set as
+                                   // soon as the consumed part of a line exceeds it (so it is
+                                   // already true at need_more); scanning goes on to the end.
 
   // Everything, private carry included: the SIMD scanners must agree with the scalar one exactly.
   friend bool operator==(const DataScanState&, const DataScanState&) = default;
@@ -45,10 +45,10 @@ struct DataScanState {
  private:
   friend struct DataScanAccess;  // the scanner implementations (data_scanner.cc)
 
-  uint64_t _line_start_octets = 0;       // wire offset of the first octet of the current line
-  bool _pending_cr = false;              // the last octet consumed was a CR (not yet bare)
-  bool _line_dot = false;                // the current line starts with '.'
-  ScanStop _final = ScanStop::need_more; // sticky once end_of_data or bare_newline was returned
+  uint64_t _line_start_octets = 0;        // wire offset of the first octet of the current line
+  bool _pending_cr = false;               // the last octet consumed was a CR (not yet bare)
+  bool _line_dot = false;                 // the current line starts with '.'
+  ScanStop _final = ScanStop::need_more;  // sticky once end_of_data or bare_newline was returned
 };
 
 struct ScanResult {
@@ -86,11 +86,11 @@ inline ScanResult scan_data(DataScanState& state, std::string_view data) {
 // mean, measured on the wire form produced so far, so that scanning the output followed by
 // ".\r\n" gives the same answers.
 struct BdatEncodeState {
-  uint64_t body_octets = 0;         // wire octets appended to `out` so far (stuffing included)
-  uint64_t stuffed_dots = 0;        // dots added by stuffing
-  int64_t header_end_octets = -1;   // wire offset just past the first empty line; -1: none yet
+  uint64_t body_octets = 0;        // wire octets appended to `out` so far (stuffing included)
+  uint64_t stuffed_dots = 0;       // dots added by stuffing
+  int64_t header_end_octets = -1;  // wire offset just past the first empty line; -1: none yet
   bool has_8bit = false;
-  bool line_too_long = false;       // a raw line longer than kTextLineOctetsMax (before its CRLF)
+  bool line_too_long = false;  // a raw line longer than kTextLineOctetsMax (before its CRLF)
 
   friend bool operator==(const BdatEncodeState&, const BdatEncodeState&) = default;
 

@@ -30,7 +30,9 @@ constexpr size_t kV1ProtocolMax = kV1Unknown.size();
 
 enum class Step : uint8_t { ok, need_more, invalid };
 
-ProxyParseResult need_more() { return ProxyParseResult{}; }
+ProxyParseResult need_more() {
+  return ProxyParseResult{};
+}
 
 ProxyParseResult invalid(std::string_view why) {
   ProxyParseResult result;
@@ -39,11 +41,15 @@ ProxyParseResult invalid(std::string_view why) {
   return result;
 }
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 bool is_address_char(char c) {
   return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == ':' || c == '.';
 }
-bool is_protocol_char(char c) { return (c >= 'A' && c <= 'Z') || is_digit(c); }
+bool is_protocol_char(char c) {
+  return (c >= 'A' && c <= 'Z') || is_digit(c);
+}
 
 // Reads a v1 line left to right. Running out of input is need_more, never an error: the rest
 // may still arrive. The first byte that cannot belong to a valid line is invalid at once.
@@ -212,8 +218,7 @@ ProxyParseResult parse_v1(std::string_view input) {
   if ((step = reader.literal(" ", bad_separator)) != Step::ok ||
       (step = reader.token(kV1AddressMax, is_address_char, bad_address, source_text)) != Step::ok ||
       (step = reader.literal(" ", bad_separator)) != Step::ok ||
-      (step = reader.token(kV1AddressMax, is_address_char, bad_address, destination_text)) !=
-          Step::ok ||
+      (step = reader.token(kV1AddressMax, is_address_char, bad_address, destination_text)) != Step::ok ||
       (step = reader.literal(" ", bad_separator)) != Step::ok ||
       (step = reader.token(kV1PortMax, is_digit, bad_port, source_port_text)) != Step::ok ||
       (step = reader.literal(" ", bad_separator)) != Step::ok ||
@@ -224,8 +229,7 @@ ProxyParseResult parse_v1(std::string_view input) {
 
   uint16_t source_port = 0;
   uint16_t destination_port = 0;
-  if (!parse_v1_port(source_port_text, source_port) ||
-      !parse_v1_port(destination_port_text, destination_port)) {
+  if (!parse_v1_port(source_port_text, source_port) || !parse_v1_port(destination_port_text, destination_port)) {
     return invalid(bad_port);
   }
   if (!parse_v1_address(source_text, v6, source_port, result.source) ||
@@ -256,7 +260,9 @@ constexpr size_t kV2Inet4Octets = 4 + 4 + 2 + 2;
 constexpr size_t kV2Inet6Octets = 16 + 16 + 2 + 2;
 constexpr size_t kV2TlvHeaderOctets = 3;  // type, length (16-bit big-endian)
 
-uint8_t byte_at(std::string_view data, size_t index) { return static_cast<uint8_t>(data[index]); }
+uint8_t byte_at(std::string_view data, size_t index) {
+  return static_cast<uint8_t>(data[index]);
+}
 
 uint16_t big_endian_16(std::string_view data, size_t index) {
   return static_cast<uint16_t>((byte_at(data, index) << 8) | byte_at(data, index + 1));
@@ -306,8 +312,7 @@ ProxyParseResult parse_v2(std::string_view input) {
       address_octets = kV2Inet4Octets;
     } else if (family == kV2FamilyInet6 && transport == kV2TransportStream) {
       address_octets = kV2Inet6Octets;
-    } else if (family != kV2FamilyUnspec ||
-               (transport != kV2TransportUnspec && transport != kV2TransportStream)) {
+    } else if (family != kV2FamilyUnspec || (transport != kV2TransportUnspec && transport != kV2TransportStream)) {
       return invalid("PROXY v2: unsupported address family or transport");
     }
   }

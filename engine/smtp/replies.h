@@ -11,7 +11,8 @@ inline constexpr std::string_view kSenderOk = "250 2.1.0 Ok\r\n";
 inline constexpr std::string_view kRecipientOk = "250 2.1.5 Ok\r\n";
 inline constexpr std::string_view kStartData = "354 End data with <CR><LF>.<CR><LF>\r\n";
 inline constexpr std::string_view kBye = "221 2.0.0 Bye\r\n";
-inline constexpr std::string_view kVrfy = "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery\r\n";
+inline constexpr std::string_view kVrfy =
+    "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery\r\n";
 inline constexpr std::string_view kHelp = "214 2.0.0 See https://www.rfc-editor.org/rfc/rfc5321\r\n";
 inline constexpr std::string_view kChunkOk = "250 2.0.0 Ok: chunk received\r\n";
 
@@ -33,7 +34,8 @@ inline constexpr std::string_view kNestedMail = "503 5.5.1 Error: nested MAIL co
 inline constexpr std::string_view kNeedMail = "503 5.5.1 Error: need MAIL command\r\n";
 inline constexpr std::string_view kNeedRcpt = "503 5.5.1 Error: need RCPT command\r\n";
 inline constexpr std::string_view kNoValidRecipients = "554 5.5.1 Error: no valid recipients\r\n";
-inline constexpr std::string_view kDataAfterBdat = "503 5.5.1 Error: DATA not allowed after BDAT in one transaction\r\n";
+inline constexpr std::string_view kDataAfterBdat =
+    "503 5.5.1 Error: DATA not allowed after BDAT in one transaction\r\n";
 inline constexpr std::string_view kNoArguments = "501 5.5.4 Syntax: command takes no arguments\r\n";
 inline constexpr std::string_view kHeloSyntax = "501 5.5.4 Syntax: EHLO/HELO hostname\r\n";
 inline constexpr std::string_view kNotImplemented = "502 5.5.1 Error: command not implemented\r\n";

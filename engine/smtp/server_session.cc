@@ -3,7 +3,6 @@
 // Never: acknowledges a message before commit_done(), takes a bare CR/LF as a line end, or
 // lets a HELO name grant anything.
 #include "engine/smtp/server_session.h"
-#include "engine/io/strings.h"
 
 #include <algorithm>
 #include <cassert>
@@ -13,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/io/strings.h"
 #include "engine/smtp/command.h"
 #include "engine/smtp/replies.h"
 
@@ -24,8 +24,7 @@ constexpr uint64_t kBodyReserveOctetsMax = 1 << 20;
 constexpr uint64_t kBodyReserveOctetsDefault = 4096;
 
 bool header_name_is(std::string_view line, std::string_view name) {
-  return line.size() > name.size() && line[name.size()] == ':' &&
-         equals_ignore_case(line.substr(0, name.size()), name);
+  return line.size() > name.size() && line[name.size()] == ':' && equals_ignore_case(line.substr(0, name.size()), name);
 }
 
 struct HeaderFacts {
@@ -63,15 +62,16 @@ void append_parse_error(const ParseError& error, std::string& out) {
 
 }  // namespace
 
-ServerSession::ServerSession(const ServerSettings* settings, SessionHost* host,
-                             const ClientInfo& client)
+ServerSession::ServerSession(const ServerSettings* settings, SessionHost* host, const ClientInfo& client)
     : _settings(settings), _host(host), _client(client) {}
 
 void ServerSession::greet(std::string& out) const {
   str_append(&out, "220 ", _settings->hostname, " ESMTP Sluice\r\n");
 }
 
-void ServerSession::on_timeout(std::string& out) const { out.append(reply::kTimeout); }
+void ServerSession::on_timeout(std::string& out) const {
+  out.append(reply::kTimeout);
+}
 
 SessionStep ServerSession::on_input(std::string_view input, std::string& out) {
   SessionStep total;
@@ -176,8 +176,8 @@ SessionAction ServerSession::reply_error(std::string_view text, std::string& out
 SessionAction ServerSession::handle_command(std::string_view text, std::string& out) {
   const CommandLine command = parse_command_line(text);
   const bool has_params = command.verb == Verb::mail || command.verb == Verb::rcpt;
-  const uint32_t limit = has_params ? _settings->limits.param_command_line_octets_max
-                                    : _settings->limits.command_line_octets_max;
+  const uint32_t limit =
+      has_params ? _settings->limits.param_command_line_octets_max : _settings->limits.command_line_octets_max;
   if (text.size() + 2 > limit) {
     return reject(RejectReason::line_too_long, reply::kLineTooLong, out);
   }
@@ -242,9 +242,8 @@ SessionAction ServerSession::handle_helo(std::string_view argument, bool extende
     str_append(&out, "250 ", _settings->hostname, "\r\n");
     return SessionAction::none;
   }
-  str_append(&out, "250-", _settings->hostname, "\r\n250-PIPELINING\r\n250-SIZE ",
-                  _settings->limits.message_octets_max,
-                  "\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n");
+  str_append(&out, "250-", _settings->hostname, "\r\n250-PIPELINING\r\n250-SIZE ", _settings->limits.message_octets_max,
+             "\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n");
   return SessionAction::none;
 }
 
@@ -407,9 +406,9 @@ SessionStep ServerSession::on_bdat_input(std::string_view input, std::string& ou
     if (_bdat_last) {
       reset_transaction();
     }
-    return {take, reply_error(failed_by_size ? reply::kMessageTooBig
-                                             : (_mail_given ? reply::kNeedRcpt : reply::kNeedMail),
-                              out)};
+    return {
+        take,
+        reply_error(failed_by_size ? reply::kMessageTooBig : (_mail_given ? reply::kNeedRcpt : reply::kNeedMail), out)};
   }
   if (!_bdat_last) {
     out.append(reply::kChunkOk);

@@ -21,7 +21,7 @@ struct ServerLimits {
   uint64_t message_octets_max = 52'428'800;
   uint32_t recipients_max = 1000;
   uint32_t errors_max = 20;
-  uint32_t command_line_octets_max = 512;        // RFC 5321 4.5.3.1.4, including CRLF
+  uint32_t command_line_octets_max = 512;         // RFC 5321 4.5.3.1.4, including CRLF
   uint32_t param_command_line_octets_max = 2048;  // MAIL/RCPT with ESMTP parameters
   uint32_t received_headers_max = 100;            // more: a mail loop (554 5.4.6)
 };
@@ -141,7 +141,7 @@ class ServerSession {
   bool _rcpt_attempted = false;  // DATA without any RCPT is 503; with all RCPTs refused, 554
   bool _used_bdat = false;
   bool _bdat_last = false;
-  bool _bdat_discard = false;     // chunk of a failed transaction: read and dropped
+  bool _bdat_discard = false;  // chunk of a failed transaction: read and dropped
   bool _too_big = false;
   bool _smtputf8 = false;
   bool _body_8bit_declared = false;

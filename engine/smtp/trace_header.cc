@@ -1,11 +1,11 @@
 // Builds our Received: trace header (and Message-ID:/Date: when missing). Client-supplied text
 // (the EHLO name) is reduced to printable ASCII so it can never break the header's syntax.
 #include "engine/smtp/trace_header.h"
-#include "engine/io/strings.h"
 
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io/strings.h"
 
 namespace sluice::smtp {
 namespace {
@@ -38,8 +38,7 @@ std::string_view protocol_name(const AcceptedMessage& message, const TraceContex
     return context.tls ? (context.authenticated ? "UTF8SMTPSA" : "UTF8SMTPS")
                        : (context.authenticated ? "UTF8SMTPA" : "UTF8SMTP");
   }
-  return context.tls ? (context.authenticated ? "ESMTPSA" : "ESMTPS")
-                     : (context.authenticated ? "ESMTPA" : "ESMTP");
+  return context.tls ? (context.authenticated ? "ESMTPSA" : "ESMTPS") : (context.authenticated ? "ESMTPA" : "ESMTP");
 }
 
 }  // namespace
@@ -56,9 +55,8 @@ std::string rfc5322_date(int64_t unix_s) {
 void append_trace_headers(const AcceptedMessage& message, const TraceContext& context, std::string& out) {
   const std::string date = rfc5322_date(context.now_unix_s);
   str_append(&out, "Received: from ", printable(message.helo), " (",
-                  context.client != nullptr ? address_literal(*context.client) : "unknown",
-                  ")\r\n\tby ", context.hostname, " (Sluice) with ", protocol_name(message, context),
-                  " id ", context.queue_id);
+             context.client != nullptr ? address_literal(*context.client) : "unknown", ")\r\n\tby ", context.hostname,
+             " (Sluice) with ", protocol_name(message, context), " id ", context.queue_id);
   if (message.recipients.size() == 1) {
     str_append(&out, "\r\n\tfor <", message.recipients.front(), ">");
   }

@@ -31,8 +31,7 @@ void check_mail(std::string_view input, std::string_view argument, bool utf8_all
     return;
   }
   const MailFrom& mail = std::get<MailFrom>(parsed);
-  require(inside(mail.reverse_path, input) && inside(mail.ret, input) &&
-          inside(mail.envid, input));
+  require(inside(mail.reverse_path, input) && inside(mail.ret, input) && inside(mail.envid, input));
   require(!mail.smtputf8 || utf8_allowed);
   require(mail.reverse_path.empty() || valid_mailbox(mail.reverse_path, mail.smtputf8));
   require(mail.reverse_path.size() + 2 <= kPathOctetsMax);
@@ -45,8 +44,7 @@ void check_rcpt(std::string_view input, std::string_view argument, bool utf8) {
     return;
   }
   const RcptTo& rcpt = std::get<RcptTo>(parsed);
-  require(inside(rcpt.forward_path, input) && inside(rcpt.notify, input) &&
-          inside(rcpt.orcpt, input));
+  require(inside(rcpt.forward_path, input) && inside(rcpt.notify, input) && inside(rcpt.orcpt, input));
   require(!rcpt.forward_path.empty());
   if (domain_of(rcpt.forward_path).empty()) {
     require(rcpt.forward_path.size() == 10);  // "postmaster", in any case

@@ -33,8 +33,8 @@ constexpr std::array<std::string_view, 12> kTargets = {"[server]\nlisten = [\"",
                                                        "[[route]]\ndomain = \"*\"\nnext_hop = \"",
                                                        "[admin]\nlisten = \"",
                                                        "[server]\n"};
-constexpr std::array<std::string_view, 12> kEndings = {
-    "\"]\n", "\n", "\"\n", "\n", "\"]\n", "\"]\n", "\"]\n", "\"]\n", "\"\n", "\"\n", "\"\n", "\n"};
+constexpr std::array<std::string_view, 12> kEndings = {"\"]\n", "\n",    "\"\n", "\n",   "\"]\n", "\"]\n",
+                                                       "\"]\n", "\"]\n", "\"\n", "\"\n", "\"\n",  "\n"};
 
 void check_text(std::string_view text) {
   const size_t lines = static_cast<size_t>(std::count(text.begin(), text.end(), '\n')) + 1;
@@ -55,8 +55,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check_text(raw);
   if (size > 0) {
     const size_t target = data[0] % kTargets.size();
-    check_text(std::string(kTargets[target]) + std::string(raw.substr(1)) +
-               std::string(kEndings[target]));
+    check_text(std::string(kTargets[target]) + std::string(raw.substr(1)) + std::string(kEndings[target]));
   }
   return 0;
 }

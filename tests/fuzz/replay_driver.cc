@@ -10,7 +10,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
 
 int main(int argc, char** argv) {
   const long iterations = argc > 1 ? std::strtol(argv[1], nullptr, 10) : 10000;
-  static constexpr char kAlphabet[] = "\r\n.\r\n \t:<>@=\x80\xff\x00" "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+  static constexpr char kAlphabet[] =
+      "\r\n.\r\n \t:<>@=\x80\xff\x00"
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
   std::mt19937_64 rng(0x5107CE);
   std::string input;
   for (long i = 0; i < iterations; ++i) {

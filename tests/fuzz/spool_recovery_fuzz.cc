@@ -39,8 +39,8 @@ void verify(std::span<const uint8_t> bytes, const FileScan& scan, uint64_t file_
     uint8_t zeroed[kRecordHeaderBytes];
     std::memcpy(zeroed, bytes.data() + record.offset, kRecordHeaderBytes);
     std::memset(zeroed + kRecordCrcOffset, 0, 4);
-    const uint32_t crc = crc32c_extend_table(crc32c_extend_table(0, payload, record.payload_length), zeroed,
-                                             kRecordHeaderBytes);
+    const uint32_t crc =
+        crc32c_extend_table(crc32c_extend_table(0, payload, record.payload_length), zeroed, kRecordHeaderBytes);
     check(crc == header.crc);
     if (type == RecordType::message) {
       decode_message_meta({payload, record.payload_length}).status().IgnoreError();
@@ -58,8 +58,8 @@ std::string valid_message_record(uint64_t sequence) {
   envelope.sender = "a@b";
   envelope.recipients = {"c@d"};
   const std::string body = "Subject: fuzz\r\n\r\n.\r\n";
-  std::string record = encode_message_head("0000000000000000", 1, body.size(), envelope,
-                                           static_cast<uint32_t>(body.size()));
+  std::string record =
+      encode_message_head("0000000000000000", 1, body.size(), envelope, static_cast<uint32_t>(body.size()));
   record += body;
   RecordHeader header;
   header.type = RecordType::message;

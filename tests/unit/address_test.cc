@@ -76,8 +76,7 @@ TEST(ParseHostPort, ErrorsSayWhatIsWrong) {
   for (const Case& c : cases) {
     auto address = parse_host_port(c.text);
     ASSERT_FALSE(address.ok()) << c.text;
-    EXPECT_NE(std::string(address.status().message()).find(c.expected_in_message),
-              std::string::npos)
+    EXPECT_NE(std::string(address.status().message()).find(c.expected_in_message), std::string::npos)
         << c.text << " -> " << address.status().message();
   }
 }
@@ -113,8 +112,7 @@ TEST(SocketAddress, FromSockaddrAndEquality) {
   sin.sin_family = AF_INET;
   sin.sin_port = htons(4242);
   sin.sin_addr.s_addr = htonl(0x7f000001);
-  const SocketAddress a =
-      SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
+  const SocketAddress a = SocketAddress::from_sockaddr(reinterpret_cast<sockaddr*>(&sin), sizeof(sin));
   EXPECT_EQ(a.to_string(), "127.0.0.1:4242");
   EXPECT_EQ(a, ip("127.0.0.1", 4242));
   EXPECT_FALSE(a == ip("127.0.0.1", 4243));
@@ -151,9 +149,8 @@ TEST(Network, ParseAndToString) {
 }
 
 TEST(Network, ParseErrors) {
-  for (std::string_view bad :
-       {"", "/8", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.0/08", "10.0.0.0/-1",
-        "10.0.0.0/8/8", "host.example/8", "10.0.0.0 /8", "10.0.0.0/ 8"}) {
+  for (std::string_view bad : {"", "/8", "10.0.0.0/", "10.0.0.0/33", "::/129", "10.0.0.0/08", "10.0.0.0/-1",
+                               "10.0.0.0/8/8", "host.example/8", "10.0.0.0 /8", "10.0.0.0/ 8"}) {
     EXPECT_FALSE(Network::parse(bad).ok()) << bad;
   }
   auto host_bits = Network::parse("10.1.2.3/8");

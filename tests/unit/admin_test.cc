@@ -52,7 +52,8 @@ spool::MessageInfo message(std::string id, uint64_t arrival_ms, std::vector<std:
 }
 
 TEST(QueueReportTest, ListHasOneLinePerMessageAndATotal) {
-  const std::string text = format_queue_list({message("0MWY62MQU0100000", 1'764'000'000'000, {"a@x.test", "b@y.test"})});
+  const std::string text =
+      format_queue_list({message("0MWY62MQU0100000", 1'764'000'000'000, {"a@x.test", "b@y.test"})});
   EXPECT_NE(text.find("0MWY62MQU0100000"), std::string::npos);
   EXPECT_NE(text.find("<sender@example.test> -> a@x.test, b@y.test"), std::string::npos);
   EXPECT_NE(text.find("-- 2 Kbytes in 1 Requests."), std::string::npos);

@@ -120,7 +120,8 @@ TEST(ConfigDefaults, MatchTheDesign) {
   EXPECT_EQ(config.spool.commit_batch_bytes, 1048576u);
   EXPECT_EQ(config.spool.min_free_bytes, 1073741824u);
   EXPECT_EQ(config.spool.segment_bytes, 75497472u);
-  EXPECT_GE(config.spool.segment_bytes, segment_bytes_needed(config.server.max_message_size, config.server.max_recipients));
+  EXPECT_GE(config.spool.segment_bytes,
+            segment_bytes_needed(config.server.max_message_size, config.server.max_recipients));
   EXPECT_EQ(config.proxy_protocol.timeout, seconds(5));
   EXPECT_EQ(config.delivery.port, 25);
   EXPECT_EQ(config.delivery.retry_initial, minutes(5));
@@ -229,8 +230,7 @@ listen = "[::1]:9026"
 )");
   const ServerConfig& server = config.server;
   EXPECT_EQ(server.hostname, "mx1.example.test");
-  EXPECT_EQ(addresses(server.listen),
-            (std::vector<std::string>{"127.0.0.1:2525", "[::1]:2526", "0.0.0.0:0"}));
+  EXPECT_EQ(addresses(server.listen), (std::vector<std::string>{"127.0.0.1:2525", "[::1]:2526", "0.0.0.0:0"}));
   EXPECT_EQ(server.threads, 7u);
   EXPECT_EQ(server.max_message_size, 1000000u);
   EXPECT_EQ(server.max_recipients, 50u);
@@ -284,8 +284,7 @@ TEST(ConfigKeys, InlineTablesAndDottedKeysWork) {
 TEST(ConfigErrors, UnknownKeysAndTables) {
   expect_one_error("[server]\nthreads = 1\nmax_recipient = 5\n", 3,
                    "unknown key 'max_recipient' in [server] (did you mean 'max_recipients'?)");
-  expect_one_error("\n[servre]\nthreads = 1\n", 2,
-                   "unknown table [servre] (did you mean 'server'?)");
+  expect_one_error("\n[servre]\nthreads = 1\n", 2, "unknown table [servre] (did you mean 'server'?)");
   expect_one_error("[server]\n\n[server.tls]\ncert = \"x\"\n", 3, "unknown table [server.tls]");
   expect_one_error("colour = 1\n", 1, "unknown key 'colour'");
   expect_one_error("[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1:25\"\nweight = 1\n", 4,
@@ -298,22 +297,17 @@ TEST(ConfigErrors, UnknownKeysAndTables) {
 }
 
 TEST(ConfigErrors, WrongTypes) {
-  expect_one_error("[server]\nthreads = \"2\"\n", 2,
-                   "server.threads: expected an integer, got a string");
+  expect_one_error("[server]\nthreads = \"2\"\n", 2, "server.threads: expected an integer, got a string");
   expect_one_error("[server]\nthreads = 2.0\n", 2, "got a floating-point number");
-  expect_one_error("[server]\nhostname = 5\n", 2,
-                   "server.hostname: expected a string, got an integer");
-  expect_one_error("[server]\nlisten = \"127.0.0.1:25\"\n", 2,
-                   "server.listen: expected an array, got a string");
+  expect_one_error("[server]\nhostname = 5\n", 2, "server.hostname: expected a string, got an integer");
+  expect_one_error("[server]\nlisten = \"127.0.0.1:25\"\n", 2, "server.listen: expected an array, got a string");
   expect_one_error("[server]\nlisten = [\n\"127.0.0.1:25\",\n25]\n", 4,
                    "server.listen[1]: expected a string, got an integer");
   expect_one_error("[delivery]\nretry_max = 3600\n", 2,
                    "delivery.retry_max: expected a string: an integer with s, m, h or d");
   expect_one_error("server = 5\n", 1, "server: expected a table ([server]), got an integer");
-  expect_one_error("[route]\ndomain = \"*\"\n", 1,
-                   "route: expected an array of tables ([[route]]), got a table");
-  expect_one_error("[relay]\nnetworks = [true]\n", 2,
-                   "relay.networks[0]: expected a string, got a boolean");
+  expect_one_error("[route]\ndomain = \"*\"\n", 1, "route: expected an array of tables ([[route]]), got a table");
+  expect_one_error("[relay]\nnetworks = [true]\n", 2, "relay.networks[0]: expected a string, got a boolean");
   expect_one_error("[spool]\ndir = 1979-05-27\n", 2, "got a date");
 }
 
@@ -327,18 +321,15 @@ TEST(ConfigErrors, OutOfRange) {
   expect_one_error("[spool]\nmin_free_bytes = -5\n", 2, "out of range");
   expect_one_error("[spool]\ncommit_interval_us = 1000001\n", 2, "out of range");
   expect_one_error("[server]\nmax_message_size = 0\n", 2, "out of range");
-  expect_one_error("[server]\nmax_message_size = 4294967296\n[spool]\nsegment_bytes = 8589934592\n",
-                   2, "out of range");
+  expect_one_error("[server]\nmax_message_size = 4294967296\n[spool]\nsegment_bytes = 8589934592\n", 2, "out of range");
   // The largest values are accepted.
   EXPECT_EQ(load_ok("[delivery]\nport = 65535\n").delivery.port, 65535);
   EXPECT_EQ(load_ok("[server]\nthreads = 1024\n").server.threads, 1024u);
-  EXPECT_EQ(load_ok("[spool]\nmin_free_bytes = 9223372036854775807\n").spool.min_free_bytes,
-            9223372036854775807u);
+  EXPECT_EQ(load_ok("[spool]\nmin_free_bytes = 9223372036854775807\n").spool.min_free_bytes, 9223372036854775807u);
 }
 
 TEST(ConfigErrors, BadValues) {
-  expect_one_error("[server]\nlisten = [\"127.0.0.1\"]\n", 2,
-                   "server.listen[0]: '127.0.0.1': missing port");
+  expect_one_error("[server]\nlisten = [\"127.0.0.1\"]\n", 2, "server.listen[0]: '127.0.0.1': missing port");
   expect_one_error("[server]\nlisten = [\"::1:25\"]\n", 2, "must be in brackets");
   expect_one_error("[server]\nlisten = [\"localhost:25\"]\n", 2, "not a numeric IP address");
   expect_one_error("[server]\nlisten = []\n", 2, "needs at least one address");
@@ -349,8 +340,7 @@ TEST(ConfigErrors, BadValues) {
                    "must be at least server.max_command_line");
   expect_one_error("[spool]\ndir = \"\"\n", 2, "spool.dir: must be a non-empty path");
   expect_one_error("[spool]\ndir = \"a\\u0000b\"\n", 2, "without NUL");
-  expect_one_error("[admin]\nlisten = \"127.0.0.1\"\n", 2,
-                   "admin.listen: '127.0.0.1': missing port");
+  expect_one_error("[admin]\nlisten = \"127.0.0.1\"\n", 2, "admin.listen: '127.0.0.1': missing port");
   expect_one_error("[dns]\nservers = [\"127.0.0.1:\"]\n", 2, "dns.servers[0]");
   expect_one_error("[dns]\nservers = [\"resolver.example\"]\n", 2, "not a numeric IP address");
   expect_one_error("[delivery]\nretry_initial = \"2h\"\nretry_max = \"1h\"\n", 3,
@@ -401,8 +391,7 @@ next_hop = "1.2.3.4"
 }
 
 TEST(ConfigErrors, RouteProblems) {
-  expect_one_error("[[route]]\nnext_hop = \"127.0.0.1:25\"\n", 1,
-                   "[[route]]: missing key 'domain'");
+  expect_one_error("[[route]]\nnext_hop = \"127.0.0.1:25\"\n", 1, "[[route]]: missing key 'domain'");
   expect_one_error("[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1\"\n", 3,
                    "route.next_hop: '127.0.0.1': missing port");
   expect_one_error("[[route]]\ndomain = \"*.example.test\"\nnext_hop = \"127.0.0.1:25\"\n", 2,
@@ -423,14 +412,12 @@ TEST(ConfigErrors, SegmentMustHoldTheLargestMessage) {
                    "spool.segment_bytes (75497472) must be at least 4/3 of server.max_message_size plus the "
                    "envelope and headers (140139670)");
   // ...and on segment_bytes's line when the file sets it.
-  expect_one_error("[spool]\nsegment_bytes = 2097152\n[server]\nmax_message_size = 2097152\n", 2,
-                   "must be at least");
+  expect_one_error("[spool]\nsegment_bytes = 2097152\n[server]\nmax_message_size = 2097152\n", 2, "must be at least");
   expect_one_error("[spool]\nsegment_bytes = 1048575\n", 2, "out of range");
-  const Config exact =
-      load_ok("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 140139670\n");
+  const Config exact = load_ok("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 140139670\n");
   EXPECT_EQ(exact.spool.segment_bytes, 140139670u);
-  expect_one_error("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 140139669\n",
-                   4, "must be at least");
+  expect_one_error("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 140139669\n", 4,
+                   "must be at least");
 }
 
 TEST(ConfigDurations, UnitsAndStrictness) {
@@ -438,15 +425,14 @@ TEST(ConfigDurations, UnitsAndStrictness) {
     std::string_view text;
     milliseconds value;
   };
-  for (const Good& good : {Good{"1s", seconds(1)}, Good{"30s", seconds(30)}, Good{"5m", minutes(5)},
-                           Good{"1h", hours(1)}, Good{"5d", hours(120)},
-                           Good{"3650d", hours(24 * 3650)}, Good{"0090s", seconds(90)}}) {
-    const Config config =
-        load_ok("[server]\ncommand_timeout = \"" + std::string(good.text) + "\"\n");
+  for (const Good& good :
+       {Good{"1s", seconds(1)}, Good{"30s", seconds(30)}, Good{"5m", minutes(5)}, Good{"1h", hours(1)},
+        Good{"5d", hours(120)}, Good{"3650d", hours(24 * 3650)}, Good{"0090s", seconds(90)}}) {
+    const Config config = load_ok("[server]\ncommand_timeout = \"" + std::string(good.text) + "\"\n");
     EXPECT_EQ(config.server.command_timeout, good.value) << good.text;
   }
-  for (std::string_view bad : {"5", "", "m", "5 m", " 5m", "5m ", "-5m", "+5m", "5M", "5ms", "1.5h",
-                               "5mm", "1h30m", "5w", "0x10s", "5\u00b5s"}) {
+  for (std::string_view bad : {"5", "", "m", "5 m", " 5m", "5m ", "-5m", "+5m", "5M", "5ms", "1.5h", "5mm", "1h30m",
+                               "5w", "0x10s", "5\u00b5s"}) {
     expect_one_error("[server]\n\ncommand_timeout = \"" + std::string(bad) + "\"\n", 3,
                      "is not a duration: an integer with s, m, h or d");
   }
@@ -474,18 +460,14 @@ TEST(ConfigNetworks, RelayAndTrustedNetworks) {
   // An empty list relays for nobody.
   EXPECT_TRUE(load_ok("[relay]\nnetworks = []\n").relay.networks.empty());
   expect_one_error("[relay]\nnetworks = [\"10.0.0.0/33\"]\n", 2, "prefix length must be");
-  expect_one_error("[proxy_protocol]\ntrusted = [\"lb.example\"]\n", 2,
-                   "proxy_protocol.trusted[0]");
+  expect_one_error("[proxy_protocol]\ntrusted = [\"lb.example\"]\n", 2, "proxy_protocol.trusted[0]");
 }
 
 TEST(ConfigDomains, BothFormsAndValidation) {
-  const Config config =
-      load_ok("[relay]\ndomains = [\"example.test\", \".Example.ORG\", \"localdomain\"]\n");
-  EXPECT_EQ(config.relay.domains,
-            (std::vector<std::string>{"example.test", ".example.org", "localdomain"}));
-  for (std::string_view bad :
-       {"", ".", "..example.test", "example..test", "-a.test", "a-.test", "a_b.test",
-        "*.example.test", "example.test.", "exa mple.test", "@example.test"}) {
+  const Config config = load_ok("[relay]\ndomains = [\"example.test\", \".Example.ORG\", \"localdomain\"]\n");
+  EXPECT_EQ(config.relay.domains, (std::vector<std::string>{"example.test", ".example.org", "localdomain"}));
+  for (std::string_view bad : {"", ".", "..example.test", "example..test", "-a.test", "a-.test", "a_b.test",
+                               "*.example.test", "example.test.", "exa mple.test", "@example.test"}) {
     expect_one_error("[relay]\ndomains = [\"" + std::string(bad) + "\"]\n", 2, "is not a domain");
   }
   const std::string label63(63, 'a');
@@ -503,8 +485,7 @@ TEST_F(ConfigFileTest, LoadReportsEveryErrorWithFileAndLine) {
   auto config = load_config_file(path);
   ASSERT_FALSE(config.ok());
   EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(std::string(config.status().message()),
-            errors[0].to_string() + "\n" + errors[1].to_string());
+  EXPECT_EQ(std::string(config.status().message()), errors[0].to_string() + "\n" + errors[1].to_string());
 }
 
 TEST_F(ConfigFileTest, MissingFile) {
@@ -533,8 +514,7 @@ TEST(ConfigOverrides, EachOption) {
   overrides.threads = "3";
   overrides.admin = "[::1]:9100";
   ASSERT_TRUE(apply_cli_overrides(config, overrides).ok());
-  EXPECT_EQ(addresses(config.server.listen),
-            (std::vector<std::string>{"127.0.0.1:2600", "[::1]:2601"}));
+  EXPECT_EQ(addresses(config.server.listen), (std::vector<std::string>{"127.0.0.1:2600", "[::1]:2601"}));
   EXPECT_EQ(config.spool.dir, "/tmp/other-spool");
   EXPECT_EQ(config.server.threads, 3u);
   EXPECT_EQ(config.admin.listen.to_string(), "[::1]:9100");
@@ -610,8 +590,7 @@ TEST(ConfigToString, RoundTrips) {
   config.proxy_protocol.trusted = *io::NetworkList::parse({"10.0.0.0/8", "2001:db8::/32"});
   config.dns.servers = {*io::parse_host_port("127.0.0.1:8053")};
   config.delivery.retry_initial = seconds(90);
-  config.routes = {{"*", *io::parse_host_port("127.0.0.2:2526")},
-                   {"example.test", *io::parse_host_port("[::1]:26")}};
+  config.routes = {{"*", *io::parse_host_port("127.0.0.2:2526")}, {"example.test", *io::parse_host_port("[::1]:26")}};
   const std::string text = config_to_string(config);
   auto loaded = load_config_text(text, "round-trip.toml");
   ASSERT_TRUE(loaded.ok()) << loaded.status() << "\n" << text;

@@ -29,7 +29,9 @@ struct Variant {
   ScanFn fn;
 };
 
-void PrintTo(const Variant& v, std::ostream* os) { *os << v.name; }
+void PrintTo(const Variant& v, std::ostream* os) {
+  *os << v.name;
+}
 
 // Every scanner this CPU can run; the dispatched one too.
 std::vector<Variant> variants() {
@@ -65,7 +67,9 @@ Outcome scan_pieces(ScanFn fn, std::string_view input, const std::vector<size_t>
   return out;
 }
 
-Outcome scan_whole(ScanFn fn, std::string_view input) { return scan_pieces(fn, input, {}); }
+Outcome scan_whole(ScanFn fn, std::string_view input) {
+  return scan_pieces(fn, input, {});
+}
 
 // An independent reference: walks the input line by line with find_first_of.
 struct Reference {
@@ -166,9 +170,9 @@ int check_agreement(std::string_view input, const std::vector<size_t>& cuts) {
     for (size_t v = 1; v < all.size(); ++v) {
       const ScanResult got = all[v].fn(states[v], input.data() + from, to - from);
       if (!(got == expected) || !(states[v] == states[0])) {
-        ADD_FAILURE() << all[v].name << " differs from scalar on piece " << i << " [" << from << ", " << to
-                      << ") of " << input.size() << " octets; consumed " << got.consumed << " vs "
-                      << expected.consumed << "; " << describe(states[v]) << " vs " << describe(states[0]);
+        ADD_FAILURE() << all[v].name << " differs from scalar on piece " << i << " [" << from << ", " << to << ") of "
+                      << input.size() << " octets; consumed " << got.consumed << " vs " << expected.consumed << "; "
+                      << describe(states[v]) << " vs " << describe(states[0]);
         ++mismatches;
       }
     }
@@ -271,8 +275,8 @@ TEST_P(ScannerRules, StateIsFinalAfterTheEnd) {
 
 TEST_P(ScannerRules, SmugglingSequencesAreBareNewlines) {
   // Each of these has been taken as the end of data by some MTA (CVE-2023-51764/5/6).
-  const std::vector<std::string> tails = {"\n.\n",   "\n.\r\n", "\r.\r",   "\r\n.\n", "\r\n.\r",
-                                          "\r.\r\n", ".\n",     "\r\n.\rX", "\r\r\n", "\n\r\n.\r\n"};
+  const std::vector<std::string> tails = {"\n.\n",   "\n.\r\n", "\r.\r",    "\r\n.\n", "\r\n.\r",
+                                          "\r.\r\n", ".\n",     "\r\n.\rX", "\r\r\n",  "\n\r\n.\r\n"};
   for (const std::string& tail : tails) {
     const std::string input = "Subject: x\r\n\r\nbody" + tail + "MAIL FROM:<evil@x>\r\n\r\n.\r\n";
     const Outcome o = scan_whole(GetParam().fn, input);

@@ -42,7 +42,7 @@ TEST(MessageIdTest, ByteOrderFollowsTimeAndCounter) {
       previous = id;
     }
   }
-  EXPECT_LT(IdGenerator(0, 0).next(35), IdGenerator(0, 0).next(36));  // across a digit carry
+  EXPECT_LT(IdGenerator(0, 0).next(35), IdGenerator(0, 0).next(36));        // across a digit carry
   EXPECT_LT(IdGenerator(1295, 0).next(999), IdGenerator(0, 0).next(1000));  // ms outranks shard
 }
 

@@ -20,8 +20,7 @@ std::string be16(size_t value) {
 }
 
 std::string v2(uint8_t version_command, uint8_t family, const std::string& payload) {
-  return kSignature + static_cast<char>(version_command) + static_cast<char>(family) +
-         be16(payload.size()) + payload;
+  return kSignature + static_cast<char>(version_command) + static_cast<char>(family) + be16(payload.size()) + payload;
 }
 
 std::string ipv4_bytes(const char* text) {
@@ -41,13 +40,11 @@ std::string tlv(uint8_t type, const std::string& value) {
 }
 
 std::string v2_inet4(const std::string& tlvs = "") {
-  return v2(0x21, 0x11,
-            ipv4_bytes("192.0.2.1") + ipv4_bytes("198.51.100.2") + be16(56324) + be16(25) + tlvs);
+  return v2(0x21, 0x11, ipv4_bytes("192.0.2.1") + ipv4_bytes("198.51.100.2") + be16(56324) + be16(25) + tlvs);
 }
 
 std::string v2_inet6(const std::string& tlvs = "") {
-  return v2(0x21, 0x21,
-            ipv6_bytes("2001:db8::1") + ipv6_bytes("2001:db8::2") + be16(65535) + be16(0) + tlvs);
+  return v2(0x21, 0x21, ipv6_bytes("2001:db8::1") + ipv6_bytes("2001:db8::2") + be16(65535) + be16(0) + tlvs);
 }
 
 struct ValidCase {
@@ -59,37 +56,32 @@ struct ValidCase {
 };
 
 std::vector<ValidCase> valid_cases() {
-  const std::string kSomeTlvs = tlv(0x01, "h2") + tlv(0x02, "relay.example.test") +
-                                tlv(0x04, std::string(5, '\0')) + tlv(0xe0, "");
+  const std::string kSomeTlvs =
+      tlv(0x01, "h2") + tlv(0x02, "relay.example.test") + tlv(0x04, std::string(5, '\0')) + tlv(0xe0, "");
   return {
-      {"v1 tcp4", "PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n", false, "192.0.2.1:56324",
-       "198.51.100.2:25"},
+      {"v1 tcp4", "PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n", false, "192.0.2.1:56324", "198.51.100.2:25"},
       {"v1 tcp4 port limits", "PROXY TCP4 0.0.0.0 255.255.255.255 0 65535\r\n", false, "0.0.0.0:0",
        "255.255.255.255:65535"},
       {"v1 tcp6", "PROXY TCP6 2001:db8::1 ::1 1 25\r\n", false, "[2001:db8::1]:1", "[::1]:25"},
       {"v1 tcp6 longest",
        "PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
        "65535 65535\r\n",
-       false, "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535",
-       "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"},
-      {"v1 tcp6 mapped", "PROXY TCP6 ::ffff:10.0.0.1 ::1 1000 25\r\n", false,
-       "[::ffff:10.0.0.1]:1000", "[::1]:25"},
+       false, "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535", "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"},
+      {"v1 tcp6 mapped", "PROXY TCP6 ::ffff:10.0.0.1 ::1 1000 25\r\n", false, "[::ffff:10.0.0.1]:1000", "[::1]:25"},
       {"v1 unknown bare", "PROXY UNKNOWN\r\n", true, "unspecified", "unspecified"},
-      {"v1 unknown with addresses", "PROXY UNKNOWN ffff:f::1 ffff:f::2 65535 65535\r\n", true,
-       "unspecified", "unspecified"},
-      {"v1 unknown longest", "PROXY UNKNOWN " + std::string(kProxyV1OctetsMax - 16, 'x') + "\r\n",
-       true, "unspecified", "unspecified"},
+      {"v1 unknown with addresses", "PROXY UNKNOWN ffff:f::1 ffff:f::2 65535 65535\r\n", true, "unspecified",
+       "unspecified"},
+      {"v1 unknown longest", "PROXY UNKNOWN " + std::string(kProxyV1OctetsMax - 16, 'x') + "\r\n", true, "unspecified",
+       "unspecified"},
       {"v2 inet4", v2_inet4(), false, "192.0.2.1:56324", "198.51.100.2:25"},
       {"v2 inet4 tlvs", v2_inet4(kSomeTlvs), false, "192.0.2.1:56324", "198.51.100.2:25"},
       {"v2 inet6", v2_inet6(), false, "[2001:db8::1]:65535", "[2001:db8::2]:0"},
       {"v2 inet6 tlvs", v2_inet6(kSomeTlvs), false, "[2001:db8::1]:65535", "[2001:db8::2]:0"},
-      {"v2 inet4 longest", v2_inet4(tlv(0x04, std::string(1024 - 12 - 3, 'p'))), false,
-       "192.0.2.1:56324", "198.51.100.2:25"},
+      {"v2 inet4 longest", v2_inet4(tlv(0x04, std::string(1024 - 12 - 3, 'p'))), false, "192.0.2.1:56324",
+       "198.51.100.2:25"},
       {"v2 local empty", v2(0x20, 0x00, ""), true, "unspecified", "unspecified"},
-      {"v2 local with block", v2(0x20, 0x11, std::string(12, '\x7f') + "junk"), true, "unspecified",
-       "unspecified"},
-      {"v2 local unix family", v2(0x20, 0x31, std::string(216, 'u')), true, "unspecified",
-       "unspecified"},
+      {"v2 local with block", v2(0x20, 0x11, std::string(12, '\x7f') + "junk"), true, "unspecified", "unspecified"},
+      {"v2 local unix family", v2(0x20, 0x31, std::string(216, 'u')), true, "unspecified", "unspecified"},
       {"v2 unspec", v2(0x21, 0x00, "ignored block"), true, "unspecified", "unspecified"},
       {"v2 unspec stream", v2(0x21, 0x01, ""), true, "unspecified", "unspecified"},
   };
@@ -123,10 +115,8 @@ TEST(ProxyProtocol, EveryByteSplitNeedsMoreThenDone) {
   for (const ValidCase& c : valid_cases()) {
     const std::string received = c.header + std::string(kSmtp);
     for (size_t length = 0; length < c.header.size(); ++length) {
-      const ProxyParseResult partial =
-          parse_proxy_header(std::string_view(received).substr(0, length));
-      ASSERT_EQ(partial.status, ProxyParseStatus::need_more)
-          << c.name << " at " << length << ": " << partial.error;
+      const ProxyParseResult partial = parse_proxy_header(std::string_view(received).substr(0, length));
+      ASSERT_EQ(partial.status, ProxyParseStatus::need_more) << c.name << " at " << length << ": " << partial.error;
     }
     for (size_t length = c.header.size(); length <= received.size(); ++length) {
       expect_done(c, parse_proxy_header(std::string_view(received).substr(0, length)));
@@ -245,8 +235,7 @@ TEST(ProxyProtocol, InvalidIsFinalAndPrefixesNeverDone) {
   for (const InvalidCase& c : invalid_cases()) {
     bool seen_invalid = false;
     for (size_t length = 0; length <= c.input.size(); ++length) {
-      const ProxyParseResult result =
-          parse_proxy_header(std::string_view(c.input).substr(0, length));
+      const ProxyParseResult result = parse_proxy_header(std::string_view(c.input).substr(0, length));
       ASSERT_NE(result.status, ProxyParseStatus::done) << c.name << " at " << length;
       if (seen_invalid) {
         ASSERT_EQ(result.status, ProxyParseStatus::invalid) << c.name << " at " << length;
@@ -264,8 +253,7 @@ TEST(ProxyProtocol, GarbageIsRejectedEarly) {
   EXPECT_EQ(parse_proxy_header("PROXY X").status, ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("PROXY TCP4 1.2.3.4x").status, ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("PROXY TCP4 1.2.3.4 5.6.7.8 1a").status, ProxyParseStatus::invalid);
-  EXPECT_EQ(parse_proxy_header("PROXY TCP4 1.2.3.4 5.6.7.8 123456").status,
-            ProxyParseStatus::invalid);
+  EXPECT_EQ(parse_proxy_header("PROXY TCP4 1.2.3.4 5.6.7.8 123456").status, ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("\r\n\r\n\0\r\nQUIX"s).status, ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header(kSignature + "\x11").status, ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header(kSignature + "\x21\x31").status, ProxyParseStatus::invalid);
@@ -281,14 +269,12 @@ TEST(ProxyProtocol, PartialInputsNeedMore) {
   // 107 octets without the CRLF can no longer become a valid v1 header.
   EXPECT_EQ(parse_proxy_header("PROXY UNKNOWN " + std::string(kProxyV1OctetsMax - 14, 'x')).status,
             ProxyParseStatus::invalid);
-  EXPECT_EQ(
-      parse_proxy_header("PROXY UNKNOWN " + std::string(kProxyV1OctetsMax - 15, 'x') + "\r").status,
-      ProxyParseStatus::invalid);
+  EXPECT_EQ(parse_proxy_header("PROXY UNKNOWN " + std::string(kProxyV1OctetsMax - 15, 'x') + "\r").status,
+            ProxyParseStatus::invalid);
   EXPECT_EQ(parse_proxy_header("\r").status, ProxyParseStatus::need_more);
   EXPECT_EQ(parse_proxy_header(kSignature).status, ProxyParseStatus::need_more);
   // A v2 header declaring 1024 octets waits for all of them.
-  const std::string header =
-      v2(0x21, 0x11, std::string(12, '\0') + tlv(0x04, std::string(1009, 'z')));
+  const std::string header = v2(0x21, 0x11, std::string(12, '\0') + tlv(0x04, std::string(1009, 'z')));
   ASSERT_EQ(header.size(), kProxyV2OctetsMax);
   EXPECT_EQ(parse_proxy_header(header.substr(0, 1039)).status, ProxyParseStatus::need_more);
   EXPECT_EQ(parse_proxy_header(header).status, ProxyParseStatus::done);

@@ -40,9 +40,8 @@ TEST(RingTest, DoorbellWakesASleepingThreadAndCarriesSpscWork) {
       const bool work_waiting = !queue.empty();
       unsigned doorbells = 0;
       if (!work_waiting) {
-        doorbells = owned->submit_wait_and_reap(kLongWaitUs, [&](const io_uring_cqe& cqe) {
-          EXPECT_EQ(cqe.user_data, kDoorbell);
-        });
+        doorbells = owned->submit_wait_and_reap(kLongWaitUs,
+                                                [&](const io_uring_cqe& cqe) { EXPECT_EQ(cqe.user_data, kDoorbell); });
         if (doorbells == 0) {
           ++empty_wakeups;
         }

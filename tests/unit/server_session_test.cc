@@ -12,7 +12,10 @@ namespace {
 class FakeHost : public SessionHost {
  public:
   bool spool_space_low() const override { return low; }
-  void on_reject(RejectReason reason, const ClientInfo&) override { last_reject = reason; ++rejects; }
+  void on_reject(RejectReason reason, const ClientInfo&) override {
+    last_reject = reason;
+    ++rejects;
+  }
   bool low = false;
   RejectReason last_reject = RejectReason::relay_denied;
   int rejects = 0;
@@ -70,7 +73,9 @@ class ServerSessionTest : public ::testing::Test {
   bool closed = false;
 };
 
-TEST_F(ServerSessionTest, GreetsWithHostname) { EXPECT_EQ(out, "220 relay.example.test ESMTP Sluice\r\n"); }
+TEST_F(ServerSessionTest, GreetsWithHostname) {
+  EXPECT_EQ(out, "220 relay.example.test ESMTP Sluice\r\n");
+}
 
 TEST_F(ServerSessionTest, EhloAdvertisesExtensions) {
   const std::string reply = feed("EHLO client.example\r\n");
@@ -192,13 +197,15 @@ TEST_F(ServerSessionTest, CommandLineLimits) {
   EXPECT_EQ(feed("NOOP " + std::string(506, 'x') + "\r\n").substr(0, 10), "500 5.5.2 ");
   feed("MAIL FROM:<a@b.example>\r\n");
   // RCPT with ESMTP parameters may be up to 2048 octets (RFC 5321 4.5.3.1.4).
-  EXPECT_EQ(feed("RCPT TO:<x@y.example> ORCPT=rfc822;" + std::string(450, 'x') + "@y.example\r\n").substr(0, 4), "250 ");
+  EXPECT_EQ(feed("RCPT TO:<x@y.example> ORCPT=rfc822;" + std::string(450, 'x') + "@y.example\r\n").substr(0, 4),
+            "250 ");
   EXPECT_EQ(feed("RSET " + std::string(3000, 'x') + "\r\n").substr(0, 10), "500 5.5.2 ");
   EXPECT_FALSE(closed);
 }
 
 TEST_F(ServerSessionTest, BareNewlinesCloseTheConnection) {
-  for (const std::string smuggle : {"a\n.\nMAIL FROM:<x@y>\r\n", "a\n.\r\n", "a\r.\r", "a\r\n.\n", "a\rb\r\n", "a\nb\r\n"}) {
+  for (const std::string smuggle :
+       {"a\n.\nMAIL FROM:<x@y>\r\n", "a\n.\r\n", "a\r.\r", "a\r\n.\n", "a\rb\r\n", "a\nb\r\n"}) {
     SetUp();
     feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
     const std::string reply = feed(smuggle + "\r\n.\r\n");
@@ -223,7 +230,9 @@ TEST_F(ServerSessionTest, RelayRules) {
 }
 
 TEST_F(ServerSessionTest, RecipientLimit) {
-  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\nRCPT TO:<3@y.example>\r\n");
+  feed(
+      "EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<1@y.example>\r\nRCPT TO:<2@y.example>\r\nRCPT "
+      "TO:<3@y.example>\r\n");
   EXPECT_EQ(feed("RCPT TO:<4@y.example>\r\n"), "452 4.5.3 Error: too many recipients\r\n");
 }
 

@@ -345,8 +345,8 @@ TEST_F(SpoolCommitTest, JournalWriteErrorFailsItsTicketsAndTheJournalContinues) 
 
 TEST_F(SpoolCommitTest, RecordsLargerThanASegmentAreRefusedAtOnce) {
   open_spool();
-  auto ticket = _spool->append_message(_ids.next(1700000000000), 1, Envelope{}, 1,
-                                       std::string(_options.segment_bytes, 'x'));
+  auto ticket =
+      _spool->append_message(_ids.next(1700000000000), 1, Envelope{}, 1, std::string(_options.segment_bytes, 'x'));
   EXPECT_EQ(ticket.status().code(), absl::StatusCode::kResourceExhausted);
   auto bad_id = _spool->append_message("not-an-id", 1, Envelope{}, 1, "x");
   EXPECT_EQ(bad_id.status().code(), absl::StatusCode::kInvalidArgument);

@@ -206,8 +206,8 @@ TEST_F(TornTailTest, CutAtEveryOffsetOfTheLastTwoRecords) {
     // offset and through the files at every fourth (each recovery fsyncs; keep the test quick)...
     std::string zeroed = _pristine;
     std::fill(zeroed.begin() + static_cast<ptrdiff_t>(offset), zeroed.end(), '\0');
-    const FileScan scan = scan_records({reinterpret_cast<const uint8_t*>(zeroed.data()), zeroed.size()}, _segment,
-                                       RecordType::message);
+    const FileScan scan =
+        scan_records({reinterpret_cast<const uint8_t*>(zeroed.data()), zeroed.size()}, _segment, RecordType::message);
     ASSERT_EQ(scan.records.size(), complete_before(offset)) << "zeroed at " << offset;
     if (offset % 4 == 0) {
       ASSERT_EQ(recover_bytes(zeroed), first_ids(complete_before(offset))) << "zeroed at " << offset;
@@ -222,8 +222,8 @@ TEST_F(TornTailTest, GarbleEveryByteOfTheLastRecord) {
     for (uint8_t mask : {0x01, 0x80, 0xFF}) {
       std::string garbled = _pristine;
       garbled[offset] = static_cast<char>(garbled[offset] ^ mask);
-      const FileScan scan = scan_records({reinterpret_cast<const uint8_t*>(garbled.data()), garbled.size()},
-                                         _segment, RecordType::message);
+      const FileScan scan = scan_records({reinterpret_cast<const uint8_t*>(garbled.data()), garbled.size()}, _segment,
+                                         RecordType::message);
       ASSERT_EQ(scan.records.size(), 3u) << "offset " << offset << " mask " << int(mask);
       EXPECT_TRUE(scan.torn);
     }
@@ -249,8 +249,8 @@ TEST_F(TornTailTest, StaleValidLookingRecordsPastTheTailAreIgnored) {
     envelope.sender = "stale@example.test";
     envelope.recipients = {"x@example.test"};
     const std::string body = "stale body\r\n";
-    std::string record = encode_message_head(_ids.next(1800000000000), 1, body.size(), envelope,
-                                             static_cast<uint32_t>(body.size()));
+    std::string record =
+        encode_message_head(_ids.next(1800000000000), 1, body.size(), envelope, static_cast<uint32_t>(body.size()));
     record += body;
     RecordHeader header;
     header.type = RecordType::message;

@@ -180,18 +180,15 @@ TEST(TimerWheelTest, Reschedule) {
 // not one tick early, and on the tick itself. Approached both by one jump and by a final step.
 TEST(TimerWheelTest, CascadeAcrossLevelBoundaries) {
   const uint64_t span = TimerWheel::kWheelSpanTicks;
-  const uint64_t offsets[] = {1,     2,      63,     64,     65,       127,      128,
-                              4095,  4096,   4097,   8191,   262143,   262144,   262145,
-                              span - 1, span, span + 1, 3 * span + 12345};
+  const uint64_t offsets[] = {1,    2,    63,     64,     65,     127,      128,  4095,     4096,
+                              4097, 8191, 262143, 262144, 262145, span - 1, span, span + 1, 3 * span + 12345};
   for (const uint64_t start_tick : {uint64_t{0}, uint64_t{12345}, uint64_t{4095}, span - 3}) {
     for (const uint64_t offset : offsets) {
       TimerWheel wheel(start_tick * kTick);
       TimerNode node;
       wheel.schedule(node, (start_tick + offset) * kTick);
-      EXPECT_TRUE(advance_to(wheel, (start_tick + offset - 1) * kTick).empty())
-          << start_tick << "+" << offset;
-      EXPECT_EQ(advance_to(wheel, (start_tick + offset) * kTick).size(), 1u)
-          << start_tick << "+" << offset;
+      EXPECT_TRUE(advance_to(wheel, (start_tick + offset - 1) * kTick).empty()) << start_tick << "+" << offset;
+      EXPECT_EQ(advance_to(wheel, (start_tick + offset) * kTick).size(), 1u) << start_tick << "+" << offset;
     }
   }
 }
@@ -218,8 +215,7 @@ TEST(TimerWheelTest, TickByTickThroughTwoLevelTwoSpans) {
 TEST(TimerWheelTest, FarDeadlinesForRetries) {
   TimerWheel wheel(1'000'000);
   const uint64_t start = 1'000'000;
-  const uint64_t deadlines[] = {5 * kMinuteMs, kHourMs, 2 * kDayMs, 5 * kDayMs, 30 * kDayMs,
-                                365 * kDayMs};
+  const uint64_t deadlines[] = {5 * kMinuteMs, kHourMs, 2 * kDayMs, 5 * kDayMs, 30 * kDayMs, 365 * kDayMs};
   std::vector<TimerNode> nodes(std::size(deadlines));
   for (size_t i = 0; i < nodes.size(); ++i) {
     nodes[i].cookie = i;
