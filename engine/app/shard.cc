@@ -595,16 +595,28 @@ struct Shard::Impl : public smtp::SessionHost {
     Connection& c = slot(index);
     c.closing = true;
     c.out_next.clear();
-    if (!c.shutdown_sent && !c.close_sent) {
-      c.shutdown_sent = true;
-      shutdown(c.fd, SHUT_RDWR);
-      if (c.recv_armed) {
-        io_uring_sqe* sqe = ring->sqe();
-        io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
-        io_uring_sqe_set_data64(sqe, 0);
-      }
+    if (!c.close_sent) {
+      shutdown_socket(index);
     }
     advance_close(index);
+  }
+
+  // A plain shutdown(2), not IORING_OP_SHUTDOWN: that op always runs in an io-wq worker, which
+  // looks the fd number up late; by then we may have closed it and another shard may have
+  // accepted a new connection on the same number, which the late shutdown would kill.
+  void shutdown_socket(uint32_t index) {
+    Connection& c = slot(index);
+    if (c.shutdown_sent) {
+      return;
+    }
+    c.shutdown_sent = true;
+    shutdown(c.fd, SHUT_RDWR);
+    if (c.recv_armed) {
+      // Normally the shutdown ends the multishot recv; cancel it too so its final CQE comes.
+      io_uring_sqe* sqe = ring->sqe();
+      io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
+      io_uring_sqe_set_data64(sqe, 0);
+    }
   }
 
   // Close order: replies sent -> shutdown (sends FIN, ends the multishot recv) -> recv's final
@@ -614,19 +626,7 @@ struct Shard::Impl : public smtp::SessionHost {
     if (c.send_in_flight || !c.out_next.empty() || c.close_sent) {
       return;
     }
-    if (!c.shutdown_sent) {
-      // A plain shutdown(2), not IORING_OP_SHUTDOWN: that op always runs in an io-wq worker,
-      // which looks the fd number up late; by then we may have closed it and another shard may
-      // have accepted a new connection on the same number, which the late shutdown would kill.
-      c.shutdown_sent = true;
-      shutdown(c.fd, SHUT_RDWR);
-      if (c.recv_armed) {
-        // Normally the shutdown ends the multishot recv; cancel it too so its final CQE comes.
-        io_uring_sqe* sqe = ring->sqe();
-        io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
-        io_uring_sqe_set_data64(sqe, 0);
-      }
-    }
+    shutdown_socket(index);
     if (c.recv_armed) {
       return;
     }
