@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "engine/io/strings.h"
 #include "spool/file_util.h"
 #include "spool/format.h"
 #include "spool/spool.h"
@@ -50,6 +52,8 @@ SegmentPreallocator::SegmentPreallocator(std::string shard_dir, uint32_t shard, 
   assert(segment_bytes >= kMinSegmentBytes);
   refresh_free_bytes();
   _thread = std::thread([this] { run(); });
+  // Named so that `top -H` tells the preallocators from the shards.
+  pthread_setname_np(_thread.native_handle(), str_cat("sluice-prealloc", _shard).substr(0, 15).c_str());
 }
 
 SegmentPreallocator::~SegmentPreallocator() {

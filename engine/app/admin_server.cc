@@ -135,6 +135,7 @@ absl::StatusOr<io::SocketAddress> AdminServer::start(const io::SocketAddress& li
   _listen_fd = *fd;
   auto bound = io::local_address(_listen_fd);
   _thread = std::thread([this] { serve(); });
+  pthread_setname_np(_thread.native_handle(), "sluice-admin");
   return bound;
 }
 

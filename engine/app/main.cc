@@ -339,6 +339,7 @@ int serve(const Arguments& arguments) {
       finished.fetch_add(1);
     });
     pin_to_core(threads.back(), shard);
+    pthread_setname_np(threads.back().native_handle(), str_cat("sluice-shard", shard).substr(0, 15).c_str());
   }
   while (failed.load() == 0) {
     bool all_ready = true;

@@ -573,6 +573,15 @@ class SharedServerTestCase(SluiceTestCase):
             raise AssertionError("sanitizer report in the shared server's log:\n%s" % reports)
 
 
+def built_with_sanitizers():
+    """True for the ASan+UBSan build: its allocator and shadow memory make RSS figures meaningless."""
+    try:
+        out = subprocess.run(["ldd", SLUICE], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "libasan" in out or "libubsan" in out
+
+
 def default_sluice_path():
     here = os.path.dirname(os.path.abspath(__file__))
     return os.path.join(os.path.dirname(os.path.dirname(here)), "build", "sluice")

@@ -60,6 +60,8 @@ class HostileClients(SluiceTestCase):
         time.sleep(1)
         grown_mib = (h.rss_kib(server.proc.pid) - before) / 1024
         print("\n    RSS grew %.1f MiB for 4 clients flooding commands without reading" % grown_mib)
+        if h.built_with_sanitizers():
+            return  # ASan's quarantine and shadow memory swamp the figure; the flood still ran
         # Without bounds this was ~70 MiB per client (input parked whole, replies to all of it);
         # with backpressure it is a few MiB (a slice of replies, the parked input, allocator slack).
         self.assertLess(grown_mib, 32)
