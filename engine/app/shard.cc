@@ -43,7 +43,8 @@ enum Tag : uint8_t {
 };
 
 constexpr uint16_t kBufferGroup = 1;
-constexpr uint64_t kLoopWaitUsMax = 10'000;            // the timer wheel's tick: the longest sleep
+constexpr uint64_t kLoopWaitUsMax = 10'000;            // the timer wheel's tick: sleep while polling
+constexpr uint64_t kIdleWaitUsMax = 100'000;           // nothing to do: the drain flag is seen within this
 constexpr size_t kPendingInputOctetsMax = 4 << 20;     // hard cap on parked input: beyond it, close
 constexpr size_t kPendingInputHighOctets = 256 << 10;  // parked input that pauses the recv...
 constexpr size_t kPendingInputLowOctets = 64 << 10;    // ...until it is drained below this
@@ -905,9 +906,17 @@ struct Shard::Impl : public smtp::SessionHost {
     dirty.clear();
   }
 
+  // How long the ring may sleep: until the next timer or paced commit, at most kIdleWaitUsMax
+  // when nothing is pending (an idle relay should not wake 100 times a second), and at most
+  // kLoopWaitUsMax while something is polled rather than woken (drain, space, accept retry).
   uint64_t wait_us() const {
-    uint64_t wait = kLoopWaitUsMax;
+    const bool polling = draining || !waiting_for_space.empty() || !accepts_to_rearm.empty();
+    uint64_t wait = polling ? kLoopWaitUsMax : kIdleWaitUsMax;
     const uint64_t now = now_us();
+    if (const std::optional<uint64_t> timer_ms = timers->next_deadline_ms()) {
+      const uint64_t timer_us = *timer_ms * 1000;
+      wait = std::min(wait, timer_us > now ? timer_us - now : 0);
+    }
     const uint64_t spool_deadline = shard->_spool->next_deadline_us();
     if (spool_deadline != UINT64_MAX) {
       wait = std::min(wait, spool_deadline > now ? spool_deadline - now : 0);
