@@ -229,7 +229,21 @@ def prom_values(text, names):
 # servers: each has start() -> port, cpu() -> (user, sys) ticks, accepted() -> count, stop()
 
 
-class Sink:
+class SingleProcessServer:
+    """A server that is one process (smtp-sink, sluice): its CPU is that process's, threads included."""
+    proc = None
+
+    def pids(self):
+        return [self.proc.pid]
+
+    def cpu(self):
+        return proc_cpu(self.proc.pid)
+
+    def stop(self):
+        terminate(self.proc, self.name)
+
+
+class Sink(SingleProcessServer):
     name = "smtp-sink"
 
     def __init__(self, workdir):
@@ -246,12 +260,6 @@ class Sink:
         wait_port(port, time.monotonic() + START_TIMEOUT_S)
         return port
 
-    def pids(self):
-        return [self.proc.pid]
-
-    def cpu(self):
-        return proc_cpu(self.proc.pid)
-
     def threads(self):
         return {}
 
@@ -261,11 +269,8 @@ class Sink:
     def extra(self):
         return {}
 
-    def stop(self):
-        terminate(self.proc, self.name)
 
-
-class Sluice:
+class Sluice(SingleProcessServer):
     name = "sluice"
 
     def __init__(self, workdir, binary, threads, commit_interval_us=None):
@@ -327,12 +332,6 @@ class Sluice:
         self.metrics_before = prom_values(fetch(self.admin + "/metrics"), self.METRICS)
         return port
 
-    def pids(self):
-        return [self.proc.pid]
-
-    def cpu(self):
-        return proc_cpu(self.proc.pid)
-
     def threads(self):
         return thread_cpu(self.proc.pid)
 
@@ -355,7 +354,7 @@ class Sluice:
         }
 
     def stop(self):
-        terminate(self.proc, self.name)
+        super().stop()
         if self.proc is not None and self.proc.returncode not in (0, None):
             log(f"sluice exited {self.proc.returncode} after SIGTERM")
 

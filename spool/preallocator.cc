@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "engine/io/clock.h"
 #include "engine/io/strings.h"
 #include "spool/file_util.h"
 #include "spool/format.h"
@@ -27,17 +28,8 @@ namespace {
 
 constexpr size_t kZeroChunkBytes = 1 << 20;
 
-uint64_t monotonic_ms() {
-  timespec ts;
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
-}
-
-uint64_t wall_ms() {
-  timespec ts;
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
-}
+using io::monotonic_ms;
+using io::wall_ms;
 
 }  // namespace
 

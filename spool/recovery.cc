@@ -20,6 +20,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/io/clock.h"
 #include "spool/crc32c.h"
 #include "spool/file_util.h"
 #include "spool/message_id.h"
@@ -110,15 +111,7 @@ std::optional<uint64_t> parse_segment_name(const char* name) {
   return id;
 }
 
-bool ends_with(std::string_view text, std::string_view suffix) {
-  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
-
-uint64_t wall_ms() {
-  timespec ts;
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
-}
+using io::wall_ms;
 
 // Writes the compacted journal: a file header, then one record per state to keep.
 absl::Status write_journal(const std::string& shard_dir, uint32_t shard, uint32_t generation,
@@ -225,7 +218,7 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     }
     while (const dirent* entry = ::readdir(listing)) {
       const std::string name = entry->d_name;
-      if (ends_with(name, ".tmp")) {
+      if (name.ends_with(".tmp")) {
         ::unlink(absl::StrCat(out.shard_dir, "/", name).c_str());  // half-created: never handed out
         ++out.segments_deleted;
       } else if (auto id = parse_segment_name(name.c_str()); id.has_value()) {

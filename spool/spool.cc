@@ -14,6 +14,7 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io/clock.h"
 #include "engine/io/strings.h"
 #include "spool/crc32c.h"
 #include "spool/file_util.h"
@@ -21,12 +22,6 @@
 
 namespace sluice::spool {
 namespace {
-
-uint64_t monotonic_ns() {
-  timespec ts;
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
 
 bool valid_queue_id(std::string_view id) {
   return id.size() == kQueueIdBytes && id_ms(id).has_value();
@@ -325,7 +320,7 @@ void ShardSpool::collect_io(uint64_t now_us, std::vector<IoRequest>& out) {
     out.push_back(request);
     _sync_in_flight = true;
     _sync_op_id = op_id;
-    _sync_started_ns = monotonic_ns();
+    _sync_started_us = io::monotonic_us();
     _last_sync_issue_us = now_us;
     _synced_once = true;
   }
@@ -492,7 +487,7 @@ void ShardSpool::finish_sync_if_done() {
 void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) {
   assert(_batch_state == BatchState::syncing && _sync_in_flight);
   _sync_in_flight = false;
-  const uint64_t latency_us = (monotonic_ns() - _sync_started_ns) / 1000;
+  const uint64_t latency_us = io::monotonic_us() - _sync_started_us;
   size_t bucket = 0;
   while (bucket < kFsyncLatencyBoundsUs.size() && latency_us > kFsyncLatencyBoundsUs[bucket]) {
     ++bucket;

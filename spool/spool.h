@@ -305,7 +305,7 @@ class ShardSpool {
   size_t _sync_index = 0;
   bool _sync_in_flight = false;
   uint64_t _sync_op_id = 0;
-  uint64_t _sync_started_ns = 0;
+  uint64_t _sync_started_us = 0;
   uint64_t _last_sync_issue_us = 0;
   bool _synced_once = false;
 

@@ -23,6 +23,7 @@
 #include "engine/app/http.h"
 #include "engine/app/log.h"
 #include "engine/app/queue_report.h"
+#include "engine/io/clock.h"
 #include "engine/io/ring.h"
 #include "engine/io/socket.h"
 #include "engine/io/strings.h"
@@ -253,10 +254,7 @@ void AdminServer::handle_connection(int fd) {
         parse_decimal(std::string_view(it->second), limit);
       }
       if (path == "/api/queue/summary") {
-        const uint64_t now_ms = static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-                .count());
-        send_all(fd, format_http_response(HttpResponse{200, "text/plain", format_queue_summary(all, now_ms)}));
+        send_all(fd, format_http_response(HttpResponse{200, "text/plain", format_queue_summary(all, io::wall_ms())}));
         return;
       }
       std::vector<spool::MessageInfo> selected;

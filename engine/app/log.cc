@@ -6,19 +6,18 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/io/clock.h"
 #include "engine/io/ring.h"
 #include "engine/io/strings.h"
 
 namespace sluice::app {
 
 std::string log_timestamp() {
-  const auto now = std::chrono::system_clock::now();
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  const uint64_t ms = io::wall_ms();
   const time_t seconds = static_cast<time_t>(ms / 1000);
   tm parts{};
   gmtime_r(&seconds, &parts);

@@ -25,6 +25,7 @@
 #include "engine/app/http.h"
 #include "engine/app/log.h"
 #include "engine/app/shard.h"
+#include "engine/io/clock.h"
 #include "engine/io/socket.h"
 #include "engine/io/strings.h"
 #include "spool/spool.h"
@@ -45,12 +46,6 @@ const char* kUsage =
     "  sluice check-config --config FILE\n"
     "  sluice queue [--admin ADDR:PORT] [--json] list|summary|show ID|flush [DOMAIN]|delete ID|hold ID|release ID\n"
     "  sluice version\n";
-
-uint64_t wall_ms() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
 
 struct Arguments {
   std::string command;
@@ -244,7 +239,7 @@ int serve(const Arguments& arguments) {
   }
   // Shards own their spool directories: never run fewer shards than there are on disk.
   const uint32_t shards = std::max(effective_threads(config), shard_dirs_on_disk(config.spool.dir));
-  auto floor = spool::load_and_bump_floor(config.spool.dir, wall_ms());
+  auto floor = spool::load_and_bump_floor(config.spool.dir, io::wall_ms());
   if (!floor.ok()) {
     std::cerr << "sluice: " << floor.status().message() << "\n";
     return kExitRuntime;

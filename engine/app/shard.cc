@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include <cassert>
-#include <chrono>
 #include <cstdio>
 #include <deque>
 #include <optional>
@@ -19,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/app/log.h"
 #include "engine/io/buffer_ring.h"
+#include "engine/io/clock.h"
 #include "engine/io/ring.h"
 #include "engine/io/socket.h"
 #include "engine/io/strings.h"
@@ -49,28 +49,14 @@ constexpr size_t kPendingInputOctetsMax = 4 << 20;     // hard cap on parked inp
 constexpr size_t kPendingInputHighOctets = 256 << 10;  // parked input that pauses the recv...
 constexpr size_t kPendingInputLowOctets = 64 << 10;    // ...until it is drained below this
 constexpr size_t kOutputOctetsMax = 256 << 10;         // replies queued for a client that does not read
-constexpr size_t kIdleBufferCapacity = 1024;
-constexpr size_t kInputSliceOctets = 16 << 10;  // parked input handed to a session at once
-constexpr uint64_t kCloseLingerMs = 10'000;     // a closing client that reads nothing is cut off
-constexpr uint64_t kDrainForceGraceMs =
-    1'000;  // after the drain deadline, before cutting off       // above this, buffers are released when empty
-constexpr uint32_t kSlotsPerChunk = 256;
-constexpr uint64_t kAcceptRetryMs = 50;
-constexpr uint64_t kSpoolWaitMs = 2'000;
-constexpr uint64_t kTraceOctetsMax =
-    1024;  // our Received:, Message-ID:, Date: (bounded: the HELO name is cut at 255)  // how long a message may wait
-           // for a spool segment            // after EMFILE/ENFILE ended a multishot accept
-
-uint64_t now_us() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
-          .count());
-}
-uint64_t wall_ms() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-          .count());
-}
+constexpr size_t kIdleBufferCapacity = 1024;           // above this, buffers are released when empty
+constexpr size_t kInputSliceOctets = 16 << 10;         // parked input handed to a session at once
+constexpr uint64_t kCloseLingerMs = 10'000;            // a closing client that reads nothing is cut off
+constexpr uint64_t kDrainForceGraceMs = 1'000;         // after the drain deadline, before cutting off
+constexpr uint32_t kSlotsPerChunk = 256;               // session slots are allocated this many at a time
+constexpr uint64_t kAcceptRetryMs = 50;                // after EMFILE/ENFILE ended a multishot accept
+constexpr uint64_t kSpoolWaitMs = 2'000;               // how long a message may wait for a spool segment
+constexpr uint64_t kTraceOctetsMax = 1024;             // our Received:, Message-ID:, Date: (HELO cut at 255)
 
 void release_if_large(std::string& buffer) {
   if (buffer.empty() && buffer.capacity() > kIdleBufferCapacity) {
@@ -186,7 +172,7 @@ struct Shard::Impl : public smtp::SessionHost {
       return false;
     }
     buffers.reset(*buffer_ring);
-    loop_now_ms = now_us() / 1000;
+    loop_now_ms = io::monotonic_us() / 1000;
     timers = std::make_unique<io::TimerWheel>(loop_now_ms);
     log.line(str_cat("event=shard_start shard=", shard->_index, " ring=\"", ring->description(), "\""));
     for (size_t i = 0; i < listeners.size(); ++i) {
@@ -300,7 +286,7 @@ struct Shard::Impl : public smtp::SessionHost {
     Connection& c = slot(index);
     const bool relay_allowed = context->settings.relay_networks.contains(c.peer);
     if (!relay_allowed) {
-      const ClientAdmission admission = context->client_limits->admit(c.peer.ip_string(), wall_ms());
+      const ClientAdmission admission = context->client_limits->admit(c.peer.ip_string(), io::wall_ms());
       if (admission != ClientAdmission::admitted) {
         const bool rate = admission == ClientAdmission::rate_exceeded;
         shard->_metrics.reject(rate ? Rejection::rate_limited : Rejection::too_many_from_client);
@@ -675,12 +661,29 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- spool ------------------------------------------------------------------------------
   void commit_message(uint32_t index) {
     Connection& c = slot(index);
-    if (!waiting_for_space.empty() ||
-        !shard->_spool->has_room_for(c.session->message_octets() + kTraceOctetsMax, c.session->envelope_octets())) {
+    if (!waiting_for_space.empty() || !spool_has_room_for(c)) {
       waiting_for_space.push_back(WaitingForSpace{index, c.generation, loop_now_ms + kSpoolWaitMs});
       return;
     }
     store_message(index);
+  }
+
+  bool spool_has_room_for(const Connection& c) const {
+    return shard->_spool->has_room_for(c.session->message_octets() + kTraceOctetsMax, c.session->envelope_octets());
+  }
+
+  // Gives a session the spool's answer for its message (250 queued, or 451) and lets it go on
+  // with whatever the client pipelined meanwhile. Every commit outcome goes through here.
+  void answer_commit(uint32_t index, bool stored, std::string_view queue_id) {
+    Connection& c = slot(index);
+    c.session->commit_done(stored, queue_id, c.out_next);
+    mark_dirty(index);
+    if (draining && !c.session->transaction_open()) {
+      c.out_next.append(smtp::reply::kShuttingDown);
+      begin_close(index);
+    }
+    resume_pending(index);
+    finish_if_read_closed(index);
   }
 
   void retry_waiting_for_space() {
@@ -691,7 +694,7 @@ struct Shard::Impl : public smtp::SessionHost {
         waiting_for_space.pop_front();  // the client left; its message was never acknowledged
         continue;
       }
-      if (shard->_spool->has_room_for(c.session->message_octets() + kTraceOctetsMax, c.session->envelope_octets())) {
+      if (spool_has_room_for(c)) {
         waiting_for_space.pop_front();
         store_message(waiting.index);
         continue;
@@ -704,10 +707,7 @@ struct Shard::Impl : public smtp::SessionHost {
       shard->_metrics.reject(Rejection::spool_error);
       log.line(
           str_cat("event=transaction status=451 client=", c.peer.ip_string(), " error=\"no spool segment ready\""));
-      c.session->commit_done(false, "", c.out_next);
-      mark_dirty(waiting.index);
-      resume_pending(waiting.index);
-      finish_if_read_closed(waiting.index);
+      answer_commit(waiting.index, false, "");
     }
   }
 
@@ -715,7 +715,7 @@ struct Shard::Impl : public smtp::SessionHost {
     Connection& c = slot(index);
     smtp::AcceptedMessage message = c.session->take_message();
     shard->_metrics.add(shard->_metrics.transactions_total);
-    const uint64_t arrival_ms = wall_ms();
+    const uint64_t arrival_ms = io::wall_ms();
     std::string queue_id = ids->next(arrival_ms);
     const uint64_t rfc_size = message.rfc_size;
     const uint32_t recipient_count = static_cast<uint32_t>(message.recipients.size());
@@ -736,17 +736,16 @@ struct Shard::Impl : public smtp::SessionHost {
     if (!ticket.ok()) {
       shard->_metrics.reject(Rejection::spool_error);
       log.line(str_cat("event=spool_error client=", c.peer.ip_string(), " error=\"", ticket.status().message(), "\""));
-      c.session->commit_done(false, "", c.out_next);
-      mark_dirty(index);
-      resume_pending(index);
+      answer_commit(index, false, "");
       return;
     }
-    tickets[*ticket] = PendingCommit{io::UserData{0, index, c.generation}, rfc_size, recipient_count, now_us()};
+    tickets[*ticket] =
+        PendingCommit{io::UserData{0, index, c.generation}, rfc_size, recipient_count, io::monotonic_us()};
   }
 
   void submit_spool_io() {
     io_requests.clear();
-    shard->_spool->collect_io(now_us(), io_requests);
+    shard->_spool->collect_io(io::monotonic_us(), io_requests);
     for (const spool::IoRequest& request : io_requests) {
       io_uring_sqe* sqe = ring->sqe();
       switch (request.kind) {
@@ -779,7 +778,7 @@ struct Shard::Impl : public smtp::SessionHost {
       Connection& c = slot(owner.index);
       const bool client_present = c.generation == owner.generation && c.in_use && c.session;
       const std::string client = client_present ? c.peer.ip_string() : std::string("gone");
-      const uint64_t duration_us = now_us() - pending.started_us;
+      const uint64_t duration_us = io::monotonic_us() - pending.started_us;
       if (!done.status.ok()) {
         shard->_metrics.reject(Rejection::spool_error);
         log.line(str_cat("event=transaction status=451 id=", done.queue_id, " client=", client,
@@ -795,14 +794,7 @@ struct Shard::Impl : public smtp::SessionHost {
       if (!client_present) {
         continue;  // the client left before the answer; the message is stored (if ok) all the same
       }
-      c.session->commit_done(done.status.ok(), done.queue_id, c.out_next);
-      mark_dirty(owner.index);
-      if (draining && !c.session->transaction_open()) {
-        c.out_next.append(smtp::reply::kShuttingDown);
-        begin_close(owner.index);
-      }
-      resume_pending(owner.index);
-      finish_if_read_closed(owner.index);
+      answer_commit(owner.index, done.status.ok(), done.queue_id);
     }
   }
 
@@ -912,7 +904,7 @@ struct Shard::Impl : public smtp::SessionHost {
   uint64_t wait_us() const {
     const bool polling = draining || !waiting_for_space.empty() || !accepts_to_rearm.empty();
     uint64_t wait = polling ? kLoopWaitUsMax : kIdleWaitUsMax;
-    const uint64_t now = now_us();
+    const uint64_t now = io::monotonic_us();
     if (const std::optional<uint64_t> timer_ms = timers->next_deadline_ms()) {
       const uint64_t timer_us = *timer_ms * 1000;
       wait = std::min(wait, timer_us > now ? timer_us - now : 0);
@@ -926,7 +918,7 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void loop() {
     while (true) {
-      loop_now_ms = now_us() / 1000;
+      loop_now_ms = io::monotonic_us() / 1000;
       expired.clear();
       timers->advance(loop_now_ms, [this](io::TimerNode& node) { expired.push_back(&node); });
       for (io::TimerNode* node : expired) {

@@ -109,7 +109,6 @@ class ServerSession {
   bool waiting_for_commit() const { return _phase == Phase::committing; }
   bool transaction_open() const { return _mail_given; }
   const ClientInfo& client() const { return _client; }
-  uint32_t errors() const { return _errors; }
 
  private:
   enum class Phase : uint8_t { command, data, bdat_chunk, committing, closed };
