@@ -10,7 +10,7 @@ BUILD_PACKAGES=(
 )
 TEST_PACKAGES=(
   swaks postfix python3 python3-aiosmtpd python3-dnslib haproxy dnsmasq-base
-  iproute2 procps curl time hyperfine
+  iproute2 procps curl time hyperfine fuse3 python3-pyfuse3
 )
 
 want=("${BUILD_PACKAGES[@]}")
