@@ -209,6 +209,11 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
   if (auto status = make_directories(out.shard_dir); !status.ok()) {
     return status;
   }
+  // Also when it existed already: a run that died between its mkdir and that fsync left a name
+  // that a power cut would still take, with every segment this run acknowledges in it.
+  if (auto status = fsync_directory(dir); !status.ok()) {
+    return status;
+  }
   std::map<uint64_t, std::string> segment_paths;
   bool have_journal = false;
   {
@@ -330,8 +335,23 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     }
     out.segments.push_back(RecoveredSegment{segment.id, segment.path, segment.end_offset, segment.live});
   }
+  // The compacted journal no longer removes what the deleted segments held: those unlinks must
+  // be durable before it replaces the old journal, or a cut could bring the messages back.
+  if (out.segments_deleted > 0) {
+    if (auto status = fsync_directory(out.shard_dir); !status.ok()) {
+      return status;
+    }
+  }
   if (auto status = write_journal(out.shard_dir, shard, out.generation, keep, out); !status.ok()) {
     return status;
+  }
+  // The id floor the running shard keeps is created here, so the directory fsync below makes its
+  // name durable with the journal's rename.
+  const std::string idfloor = out.shard_dir + "/idfloor";
+  if (const int fd = ::open(idfloor.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640); fd >= 0) {
+    ::close(fd);
+  } else {
+    return errno_status(errno, absl::StrCat("open ", idfloor));
   }
   if (auto status = fsync_directory(out.shard_dir); !status.ok()) {
     return status;

@@ -230,8 +230,7 @@ int serve(const Arguments& arguments) {
 
   prepare_log_output();
   const uint64_t fd_limit = io::raise_open_file_limit();
-  std::error_code ignored;
-  std::filesystem::create_directories(config.spool.dir, ignored);
+  // Creates a missing spool directory durably (its parent fsync'd), unlike create_directories.
   auto lock = spool::SpoolLock::acquire(config.spool.dir);
   if (!lock.ok()) {
     std::cerr << "sluice: " << lock.status().message() << "\n";
