@@ -9,7 +9,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cassert>
 #include <cstdio>
 #include <deque>
 #include <optional>
@@ -17,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "engine/app/log.h"
+#include "engine/io/assert.h"
 #include "engine/io/buffer_ring.h"
 #include "engine/io/clock.h"
 #include "engine/io/ring.h"
@@ -208,6 +208,7 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void free_slot(uint32_t index) {
     Connection& c = slot(index);
+    SLUICE_ASSERT(c.in_use && c.close_sent && !c.recv_armed && !c.send_in_flight, "slot freed before its last CQE");
     if (c.counted_as_client) {
       context->client_limits->release(c.peer.ip_string());
     }
@@ -305,6 +306,7 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- receive ----------------------------------------------------------------------------
   void arm_recv(uint32_t index) {
     Connection& c = slot(index);
+    SLUICE_ASSERT(c.in_use && !c.recv_armed && !c.close_sent, "one recv per connection, none after close");
     io_uring_sqe* sqe = ring->sqe();
     io_uring_prep_recv_multishot(sqe, c.fd, nullptr, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -535,6 +537,8 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void submit_send(uint32_t index) {
     Connection& c = slot(index);
+    SLUICE_ASSERT(c.in_use && !c.send_in_flight && !c.close_sent && c.out_offset < c.out.size(),
+                  "one send in flight, none after the close was issued");
     io_uring_sqe* sqe = ring->sqe();
     io_uring_prep_send(sqe, c.fd, c.out.data() + c.out_offset, c.out.size() - c.out_offset, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, user_data(kTagSend, index));
@@ -617,6 +621,7 @@ struct Shard::Impl : public smtp::SessionHost {
     if (c.recv_armed) {
       return;
     }
+    SLUICE_ASSERT(!c.send_in_flight && !c.recv_armed);
     c.close_sent = true;
     io_uring_sqe* sqe = ring->sqe();
     io_uring_prep_close(sqe, c.fd);
@@ -758,6 +763,12 @@ struct Shard::Impl : public smtp::SessionHost {
         case spool::IoRequest::Kind::unlink:
           io_uring_prep_unlinkat(sqe, AT_FDCWD, request.path, 0);
           break;
+        case spool::IoRequest::Kind::open:
+          io_uring_prep_openat(sqe, AT_FDCWD, request.path, request.open_flags, request.open_mode);
+          break;
+        case spool::IoRequest::Kind::fsync:
+          io_uring_prep_fsync(sqe, request.fd, 0);
+          break;
       }
       io_uring_sqe_set_data64(sqe, (uint64_t{kTagSpool} << 56) | request.op_id);
     }
@@ -866,10 +877,10 @@ struct Shard::Impl : public smtp::SessionHost {
       default:
         break;
     }
-    if (data.index >= slots_used || slot(data.index).generation != data.generation) {
-      assert(data.tag != kTagClose);  // a close CQE always finds its slot: freed only by it
-      return;
-    }
+    // A slot is freed only on its close CQE, and the close is issued only after the final CQE
+    // of its recv and its send: no CQE can arrive for a freed or reused slot.
+    SLUICE_ASSERT(data.index < slots_used && slot(data.index).in_use && slot(data.index).generation == data.generation,
+                  "CQE for a freed slot");
     switch (data.tag) {
       case kTagRecv:
         on_recv(cqe, data.index);
