@@ -27,6 +27,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "engine/io/strings.h"
+#include "spool/format.h"
 
 namespace sluice::app {
 namespace {
@@ -531,6 +532,20 @@ class Reader {
   // Run after every section is read: the bound involves [server] and [spool].
   void check_segment_size(const toml::table& root, const Config& config) {
     const uint64_t needed = segment_bytes_needed(config.server.max_message_size, config.server.max_recipients);
+    // One message is one spool record: beyond the record limit it could never be stored (451 forever).
+    if (needed - kSegmentOverheadBytes + kRecordOverheadBytes > spool::kMaxPayloadBytes) {
+      const toml::node* size = root.at_path("server.max_message_size").node();
+      if (size == nullptr) {
+        size = root.at_path("server.max_recipients").node();
+      }
+      error(size != nullptr ? line_of(*size) : 0,
+            absl::StrCat("server.max_message_size (", config.server.max_message_size,
+                         ") is more than a spool record can hold: stored dot-stuffed with its envelope a message "
+                         "may need ",
+                         needed - kSegmentOverheadBytes + kRecordOverheadBytes, " octets, the limit is ",
+                         spool::kMaxPayloadBytes));
+      return;
+    }
     if (config.spool.segment_bytes >= needed) {
       return;
     }

@@ -21,6 +21,7 @@ namespace sluice::app {
 inline constexpr uint32_t kThreadsMax = 1024;
 inline constexpr uint64_t kMessageSizeMax = 4294967295;       // 4 GiB - 1
 inline constexpr uint64_t kSegmentOverheadBytes = 65536;      // Received: + record headers + sender
+inline constexpr uint64_t kRecordOverheadBytes = 8192;        // of that, what one record needs beside the body
 inline constexpr uint64_t kEnvelopeOctetsPerRecipient = 264;  // a 256-octet path + framing
 inline constexpr uint64_t kSegmentBytesMin = 1048576;
 inline constexpr uint64_t kSegmentBytesMax = 68719476736;  // 64 GiB

@@ -56,6 +56,7 @@ constexpr uint64_t kDrainForceGraceMs = 1'000;         // after the drain deadli
 constexpr uint32_t kSlotsPerChunk = 256;               // session slots are allocated this many at a time
 constexpr uint64_t kAcceptRetryMs = 50;                // after EMFILE/ENFILE ended a multishot accept
 constexpr uint64_t kSpoolWaitMs = 2'000;               // how long a message may wait for a spool segment
+constexpr uint64_t kSubmitErrorLogMs = 1'000;          // failed submits are logged at most this often
 constexpr uint64_t kTraceOctetsMax = 1024;             // our Received:, Message-ID:, Date: (HELO cut at 255)
 
 void release_if_large(std::string& buffer) {
@@ -131,6 +132,8 @@ struct Shard::Impl : public smtp::SessionHost {
   bool accepts_cancelled = false;
   uint64_t drain_deadline_ms = 0;
   uint64_t loop_now_ms = 0;
+  uint64_t submit_errors_logged = 0;
+  uint64_t submit_error_logged_ms = 0;
   LogBuffer log;
 
   bool spool_space_low() const override { return shard->_spool->below_min_free(); }
@@ -857,6 +860,19 @@ struct Shard::Impl : public smtp::SessionHost {
   }
 
   // ---- the loop ---------------------------------------------------------------------------
+  // A failed submit is retried by the ring itself (its backlog); the operator sees it here, at
+  // most once per kSubmitErrorLogMs, with the count and the errno.
+  void log_submit_errors() {
+    const uint64_t errors = ring->submit_errors();
+    if (errors == submit_errors_logged || loop_now_ms < submit_error_logged_ms + kSubmitErrorLogMs) {
+      return;
+    }
+    log.line(str_cat("event=ring_submit_error errno=", ring->last_submit_error(),
+                     " count=", errors - submit_errors_logged, " backlog=", ring->backlog()));
+    submit_errors_logged = errors;
+    submit_error_logged_ms = loop_now_ms;
+  }
+
   void dispatch(const io_uring_cqe& cqe) {
     const io::UserData data = io::UserData::decode(cqe.user_data);
     switch (data.tag) {
@@ -970,6 +986,7 @@ struct Shard::Impl : public smtp::SessionHost {
       submit_spool_io();
       log.flush(*ring, io::UserData{kTagLog, 0, 0}.encode());
       ring->submit_wait_and_reap(wait_us(), [this](const io_uring_cqe& cqe) { dispatch(cqe); });
+      log_submit_errors();
       buffers->publish();
       flush_dirty();
     }

@@ -420,6 +420,18 @@ TEST(ConfigErrors, SegmentMustHoldTheLargestMessage) {
                    "must be at least");
 }
 
+// A message is one spool record (at most 1 GiB of payload): a larger max_message_size would be
+// accepted from clients and then refused with 451 forever. Before this check it loaded fine.
+TEST(ConfigErrors, MaxMessageSizeMustFitASpoolRecord) {
+  expect_one_error("[server]\nmax_message_size = 1073741824\n[spool]\nsegment_bytes = 2147483648\n", 2,
+                   "is more than a spool record can hold");
+  expect_one_error("[server]\nmax_message_size = 805306368\n[spool]\nsegment_bytes = 2147483648\n", 2,
+                   "the limit is 1073741824");
+  // 3/4 of the record limit, less the recipients' envelope and our headers, fits.
+  const Config fits = load_ok("[server]\nmax_message_size = 800000000\n[spool]\nsegment_bytes = 2147483648\n");
+  EXPECT_EQ(fits.server.max_message_size, 800000000u);
+}
+
 TEST(ConfigDurations, UnitsAndStrictness) {
   struct Good {
     std::string_view text;
