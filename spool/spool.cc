@@ -64,12 +64,8 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
   }
   std::unique_ptr<ShardSpool> spool(new ShardSpool(options, recovered));
   for (const auto& segment : recovered.segments) {
-    const int fd = ::open(segment.path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      return errno_status(errno, absl::StrCat("open ", segment.path));
-    }
     auto file = std::make_unique<SpoolFile>();
-    file->fd = fd;
+    file->fd = -1;  // opened when read (segment_fd)
     file->id = segment.id;
     file->path = segment.path;
     file->capacity = options.segment_bytes;
@@ -227,7 +223,11 @@ absl::Status ShardSpool::place_message(PendingRecord& record) {
     _current = next;
     if (previous != nullptr) {
       previous->sealed = true;  // its unused tail stays zero: the clean end for recovery
+      if (previous->fd >= 0) {
+        ++_open_sealed;
+      }
       maybe_unlink(*previous);
+      close_idle_sealed(nullptr);
     }
   }
   place_in(*_current, record);
@@ -291,6 +291,9 @@ void ShardSpool::remove_from_dirty(SpoolFile& file) {
 
 void ShardSpool::seal(SpoolFile& file, std::vector<Completed>& done) {
   SLUICE_ASSERT(!file.is_journal);
+  if (!file.sealed && file.fd >= 0) {
+    ++_open_sealed;
+  }
   file.sealed = true;
   if (_current == &file) {
     _current = nullptr;
@@ -546,7 +549,12 @@ void ShardSpool::maybe_unlink(SpoolFile& file) {
   }
   // Close while the file is still linked (cheap), then unlink through the ring: freeing 64 MiB
   // of extents is slow and belongs on a worker, not here.
-  ::close(file.fd);
+  if (file.fd >= 0) {
+    if (holds_sealed_descriptor(file)) {
+      --_open_sealed;
+    }
+    ::close(file.fd);
+  }
   file.fd = -1;
   file.unlinked = true;
   const uint64_t op_id = _next_op_id++;
@@ -820,6 +828,7 @@ void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) 
   }
   ++_sync_index;
   finish_sync_if_done();
+  close_idle_sealed(nullptr);  // a sealed segment whose last records just became durable
 }
 
 uint64_t ShardSpool::next_deadline_us() const {
@@ -894,12 +903,50 @@ std::optional<MessageInfo> ShardSpool::find(std::string_view id) const {
   return it->second;
 }
 
-int ShardSpool::segment_fd(uint64_t segment_id) const {
-  auto it = _segments.find(segment_id);
-  return it == _segments.end() ? -1 : it->second->fd;
+bool ShardSpool::holds_sealed_descriptor(const SpoolFile& file) const {
+  return !file.is_journal && file.sealed && !file.unlinked && file.fd >= 0;
 }
 
-absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) const {
+// Closes the least recently read sealed segments beyond the cap. One still being written (its
+// last records in the batch) keeps its descriptor until they complete.
+void ShardSpool::close_idle_sealed(const SpoolFile* keep) {
+  while (_open_sealed > _options.open_sealed_segments_max) {
+    SpoolFile* oldest = nullptr;
+    for (auto& [id, file] : _segments) {
+      if (file.get() != keep && holds_sealed_descriptor(*file) && file->in_flight == 0 && file->open.empty() &&
+          (oldest == nullptr || file->last_read < oldest->last_read)) {
+        oldest = file.get();
+      }
+    }
+    if (oldest == nullptr) {
+      return;  // all busy: the next seal or read tries again
+    }
+    ::close(oldest->fd);
+    oldest->fd = -1;
+    --_open_sealed;
+  }
+}
+
+int ShardSpool::segment_fd(uint64_t segment_id) {
+  auto it = _segments.find(segment_id);
+  if (it == _segments.end() || it->second->unlinked) {
+    return -1;
+  }
+  SpoolFile& file = *it->second;
+  file.last_read = ++_read_clock;
+  if (file.fd < 0) {
+    SLUICE_ASSERT(file.sealed, "only sealed segments are ever closed");
+    file.fd = ::open(file.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (file.fd < 0) {
+      return -1;
+    }
+    ++_open_sealed;
+    close_idle_sealed(&file);
+  }
+  return file.fd;
+}
+
+absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) {
   auto it = _index.find(to_absl(id));
   if (it == _index.end()) {
     return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
@@ -907,7 +954,7 @@ absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) const 
   const MessageLocation& location = it->second.location;
   const int fd = segment_fd(location.segment_id);
   if (fd < 0) {
-    return absl::InternalError("spool: message without its segment");
+    return errno_status(errno, "spool: open the message's segment");
   }
   std::string bytes(location.wire_length, '\0');
   uint64_t done = 0;

@@ -41,7 +41,15 @@ struct SpoolOptions {
   // At this size the journal starts a new file with a snapshot of the live state (then the older
   // files are deleted), so it never grows without bound and a restart replays little.
   uint64_t journal_rotate_bytes = 64 << 20;
+  // Sealed segments (full, or recovered) with live messages keep no descriptor unless read: at
+  // most this many stay open, the least recently read closed first, so a large queue cannot eat
+  // the descriptors that sessions need. The current and the preallocated ones are always open.
+  uint32_t open_sealed_segments_max = 64;
 };
+
+// Descriptors one shard's spool holds at most: the sealed cache, the current segment, the ready
+// ones and the one being made, the journal, its spare, the shard directory and the id floor.
+inline uint64_t spool_descriptors_max(const SpoolOptions& options);
 
 inline constexpr size_t kReadySegmentsTarget = 2;  // segments kept preallocated
 inline constexpr uint32_t kMaxIovPerWrite = 1024;  // UIO_MAXIOV
@@ -223,8 +231,11 @@ class ShardSpool {
   std::vector<MessageInfo> list() const;
   std::optional<MessageInfo> find(std::string_view id) const;
   size_t size() const { return _index.size(); }
-  absl::StatusOr<std::string> read_message(std::string_view id) const;  // blocking pread: control path
-  int segment_fd(uint64_t segment_id) const;  // for sending the body from the file; -1 if none
+  absl::StatusOr<std::string> read_message(std::string_view id);  // blocking pread: control path
+  // For reading the body from the file; -1 if there is no such segment or it cannot be opened.
+  // A closed sealed segment is reopened (blocking open(2)) and may close the least recent other.
+  int segment_fd(uint64_t segment_id);
+  uint32_t open_sealed_segments() const { return _open_sealed; }
   // A journal record whose ticket completes when it is durable; only then does the index change
   // (and, for remove, the segment's reference count and its unlink). NOT_FOUND if the id is not
   // in the index (or its removal is already on its way).
@@ -270,6 +281,7 @@ class ShardSpool {
     uint32_t in_flight = 0;                // records placed here, not yet durable or failed
     std::vector<PendingRecord> open;       // placed, not yet in a write
     std::vector<std::string> removed_ids;  // segments: messages gone from it (for journal snapshots)
+    uint64_t last_read = 0;                // sealed segments: for closing the least recently read
   };
   // The next journal file, made ready ahead of need: created, header written and synced, and the
   // directory synced, all through IoRequests (the first one at open(), blocking, at start-up).
@@ -317,6 +329,8 @@ class ShardSpool {
   void place_in(SpoolFile& file, PendingRecord& record);
   SpoolFile* take_ready_segment();
   void seal(SpoolFile& file, std::vector<Completed>& done);
+  void close_idle_sealed(const SpoolFile* keep);
+  bool holds_sealed_descriptor(const SpoolFile& file) const;
   void fail_records(SpoolFile& file, std::vector<PendingRecord>& records, const absl::Status& status,
                     std::vector<Completed>& done);
   void seal_journal();
@@ -351,6 +365,8 @@ class ShardSpool {
   uint64_t _dir_syncs_done = 0;
   std::deque<UnlinkedIds> _unlinked_ids;
   SpoolFile* _current = nullptr;
+  uint32_t _open_sealed = 0;  // sealed segments with an open descriptor
+  uint64_t _read_clock = 0;
   std::vector<SpoolFile*> _dirty;  // files with records not yet in a write, in order
   uint64_t _open_bytes = 0;
   uint64_t _open_records = 0;
@@ -373,5 +389,11 @@ class ShardSpool {
   SpoolMetrics _metrics;
   std::unique_ptr<SegmentPreallocator> _preallocator;
 };
+
+inline uint64_t spool_descriptors_max(const SpoolOptions& options) {
+  constexpr uint64_t kFixed = 1 /* current */ + kReadySegmentsTarget + 1 /* being made */ + 2 /* journal, spare */ +
+                              1 /* directory */ + 1 /* id floor */;
+  return options.open_sealed_segments_max + kFixed;
+}
 
 }  // namespace sluice::spool

@@ -62,8 +62,8 @@ constexpr std::array<std::string_view, 15> kServerKeys = {"hostname",
                                                           "max_received_headers",
                                                           "max_command_line",
                                                           "max_param_command_line"};
-constexpr std::array<std::string_view, 5> kSpoolKeys = {"dir", "commit_interval_us", "commit_batch_bytes",
-                                                        "min_free_bytes", "segment_bytes"};
+constexpr std::array<std::string_view, 6> kSpoolKeys = {
+    "dir", "commit_interval_us", "commit_batch_bytes", "min_free_bytes", "segment_bytes", "max_open_segments"};
 constexpr std::array<std::string_view, 2> kRelayKeys = {"networks", "domains"};
 constexpr std::array<std::string_view, 2> kProxyKeys = {"trusted", "timeout"};
 constexpr std::array<std::string_view, 1> kDnsKeys = {"servers"};
@@ -527,6 +527,7 @@ class Reader {
     integer(section, "commit_batch_bytes", 1, kCommitBatchBytesMax, spool.commit_batch_bytes);
     integer(section, "min_free_bytes", 0, INT64_MAX, spool.min_free_bytes);
     integer(section, "segment_bytes", kSegmentBytesMin, kSegmentBytesMax, spool.segment_bytes);
+    integer(section, "max_open_segments", 1, kOpenSegmentsMax, spool.max_open_segments);
   }
 
   // Run after every section is read: the bound involves [server] and [spool].
@@ -905,6 +906,7 @@ std::string config_to_string(const Config& config) {
            {"commit_batch_bytes", integer(spool.commit_batch_bytes)},
            {"min_free_bytes", integer(spool.min_free_bytes)},
            {"segment_bytes", integer(spool.segment_bytes)},
+           {"max_open_segments", integer(spool.max_open_segments)},
        }},
       {"relay",
        toml::table{

@@ -205,6 +205,7 @@ commit_interval_us = 0
 commit_batch_bytes = 4096
 min_free_bytes = 0
 segment_bytes = 2097152
+max_open_segments = 7
 [relay]
 networks = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
 domains = ["Example.TEST", ".sub.example.test"]
@@ -249,6 +250,7 @@ listen = "[::1]:9026"
   EXPECT_EQ(config.spool.commit_batch_bytes, 4096u);
   EXPECT_EQ(config.spool.min_free_bytes, 0u);
   EXPECT_EQ(config.spool.segment_bytes, 2097152u);
+  EXPECT_EQ(config.spool.max_open_segments, 7u);
   EXPECT_EQ(config.relay.networks.to_string(), "10.0.0.0/8, 2001:db8::/32, 192.0.2.7/32");
   EXPECT_EQ(config.relay.domains, (std::vector<std::string>{"example.test", ".sub.example.test"}));
   EXPECT_EQ(config.proxy_protocol.trusted.to_string(), "10.1.0.0/16");

@@ -346,8 +346,8 @@ TEST_F(SpoolRecoveryTest, JournalTornAtEveryOffsetKeepsExactlyTheCompleteRecords
     JournalOp op;
     size_t message;
   };
-  const std::vector<Step> steps = {{JournalOp::hold, 0},    {JournalOp::hold, 1},   {JournalOp::release, 0},
-                                   {JournalOp::remove, 2},  {JournalOp::hold, 3},   {JournalOp::remove, 1},
+  const std::vector<Step> steps = {{JournalOp::hold, 0},    {JournalOp::hold, 1}, {JournalOp::release, 0},
+                                   {JournalOp::remove, 2},  {JournalOp::hold, 3}, {JournalOp::remove, 1},
                                    {JournalOp::release, 3}, {JournalOp::hold, 0}};
   for (const Step& step : steps) {
     const std::string& id = written[step.message].id;
@@ -534,6 +534,49 @@ TEST_F(SpoolRecoveryTest, AVersionOneJournalIsRecoveredAndReplaced) {
   EXPECT_EQ(recovered->messages[0].status, MessageStatus::held);
   EXPECT_FALSE(std::filesystem::exists(_dir + "/shard-0/journal"));
   EXPECT_EQ(journal_files(_dir).size(), 1u);
+}
+
+// Descriptors of this process that name a spool segment file.
+size_t open_segment_descriptors() {
+  size_t count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code error;
+    const auto target = std::filesystem::read_symlink(entry.path(), error);
+    if (!error && target.filename().string().starts_with("seg-")) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+// One descriptor per live segment made a large queue eat the descriptors sessions need (accept
+// failed with EMFILE, every message 451). Sealed segments now keep none unless read, and at most
+// open_sealed_segments_max stay open.
+TEST_F(SpoolRecoveryTest, MoreSegmentsThanTheDescriptorCapRecoverAndServe) {
+  _options.open_sealed_segments_max = 3;
+  open_spool(_dir);
+  std::vector<Written> written;
+  for (uint32_t i = 0; i < 60; ++i) {
+    written.push_back(write_message(20000, i));  // three to a 64 KiB segment: ~20 segments
+  }
+  constexpr size_t kAlwaysOpen = 1 + kReadySegmentsTarget + 1;  // current, ready, being made
+  EXPECT_LE(open_segment_descriptors(), _options.open_sealed_segments_max + kAlwaysOpen);
+  EXPECT_LE(_spool->open_sealed_segments(), _options.open_sealed_segments_max);
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  ASSERT_GE(recovered->segments.size(), 15u);
+  open_spool(_dir);
+  EXPECT_LE(open_segment_descriptors(), kAlwaysOpen) << "recovered segments are not opened until read";
+  for (const auto& w : written) {
+    auto body = _spool->read_message(w.id);
+    ASSERT_TRUE(body.ok()) << body.status();
+    EXPECT_EQ(*body, w.body);
+    EXPECT_LE(_spool->open_sealed_segments(), _options.open_sealed_segments_max);
+  }
+  EXPECT_LE(open_segment_descriptors(), _options.open_sealed_segments_max + kAlwaysOpen);
+  written.push_back(write_message(100, 99));  // and it still takes mail
+  EXPECT_EQ(_spool->size(), written.size());
 }
 
 TEST_F(SpoolRecoveryTest, HalfCreatedSegmentsAreDeleted) {
