@@ -278,18 +278,48 @@ absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> pay
   return entry;
 }
 
-std::string encode_journal_record(const JournalEntry& entry, uint32_t generation, uint64_t sequence) {
-  std::string record(kRecordHeaderBytes + kJournalPayloadBytes, '\0');
+namespace {
+
+// `record` holds room for the header, then the payload: seals the header over it.
+std::string seal_small_record(RecordType type, uint64_t file_id, uint32_t generation, uint64_t sequence,
+                              std::string record) {
   auto* bytes = reinterpret_cast<uint8_t*>(record.data());
-  encode_journal_payload(entry, bytes + kRecordHeaderBytes);
+  const size_t payload_bytes = record.size() - kRecordHeaderBytes;
   RecordHeader header;
-  header.type = RecordType::journal;
-  header.segment_id = kJournalFileId;
+  header.type = type;
+  header.segment_id = file_id;
   header.generation = generation;
   header.sequence = sequence;
-  header.payload_length = kJournalPayloadBytes;
-  seal_record_header(header, crc32c(bytes + kRecordHeaderBytes, kJournalPayloadBytes), bytes);
+  header.payload_length = static_cast<uint32_t>(payload_bytes);
+  seal_record_header(header, crc32c(bytes + kRecordHeaderBytes, payload_bytes), bytes);
   return record;
+}
+
+// PREFIX followed by exactly 16 lower-case hex digits.
+std::optional<uint64_t> parse_hex_suffix(std::string_view name, std::string_view prefix) {
+  constexpr size_t kDigits = 16;
+  if (!name.starts_with(prefix) || name.size() != prefix.size() + kDigits) {
+    return std::nullopt;
+  }
+  uint64_t number = 0;
+  for (const char c : name.substr(prefix.size())) {
+    if (c >= '0' && c <= '9') {
+      number = number * 16 + static_cast<uint64_t>(c - '0');
+    } else if (c >= 'a' && c <= 'f') {
+      number = number * 16 + static_cast<uint64_t>(c - 'a' + 10);
+    } else {
+      return std::nullopt;
+    }
+  }
+  return number;
+}
+
+}  // namespace
+
+std::string encode_journal_record(const JournalEntry& entry, uint32_t generation, uint64_t sequence) {
+  std::string record(kRecordHeaderBytes + kJournalPayloadBytes, '\0');
+  encode_journal_payload(entry, reinterpret_cast<uint8_t*>(record.data()) + kRecordHeaderBytes);
+  return seal_small_record(RecordType::journal, kJournalFileId, generation, sequence, std::move(record));
 }
 
 JournalEntry checkpoint_entry(uint64_t records) {
@@ -307,36 +337,17 @@ std::optional<uint64_t> parse_journal_name(std::string_view name) {
   if (name == "journal") {
     return 0;
   }
-  constexpr std::string_view kPrefix = "journal-";
-  constexpr size_t kDigits = 16;
-  if (!name.starts_with(kPrefix) || name.size() != kPrefix.size() + kDigits) {
-    return std::nullopt;
-  }
-  uint64_t number = 0;
-  for (const char c : name.substr(kPrefix.size())) {
-    if (c >= '0' && c <= '9') {
-      number = number * 16 + static_cast<uint64_t>(c - '0');
-    } else if (c >= 'a' && c <= 'f') {
-      number = number * 16 + static_cast<uint64_t>(c - 'a' + 10);
-    } else {
-      return std::nullopt;
-    }
-  }
-  return number;
+  return parse_hex_suffix(name, "journal-");
+}
+
+std::optional<uint64_t> parse_segment_name(std::string_view name) {
+  return parse_hex_suffix(name, "seg-");
 }
 
 std::string encode_file_header_record(uint64_t file_id, uint32_t generation, const FileHeaderPayload& payload) {
   std::string record(kFileHeaderRecordBytes, '\0');
-  auto* bytes = reinterpret_cast<uint8_t*>(record.data());
-  encode_file_header_payload(payload, bytes + kRecordHeaderBytes);
-  RecordHeader header;
-  header.type = RecordType::file_header;
-  header.segment_id = file_id;
-  header.generation = generation;
-  header.sequence = 0;
-  header.payload_length = kFileHeaderPayloadBytes;
-  seal_record_header(header, crc32c(bytes + kRecordHeaderBytes, kFileHeaderPayloadBytes), bytes);
-  return record;
+  encode_file_header_payload(payload, reinterpret_cast<uint8_t*>(record.data()) + kRecordHeaderBytes);
+  return seal_small_record(RecordType::file_header, file_id, generation, 0, std::move(record));
 }
 
 }  // namespace sluice::spool

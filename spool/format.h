@@ -152,6 +152,8 @@ JournalEntry checkpoint_entry(uint64_t records);
 // DIR/journal-<16 hex digits>, and its inverse on a file name ("journal" alone is number 0).
 std::string journal_path(const std::string& shard_dir, uint64_t number);
 std::optional<uint64_t> parse_journal_name(std::string_view name);
+// DIR/seg-<16 hex digits>: the segment id.
+std::optional<uint64_t> parse_segment_name(std::string_view name);
 
 // A whole file header record (header + payload), ready to write at offset 0.
 std::string encode_file_header_record(uint64_t file_id, uint32_t generation, const FileHeaderPayload& payload);

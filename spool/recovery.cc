@@ -89,28 +89,6 @@ struct ScannedSegment {
   uint32_t live = 0;
 };
 
-constexpr char kSegmentPrefix[] = "seg-";
-constexpr size_t kSegmentNameDigits = 16;
-
-std::optional<uint64_t> parse_segment_name(const char* name) {
-  const size_t prefix = sizeof(kSegmentPrefix) - 1;
-  if (std::strncmp(name, kSegmentPrefix, prefix) != 0 || std::strlen(name) != prefix + kSegmentNameDigits) {
-    return std::nullopt;
-  }
-  uint64_t id = 0;
-  for (size_t i = prefix; i < prefix + kSegmentNameDigits; ++i) {
-    const char c = name[i];
-    if (c >= '0' && c <= '9') {
-      id = id * 16 + static_cast<uint64_t>(c - '0');
-    } else if (c >= 'a' && c <= 'f') {
-      id = id * 16 + static_cast<uint64_t>(c - 'a' + 10);
-    } else {
-      return std::nullopt;
-    }
-  }
-  return id;
-}
-
 using io::wall_ms;
 
 // Writes the compacted journal DIR/journal-<number>: a file header, the snapshot records, then a
@@ -242,7 +220,7 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       if (name.ends_with(".tmp")) {
         ::unlink(absl::StrCat(out.shard_dir, "/", name).c_str());  // half-created: never handed out
         ++out.segments_deleted;
-      } else if (auto id = parse_segment_name(name.c_str()); id.has_value()) {
+      } else if (auto id = parse_segment_name(name); id.has_value()) {
         segment_paths[*id] = absl::StrCat(out.shard_dir, "/", name);
       } else if (auto number = parse_journal_name(name); number.has_value()) {
         journal_paths[*number] = absl::StrCat(out.shard_dir, "/", name);
