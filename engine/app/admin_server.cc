@@ -310,13 +310,25 @@ struct ListQuery {
   std::optional<std::string> domain;
 };
 
-std::vector<spool::MessageInfo> select_page(const spool::ShardSpool& spool, const ListQuery& query) {
+struct PageAnswer {
+  std::vector<spool::MessageInfo> messages;
+  uint64_t matching = 0;  // every message that matches the filter, on this shard
+  uint64_t matching_bytes = 0;
+};
+
+PageAnswer select_page(const spool::ShardSpool& spool, const ListQuery& query) {
   // A max-heap of the `limit` smallest matching ids: O(index) time, O(limit) memory.
   auto greater_id = [](const spool::MessageInfo* a, const spool::MessageInfo* b) { return a->id < b->id; };
   std::priority_queue<const spool::MessageInfo*, std::vector<const spool::MessageInfo*>, decltype(greater_id)> best(
       greater_id);
+  PageAnswer answer;
   spool.for_each_message([&](const spool::MessageInfo& message) {
-    if (message.id <= query.after || (query.domain && !has_recipient_domain(message, *query.domain))) {
+    if (query.domain && !has_recipient_domain(message, *query.domain)) {
+      return;
+    }
+    ++answer.matching;
+    answer.matching_bytes += message.rfc_size;
+    if (message.id <= query.after) {
       return;
     }
     if (best.size() < query.limit) {
@@ -326,12 +338,12 @@ std::vector<spool::MessageInfo> select_page(const spool::ShardSpool& spool, cons
       best.push(&message);
     }
   });
-  std::vector<spool::MessageInfo> page(best.size());
-  for (size_t i = page.size(); i-- > 0;) {
-    page[i] = *best.top();
+  answer.messages.resize(best.size());
+  for (size_t i = answer.messages.size(); i-- > 0;) {
+    answer.messages[i] = *best.top();
     best.pop();
   }
-  return page;
+  return answer;
 }
 
 std::optional<std::string> parse_list_query(const HttpRequest& request, ListQuery& query) {
@@ -889,25 +901,31 @@ class Handler {
     if (const std::optional<std::string> problem = parse_list_query(request, query)) {
       return error_response(400, *problem);
     }
-    auto pages = _caller.query<std::vector<spool::MessageInfo>>(
-        [query](Shard& shard) { return select_page(shard.spool(), query); }, kShardAnswerTimeout);
+    auto pages = _caller.query<PageAnswer>([query](Shard& shard) { return select_page(shard.spool(), query); },
+                                           kShardAnswerTimeout);
     if (pages.outcome != CallOutcome::answered) {
       return shards_did_not_answer(pages.outcome);
     }
     std::vector<spool::MessageInfo> merged;
     bool more = false;
-    for (auto& page : pages.values) {
-      more = more || page.size() == query.limit;  // that shard may hold more past its page
-      std::move(page.begin(), page.end(), std::back_inserter(merged));
+    QueueListPage totals;
+    for (PageAnswer& page : pages.values) {
+      more = more || page.messages.size() == query.limit;  // that shard may hold more past its page
+      totals.total_messages += page.matching;
+      totals.total_bytes += page.matching_bytes;
+      std::move(page.messages.begin(), page.messages.end(), std::back_inserter(merged));
     }
     std::sort(merged.begin(), merged.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
     if (merged.size() > query.limit) {
       merged.resize(query.limit);
       more = true;
     }
+    more = more && !merged.empty();
     HttpResponse response;
     if (const auto format = request.query.find("format"); format != request.query.end() && format->second == "text") {
-      response = HttpResponse{200, "text/plain", format_queue_list(merged), {}};
+      totals.first = query.after.empty();
+      totals.last = !more;
+      response = HttpResponse{200, "text/plain", format_queue_list(merged, totals), {}};
     } else {
       std::string items;
       for (const auto& message : merged) {
@@ -915,7 +933,7 @@ class Handler {
       }
       response = json_response(200, str_cat("{\"count\": ", merged.size(), ", \"messages\": [", items, "]}"));
     }
-    if (more && !merged.empty()) {
+    if (more) {
       response.headers.emplace_back(kNextAfterHeader, merged.back().id);
     }
     return response;

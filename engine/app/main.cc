@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -284,6 +285,75 @@ void print_body(std::ostream& out, const std::string& body) {
   }
 }
 
+using AdminRequest =
+    std::function<std::optional<HttpResponse>(std::string_view method, const std::string& path, std::string_view what)>;
+
+std::optional<std::string> header_of(const HttpResponse& response, std::string_view name) {
+  for (const auto& [field, value] : response.headers) {
+    if (field == name) {
+      return value;
+    }
+  }
+  return std::nullopt;
+}
+
+// `sluice queue list`: every page of the queue (the API answers at most one page a request),
+// printed as one table, or as one JSON object of the API's shape; with --limit or --after, the
+// one page asked for.
+int queue_list(const Arguments& arguments, const AdminRequest& request) {
+  std::string base = arguments.json ? "/api/queue?" : "/api/queue?format=text&";
+  if (arguments.limit) {
+    str_append(&base, "limit=", *arguments.limit, "&");
+  }
+  const bool one_page = arguments.limit || arguments.after;
+  std::optional<std::string> after = arguments.after;
+  uint64_t count = 0;
+  std::string items;
+  while (true) {
+    auto response = request("GET", after ? str_cat(base, "after=", *after) : base.substr(0, base.size() - 1), "list");
+    if (!response) {
+      return kExitRuntime;
+    }
+    const std::optional<std::string> next = header_of(*response, "x-sluice-next-after");
+    if (!arguments.json || one_page) {
+      print_body(std::cout, response->body);
+    } else {
+      // Our own format: {"count": N, "messages": [ITEMS]}. Splice the pages' items together.
+      const std::string& body = response->body;
+      constexpr std::string_view kCount = "{\"count\": ";
+      constexpr std::string_view kItems = "\"messages\": [";
+      const size_t begin = body.find(kItems);
+      const size_t end = body.rfind("]}");
+      uint64_t page_count = 0;
+      if (!body.starts_with(kCount) || begin == std::string::npos || end == std::string::npos || end < begin ||
+          !parse_decimal(std::string_view(body).substr(kCount.size(), body.find(',') - kCount.size()), page_count)) {
+        std::cerr << "sluice queue list: malformed answer from the admin endpoint\n";
+        return kExitRuntime;
+      }
+      const std::string_view page_items =
+          std::string_view(body).substr(begin + kItems.size(), end - begin - kItems.size());
+      if (!page_items.empty()) {
+        str_append(&items, items.empty() ? "" : ",\n  ", page_items);
+      }
+      count += page_count;
+    }
+    if (one_page) {
+      if (next) {
+        std::cerr << "(more messages follow: sluice queue list --after " << *next << ")\n";
+      }
+      return kExitOk;
+    }
+    if (!next) {
+      break;
+    }
+    after = next;
+  }
+  if (arguments.json) {
+    std::cout << "{\"count\": " << count << ", \"messages\": [" << items << "]}\n";
+  }
+  return kExitOk;
+}
+
 int queue_command(const Arguments& arguments) {
   auto config = load_config(arguments);
   if (!config.ok()) {
@@ -323,8 +393,8 @@ int queue_command(const Arguments& arguments) {
   }
   const HttpEndpoint admin{config->admin.listen, config->admin.unix_socket};
   // One request; a failure is reported on stderr, the answer printed on stdout.
-  auto request = [&](std::string_view method, const std::string& path,
-                     std::string_view what) -> std::optional<HttpResponse> {
+  const AdminRequest request = [&](std::string_view method, const std::string& path,
+                                   std::string_view what) -> std::optional<HttpResponse> {
     auto response = http_call(admin, method, path, *token);
     if (!response.ok()) {
       std::cerr << "sluice queue: " << response.status().message() << "\n";
@@ -338,26 +408,7 @@ int queue_command(const Arguments& arguments) {
     return std::move(*response);
   };
   if (action == "list") {
-    std::string path = arguments.json ? "/api/queue" : "/api/queue?format=text";
-    const char* separator = arguments.json ? "?" : "&";
-    if (arguments.limit) {
-      str_append(&path, separator, "limit=", *arguments.limit);
-      separator = "&";
-    }
-    if (arguments.after) {
-      str_append(&path, separator, "after=", *arguments.after);
-    }
-    auto response = request("GET", path, "list");
-    if (!response) {
-      return kExitRuntime;
-    }
-    print_body(std::cout, response->body);
-    for (const auto& [name, value] : response->headers) {
-      if (name == "x-sluice-next-after") {
-        std::cerr << "(more messages follow: sluice queue list --after " << value << ")\n";
-      }
-    }
-    return kExitOk;
+    return queue_list(arguments, request);
   }
   if (action == "summary" || action == "flush") {
     const std::string path = action == "summary"

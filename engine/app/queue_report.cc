@@ -15,9 +15,20 @@
 namespace sluice::app {
 
 std::string format_queue_list(const std::vector<spool::MessageInfo>& messages) {
-  std::string out =
-      absl::StrFormat("%-16s %9s  %-20s  %s\n", "-Queue ID-", "-Size-", "-Arrival Time-", "-Sender- -> -Recipients-");
-  uint64_t bytes = 0;
+  QueueListPage page;
+  page.total_messages = messages.size();
+  for (const spool::MessageInfo& message : messages) {
+    page.total_bytes += message.rfc_size;
+  }
+  return format_queue_list(messages, page);
+}
+
+std::string format_queue_list(const std::vector<spool::MessageInfo>& messages, const QueueListPage& page) {
+  std::string out;
+  if (page.first) {
+    out =
+        absl::StrFormat("%-16s %9s  %-20s  %s\n", "-Queue ID-", "-Size-", "-Arrival Time-", "-Sender- -> -Recipients-");
+  }
   for (const spool::MessageInfo& message : messages) {
     const time_t seconds = static_cast<time_t>(message.arrival_ms / 1000);
     tm parts{};
@@ -27,9 +38,10 @@ std::string format_queue_list(const std::vector<spool::MessageInfo>& messages) {
     str_append(&out, absl::StrFormat("%-16s%s %9u  %-20s  <%s> -> %s\n", message.id,
                                      message.status == spool::MessageStatus::held ? "!" : " ", message.rfc_size,
                                      arrival, message.sender, absl::StrJoin(message.recipients, ", ")));
-    bytes += message.rfc_size;
   }
-  str_append(&out, "-- ", (bytes + 1023) / 1024, " Kbytes in ", messages.size(), " Requests.\n");
+  if (page.last) {
+    str_append(&out, "-- ", (page.total_bytes + 1023) / 1024, " Kbytes in ", page.total_messages, " Requests.\n");
+  }
   return out;
 }
 

@@ -28,7 +28,18 @@ struct QueueSummary {
   void merge(const QueueSummary& other);
 };
 
+// The whole table for these messages: column header, one line each, total.
 std::string format_queue_list(const std::vector<spool::MessageInfo>& messages);
+// One page of a longer table: the header only on the first page, the total (of the whole
+// queue, not of the page) only on the last, so that the pages printed one after the other are
+// the whole table.
+struct QueueListPage {
+  bool first = true;
+  bool last = true;
+  uint64_t total_messages = 0;
+  uint64_t total_bytes = 0;
+};
+std::string format_queue_list(const std::vector<spool::MessageInfo>& messages, const QueueListPage& page);
 std::string format_queue_summary(const QueueSummary& summary);
 std::string format_queue_summary(const std::vector<spool::MessageInfo>& messages, uint64_t now_ms);
 // {"buckets_minutes": [...], "total": {"total": N, "counts": [...]},

@@ -295,6 +295,17 @@ class Sluice:
             raise AssertionError("GET /api/queue/%s -> %d %s" % (queue_id, status, body))
         return json.loads(body)
 
+    def spool_contains(self, data):
+        """True if some spool segment file holds `data` (the stored, dot-stuffed wire form,
+        which the API no longer shows)."""
+        for root, _, files in os.walk(self.spool_dir):
+            for name in files:
+                if name.startswith("seg-"):
+                    with open(os.path.join(root, name), "rb") as f:
+                        if data in f.read():
+                            return True
+        return False
+
     def metrics(self):
         status, body = self.admin("/metrics", token=False)
         if status != 200:

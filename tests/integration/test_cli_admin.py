@@ -650,6 +650,58 @@ class AdminNeverBlocksAShard(SluiceTestCase):
         raise AssertionError("no rchar in " + io_path)
 
 
+class StoppedThread:
+    """Stops ONE thread of a process (ptrace SEIZE + INTERRUPT; the others run on) until
+    resume(). Linux only; needs ptrace rights over the process (a child of ours, or root)."""
+    PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+    WALL = 0x40000000
+
+    def __init__(self, tid):
+        import ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+        self.tid = tid
+        if self.libc.ptrace(self.PTRACE_SEIZE, tid, None, None) != 0:
+            raise OSError(ctypes.get_errno(), "ptrace(SEIZE, %d)" % tid)
+        if self.libc.ptrace(self.PTRACE_INTERRUPT, tid, None, None) != 0:
+            raise OSError(ctypes.get_errno(), "ptrace(INTERRUPT, %d)" % tid)
+        os.waitpid(tid, self.WALL)  # returns once the thread is in its ptrace stop
+
+    def resume(self):
+        self.libc.ptrace(self.PTRACE_DETACH, self.tid, None, None)
+
+
+class AdminTimedOutRequestsNeverRun(SluiceTestCase):
+    def shard_tid(self, server):
+        task_dir = "/proc/%d/task" % server.pid
+        for tid in os.listdir(task_dir):
+            with open(os.path.join(task_dir, tid, "comm")) as f:
+                if f.read().strip() == "sluice-shard0":
+                    return int(tid)
+        raise AssertionError("no thread named sluice-shard0")
+
+    def test_delete_that_timed_out_is_not_done_later(self):
+        server = self.start_sluice({"server": {"threads": 1}})
+        with server.connect() as c:
+            self.assertReply(c.cmd("EHLO late.example"), 250)
+            queue_id = c.transaction().queue_id
+        try:
+            stopped = StoppedThread(self.shard_tid(server))
+        except OSError as e:
+            self.skipTest("cannot stop a thread with ptrace: %s" % e)
+        try:
+            started = time.monotonic()
+            status, body = server.admin("/api/queue/" + queue_id, method="DELETE", timeout=60)
+            print("\n    DELETE while the shard is stopped: %d after %.1f s: %s" % (
+                status, time.monotonic() - started, body.strip()))
+            self.assertEqual(status, 503, body)
+        finally:
+            stopped.resume()
+        time.sleep(0.5)  # the shard now reaches the request it was posted: it must skip it
+        self.assertIn(queue_id, server.queue_ids(), "a DELETE answered 503 was carried out later")
+        self.assertRegex(server.full_log(), r"event=admin action=delete id=%s result=not_done" % queue_id)
+
+
 class AdminTinySpool(SluiceTestCase):
     """Admin changes answer only once their journal record is durable: on a full tmpfs the
     journal write fails, and the API says so (500) instead of 200."""
@@ -734,6 +786,29 @@ class CommandLine(SluiceTestCase):
                 self.assertEqual(result.returncode, 2, result)
                 self.assertNotEqual(result.stderr.strip(), "")
                 self.assertNotIn("event=", result.stdout + result.stderr)
+
+    def test_list_pages_through_a_large_queue(self):
+        server = self.start_sluice()
+        count = 1100  # more than one page of the API (1000)
+        with server.connect() as c:
+            self.assertReply(c.cmd("EHLO many.example"), 250)
+            batch = b"".join(b"MAIL FROM:<s@example.org>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n"
+                             b"Subject: %d\r\n\r\nx\r\n.\r\n" % i for i in range(count))
+            c.send(batch)
+            replies = c.read_replies(4 * count, timeout=60)
+        self.assertEqual(sum(1 for r in replies if r.queue_id), count)
+        listed = server.cli("queue", "list")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        lines = listed.stdout.splitlines()
+        self.assertTrue(lines[0].startswith("-Queue ID-"), lines[0])
+        self.assertEqual(len([l for l in lines if re.match(r"^[0-9A-Z]{16}", l)]), count)
+        self.assertRegex(lines[-1], r"^-- \d+ Kbytes in %d Requests\.$" % count)
+        as_json = json.loads(server.cli("queue", "list", "--json").stdout)
+        self.assertEqual(as_json["count"], count)
+        self.assertEqual(len({m["id"] for m in as_json["messages"]}), count)
+        page = server.cli("queue", "list", "--limit", "10")
+        self.assertEqual(len([l for l in page.stdout.splitlines() if re.match(r"^[0-9A-Z]{16}", l)]), 10)
+        self.assertIn("--after", page.stderr)
 
     def test_check_config_admin_conflicts_and_warnings(self):
         path = os.path.join(self.tmp, "same.toml")
