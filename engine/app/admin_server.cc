@@ -205,7 +205,7 @@ enum class CallOutcome : uint8_t {
 template <typename T>
 struct CallResult {
   CallOutcome outcome = CallOutcome::not_answered;
-  std::vector<T> values;  // one per shard, in shard order, when answered
+  std::vector<T> values;  // the answers of the shards that answered, in shard order (all when answered)
 };
 
 class ShardCaller {
@@ -253,7 +253,8 @@ class ShardCaller {
       io::prep_doorbell(_ring->sqe(), shard->ring_fd(), Shard::doorbell_user_data());
     }
     _ring->submit_wait_and_reap(0, [](const io_uring_cqe&) {});
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    // A shard whose control ring was full: give the request up everywhere it has not started.
+    const auto deadline = all_posted ? std::chrono::steady_clock::now() + timeout : std::chrono::steady_clock::now();
     result.outcome = all_posted ? CallOutcome::answered : CallOutcome::not_answered;
     for (auto& answer : answers) {
       std::unique_lock lock(answer->mutex);
@@ -275,9 +276,9 @@ class ShardCaller {
         continue;
       }
     }
-    if (result.outcome == CallOutcome::answered) {
-      for (auto& answer : answers) {
-        std::lock_guard lock(answer->mutex);
+    for (auto& answer : answers) {
+      std::lock_guard lock(answer->mutex);
+      if (answer->state == Answer::State::done) {
         result.values.push_back(std::move(*answer->value));
       }
     }
@@ -492,7 +493,11 @@ absl::StatusOr<std::string> read_admin_token(const std::string& path) {
 }
 
 absl::StatusOr<std::string> load_or_create_admin_token(const std::string& path) {
-  if (access(path.c_str(), F_OK) == 0) {
+  if (struct stat existing{}; stat(path.c_str(), &existing) == 0) {
+    if ((existing.st_mode & 077) != 0) {
+      log_line(str_cat("event=warning message=\"the admin token file ", path,
+                       " can be read by other users: chmod 600 it\""));
+    }
     return read_admin_token(path);
   }
   unsigned char random[kTokenBytes];
@@ -1033,23 +1038,28 @@ class Handler {
           });
         },
         kShardAnswerTimeout);
+    // One shard holds the message. Its answer counts even when another shard did not answer
+    // (that one never ran the request, so it did nothing); without it the outcome is unknown
+    // only if a shard started and did not finish.
     HttpResponse response = error_response(404, "no such message");
     std::string result = "not_found";
     std::string error;
-    if (answers.outcome != CallOutcome::answered) {
+    bool found = false;
+    for (const ChangeAnswer& answer : answers.values) {
+      if (answer.status == 200) {
+        response = json_response(200, str_cat("{\"id\": \"", id, "\", \"done\": \"", action, "\"}"));
+        result = "ok";
+        found = true;
+      } else if (answer.status != 404) {
+        response = error_response(answer.status, str_cat("the ", action, " was not made durable: ", answer.error));
+        result = "error";
+        error = answer.error;
+        found = true;
+      }
+    }
+    if (!found && answers.outcome != CallOutcome::answered) {
       response = shards_did_not_answer(answers.outcome);
       result = answers.outcome == CallOutcome::unfinished ? "unknown" : "not_done";
-    } else {
-      for (const ChangeAnswer& answer : answers.values) {
-        if (answer.status == 200) {
-          response = json_response(200, str_cat("{\"id\": \"", id, "\", \"done\": \"", action, "\"}"));
-          result = "ok";
-        } else if (answer.status != 404) {
-          response = error_response(answer.status, str_cat("the ", action, " was not made durable: ", answer.error));
-          result = "error";
-          error = answer.error;
-        }
-      }
     }
     const std::string id_field = spool::id_ms(id) ? id : logfmt_quote(id);  // a URL may hold anything
     log_line(str_cat("event=admin action=", action, " id=", id_field, " result=", result, " client=", peer,

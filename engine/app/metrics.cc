@@ -87,7 +87,9 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
   for (const SpoolSnapshot& snapshot : spools) {
     queued += snapshot.messages;
   }
-  counter(out, "sluice_queue_messages", "Messages in the queue.", "gauge", queued);
+  if (!spools.empty()) {  // without the shards' answers there is no figure (rather than a wrong 0)
+    counter(out, "sluice_queue_messages", "Messages in the queue.", "gauge", queued);
+  }
   str_append(&out, "# HELP sluice_spool_free_bytes Free bytes of the spool's file system, per shard.\n",
              "# TYPE sluice_spool_free_bytes gauge\n");
   for (size_t shard = 0; shard < spools.size(); ++shard) {
