@@ -7,6 +7,7 @@
 // "Authorization: Bearer <token>" (401 otherwise). On TCP the Host header must name the
 // listen address (or localhost:PORT on loopback), else 421 Misdirected Request: a page on
 // another site that a browser resolves to 127.0.0.1 (DNS rebinding) sends its own host name.
+// /healthz and /readyz are exempt from the Host check (they reveal nothing).
 // A cross-site POST from a browser cannot carry the bearer token, so it gets 401.
 #include "engine/app/admin_server.h"
 
@@ -747,13 +748,16 @@ void AdminServer::poll_loop() {
         answer(c, error_response(400, to_std(request.status().message())));
         continue;
       }
-      if (!unix_socket) {
+      // Health checks are exempt: they reveal nothing, and balancers send assorted Host values.
+      const bool health_check = request->path == "/healthz" || request->path == "/readyz";
+      if (!unix_socket && !health_check) {
         const std::string* host = request->header("host");
-        if (host == nullptr) {
+        if (host == nullptr && request->version != "HTTP/1.0") {
           answer(c, error_response(400, "a Host header is required"));
           continue;
         }
-        if (!host_allowed(*host, c.local)) {
+        // Without Host (HTTP/1.0) it is no browser, so no DNS rebinding.
+        if (host != nullptr && !host_allowed(*host, c.local)) {
           answer(c, error_response(421, str_cat("this endpoint answers for ", c.local.to_string(), " only")));
           continue;
         }

@@ -346,6 +346,9 @@ class AdminSecurity(SharedServerTestCase):
         self.assertEqual(get("Host: 127.0.0.1:%d\r\n" % (port + 1)), 421)
         self.assertEqual(get("Host: evil.example\r\n", "/metrics"), 421)
         self.assertEqual(get(""), 400)  # HTTP/1.1 without Host
+        self.assertEqual(get("Host: lb.example\r\n", "/healthz"), 200)  # health checks are exempt
+        head = "GET /api/queue HTTP/1.0\r\nAuthorization: Bearer %s\r\n\r\n" % token
+        self.assertEqual(status_of(raw_http(port, head.encode())), 200)  # no Host: not a browser
 
     def test_idle_connections_do_not_hold_healthz(self):
         idle = []
