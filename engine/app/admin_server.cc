@@ -240,6 +240,7 @@ class ShardCaller {
         }
         work(target, [answer](T value) {
           std::lock_guard lock(answer->mutex);
+          SLUICE_ASSERT(answer->state == Answer::State::running);  // answered exactly once
           answer->value.emplace(std::move(value));
           answer->state = Answer::State::done;
           answer->changed.notify_all();

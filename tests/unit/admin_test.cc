@@ -6,6 +6,7 @@
 #include "engine/app/http.h"
 #include "engine/app/metrics.h"
 #include "engine/app/queue_report.h"
+#include "engine/smtp/command.h"
 
 namespace sluice::app {
 namespace {
@@ -46,6 +47,15 @@ TEST(HttpTest, HeadAnswerHasLengthButNoBody) {
   const std::string text = format_http_response(HttpResponse{200, "application/json", "{\"a\": 1}", {}}, false);
   EXPECT_NE(text.find("Content-Length: 8\r\n"), std::string::npos);
   EXPECT_EQ(text.substr(text.size() - 4), "\r\n\r\n");
+}
+
+TEST(QueueReportTest, Utf8CheckDecidesMessageOrBase64) {
+  EXPECT_TRUE(smtp::valid_utf8("plain ascii\r\n"));
+  EXPECT_TRUE(smtp::valid_utf8("caf\xc3\xa9 \xf0\x9f\x93\xa7"));
+  EXPECT_FALSE(smtp::valid_utf8("caf\xe9"));       // Latin-1
+  EXPECT_FALSE(smtp::valid_utf8("\xc0\xaf"));      // overlong
+  EXPECT_FALSE(smtp::valid_utf8("\xed\xa0\x80"));  // surrogate
+  EXPECT_FALSE(smtp::valid_utf8("\xe2\x82"));      // truncated
 }
 
 TEST(QueueReportTest, RemovesDotStuffingOnly) {
