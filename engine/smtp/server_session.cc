@@ -5,13 +5,13 @@
 #include "engine/smtp/server_session.h"
 
 #include <algorithm>
-#include <cassert>
 #include <cstring>
 #include <variant>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "engine/io/assert.h"
 #include "engine/io/strings.h"
 #include "engine/smtp/command.h"
 #include "engine/smtp/replies.h"
@@ -460,12 +460,12 @@ SessionAction ServerSession::finish_message(std::string& out) {
 }
 
 AcceptedMessage ServerSession::take_message() {
-  assert(_phase == Phase::committing);
+  SLUICE_ASSERT(_phase == Phase::committing);
   return std::move(_ready);
 }
 
 void ServerSession::commit_done(bool stored, std::string_view queue_id, std::string& out) {
-  assert(_phase == Phase::committing);
+  SLUICE_ASSERT(_phase == Phase::committing);
   _phase = Phase::command;
   if (stored) {
     str_append(&out, "250 2.0.0 Ok: queued as ", queue_id, "\r\n");

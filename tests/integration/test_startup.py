@@ -1,6 +1,8 @@
 """Start-up: once `event=ready` is logged, /readyz is 200 and the very first messages on every
 shard are accepted (the spool must be ready before the listener is)."""
 
+import os
+import subprocess
 import threading
 
 import harness as h
@@ -36,6 +38,20 @@ class Startup(SluiceTestCase):
             self.assertEqual(server.stop(), 0)
         print("\n    %d starts x %d first messages: %d refused %s" % (RESTARTS, PARALLEL, len(failures), failures))
         self.assertEqual(failures, [], "messages sent right after event=ready were refused")
+
+
+class MakeRun(SluiceTestCase):
+    def test_make_run_builds_only_the_server(self):
+        """`make run` served after building every target (tests, fuzzers, benchmarks): 163 s cold
+        where the binary alone takes 77 s. Its build step must name the server target alone."""
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        plan = subprocess.run(["make", "-n", "run"], cwd=root, capture_output=True, text=True, timeout=60)
+        self.assertEqual(plan.returncode, 0, plan.stderr)
+        builds = [line for line in plan.stdout.splitlines() if "cmake --build" in line]
+        self.assertEqual(len(builds), 1, plan.stdout)
+        self.assertIn("--target sluice", builds[0])
+        self.assertTrue(builds[0].rstrip().endswith("--target sluice"), builds[0])
+        self.assertIn("sluice serve", plan.stdout)
 
 
 if __name__ == "__main__":
