@@ -34,6 +34,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "engine/app/descriptors.h"
 #include "engine/app/log.h"
 #include "engine/app/queue_report.h"
 #include "engine/io/assert.h"
@@ -63,6 +64,9 @@ constexpr size_t kTokenBytes = 32;
 constexpr size_t kTokenFileOctetsMax = 4096;
 constexpr char kNextAfterHeader[] = "X-Sluice-Next-After";
 constexpr io::RingOptions kDoorbellRing{64, 256};
+// The endpoint lives in the descriptor reserve: its connections, the listener, a doorbell ring
+// and a dup()'d segment per worker, with room to spare for the log and start-up files.
+static_assert(AdminServer::kConnectionsMax + 1 + 2 * AdminServer::kWorkerThreads < kDescriptorReserve / 2);
 
 uint64_t now_ms() {
   return io::monotonic_us() / 1000;
