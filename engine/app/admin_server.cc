@@ -52,6 +52,7 @@ constexpr int kPollIntervalMs = 200;
 constexpr uint64_t kRequestTimeoutMs = 5'000;  // a whole request head must arrive within this
 constexpr uint64_t kLingerMs = 1'000;          // after an answer from the poll thread (see linger)
 constexpr int kListenBacklog = 64;
+constexpr int kReadsPerRound = 8;  // recv calls per connection per poll round (4 KiB each)
 constexpr timeval kSocketTimeout = {5, 0};  // workers, per send: a client that stops reading
 constexpr auto kShardAnswerTimeout = std::chrono::seconds(5);
 constexpr auto kReadyAnswerTimeout = std::chrono::seconds(1);
@@ -712,7 +713,8 @@ void AdminServer::poll_loop() {
       const short events = waiting[i + 1].revents;
       if (events != 0) {
         char chunk[4096];
-        while (c.fd >= 0) {
+        // Bounded per round, so a client that streams without pause cannot keep this thread.
+        for (int reads = 0; c.fd >= 0 && reads < kReadsPerRound; ++reads) {
           const ssize_t got = recv(c.fd, chunk, sizeof(chunk), MSG_DONTWAIT);
           if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
             break;
