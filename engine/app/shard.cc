@@ -121,6 +121,8 @@ struct Shard::Impl : public smtp::SessionHost {
     uint64_t started_us = 0;
   };
   absl::flat_hash_map<uint64_t, PendingCommit> tickets;  // spool ticket -> waiting session
+  // Spool tickets of admin requests (hold, release, delete) -> who answers the HTTP request.
+  absl::flat_hash_map<uint64_t, std::function<void(const absl::Status&)>> control_tickets;
   std::vector<spool::IoRequest> io_requests;
   std::vector<spool::Completed> completed;
   std::vector<io::TimerNode*> expired;
@@ -784,6 +786,9 @@ struct Shard::Impl : public smtp::SessionHost {
     for (spool::Completed& done : completed) {
       const auto it = tickets.find(done.ticket);
       if (it == tickets.end()) {
+        if (auto control = control_tickets.extract(done.ticket)) {
+          control.mapped()(done.status);
+        }
         continue;
       }
       const PendingCommit pending = it->second;
@@ -801,7 +806,6 @@ struct Shard::Impl : public smtp::SessionHost {
       } else {
         shard->_metrics.add(shard->_metrics.messages_accepted);
         shard->_metrics.add(shard->_metrics.bytes_accepted, pending.rfc_size);
-        shard->_metrics.queue_messages.store(shard->_spool->size(), std::memory_order_relaxed);
         log.line(str_cat("event=transaction status=250 id=", done.queue_id, " client=", client,
                          " rcpts=", pending.recipients, " size=", pending.rfc_size, " commit_us=", duration_us));
       }
@@ -1026,6 +1030,10 @@ bool Shard::run() {
   _impl->loop();
   _ready.store(false, std::memory_order_release);
   return true;
+}
+
+void Shard::await_ticket(uint64_t ticket, std::function<void(const absl::Status&)> done) {
+  _impl->control_tickets.emplace(ticket, std::move(done));
 }
 
 bool Shard::post(ControlRequest* request) {
