@@ -16,6 +16,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "engine/app/input_path.h"
 #include "engine/app/log.h"
 #include "engine/io/buffer_ring.h"
 #include "engine/io/clock.h"
@@ -84,9 +85,9 @@ struct Connection {
   uint32_t out_offset = 0;
   uint64_t started_ms = 0;
   io::TimerNode timer;
-  std::string out;       // being sent (the kernel reads it until the send CQE)
-  std::string out_next;  // replies gathered meanwhile
-  std::string pending_in;
+  std::string out;         // being sent (the kernel reads it until the send CQE)
+  std::string out_next;    // replies gathered meanwhile
+  ParkedInput pending_in;  // received, not yet taken by the session (read from an offset)
   io::SocketAddress peer;  // after PROXY: the real client
   std::optional<smtp::ServerSession> session;
 };
@@ -328,32 +329,22 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     c.recv_armed = false;
-    if (c.recv_cancel_pending) {
-      // The end of a recv we cancelled for backpressure, not the end of the stream.
-      c.recv_cancel_pending = false;
-      if (cqe.res == -ECANCELED || cqe.res > 0) {
-        if (!c.reading_paused && !c.closing) {
-          arm_recv(index);
-        } else if (c.closing) {
-          advance_close(index);
-        }
+    const bool cancel_pending = c.recv_cancel_pending;
+    c.recv_cancel_pending = false;
+    switch (recv_end_action(cqe.res, cancel_pending, c.reading_paused, c.closing)) {
+      case RecvEnd::rearm:
+        arm_recv(index);
         return;
-      }
-    }
-    if (cqe.res == -ENOBUFS && !c.closing) {
-      arm_recv(index);  // the buffer ring ran dry for a moment; buffers come back this iteration
-      return;
-    }
-    if (cqe.res > 0 && !c.closing) {
-      arm_recv(index);  // multishot ended for another reason (e.g. CQ overflow)
-      return;
-    }
-    if (cqe.res == 0 && !c.closing) {
-      // The client half-closed (SHUT_WR): it may still read. Answer what it sent, then close.
-      c.read_closed = true;
-      resume_pending(index);
-      finish_if_read_closed(index);
-      return;
+      case RecvEnd::stay_paused:
+        return;  // resume_reading_if_drained() arms it again
+      case RecvEnd::half_close:
+        // The client half-closed (SHUT_WR): it may still read. Answer what it sent, then close.
+        c.read_closed = true;
+        resume_pending(index);
+        finish_if_read_closed(index);
+        return;
+      case RecvEnd::close:
+        break;
     }
     // An error, or the end of a recv we shut down or cancelled: nobody is listening any more.
     if (cqe.res < 0 && cqe.res != -ECANCELED && !c.closing) {
@@ -399,7 +390,7 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     // A recv buffer is at most one slice: its replies are bounded without slicing here.
-    run_session(index, data);
+    run_session(index, data, false);
     pause_reading_if_full(index);
     rearm_timer(index);
   }
@@ -432,45 +423,46 @@ struct Shard::Impl : public smtp::SessionHost {
     }  // else the cancelled recv's final CQE re-arms it (on_recv)
   }
 
-  // Feeds input to the session; parks what it cannot take yet in pending_in.
-  void run_session(uint32_t index, std::string_view data) {
+  // Feeds input to the session. `data` is either new input (nothing parked) or the front of
+  // pending_in (from_parked); what the session does not take stays parked, in order.
+  void run_session(uint32_t index, std::string_view data, bool from_parked) {
     Connection& c = slot(index);
     const smtp::SessionStep step = c.session->on_input(data, c.out_next);
     mark_dirty(index);
-    const std::string_view rest = data.substr(step.consumed);
+    // Park (or un-park) before acting: commit_message can answer at once and come back into
+    // resume_pending, which must find the input in order.
+    if (from_parked) {
+      c.pending_in.consume(step.consumed);
+    } else if (step.action != smtp::SessionAction::close && step.consumed < data.size()) {
+      c.pending_in.append(data.substr(step.consumed));
+    }
     switch (step.action) {
       case smtp::SessionAction::commit:
-        c.pending_in.assign(rest);
         commit_message(index);
         return;
       case smtp::SessionAction::close:
         begin_close(index);
         return;
       case smtp::SessionAction::none:
-        if (!rest.empty()) {
-          c.pending_in.assign(rest);
-        }
         return;
     }
   }
 
   // Feeds parked input to the session a slice at a time, so that the replies it produces stay
-  // bounded by kOutputOctetsMax (a client that sends many commands and reads nothing).
+  // bounded by kOutputOctetsMax (a client that sends many commands and reads nothing). The
+  // slices are views into pending_in: nothing is copied per slice.
   void resume_pending(uint32_t index) {
     Connection& c = slot(index);
     while (!c.closing && c.session && !c.session->waiting_for_commit() && !c.pending_in.empty() &&
            c.out_next.size() <= kOutputOctetsMax) {
-      std::string input = std::move(c.pending_in);
-      c.pending_in.clear();
-      const size_t slice = std::min(input.size(), kInputSliceOctets);
-      run_session(index, std::string_view(input).substr(0, slice));
-      // run_session parked what it did not take of the slice; the rest of the input follows it.
-      c.pending_in.append(input, slice, std::string::npos);
-      if (c.pending_in.size() == input.size()) {
+      const size_t before = c.pending_in.size();
+      const std::string_view input = c.pending_in.view();
+      run_session(index, input.substr(0, std::min(input.size(), kInputSliceOctets)), true);
+      if (c.pending_in.size() >= before) {
         break;  // no progress: wait for more input
       }
     }
-    release_if_large(c.pending_in);
+    c.pending_in.release_if_large(kIdleBufferCapacity);
     resume_reading_if_drained(index);
   }
 
@@ -478,7 +470,7 @@ struct Shard::Impl : public smtp::SessionHost {
   void on_proxy_bytes(uint32_t index, std::string_view data) {
     Connection& c = slot(index);
     c.pending_in.append(data);
-    const smtp::ProxyParseResult parsed = smtp::parse_proxy_header(c.pending_in);
+    const smtp::ProxyParseResult parsed = smtp::parse_proxy_header(c.pending_in.view());
     if (parsed.status == smtp::ProxyParseStatus::need_more) {
       return;
     }
