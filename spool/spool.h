@@ -204,6 +204,7 @@ class ShardSpool {
   uint64_t free_bytes() const;
   bool below_min_free() const;
   uint64_t ready_segments() const;  // preallocated, not yet in use
+  uint64_t segment_bytes() const { return _options.segment_bytes; }
 
   // The queue index: messages whose record is durable.
   std::vector<MessageInfo> list() const;

@@ -4,6 +4,7 @@
 // from (a read offset, so it is copied once, not once per slice), and whether a session may
 // buffer more of a message body within the shard's body memory budget.
 // Nothing here does I/O or owns a socket.
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -87,11 +88,15 @@ class BodyBudget {
 
   uint64_t budget_octets() const { return _budget_octets; }
   uint64_t used_octets() const { return _used_octets; }
-  // Whether a session holding `held` octets of its body may take `more`. is_head: it holds the
-  // oldest body in memory (or none is held); head_held: octets the head holds now.
-  bool may_grow(bool is_head, uint64_t head_held, uint64_t more) const {
+  // Whether a session may take `more` octets. is_head: it holds the oldest body in memory (or
+  // none is held); head_held: what the head holds now (buffer capacity, counted in used);
+  // head_body: the octets of its body (the size the message has reached).
+  bool may_grow(bool is_head, uint64_t head_held, uint64_t head_body, uint64_t more) const {
     if (is_head) {
-      return _used_octets + more <= _budget_octets;
+      // With nothing committing (nothing will free by itself), the head is bound only by the
+      // size of its own message: neither the others' overshoots (BDAT dot-stuffing) nor its
+      // buffer's doubling can stall it.
+      return _used_octets + more <= _budget_octets || (_spool_octets == 0 && head_body + more <= _budget_octets);
     }
     const uint64_t head_needs = _head_room_octets > head_held ? _head_room_octets - head_held : 0;
     return _used_octets + more + head_needs <= _budget_octets;
@@ -103,11 +108,23 @@ class BodyBudget {
     SLUICE_ASSERT(octets <= _used_octets, "body budget released more than was taken");
     _used_octets -= octets;
   }
+  // A finished body handed to the spool: still counted until its commit completes.
+  void to_spool(uint64_t octets) {
+    SLUICE_ASSERT(octets <= _used_octets - _spool_octets);
+    _spool_octets += octets;
+  }
+  void spool_done(uint64_t octets) {
+    SLUICE_ASSERT(octets <= _spool_octets, "body budget: more committed than was handed over");
+    _spool_octets -= octets;
+    remove(octets);
+  }
+  uint64_t spool_octets() const { return _spool_octets; }
 
  private:
   uint64_t _budget_octets;
   uint64_t _head_room_octets;
-  uint64_t _used_octets = 0;
+  uint64_t _used_octets = 0;   // sessions' bodies and bodies in the spool's hands
+  uint64_t _spool_octets = 0;  // of which handed to the spool, not yet committed
 };
 
 }  // namespace sluice::app

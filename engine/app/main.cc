@@ -290,6 +290,8 @@ int serve(const Arguments& arguments) {
   context.settings.limits = smtp::ServerLimits{
       config.server.max_message_size, config.server.max_recipients,         config.server.max_errors,
       config.server.max_command_line, config.server.max_param_command_line, config.server.max_received_headers};
+  context.settings.limits.body_memory_octets_max = config.server.body_memory_per_shard;
+  context.body_memory_octets = config.server.body_memory_per_shard;
   context.settings.relay_networks = config.relay.networks;
   context.settings.relay_domains = config.relay.domains;
   context.proxy_trusted = config.proxy_protocol.trusted;

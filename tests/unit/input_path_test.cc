@@ -102,22 +102,47 @@ TEST(ParkedInputTest, ReleaseIfLargeOnlyWhenEmpty) {
 
 TEST(BodyBudgetTest, HeadMayUseTheWholeBudget) {
   BodyBudget budget(100, 40);
-  EXPECT_TRUE(budget.may_grow(true, 0, 100));
-  EXPECT_FALSE(budget.may_grow(true, 0, 101));
+  EXPECT_TRUE(budget.may_grow(true, 0, 0, 100));
+  EXPECT_FALSE(budget.may_grow(true, 0, 0, 101));
+  EXPECT_FALSE(budget.can_ever_fit(101));
   budget.add(90);
-  EXPECT_TRUE(budget.may_grow(true, 30, 10));
-  EXPECT_FALSE(budget.may_grow(true, 30, 11));
+  budget.to_spool(20);  // a commit in flight: it will free, so the total bounds the head
+  EXPECT_TRUE(budget.may_grow(true, 30, 30, 10));
+  EXPECT_FALSE(budget.may_grow(true, 30, 30, 11));
+  budget.spool_done(20);
+  EXPECT_EQ(budget.used_octets(), 70u);
+}
+
+// With nothing committing, nothing will free by itself: the head is then bound only by its own
+// size, so small overshoots of the others can never stall it.
+TEST(BodyBudgetTest, HeadIsNeverStalledWhenNothingCommits) {
+  BodyBudget budget(100, 40);
+  budget.add(105);  // the others overshot a little (BDAT dot-stuffing)
+  EXPECT_TRUE(budget.may_grow(true, 30, 30, 10));
+  EXPECT_FALSE(budget.may_grow(false, 30, 30, 1));
+  budget.to_spool(5);
+  EXPECT_FALSE(budget.may_grow(true, 30, 30, 10));
+}
+
+// A body's buffer doubles as it grows: its capacity may pass the budget while the message
+// itself fits. Only the message's own size can make the head's message never fit.
+TEST(BodyBudgetTest, HeadBufferDoublingDoesNotStallIt) {
+  BodyBudget budget(100, 80);
+  budget.add(128);  // the head's buffer: 128 for a 70-octet body
+  EXPECT_TRUE(budget.may_grow(true, 128, 70, 10));
+  EXPECT_FALSE(budget.may_grow(true, 128, 70, 31));
+  EXPECT_TRUE(budget.can_ever_fit(100));
 }
 
 TEST(BodyBudgetTest, OthersLeaveRoomForTheHeadToFinish) {
   BodyBudget budget(100, 40);
   budget.add(10);  // the head holds 10 of its up to 40
   // The others may fill 100 - 30 (the head's remaining need) - 10 (held) = 60.
-  EXPECT_TRUE(budget.may_grow(false, 10, 60));
-  EXPECT_FALSE(budget.may_grow(false, 10, 61));
+  EXPECT_TRUE(budget.may_grow(false, 10, 10, 60));
+  EXPECT_FALSE(budget.may_grow(false, 10, 10, 61));
   budget.add(60);
   // The head can still finish its whole message.
-  EXPECT_TRUE(budget.may_grow(true, 10, 30));
+  EXPECT_TRUE(budget.may_grow(true, 10, 10, 30));
 }
 
 // Simulated: many sessions each with a 40-octet message, fed in small steps by the same rule
@@ -141,7 +166,7 @@ TEST(BodyBudgetTest, ManySessionsAllFinishWithinBudget) {
       }
       const uint64_t step = 3;
       const uint64_t more = std::min(step, kMessage - held[s]);
-      if (budget.may_grow(s == head, held[head], more)) {
+      if (budget.may_grow(s == head, held[head], held[head], more)) {
         budget.add(more);
         held[s] += more;
         EXPECT_LE(budget.used_octets(), kBudget);
