@@ -73,7 +73,8 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
   }
   spool->_preallocator =
       std::make_unique<SegmentPreallocator>(recovered.shard_dir, options.shard, recovered.generation,
-                                            options.segment_bytes, recovered.next_segment_id, idfloor_fd);
+                                            options.segment_bytes, recovered.next_segment_id, idfloor_fd,
+                                            options.background_log);
   return spool;
 }
 

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -38,6 +39,7 @@ struct SpoolOptions {
   uint64_t commit_batch_bytes = 1 << 20;
   uint64_t segment_bytes = 64 << 20;
   uint64_t min_free_bytes = 0;
+  std::function<void(std::string_view fields)> background_log;  // the preallocator's failures
 };
 
 inline constexpr size_t kReadySegmentsTarget = 2;  // segments kept preallocated

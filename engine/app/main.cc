@@ -257,12 +257,16 @@ int serve(const Arguments& arguments) {
     floors.push_back(std::max(*floor, recovered->max_id_ms + 1));
     log_line(str_cat("event=recovered shard=", shard, " messages=", recovered->messages.size(),
                      " torn_tails=", recovered->torn_tails, " segments_deleted=", recovered->segments_deleted));
-    spool::SpoolOptions options{config.spool.dir,
-                                shard,
-                                config.spool.commit_interval_us,
-                                config.spool.commit_batch_bytes,
-                                config.spool.segment_bytes,
-                                config.spool.min_free_bytes};
+    spool::SpoolOptions options{
+        .dir = config.spool.dir,
+        .shard = shard,
+        .commit_interval_us = config.spool.commit_interval_us,
+        .commit_batch_bytes = config.spool.commit_batch_bytes,
+        .segment_bytes = config.spool.segment_bytes,
+        .min_free_bytes = config.spool.min_free_bytes,
+        // The preallocator's failures, from its own thread: log_line is one write(2).
+        .background_log = [](std::string_view fields) { log_line(fields); },
+    };
     auto opened = spool::ShardSpool::open(options, std::move(*recovered));
     if (!opened.ok()) {
       std::cerr << "sluice: spool: " << opened.status().message() << "\n";

@@ -1125,6 +1125,7 @@ struct Shard::Impl : public smtp::SessionHost {
       flush_dirty();
       submit_spool_io();
       log.flush(*ring, io::UserData{kTagLog, 0, 0}.encode());
+      shard->_metrics.log_lines_dropped.store(log.dropped(), std::memory_order_relaxed);
       ring->submit_wait_and_reap(wait_us(), [this](const io_uring_cqe& cqe) { dispatch(cqe); });
       buffers->publish();
       flush_dirty();
