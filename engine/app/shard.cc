@@ -392,6 +392,9 @@ struct Shard::Impl : public smtp::SessionHost {
     if (c.session && c.session->waiting_for_commit()) {
       return;  // on_spool() comes back here
     }
+    if (c.budget_paused) {
+      return;  // its parked input waits for the body budget; wake_budget_waiters() comes back here
+    }
     begin_close(index);
   }
 
@@ -615,6 +618,7 @@ struct Shard::Impl : public smtp::SessionHost {
       c.budget_paused = false;
       rearm_timer(waiter.index);  // its timeout was suspended while we held it back
       resume_pending(waiter.index);
+      finish_if_read_closed(waiter.index);
     }
   }
 

@@ -124,6 +124,15 @@ class BodyMemory(SluiceTestCase):
                     for offset in range(0, len(body), CHUNK):
                         c.sock.sendall(view[offset:offset + CHUNK])
                         time.sleep(0.005)  # slowly: sessions overlap for the whole run
+                    if i % 10 == 0:
+                        # Some half-close right after: input parked while the budget is
+                        # full must still be answered, not dropped at the FIN.
+                        c.sock.sendall(b".\r\nQUIT\r\n")
+                        c.sock.shutdown(socket.SHUT_WR)
+                        results[i] = c.read_reply(timeout=120)
+                        if c.read_reply(timeout=120).code != 221:
+                            errors.append("sender %d: no 221 after a half-close" % i)
+                        return
                     c.sock.sendall(b".\r\n")
                     results[i] = c.read_reply(timeout=120)
                     c.cmd("QUIT")
