@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <vector>
 
@@ -34,13 +35,15 @@ using io::wall_ms;
 }  // namespace
 
 SegmentPreallocator::SegmentPreallocator(std::string shard_dir, uint32_t shard, uint32_t generation,
-                                         uint64_t segment_bytes, uint64_t next_segment_id, int idfloor_fd)
+                                         uint64_t segment_bytes, uint64_t next_segment_id, int idfloor_fd,
+                                         BackgroundLog log)
     : _shard_dir(std::move(shard_dir)),
       _shard(shard),
       _generation(generation),
       _segment_bytes(segment_bytes),
       _next_segment_id(next_segment_id),
-      _idfloor_fd(idfloor_fd) {
+      _idfloor_fd(idfloor_fd),
+      _log(std::move(log)) {
   SLUICE_ASSERT(segment_bytes >= kMinSegmentBytes);
   refresh_free_bytes();
   _thread = std::thread([this] { run(); });
@@ -130,6 +133,7 @@ bool SegmentPreallocator::create_one() {
   const std::string temporary = final_path + ".tmp";
   const int fd = ::open(temporary.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (fd < 0) {
+    report(FailureKind::preallocate, "open " + temporary, errno);
     return false;
   }
   FileHeaderPayload payload;
@@ -139,22 +143,36 @@ bool SegmentPreallocator::create_one() {
   const std::string header = encode_file_header_record(id, _generation, payload);
   // Real zero writes, not fallocate: unwritten extents would cost a journal commit on first use.
   static const std::vector<uint8_t> zeros(kZeroChunkBytes, 0);
-  absl::Status status = write_all(fd, header.data(), header.size());
-  for (uint64_t left = _segment_bytes - header.size(); status.ok() && left > 0;) {
+  const char* failed = nullptr;  // the step that failed, with its errno
+  int error = 0;
+  if (!write_all(fd, header.data(), header.size()).ok()) {
+    failed = "write segment";
+    error = errno;
+  }
+  for (uint64_t left = _segment_bytes - header.size(); failed == nullptr && left > 0;) {
     const size_t chunk = static_cast<size_t>(std::min<uint64_t>(left, zeros.size()));
-    status = write_all(fd, zeros.data(), chunk);
+    if (!write_all(fd, zeros.data(), chunk).ok()) {
+      failed = "write segment";
+      error = errno;
+    }
     left -= chunk;
   }
-  if (status.ok() && ::fsync(fd) != 0) {
-    status = errno_status(errno, "fsync segment");
+  if (failed == nullptr && ::fsync(fd) != 0) {
+    failed = "fsync segment";
+    error = errno;
   }
-  if (status.ok() && ::rename(temporary.c_str(), final_path.c_str()) != 0) {
-    status = errno_status(errno, "rename segment");
+  if (failed == nullptr && ::rename(temporary.c_str(), final_path.c_str()) != 0) {
+    failed = "rename segment";
+    error = errno;
   }
-  if (status.ok()) {
-    status = fsync_directory(_shard_dir);
+  if (failed == nullptr) {
+    if (const absl::Status status = fsync_directory(_shard_dir); !status.ok()) {
+      failed = "fsync directory";
+      error = errno;
+    }
   }
-  if (!status.ok()) {
+  if (failed != nullptr) {
+    report(FailureKind::preallocate, absl::StrCat(failed, " ", final_path), error);
     ::close(fd);
     ::unlink(temporary.c_str());
     ::unlink(final_path.c_str());
@@ -166,6 +184,28 @@ bool SegmentPreallocator::create_one() {
   _slots[tail % kSlots] = ReadySegment{fd, id, final_path};
   _tail.store(tail + 1, std::memory_order_release);
   return true;
+}
+
+// Logs a failure with its errno (name and text): the first at once, then at most one per
+// kErrorLogIntervalMs per kind, saying how many were suppressed in between.
+void SegmentPreallocator::report(FailureKind kind, std::string_view what, int error) {
+  _failures.fetch_add(1, std::memory_order_relaxed);
+  FailureLog& entry = _failure_logs[static_cast<size_t>(kind)];
+  const uint64_t now = monotonic_ms();
+  if (entry.logged && now - entry.last_ms < kErrorLogIntervalMs) {
+    ++entry.suppressed;
+    return;
+  }
+  if (_log) {
+    const char* name = strerrorname_np(error);
+    _log(str_cat("event=spool_error shard=", _shard,
+                 " op=", kind == FailureKind::preallocate ? "preallocate" : "persist_id_floor",
+                 " errno=", name != nullptr ? name : std::to_string(error), " error=\"", what, ": ",
+                 std::strerror(error), "\" suppressed=", entry.suppressed));
+  }
+  entry.logged = true;
+  entry.last_ms = now;
+  entry.suppressed = 0;
 }
 
 void SegmentPreallocator::refresh_free_bytes() {
@@ -180,6 +220,8 @@ void SegmentPreallocator::persist_id_floor() {
   if (_idfloor_fd >= 0 && ms > _persisted_id_ms) {
     if (overwrite_floor_file(_idfloor_fd, ms).ok()) {
       _persisted_id_ms = ms;
+    } else {
+      report(FailureKind::id_floor, "write " + _shard_dir + "/idfloor", errno);
     }
   }
 }

@@ -6,11 +6,21 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 
 namespace sluice::spool {
+
+// Where this thread reports its failures: one logfmt line's fields, called on this thread (so
+// it must be thread-safe, e.g. app::log_line). Empty: not reported.
+using BackgroundLog = std::function<void(std::string_view fields)>;
+
+// At most one line per kind of failure per interval, with the count of those suppressed, so an
+// operator can tell ENOSPC from EMFILE from EACCES without a line per retry.
+inline constexpr uint64_t kErrorLogIntervalMs = 10'000;
 
 struct ReadySegment {
   int fd = -1;
@@ -21,7 +31,7 @@ struct ReadySegment {
 class SegmentPreallocator {
  public:
   SegmentPreallocator(std::string shard_dir, uint32_t shard, uint32_t generation, uint64_t segment_bytes,
-                      uint64_t next_segment_id, int idfloor_fd);
+                      uint64_t next_segment_id, int idfloor_fd, BackgroundLog log = {});
   ~SegmentPreallocator();  // stops the thread, unlinks segments never handed out
   SegmentPreallocator(const SegmentPreallocator&) = delete;
   SegmentPreallocator& operator=(const SegmentPreallocator&) = delete;
@@ -31,11 +41,20 @@ class SegmentPreallocator {
   uint64_t free_bytes() const { return _free_bytes.load(std::memory_order_relaxed); }
   uint64_t ready() const { return _tail.load(std::memory_order_acquire) - _head.load(std::memory_order_relaxed); }
   void note_id_ms(uint64_t ms);
+  // Failures so far (any thread; for tests and the log).
+  uint64_t failures() const { return _failures.load(std::memory_order_relaxed); }
 
  private:
   static constexpr size_t kSlots = 4;  // > kReadySegmentsTarget
+  enum class FailureKind : uint8_t { preallocate, id_floor, count_ };
+  struct FailureLog {
+    uint64_t last_ms = 0;
+    uint64_t suppressed = 0;
+    bool logged = false;
+  };
   void run();
   bool create_one();
+  void report(FailureKind kind, std::string_view what, int error);
   void refresh_free_bytes();
   void persist_id_floor();
   void wait_ms(uint64_t ms);
@@ -48,6 +67,9 @@ class SegmentPreallocator {
   uint64_t _next_segment_id;
   int _idfloor_fd;
   uint64_t _persisted_id_ms = 0;
+  BackgroundLog _log;
+  std::array<FailureLog, static_cast<size_t>(FailureKind::count_)> _failure_logs{};
+  std::atomic<uint64_t> _failures{0};
 
   std::array<ReadySegment, kSlots> _slots;
   alignas(64) std::atomic<uint64_t> _head{0};  // consumer (shard)

@@ -108,9 +108,9 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
   if (idfloor_fd < 0) {
     return errno_status(errno, absl::StrCat("open ", idfloor));
   }
-  spool->_preallocator =
-      std::make_unique<SegmentPreallocator>(recovered.shard_dir, options.shard, recovered.generation,
-                                            options.segment_bytes, recovered.next_segment_id, idfloor_fd);
+  spool->_preallocator = std::make_unique<SegmentPreallocator>(recovered.shard_dir, options.shard, recovered.generation,
+                                                               options.segment_bytes, recovered.next_segment_id,
+                                                               idfloor_fd, options.background_log);
   return spool;
 }
 

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -45,6 +46,7 @@ struct SpoolOptions {
   // most this many stay open, the least recently read closed first, so a large queue cannot eat
   // the descriptors that sessions need. The current and the preallocated ones are always open.
   uint32_t open_sealed_segments_max = 64;
+  std::function<void(std::string_view fields)> background_log;  // the preallocator's failures
 };
 
 // Descriptors one shard's spool holds at most: the sealed cache, the current segment, the ready
@@ -226,6 +228,7 @@ class ShardSpool {
   uint64_t free_bytes() const;
   bool below_min_free() const;
   uint64_t ready_segments() const;  // preallocated, not yet in use
+  uint64_t segment_bytes() const { return _options.segment_bytes; }
 
   // The queue index: messages whose record is durable.
   std::vector<MessageInfo> list() const;

@@ -47,7 +47,7 @@ constexpr std::array<std::string_view, 2> kDefaultRelayNetworks = {"127.0.0.0/8"
 
 constexpr std::array<std::string_view, 8> kSections = {"server", "spool",    "relay", "proxy_protocol",
                                                        "dns",    "delivery", "route", "admin"};
-constexpr std::array<std::string_view, 15> kServerKeys = {"hostname",
+constexpr std::array<std::string_view, 16> kServerKeys = {"hostname",
                                                           "listen",
                                                           "threads",
                                                           "max_message_size",
@@ -61,7 +61,8 @@ constexpr std::array<std::string_view, 15> kServerKeys = {"hostname",
                                                           "drain_timeout",
                                                           "max_received_headers",
                                                           "max_command_line",
-                                                          "max_param_command_line"};
+                                                          "max_param_command_line",
+                                                          "body_memory_per_shard"};
 constexpr std::array<std::string_view, 6> kSpoolKeys = {
     "dir", "commit_interval_us", "commit_batch_bytes", "min_free_bytes", "segment_bytes", "max_open_segments"};
 constexpr std::array<std::string_view, 2> kRelayKeys = {"networks", "domains"};
@@ -557,6 +558,7 @@ class Reader {
     integer(section, "max_received_headers", 1, kReceivedHeadersMax, server.max_received_headers);
     integer(section, "max_command_line", kCommandLineMin, kCommandLineMax, server.max_command_line);
     integer(section, "max_param_command_line", kCommandLineMin, kCommandLineMax, server.max_param_command_line);
+    integer(section, "body_memory_per_shard", kBodyMemoryMin, kBodyMemoryMax, server.body_memory_per_shard);
     if (server.max_param_command_line < server.max_command_line) {
       const toml::node* node = find(section, "max_param_command_line");
       node = node != nullptr ? node : find(section, "max_command_line");
@@ -1014,6 +1016,7 @@ std::string config_to_string(const Config& config) {
            {"max_received_headers", integer(server.max_received_headers)},
            {"max_command_line", integer(server.max_command_line)},
            {"max_param_command_line", integer(server.max_param_command_line)},
+           {"body_memory_per_shard", integer(server.body_memory_per_shard)},
        }},
       {"spool",
        toml::table{

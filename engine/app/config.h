@@ -27,6 +27,8 @@ inline constexpr uint64_t kSegmentBytesMin = 1048576;
 inline constexpr uint64_t kSegmentBytesMax = 68719476736;  // 64 GiB
 inline constexpr uint32_t kRecipientsMax = 100000;
 inline constexpr uint32_t kOpenSegmentsMax = 65536;
+inline constexpr uint64_t kBodyMemoryMin = 1048576;      // body_memory_per_shard
+inline constexpr uint64_t kBodyMemoryMax = 68719476736;  // 64 GiB
 inline constexpr uint32_t kSessionsMax = 10000000;
 inline constexpr uint32_t kCommandLineMin = 512;  // RFC 5321 4.5.3.1.4
 inline constexpr uint32_t kCommandLineMax = 65536;
@@ -60,6 +62,9 @@ struct ServerConfig {
   uint32_t max_received_headers = 100;     // loop detection
   uint32_t max_command_line = 512;         // octets, CRLF included
   uint32_t max_param_command_line = 2048;  // MAIL/RCPT with ESMTP parameters
+  // Message bodies in memory per shard (being received, or not yet committed); when full,
+  // sessions in DATA/BDAT are not read until it frees. MAIL SIZE= above it: 452 4.3.1.
+  uint64_t body_memory_per_shard = 268435456;
 
   friend bool operator==(const ServerConfig&, const ServerConfig&) = default;
 };

@@ -60,7 +60,8 @@ void LogBuffer::flush(io::Ring& ring, uint64_t user_data) {
 void LogBuffer::on_write_done(int32_t result) {
   _in_flight = false;
   if (result <= 0) {
-    ++_dropped;
+    const std::string_view lost = std::string_view(_writing).substr(std::min(_written, _writing.size()));
+    _dropped += std::max<uint64_t>(1, static_cast<uint64_t>(std::count(lost.begin(), lost.end(), '\n')));
     _written = _writing.size();  // stderr is broken: drop this batch rather than spin on it
     return;
   }

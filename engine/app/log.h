@@ -26,6 +26,8 @@ class LogBuffer {
   void flush(io::Ring& ring, uint64_t user_data);
   void on_write_done(int32_t result);
   bool in_flight() const { return _in_flight; }
+  // Lines dropped so far (each line beyond kPendingOctetsMax; each line of a failed write).
+  uint64_t dropped() const { return _dropped; }
   // At exit, after the last ring write completed: writes what is left with plain write(2).
   void flush_blocking();
 

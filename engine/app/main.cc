@@ -526,13 +526,17 @@ int serve(const Arguments& arguments) {
     floors.push_back(std::max(*floor, recovered->max_id_ms + 1));
     log_line(str_cat("event=recovered shard=", shard, " messages=", recovered->messages.size(),
                      " torn_tails=", recovered->torn_tails, " segments_deleted=", recovered->segments_deleted));
-    spool::SpoolOptions options{config.spool.dir,
-                                shard,
-                                config.spool.commit_interval_us,
-                                config.spool.commit_batch_bytes,
-                                config.spool.segment_bytes,
-                                config.spool.min_free_bytes};
-    options.open_sealed_segments_max = config.spool.max_open_segments;
+    spool::SpoolOptions options{
+        .dir = config.spool.dir,
+        .shard = shard,
+        .commit_interval_us = config.spool.commit_interval_us,
+        .commit_batch_bytes = config.spool.commit_batch_bytes,
+        .segment_bytes = config.spool.segment_bytes,
+        .min_free_bytes = config.spool.min_free_bytes,
+        // The preallocator's failures, from its own thread: log_line is one write(2).
+        .open_sealed_segments_max = config.spool.max_open_segments,
+        .background_log = [](std::string_view fields) { log_line(fields); },
+    };
     auto opened = spool::ShardSpool::open(options, std::move(*recovered));
     if (!opened.ok()) {
       std::cerr << "sluice: spool: " << opened.status().message() << "\n";
@@ -560,6 +564,8 @@ int serve(const Arguments& arguments) {
   context.settings.limits = smtp::ServerLimits{
       config.server.max_message_size, config.server.max_recipients,         config.server.max_errors,
       config.server.max_command_line, config.server.max_param_command_line, config.server.max_received_headers};
+  context.settings.limits.body_memory_octets_max = config.server.body_memory_per_shard;
+  context.body_memory_octets = config.server.body_memory_per_shard;
   context.settings.relay_networks = config.relay.networks;
   context.settings.relay_domains = config.relay.domains;
   context.proxy_trusted = config.proxy_protocol.trusted;

@@ -73,6 +73,8 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
           sum(shards, &ShardMetrics::messages_accepted));
   counter(out, "sluice_bytes_accepted_total", "Message octets (RFC size) accepted.", "counter",
           sum(shards, &ShardMetrics::bytes_accepted));
+  counter(out, "sluice_log_lines_dropped_total", "Log lines dropped: log output too slow, or stderr failing.",
+          "counter", sum(shards, &ShardMetrics::log_lines_dropped));
   str_append(&out, "# HELP sluice_rejections_total SMTP rejections by reason.\n",
              "# TYPE sluice_rejections_total counter\n");
   for (size_t reason = 0; reason < static_cast<size_t>(Rejection::count_); ++reason) {

@@ -15,6 +15,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "engine/app/input_path.h"
 #include "engine/app/log.h"
 #include "engine/io/assert.h"
 #include "engine/io/buffer_ring.h"
@@ -55,7 +56,7 @@ constexpr uint64_t kCloseLingerMs = 10'000;            // a closing client that 
 constexpr uint64_t kDrainForceGraceMs = 1'000;         // after the drain deadline, before cutting off
 constexpr uint32_t kSlotsPerChunk = 256;               // session slots are allocated this many at a time
 constexpr uint64_t kAcceptRetryMs = 50;                // after EMFILE/ENFILE ended a multishot accept
-constexpr uint64_t kSpoolWaitMs = 2'000;               // how long a message may wait for a spool segment
+constexpr uint64_t kSpoolFullWaitMs = 2'000;           // a message may wait this long for a full disk
 constexpr uint64_t kSubmitErrorLogMs = 1'000;          // failed submits are logged at most this often
 constexpr uint64_t kTraceOctetsMax = 1024;             // our Received:, Message-ID:, Date: (HELO cut at 255)
 
@@ -82,23 +83,28 @@ struct Connection {
   bool read_closed = false;     // the client sent FIN; replies may still go out
   bool reading_paused = false;  // backpressure: too much input parked
   bool recv_cancel_pending = false;
+  bool budget_paused = false;  // backpressure: its body may not grow until the body budget frees
+  uint64_t body_held = 0;      // octets of message body it holds, counted in the shard's budget
+  uint64_t body_seq = 0;       // its place among the bodies in memory, oldest first; 0: none held
   uint32_t out_offset = 0;
   uint64_t started_ms = 0;
   io::TimerNode timer;
-  std::string out;       // being sent (the kernel reads it until the send CQE)
-  std::string out_next;  // replies gathered meanwhile
-  std::string pending_in;
+  std::string out;         // being sent (the kernel reads it until the send CQE)
+  std::string out_next;    // replies gathered meanwhile
+  ParkedInput pending_in;  // received, not yet taken by the session (read from an offset)
   io::SocketAddress peer;  // after PROXY: the real client
   std::optional<smtp::ServerSession> session;
 };
 
 struct Shard::Impl : public smtp::SessionHost {
-  // A finished message waits here while the spool has no segment to put it in (preallocation
-  // behind, or the disk full); it is stored as soon as one is ready, or refused with 451.
+  // A finished message waits here while the spool has no segment to put it in; it is stored as
+  // soon as one is ready. Preallocation behind a burst is no reason to fail it: while the disk
+  // has room for a segment it waits up to data_timeout (the client waits for our answer that
+  // long anyway); only with the disk full is it refused with 451 after kSpoolFullWaitMs.
   struct WaitingForSpace {
     uint32_t index;
     uint32_t generation;
-    uint64_t deadline_ms;
+    uint64_t since_ms;
   };
 
   Shard* shard;
@@ -119,6 +125,7 @@ struct Shard::Impl : public smtp::SessionHost {
     uint64_t rfc_size = 0;
     uint32_t recipients = 0;
     uint64_t started_us = 0;
+    uint64_t body_octets = 0;  // counted in the body budget until the commit completes
   };
   absl::flat_hash_map<uint64_t, PendingCommit> tickets;  // spool ticket -> waiting session
   // Spool tickets of admin requests (hold, release, delete) -> who answers the HTTP request.
@@ -137,6 +144,18 @@ struct Shard::Impl : public smtp::SessionHost {
   uint64_t submit_errors_logged = 0;
   uint64_t submit_error_logged_ms = 0;
   LogBuffer log;
+  // Message bodies in memory (issue 6): the budget, the sessions holding a body in the order
+  // they started it (the front is the head, see BodyBudget), and the sessions paused for it.
+  struct BodyHolder {
+    uint32_t index;
+    uint32_t generation;
+    uint64_t seq;
+  };
+  BodyBudget budget{0, 0};
+  std::deque<BodyHolder> bodies;
+  std::deque<BodyHolder> budget_waiters;
+  uint64_t next_body_seq = 1;
+  bool budget_freed = false;  // since the waiters were last looked at
 
   bool spool_space_low() const override { return shard->_spool->below_min_free(); }
 
@@ -218,6 +237,10 @@ struct Shard::Impl : public smtp::SessionHost {
       context->client_limits->release(c.peer.ip_string());
     }
     timers->cancel(c.timer);
+    if (c.body_held > 0) {
+      budget.remove(c.body_held);  // a body never handed to the spool: dropped with the session
+      budget_freed = true;
+    }
     const uint32_t generation = c.generation + 1;
     c.~Connection();
     new (&c) Connection();
@@ -296,7 +319,10 @@ struct Shard::Impl : public smtp::SessionHost {
       if (admission != ClientAdmission::admitted) {
         const bool rate = admission == ClientAdmission::rate_exceeded;
         shard->_metrics.reject(rate ? Rejection::rate_limited : Rejection::too_many_from_client);
-        c.out_next.append(rate ? smtp::reply::kRateExceeded : smtp::reply::kTooManyFromYou);
+        // table_full: every tracked address has a live connection; never admit one uncounted.
+        c.out_next.append(rate                                       ? smtp::reply::kRateExceeded
+                          : admission == ClientAdmission::table_full ? smtp::reply::kTooManyConnections
+                                                                     : smtp::reply::kTooManyFromYou);
         begin_close(index);
         return;
       }
@@ -335,32 +361,22 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     c.recv_armed = false;
-    if (c.recv_cancel_pending) {
-      // The end of a recv we cancelled for backpressure, not the end of the stream.
-      c.recv_cancel_pending = false;
-      if (cqe.res == -ECANCELED || cqe.res > 0) {
-        if (!c.reading_paused && !c.closing) {
-          arm_recv(index);
-        } else if (c.closing) {
-          advance_close(index);
-        }
+    const bool cancel_pending = c.recv_cancel_pending;
+    c.recv_cancel_pending = false;
+    switch (recv_end_action(cqe.res, cancel_pending, c.reading_paused, c.closing)) {
+      case RecvEnd::rearm:
+        arm_recv(index);
         return;
-      }
-    }
-    if (cqe.res == -ENOBUFS && !c.closing) {
-      arm_recv(index);  // the buffer ring ran dry for a moment; buffers come back this iteration
-      return;
-    }
-    if (cqe.res > 0 && !c.closing) {
-      arm_recv(index);  // multishot ended for another reason (e.g. CQ overflow)
-      return;
-    }
-    if (cqe.res == 0 && !c.closing) {
-      // The client half-closed (SHUT_WR): it may still read. Answer what it sent, then close.
-      c.read_closed = true;
-      resume_pending(index);
-      finish_if_read_closed(index);
-      return;
+      case RecvEnd::stay_paused:
+        return;  // resume_reading_if_drained() arms it again
+      case RecvEnd::half_close:
+        // The client half-closed (SHUT_WR): it may still read. Answer what it sent, then close.
+        c.read_closed = true;
+        resume_pending(index);
+        finish_if_read_closed(index);
+        return;
+      case RecvEnd::close:
+        break;
     }
     // An error, or the end of a recv we shut down or cancelled: nobody is listening any more.
     if (cqe.res < 0 && cqe.res != -ECANCELED && !c.closing) {
@@ -383,6 +399,9 @@ struct Shard::Impl : public smtp::SessionHost {
     if (c.session && c.session->waiting_for_commit()) {
       return;  // on_spool() comes back here
     }
+    if (c.budget_paused) {
+      return;  // its parked input waits for the body budget; wake_budget_waiters() comes back here
+    }
     begin_close(index);
   }
 
@@ -402,11 +421,19 @@ struct Shard::Impl : public smtp::SessionHost {
         return;
       }
       c.pending_in.append(data);
+      sync_body(index);
       pause_reading_if_full(index);
       return;
     }
+    if (!admit_body_input(index, data.size())) {
+      if (!c.closing) {
+        c.pending_in.append(data);  // read when the budget frees
+        sync_body(index);
+      }
+      return;
+    }
     // A recv buffer is at most one slice: its replies are bounded without slicing here.
-    run_session(index, data);
+    run_session(index, data, false);
     pause_reading_if_full(index);
     rearm_timer(index);
   }
@@ -415,8 +442,14 @@ struct Shard::Impl : public smtp::SessionHost {
   // stop the recv once kPendingInputHighOctets are parked, so TCP's window holds the client
   // back instead of our memory. resume_pending() starts it again.
   void pause_reading_if_full(uint32_t index) {
+    if (slot(index).pending_in.size() >= kPendingInputHighOctets) {
+      pause_reading(index);
+    }
+  }
+
+  void pause_reading(uint32_t index) {
     Connection& c = slot(index);
-    if (c.reading_paused || c.closing || c.pending_in.size() < kPendingInputHighOctets) {
+    if (c.reading_paused || c.closing) {
       return;
     }
     c.reading_paused = true;
@@ -430,7 +463,8 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void resume_reading_if_drained(uint32_t index) {
     Connection& c = slot(index);
-    if (!c.reading_paused || c.closing || c.read_closed || c.pending_in.size() >= kPendingInputLowOctets) {
+    if (!c.reading_paused || c.closing || c.read_closed || c.budget_paused ||
+        c.pending_in.size() >= kPendingInputLowOctets) {
       return;
     }
     c.reading_paused = false;
@@ -439,53 +473,167 @@ struct Shard::Impl : public smtp::SessionHost {
     }  // else the cancelled recv's final CQE re-arms it (on_recv)
   }
 
-  // Feeds input to the session; parks what it cannot take yet in pending_in.
-  void run_session(uint32_t index, std::string_view data) {
+  // Feeds input to the session. `data` is either new input (nothing parked) or the front of
+  // pending_in (from_parked); what the session does not take stays parked, in order.
+  void run_session(uint32_t index, std::string_view data, bool from_parked) {
     Connection& c = slot(index);
     const smtp::SessionStep step = c.session->on_input(data, c.out_next);
     mark_dirty(index);
-    const std::string_view rest = data.substr(step.consumed);
+    // Park (or un-park) before acting: commit_message can answer at once and come back into
+    // resume_pending, which must find the input in order.
+    if (from_parked) {
+      c.pending_in.consume(step.consumed);
+    } else if (step.action != smtp::SessionAction::close && step.consumed < data.size()) {
+      c.pending_in.append(data.substr(step.consumed));
+    }
+    sync_body(index);
     switch (step.action) {
       case smtp::SessionAction::commit:
-        c.pending_in.assign(rest);
         commit_message(index);
         return;
       case smtp::SessionAction::close:
         begin_close(index);
         return;
       case smtp::SessionAction::none:
-        if (!rest.empty()) {
-          c.pending_in.assign(rest);
-        }
         return;
     }
   }
 
   // Feeds parked input to the session a slice at a time, so that the replies it produces stay
-  // bounded by kOutputOctetsMax (a client that sends many commands and reads nothing).
+  // bounded by kOutputOctetsMax (a client that sends many commands and reads nothing). The
+  // slices are views into pending_in: nothing is copied per slice.
   void resume_pending(uint32_t index) {
     Connection& c = slot(index);
     while (!c.closing && c.session && !c.session->waiting_for_commit() && !c.pending_in.empty() &&
            c.out_next.size() <= kOutputOctetsMax) {
-      std::string input = std::move(c.pending_in);
-      c.pending_in.clear();
+      const size_t before = c.pending_in.size();
+      const std::string_view input = c.pending_in.view();
       const size_t slice = std::min(input.size(), kInputSliceOctets);
-      run_session(index, std::string_view(input).substr(0, slice));
-      // run_session parked what it did not take of the slice; the rest of the input follows it.
-      c.pending_in.append(input, slice, std::string::npos);
-      if (c.pending_in.size() == input.size()) {
+      if (!admit_body_input(index, slice)) {
+        break;  // waits for the body budget (or was closed)
+      }
+      run_session(index, input.substr(0, slice), true);
+      if (c.pending_in.size() >= before) {
         break;  // no progress: wait for more input
       }
     }
-    release_if_large(c.pending_in);
+    c.pending_in.release_if_large(kIdleBufferCapacity);
     resume_reading_if_drained(index);
+  }
+
+  // ---- message bodies in memory -----------------------------------------------------------
+  // The oldest body in memory (BodyBudget's head), or null when none is held.
+  const Connection* body_head() {
+    while (!bodies.empty()) {
+      const BodyHolder& front = bodies.front();
+      const Connection& c = slot(front.index);
+      if (c.in_use && c.generation == front.generation && c.body_seq == front.seq) {
+        return &c;
+      }
+      bodies.pop_front();
+    }
+    return nullptr;
+  }
+
+  // Whether the session may be given `octets` more input now. Only a session with a
+  // transaction open can turn input into body octets; the others are never held back. When it
+  // may not, it waits (reading paused, its timeout suspended) until the budget frees; a message
+  // that alone is larger than the whole budget is refused and the connection closed.
+  bool admit_body_input(uint32_t index, size_t octets) {
+    Connection& c = slot(index);
+    if (!c.session || !c.session->transaction_open()) {
+      return true;
+    }
+    const Connection* head = body_head();
+    const bool is_head = head == nullptr || head == &c;
+    // BDAT stores the chunk dot-stuffed: it can grow by up to half again. The head asks for
+    // what it is given, so that it is never stalled by the estimate.
+    const uint64_t more = is_head ? octets : octets + octets / 2;
+    const uint64_t head_body = head != nullptr ? head->session->body_octets() : 0;
+    if (budget.may_grow(is_head, head != nullptr ? head->body_held : 0, head_body, more)) {
+      return true;
+    }
+    if (is_head && !budget.can_ever_fit(c.session->body_octets() + octets)) {
+      shard->_metrics.reject(Rejection::too_big);
+      log.line(str_cat("event=rejected reason=body_memory client=", c.peer.ip_string(), " held=", c.body_held,
+                       " budget=", budget.budget_octets()));
+      c.out_next.append(smtp::reply::kBodyMemoryExceededClosing);
+      begin_close(index);
+      return false;
+    }
+    if (!c.budget_paused) {
+      c.budget_paused = true;
+      budget_waiters.push_back(BodyHolder{index, c.generation, 0});
+    }
+    pause_reading(index);
+    return false;
+  }
+
+  // What a session holds against the budget: its body buffers and, while it has a transaction
+  // open, the input parked for it (which becomes body): input that arrived after it was paused
+  // counts too, so the others are held back instead of the total creeping past the budget.
+  uint64_t body_octets_of(const Connection& c) const {
+    if (!c.session || !(c.session->transaction_open() || c.session->waiting_for_commit())) {
+      return 0;  // no body: what an idle session keeps (a small buffer) is not a body in flight
+    }
+    return c.session->body_memory_octets() + (c.session->transaction_open() ? c.pending_in.size() : 0);
+  }
+
+  // Brings the budget up to date with what the session holds (after input, parking, a take).
+  void sync_body(uint32_t index) {
+    Connection& c = slot(index);
+    const uint64_t held = body_octets_of(c);
+    if (held > c.body_held) {
+      budget.add(held - c.body_held);
+    } else if (held < c.body_held) {
+      budget.remove(c.body_held - held);
+      budget_freed = true;
+    }
+    c.body_held = held;
+    if (held == 0) {
+      c.body_seq = 0;
+    } else if (c.body_seq == 0) {
+      c.body_seq = next_body_seq++;
+      bodies.push_back(BodyHolder{index, c.generation, c.body_seq});
+      if (bodies.size() > 2 * size_t{open_connections} + kSlotsPerChunk) {
+        compact_bodies();  // stale entries behind a long-lived head
+      }
+    }
+  }
+
+  void compact_bodies() {
+    std::erase_if(bodies, [this](const BodyHolder& holder) {
+      const Connection& c = slot(holder.index);
+      return !c.in_use || c.generation != holder.generation || c.body_seq != holder.seq;
+    });
+  }
+
+  // After the budget freed: sessions paused for it go on, oldest first, as far as it allows
+  // (each one that still may not grow waits again, at the back).
+  void wake_budget_waiters() {
+    if (!budget_freed) {
+      return;
+    }
+    budget_freed = false;
+    for (size_t round = budget_waiters.size(); round > 0 && !budget_waiters.empty(); --round) {
+      const BodyHolder waiter = budget_waiters.front();
+      budget_waiters.pop_front();
+      Connection& c = slot(waiter.index);
+      if (!c.in_use || c.generation != waiter.generation || !c.budget_paused) {
+        continue;
+      }
+      c.budget_paused = false;
+      rearm_timer(waiter.index);  // its timeout was suspended while we held it back
+      resume_pending(waiter.index);
+      finish_if_read_closed(waiter.index);
+    }
   }
 
   // ---- PROXY protocol ---------------------------------------------------------------------
   void on_proxy_bytes(uint32_t index, std::string_view data) {
     Connection& c = slot(index);
     c.pending_in.append(data);
-    const smtp::ProxyParseResult parsed = smtp::parse_proxy_header(c.pending_in);
+    const smtp::ProxyParseResult parsed = smtp::parse_proxy_header(c.pending_in.view());
     if (parsed.status == smtp::ProxyParseStatus::need_more) {
       return;
     }
@@ -660,6 +808,10 @@ struct Shard::Impl : public smtp::SessionHost {
       rearm_timer(index);  // the spool owes this client an answer; it is not the client's fault
       return;
     }
+    if (c.budget_paused) {
+      rearm_timer(index);  // we stopped reading it (body budget): not the client's fault either
+      return;
+    }
     shard->_metrics.reject(Rejection::timeout);
     if (c.session) {
       c.session->on_timeout(c.out_next);
@@ -672,7 +824,7 @@ struct Shard::Impl : public smtp::SessionHost {
   void commit_message(uint32_t index) {
     Connection& c = slot(index);
     if (!waiting_for_space.empty() || !spool_has_room_for(c)) {
-      waiting_for_space.push_back(WaitingForSpace{index, c.generation, loop_now_ms + kSpoolWaitMs});
+      waiting_for_space.push_back(WaitingForSpace{index, c.generation, loop_now_ms});
       return;
     }
     store_message(index);
@@ -709,21 +861,35 @@ struct Shard::Impl : public smtp::SessionHost {
         store_message(waiting.index);
         continue;
       }
-      if (loop_now_ms < waiting.deadline_ms) {
+      const uint64_t free_bytes = shard->_spool->free_bytes();
+      const bool disk_has_room = free_bytes > shard->_spool->segment_bytes();
+      if (loop_now_ms - waiting.since_ms < (disk_has_room ? context->data_timeout_ms : kSpoolFullWaitMs)) {
         return;
       }
       waiting_for_space.pop_front();
       c.session->take_message();
+      sync_body(waiting.index);
       shard->_metrics.reject(Rejection::spool_error);
-      log.line(
-          str_cat("event=transaction status=451 client=", c.peer.ip_string(), " error=\"no spool segment ready\""));
+      log.line(str_cat("event=transaction status=451 client=", c.peer.ip_string(), " error=\"no spool segment ready\"",
+                       " free_bytes=", free_bytes));
       answer_commit(waiting.index, false, "");
     }
   }
 
   void store_message(uint32_t index) {
     Connection& c = slot(index);
+    sync_body(index);
+    const uint64_t held_before = c.body_held;
     smtp::AcceptedMessage message = c.session->take_message();
+    // The body moves to the spool; it stays counted in the budget until its commit completes.
+    const uint64_t held_after = body_octets_of(c);
+    SLUICE_ASSERT(held_after <= held_before);
+    const uint64_t body_octets = held_before - held_after;
+    budget.to_spool(body_octets);
+    c.body_held = held_after;
+    if (held_after == 0) {
+      c.body_seq = 0;
+    }
     shard->_metrics.add(shard->_metrics.transactions_total);
     const uint64_t arrival_ms = io::wall_ms();
     std::string queue_id = ids->next(arrival_ms);
@@ -744,13 +910,15 @@ struct Shard::Impl : public smtp::SessionHost {
     auto ticket = shard->_spool->append_message(std::move(queue_id), arrival_ms, std::move(envelope), rfc_size,
                                                 std::move(head), std::move(message.body));
     if (!ticket.ok()) {
+      budget.spool_done(body_octets);
+      budget_freed = true;
       shard->_metrics.reject(Rejection::spool_error);
       log.line(str_cat("event=spool_error client=", c.peer.ip_string(), " error=\"", ticket.status().message(), "\""));
       answer_commit(index, false, "");
       return;
     }
     tickets[*ticket] =
-        PendingCommit{io::UserData{0, index, c.generation}, rfc_size, recipient_count, io::monotonic_us()};
+        PendingCommit{io::UserData{0, index, c.generation}, rfc_size, recipient_count, io::monotonic_us(), body_octets};
   }
 
   void submit_spool_io() {
@@ -794,6 +962,8 @@ struct Shard::Impl : public smtp::SessionHost {
       const PendingCommit pending = it->second;
       const io::UserData owner = pending.owner;
       tickets.erase(it);
+      budget.spool_done(pending.body_octets);
+      budget_freed = true;
       Connection& c = slot(owner.index);
       const bool client_present = c.generation == owner.generation && c.in_use && c.session;
       const std::string client = client_present ? c.peer.ip_string() : std::string("gone");
@@ -933,7 +1103,7 @@ struct Shard::Impl : public smtp::SessionHost {
   // when nothing is pending (an idle relay should not wake 100 times a second), and at most
   // kLoopWaitUsMax while something is polled rather than woken (drain, space, accept retry).
   uint64_t wait_us() const {
-    const bool polling = draining || !waiting_for_space.empty() || !accepts_to_rearm.empty();
+    const bool polling = draining || !waiting_for_space.empty() || !accepts_to_rearm.empty() || budget_freed;
     uint64_t wait = polling ? kLoopWaitUsMax : kIdleWaitUsMax;
     const uint64_t now = io::monotonic_us();
     if (const std::optional<uint64_t> timer_ms = timers->next_deadline_ms()) {
@@ -986,9 +1156,11 @@ struct Shard::Impl : public smtp::SessionHost {
       }
       run_control_requests();
       retry_waiting_for_space();
+      wake_budget_waiters();
       flush_dirty();
       submit_spool_io();
       log.flush(*ring, io::UserData{kTagLog, 0, 0}.encode());
+      shard->_metrics.log_lines_dropped.store(log.dropped(), std::memory_order_relaxed);
       ring->submit_wait_and_reap(wait_us(), [this](const io_uring_cqe& cqe) { dispatch(cqe); });
       log_submit_errors();
       buffers->publish();
@@ -1017,6 +1189,7 @@ Shard::Shard(uint32_t index, const ShardContext* context, std::vector<int> liste
   _impl->listeners = std::move(listener_fds);
   _impl->ids = std::make_unique<spool::IdGenerator>(index, id_floor_ms);
   _impl->log.set_shard(index);
+  _impl->budget = BodyBudget(context->body_memory_octets, context->settings.limits.message_octets_max);
 }
 
 Shard::~Shard() = default;

@@ -32,6 +32,7 @@ struct ShardContext {
   int64_t sessions_max = 10'000;  // over all shards; above it: 421 4.7.0
   uint32_t buffer_count = 1024;   // provided recv buffers per shard (power of two)
   uint32_t buffer_bytes = 16384;
+  uint64_t body_memory_octets = 256 << 20;  // message bodies in memory per shard (BodyBudget)
   ClientLimits* client_limits = nullptr;
   std::atomic<bool>* draining = nullptr;
   std::atomic<int64_t>* sessions_open = nullptr;

@@ -23,6 +23,10 @@ inline constexpr std::string_view kRateExceeded = "421 4.7.0 Connection rate lim
 inline constexpr std::string_view kTooManyErrors = "421 4.7.0 Too many errors\r\n";
 inline constexpr std::string_view kTimeout = "421 4.4.2 Error: timeout exceeded\r\n";
 inline constexpr std::string_view kSpoolLow = "452 4.3.1 Insufficient system storage\r\n";
+inline constexpr std::string_view kBodyMemoryExceeded =
+    "452 4.3.1 Error: message larger than the memory this server holds for message bodies\r\n";
+inline constexpr std::string_view kBodyMemoryExceededClosing =
+    "421 4.3.1 Error: message larger than the memory this server holds for message bodies; closing\r\n";
 inline constexpr std::string_view kTooManyRecipients = "452 4.5.3 Error: too many recipients\r\n";
 inline constexpr std::string_view kSpoolFailed = "451 4.3.0 Error: queue file write error\r\n";
 

@@ -20,7 +20,8 @@ namespace sluice::smtp {
 namespace {
 
 // How much of a declared SIZE= we reserve up front, so one hostile MAIL cannot claim memory.
-constexpr uint64_t kBodyReserveOctetsMax = 1 << 20;
+// It counts against the shard's body budget (Shard: BodyBudget) from MAIL on.
+constexpr uint64_t kBodyReserveOctetsMax = 256 << 10;
 constexpr uint64_t kBodyReserveOctetsDefault = 4096;
 
 bool header_name_is(std::string_view line, std::string_view name) {
@@ -262,6 +263,9 @@ SessionAction ServerSession::handle_mail(std::string_view argument, std::string&
   const auto& mail = std::get<MailFrom>(parsed);
   if (mail.size && *mail.size > _settings->limits.message_octets_max) {
     return reject(RejectReason::too_big, reply::kMessageTooBig, out);
+  }
+  if (mail.size && *mail.size > _settings->limits.body_memory_octets_max) {
+    return reject(RejectReason::too_big, reply::kBodyMemoryExceeded, out);  // could never be held
   }
   if (_host->spool_space_low()) {
     return reject(RejectReason::spool_low, reply::kSpoolLow, out);

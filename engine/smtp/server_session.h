@@ -24,6 +24,7 @@ struct ServerLimits {
   uint32_t command_line_octets_max = 512;         // RFC 5321 4.5.3.1.4, including CRLF
   uint32_t param_command_line_octets_max = 2048;  // MAIL/RCPT with ESMTP parameters
   uint32_t received_headers_max = 100;            // more: a mail loop (554 5.4.6)
+  uint64_t body_memory_octets_max = UINT64_MAX;   // the shard's body budget: SIZE= above it, 452 4.3.1
 };
 
 // Shared, read-only configuration of every session on a shard.
@@ -105,6 +106,10 @@ class ServerSession {
     }
     return octets;
   }
+  // Memory this session holds for message bodies (being received or waiting for commit): the
+  // buffers' capacity, which is what is allocated (a growing body doubles its buffer).
+  uint64_t body_memory_octets() const { return _body.capacity() + _ready.body.capacity(); }
+  uint64_t body_octets() const { return _body.size() + _ready.body.size(); }  // of which in use
   bool in_data_phase() const { return _phase == Phase::data || _phase == Phase::bdat_chunk; }
   bool waiting_for_commit() const { return _phase == Phase::committing; }
   bool transaction_open() const { return _mail_given; }

@@ -1,6 +1,7 @@
 """Configured limits and their replies: sessions per client and in total (421 4.7.0), connection
 rate per client, command and DATA timeouts (421 4.4.2), max_received_headers (554 5.4.6)."""
 
+import socket
 import time
 
 import harness as h
@@ -98,6 +99,35 @@ class Limits(SluiceTestCase):
             # Folded Received: continuation lines are one header, and body lines do not count.
             folded = b"Received: from a\r\n\tby b; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
             self.assertReply(c.transaction(body=folded * 3 + b"Subject: ok\r\n\r\n" + hop * 10), 250, "2.0.0")
+
+    def test_per_client_limit_holds_after_more_addresses_than_the_table(self):
+        """The per-client table holds 100,000 addresses (ClientLimits::kTrackedClientsMax, the
+        real bound). Before issue 6 its entries were never removed: after that many distinct
+        addresses, new clients were admitted uncounted and the limit was off. Now an entry
+        without a live connection is reclaimed, so a new address is still counted."""
+        table = 100_000
+        server = self.start_sluice({"server": {"max_sessions_per_client": 50, "threads": 1},
+                                    "relay": {"networks": ["127.255.255.254/32"]}})
+        t0 = time.monotonic()
+        for n in range(table + 500):
+            source = "127.%d.%d.%d" % (1 + (n >> 16), (n >> 8) & 255, n & 255)
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((source, 0))
+                s.connect(("127.0.0.1", server.port))
+            finally:
+                s.close()  # no waiting: the next address at once
+        print("\n    %d distinct client addresses connected in %.1f s" % (table + 500, time.monotonic() - t0))
+        fresh = "127.200.0.1"
+        held = []
+        for i in range(50):
+            c = h.SmtpClient(server.port, source=fresh, timeout=30)
+            self.addCleanup(c.close)
+            self.assertReply(c.greeting, 220, msg="session %d of the new address" % (i + 1))
+            held.append(c)
+        c = h.SmtpClient(server.port, source=fresh, greeting=False, timeout=30)
+        self.addCleanup(c.close)
+        self.assertReply(c.read_reply(timeout=30), 421, "4.7.0", msg="its 51st concurrent session")
 
 
 if __name__ == "__main__":

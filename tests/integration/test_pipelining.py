@@ -79,6 +79,37 @@ class Pipelining(SharedServerTestCase):
             self.assertEqual(info["recipients"], ["r%d@example.com" % i])
             self.assertIn("message %d\r\n" % i, info["message"])
 
+    def test_large_burst_parked_behind_commits(self):
+        """About 3.5 MiB of pipelined transactions in one write: most of it is parked behind
+        each commit and fed to the session 16 KiB at a time (from a read offset since issue 6;
+        before, the rest was re-copied per slice). Every reply comes, in order, and every
+        message is stored with its own content."""
+        count = 1200
+        filler = (b"x" * 960 + b"\r\n") * 3
+        batch = [b"EHLO client.example.org\r\n"]
+        for i in range(count):
+            batch.append(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<r%d@example.com>\r\nDATA\r\n"
+                         b"Subject: n%d\r\n\r\n" % (i, i) + filler + b"message %d\r\n.\r\n" % i)
+        batch.append(b"QUIT\r\n")
+        payload = b"".join(batch)
+        self.assertGreater(len(payload), 3 << 20)
+        c = self.session()
+        c.sock.settimeout(60)
+        import threading
+        sender = threading.Thread(target=c.sock.sendall, args=(payload,), daemon=True)
+        sender.start()
+        replies = c.read_replies(1 + 4 * count + 1, timeout=60)
+        sender.join(60)
+        expected = [250] + [250, 250, 354, 250] * count + [221]
+        self.assertEqual(codes(replies), expected)
+        ids = [replies[1 + 4 * i + 3].queue_id for i in range(count)]
+        self.assertNotIn(None, ids)
+        self.assertEqual(len(set(ids)), count, "queue ids must be unique")
+        for i in (0, 1, count // 3, count // 2, count - 1):
+            info = self.server.queued_message(ids[i])
+            self.assertEqual(info["recipients"], ["r%d@example.com" % i])
+            self.assertTrue(info["message"].endswith("message %d\r\n" % i), info["message"][-40:])
+
     def test_failed_rcpt_in_batch(self):
         c = self.session()
         c.send(b"EHLO client.example.org\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<ok1@example.com>\r\n"

@@ -88,6 +88,7 @@ class TinySpool(SluiceTestCase):
 
     def test_disk_full_gives_451_and_recovers(self):
         mnt = self.mount_tmpfs("8m")
+        started = time.monotonic()
         server = self.start_on(mnt, 0)
         print("\n    free after start: %d" % free_bytes(mnt))
         accepted, refusals = self.fill(server, mnt)
@@ -98,6 +99,11 @@ class TinySpool(SluiceTestCase):
             self.assertIn((r.code, r.enhanced), ((451, "4.3.0"), (452, "4.3.1"), (452, "4.3.0")),
                           "%s -> %r" % (stage, r))
         self.assertTrue(server.running(), "the server must keep running on a full disk")
+        # The preallocator's failure is logged with its errno (issue 6), once per 10 s per kind.
+        enospc = [l for l in server.log_lines() if "op=preallocate" in l and "errno=ENOSPC" in l]
+        self.assertTrue(enospc, "a full disk must be logged as ENOSPC")
+        allowed = 2 * (int((time.monotonic() - started) // 10) + 1)  # 2 shards
+        self.assertLessEqual(len(enospc), allowed, "rate-limited: at most one per 10 s per shard")
         status, _ = server.admin("/healthz")
         self.assertEqual(status, 200)
         queued = set(server.queue_ids())

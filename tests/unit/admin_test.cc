@@ -4,6 +4,7 @@
 
 #include "engine/app/client_limits.h"
 #include "engine/app/http.h"
+#include "engine/app/log.h"
 #include "engine/app/metrics.h"
 #include "engine/app/queue_report.h"
 #include "engine/smtp/command.h"
@@ -172,6 +173,23 @@ TEST(MetricsTest, PrometheusTextSumsShards) {
   EXPECT_NE(text.find("sluice_spool_below_min_free{shard=\"0\"} 0\n"), std::string::npos);
   EXPECT_NE(text.find("sluice_spool_below_min_free{shard=\"1\"} 1\n"), std::string::npos);
   EXPECT_NE(text.find("sluice_spool_fsync_seconds_bucket{le=\"+Inf\"} 10\n"), std::string::npos);
+}
+
+// Issue 6: log lines dropped under pressure are counted, and the count is in /metrics.
+TEST(MetricsTest, DroppedLogLinesAreCounted) {
+  LogBuffer log;
+  const std::string fields(1000, 'x');
+  for (size_t i = 0; i < LogBuffer::kPendingOctetsMax / 1000 + 100; ++i) {
+    log.line(fields);
+  }
+  EXPECT_GT(log.dropped(), 0u);
+  ShardMetrics a;
+  ShardMetrics b;
+  a.log_lines_dropped.store(log.dropped());
+  b.log_lines_dropped.store(2);
+  const std::string text = render_prometheus({&a, &b}, {});
+  EXPECT_NE(text.find("# TYPE sluice_log_lines_dropped_total counter\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_log_lines_dropped_total " + std::to_string(log.dropped() + 2) + "\n"), std::string::npos);
 }
 
 }  // namespace

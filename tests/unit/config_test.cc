@@ -117,6 +117,7 @@ TEST(ConfigDefaults, MatchTheDesign) {
   EXPECT_EQ(config.server.max_received_headers, 100u);
   EXPECT_EQ(config.server.max_command_line, 512u);
   EXPECT_EQ(config.server.max_param_command_line, 2048u);
+  EXPECT_EQ(config.server.body_memory_per_shard, 268435456u);
   EXPECT_EQ(config.spool.commit_interval_us, 500u);
   EXPECT_EQ(config.spool.commit_batch_bytes, 1048576u);
   EXPECT_EQ(config.spool.min_free_bytes, 1073741824u);
@@ -200,6 +201,7 @@ drain_timeout = "0s"
 max_received_headers = 30
 max_command_line = 1000
 max_param_command_line = 4000
+body_memory_per_shard = 33554432
 [spool]
 dir = "/tmp/spool dir"
 commit_interval_us = 0
@@ -247,6 +249,7 @@ token_file = "/etc/sluice/admin.token"
   EXPECT_EQ(server.max_received_headers, 30u);
   EXPECT_EQ(server.max_command_line, 1000u);
   EXPECT_EQ(server.max_param_command_line, 4000u);
+  EXPECT_EQ(server.body_memory_per_shard, 33554432u);
   EXPECT_EQ(config.spool.dir, "/tmp/spool dir");
   EXPECT_EQ(config.spool.commit_interval_us, 0u);
   EXPECT_EQ(config.spool.commit_batch_bytes, 4096u);
@@ -385,6 +388,7 @@ TEST(ConfigErrors, BadValues) {
   expect_one_error("[server]\nmax_command_line = 2048\nmax_param_command_line = 1024\n", 3,
                    "must be at least server.max_command_line");
   expect_one_error("[spool]\ndir = \"\"\n", 2, "spool.dir: must be a non-empty path");
+  expect_one_error("[server]\nbody_memory_per_shard = 1000\n", 2, "body_memory_per_shard");
   expect_one_error("[spool]\ndir = \"a\\u0000b\"\n", 2, "without NUL");
   expect_one_error("[admin]\nlisten = \"127.0.0.1\"\n", 2, "admin.listen: '127.0.0.1': missing port");
   expect_one_error("[dns]\nservers = [\"127.0.0.1:\"]\n", 2, "dns.servers[0]");

@@ -1,0 +1,130 @@
+#pragma once
+// The decisions of a shard's input path, kept out of the ring code so they can be tested alone:
+// what to do when a multishot recv ends (backpressure must hold), where parked input is read
+// from (a read offset, so it is copied once, not once per slice), and whether a session may
+// buffer more of a message body within the shard's body memory budget.
+// Nothing here does I/O or owns a socket.
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "engine/io/assert.h"
+
+namespace sluice::app {
+
+// What to do with a connection whose multishot recv has ended (its last CQE, no F_MORE).
+enum class RecvEnd : uint8_t {
+  rearm,        // arm a new recv
+  stay_paused,  // backpressure: leave it disarmed; resume_reading re-arms it
+  half_close,   // the client sent FIN: answer what it sent, then close
+  close,        // an error, or the end of a recv we shut down: close the connection
+};
+
+// res is the CQE's result. cancel_pending: we had asked to cancel this recv for a pause.
+// While the connection is paused nothing re-arms its recv, whatever the reason it ended
+// (-ECANCELED from our cancel, -ENOBUFS from a dry buffer ring, a plain end of multishot):
+// only resume_reading does, once the parked input drained or the body budget freed.
+RecvEnd recv_end_action(int32_t res, bool cancel_pending, bool reading_paused, bool closing);
+
+// Input received but not handed to the session yet. Read from an offset: taking a slice does
+// not move the rest; the consumed front is dropped when it is at least half of the buffer, so
+// every octet is copied O(1) times on average however it is sliced.
+class ParkedInput {
+ public:
+  bool empty() const { return _offset == _buffer.size(); }
+  size_t size() const { return _buffer.size() - _offset; }
+  std::string_view view() const { return std::string_view(_buffer).substr(_offset); }
+  void append(std::string_view data) {
+    compact();
+    _buffer.append(data);
+    _copied_octets += data.size();
+  }
+  void consume(size_t octets) {
+    SLUICE_ASSERT(octets <= size());
+    _offset += octets;
+    if (empty()) {
+      clear();
+    }
+  }
+  void clear() {
+    _buffer.clear();
+    _offset = 0;
+  }
+  // Frees a large buffer once it is empty (an idle session keeps no 4 MiB of capacity).
+  void release_if_large(size_t capacity_max) {
+    if (empty() && _buffer.capacity() > capacity_max) {
+      std::string().swap(_buffer);
+      _offset = 0;
+    }
+  }
+  // Octets copied into the buffer so far, compaction included (tests check it is linear).
+  uint64_t copied_octets() const { return _copied_octets; }
+
+ private:
+  void compact() {
+    if (_offset > 0 && _offset * 2 >= _buffer.size()) {
+      _copied_octets += _buffer.size() - _offset;
+      _buffer.erase(0, _offset);
+      _offset = 0;
+    }
+  }
+  std::string _buffer;
+  size_t _offset = 0;
+  uint64_t _copied_octets = 0;
+};
+
+// The shard's budget of message body octets in memory: bodies sessions are receiving plus
+// bodies handed to the spool and not yet committed. It must bound memory without deadlock: if
+// every session held part of a body and the budget were full, none could finish. So the oldest
+// body (the head) may use the whole budget, while the others together keep out of one whole
+// message's room for it (message_octets_max): when the head finishes, its bytes go to the spool
+// and are freed at the commit; then the next oldest finds the same room, and so on. A session
+// that may not grow is paused (its recv cancelled) until the budget frees.
+class BodyBudget {
+ public:
+  BodyBudget(uint64_t budget_octets, uint64_t message_octets_max)
+      : _budget_octets(budget_octets), _head_room_octets(std::min(budget_octets, message_octets_max)) {}
+
+  uint64_t budget_octets() const { return _budget_octets; }
+  uint64_t used_octets() const { return _used_octets; }
+  // Whether a session may take `more` octets. is_head: it holds the oldest body in memory (or
+  // none is held); head_held: what the head holds now (buffer capacity, counted in used);
+  // head_body: the octets of its body (the size the message has reached).
+  bool may_grow(bool is_head, uint64_t head_held, uint64_t head_body, uint64_t more) const {
+    if (is_head) {
+      // With nothing committing (nothing will free by itself), the head is bound only by the
+      // size of its own message: neither the others' overshoots (BDAT dot-stuffing) nor its
+      // buffer's doubling can stall it.
+      return _used_octets + more <= _budget_octets || (_spool_octets == 0 && head_body + more <= _budget_octets);
+    }
+    const uint64_t head_needs = _head_room_octets > head_held ? _head_room_octets - head_held : 0;
+    return _used_octets + more + head_needs <= _budget_octets;
+  }
+  // A message that alone is larger than the whole budget can never be taken.
+  bool can_ever_fit(uint64_t message_octets) const { return message_octets <= _budget_octets; }
+  void add(uint64_t octets) { _used_octets += octets; }
+  void remove(uint64_t octets) {
+    SLUICE_ASSERT(octets <= _used_octets, "body budget released more than was taken");
+    _used_octets -= octets;
+  }
+  // A finished body handed to the spool: still counted until its commit completes.
+  void to_spool(uint64_t octets) {
+    SLUICE_ASSERT(octets <= _used_octets - _spool_octets);
+    _spool_octets += octets;
+  }
+  void spool_done(uint64_t octets) {
+    SLUICE_ASSERT(octets <= _spool_octets, "body budget: more committed than was handed over");
+    _spool_octets -= octets;
+    remove(octets);
+  }
+  uint64_t spool_octets() const { return _spool_octets; }
+
+ private:
+  uint64_t _budget_octets;
+  uint64_t _head_room_octets;
+  uint64_t _used_octets = 0;   // sessions' bodies and bodies in the spool's hands
+  uint64_t _spool_octets = 0;  // of which handed to the spool, not yet committed
+};
+
+}  // namespace sluice::app
