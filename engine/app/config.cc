@@ -962,6 +962,12 @@ std::vector<std::string> config_warnings(const Config& config) {
                                       "hold and delete mail (prefer 127.0.0.1, ::1 or unix:PATH)"));
     }
   }
+  if (config.server.body_memory_per_shard < config.server.max_message_size) {
+    warnings.push_back(absl::StrCat("server.body_memory_per_shard (", config.server.body_memory_per_shard,
+                                    ") is below server.max_message_size (", config.server.max_message_size,
+                                    "): larger messages get 452 4.3.1 (with SIZE=) or 421 4.3.1 though SIZE "
+                                    "advertises more"));
+  }
   return warnings;
 }
 

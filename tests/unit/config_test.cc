@@ -289,6 +289,9 @@ TEST(ConfigAdmin, UnixSocketTokenDefaultAndWarnings) {
   ASSERT_EQ(config_warnings(open).size(), 1u);
   EXPECT_THAT(config_warnings(open)[0], HasSubstr("outside loopback"));
   EXPECT_TRUE(config_warnings(load_ok("[admin]\nlisten = \"[::1]:9025\"\n")).empty());
+  const Config small_budget = load_ok("[server]\nbody_memory_per_shard = 8388608\n");
+  ASSERT_EQ(config_warnings(small_budget).size(), 1u);
+  EXPECT_THAT(config_warnings(small_budget)[0], HasSubstr("below server.max_message_size"));
   // Back to the file form and read again: the same config.
   EXPECT_EQ(load_ok(config_to_string(config)), config);
   CliOverrides overrides;
