@@ -692,8 +692,9 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- timers -----------------------------------------------------------------------------
   // Besides the idle timeouts (command_timeout / data_timeout since the last input), a unit of
   // input in progress has a deadline from its first octet, however the client paces its octets:
-  // a command line must end within command_timeout, and a DATA phase (or one BDAT chunk) within
-  // data_phase_timeout. Called after every pass of input through the session.
+  // a command line must end within command_timeout, and a message body (DATA to its end, or the
+  // BDAT chunks of a transaction up to LAST) within data_phase_timeout. Called after every pass
+  // of input through the session.
   void update_deadlines(uint32_t index) {
     Connection& c = slot(index);
     const uint32_t commands = c.session->counts().commands;
@@ -704,7 +705,7 @@ struct Shard::Impl : public smtp::SessionHost {
       c.line_deadline_ms = loop_now_ms + context->command_timeout_ms;
       c.line_commands = commands;
     }
-    if (!c.session->in_data_phase()) {
+    if (!c.session->body_in_progress()) {
       c.data_deadline_ms = 0;
     } else if (c.data_deadline_ms == 0) {
       c.data_deadline_ms = loop_now_ms + context->data_phase_timeout_ms;

@@ -120,6 +120,9 @@ class ServerSession {
     return octets;
   }
   bool in_data_phase() const { return _phase == Phase::data || _phase == Phase::bdat_chunk; }
+  // A message body is being received: DATA until its end, or BDAT from the first chunk of a
+  // transaction to its LAST (its owner bounds how long that may take as a whole).
+  bool body_in_progress() const { return in_data_phase() || (_used_bdat && _mail_given); }
   bool waiting_for_commit() const { return _phase == Phase::committing; }
   bool transaction_open() const { return _mail_given; }
   // A command line has begun and not ended yet (its owner bounds how long a line may take).

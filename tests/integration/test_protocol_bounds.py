@@ -112,6 +112,33 @@ class TricklingClients(SluiceTestCase):
         self.assertIsNotNone(logged, server.log_tail())
         self.assertEqual(server.queue_count(), 0)
 
+    def test_bdat_chunks_trickled_one_a_second_are_cut_off(self):
+        # Each chunk is quick; the body as a whole (first chunk to LAST) is bounded.
+        server = self.start_sluice({"server": {"data_timeout": "10s", "data_phase_timeout": "3s",
+                                               "command_timeout": "10s"}})
+        c = server.connect()
+        self.addCleanup(c.close)
+        self.assertReply(c.cmd("EHLO client.example.org"), 250)
+        self.assertReply(c.cmd("MAIL FROM:<a@example.org>"), 250)
+        self.assertReply(c.cmd("RCPT TO:<b@example.com>"), 250)
+        answers = []
+        for i in range(20):
+            try:
+                c.send(b"BDAT 1\r\nx")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the 421 is already waiting to be read
+            r = c.read_reply()
+            answers.append(r.code)
+            if r.code != 250:
+                break
+            time.sleep(1.0)
+        print("\n    chunk answers: %s" % answers)
+        self.assertEqual(answers[-1], 421, answers)
+        self.assertLess(len(answers), 20)
+        self.assertTrue(c.wait_closed(10))
+        self.assertIsNotNone(server.wait_for_event("rejected", reason="timeout", timeout="data_phase"),
+                             server.log_tail())
+
     def test_pipelined_client_is_not_cut_off_by_the_line_bound(self):
         # Lines split across reads, quickly: each line ends long before command_timeout.
         server = self.start_sluice({"server": {"command_timeout": "2s"}})

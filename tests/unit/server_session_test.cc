@@ -408,6 +408,23 @@ TEST_F(ServerSessionTest, MessageCarriesItsStartAndCountsAreKept) {
   EXPECT_EQ(session->counts().failed, 1u);
 }
 
+TEST_F(ServerSessionTest, BodyInProgressSpansBdatChunks) {
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\n");
+  EXPECT_FALSE(session->body_in_progress());
+  feed("BDAT 4\r\nab");
+  EXPECT_TRUE(session->body_in_progress());
+  feed("cd");
+  EXPECT_FALSE(session->in_data_phase());
+  EXPECT_TRUE(session->body_in_progress());  // between chunks: the body is not finished
+  feed("BDAT 1 LAST\r\ne");
+  EXPECT_EQ(commits, 1);
+  EXPECT_FALSE(session->body_in_progress());
+  feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  EXPECT_TRUE(session->body_in_progress());
+  feed("x\r\n.\r\n");
+  EXPECT_FALSE(session->body_in_progress());
+}
+
 TEST_F(ServerSessionTest, PartialCommandLineIsVisibleToTheOwner) {
   feed("EHLO c\r\n");
   EXPECT_FALSE(session->command_line_pending());
