@@ -4,7 +4,7 @@ ASAN_DIR ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps test-deps build build-asan run test test-fast test-asan bench fuzz clean
+.PHONY: all deps test-deps configure build build-server build-asan run test test-fast test-asan bench fuzz clean
 
 all: build
 
@@ -14,15 +14,21 @@ deps:
 test-deps:
 	./deploy/install-deps.sh --test
 
-build: deps
+configure: deps
 	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+# `make run` needs the server alone: tests, fuzz drivers and benchmarks are not built for it.
+build-server: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target sluice
 
 build-asan: deps
 	cmake -S . -B $(ASAN_DIR) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_SANITIZE=ON $(CMAKE_FLAGS)
 	cmake --build $(ASAN_DIR) -j $(JOBS)
 
-run: build
+run: build-server
 	./$(BUILD_DIR)/sluice serve
 
 # Every test in the Release build, then the same suite under ASan+UBSan.

@@ -3,10 +3,11 @@
 // read and return an error for anything out of bounds.
 #include "spool/format.h"
 
-#include <cassert>
+#include <cstdio>
 #include <cstring>
 
 #include "absl/status/status.h"
+#include "engine/io/assert.h"
 #include "spool/crc32c.h"
 
 namespace sluice::spool {
@@ -59,7 +60,7 @@ class Writer {
     _out.append(reinterpret_cast<const char*>(bytes), sizeof(bytes));
   }
   void str(std::string_view value) {
-    assert(value.size() <= kMaxEnvelopeStringBytes);
+    SLUICE_ASSERT(value.size() <= kMaxEnvelopeStringBytes);
     uint8_t bytes[2];
     put_u16(bytes, static_cast<uint16_t>(value.size()));
     _out.append(reinterpret_cast<const char*>(bytes), sizeof(bytes));
@@ -128,9 +129,9 @@ bool is_queue_id(std::string_view id) {
 }  // namespace
 
 void encode_record_header(const RecordHeader& header, uint8_t* out) {
-  assert(header.magic == kRecordMagic);
-  assert(header.version == kFormatVersion);
-  assert(header.payload_length <= kMaxPayloadBytes);
+  SLUICE_ASSERT(header.magic == kRecordMagic);
+  SLUICE_ASSERT(header.version == kFormatVersion);
+  SLUICE_ASSERT(header.payload_length <= kMaxPayloadBytes);
   put_u32(out + 0, header.magic);
   put_u16(out + 4, header.version);
   put_u16(out + 6, static_cast<uint16_t>(header.type));
@@ -165,7 +166,7 @@ void seal_record_header(RecordHeader header, uint32_t payload_crc, uint8_t* out)
   header.crc = 0;
   encode_record_header(header, out);
   put_u32(out + kRecordCrcOffset, record_crc(out, payload_crc));
-  assert(decode_record_header(out).crc == record_crc(out, payload_crc));
+  SLUICE_ASSERT(decode_record_header(out).crc == record_crc(out, payload_crc));
 }
 
 size_t message_meta_bytes(const Envelope& envelope) {
@@ -180,8 +181,8 @@ size_t message_meta_bytes(const Envelope& envelope) {
 
 std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, uint64_t rfc_size,
                                 const Envelope& envelope, uint32_t wire_length) {
-  assert(is_queue_id(queue_id));
-  assert(envelope.recipients.size() <= kMaxRecipients);
+  SLUICE_ASSERT(is_queue_id(queue_id));
+  SLUICE_ASSERT(envelope.recipients.size() <= kMaxRecipients);
   std::string head;
   head.reserve(kRecordHeaderBytes + message_meta_bytes(envelope));
   head.resize(kRecordHeaderBytes);  // room for the header, sealed when the record is placed
@@ -198,7 +199,7 @@ std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, 
   for (const auto& recipient : envelope.recipients) {
     writer.str(recipient);
   }
-  assert(head.size() == kRecordHeaderBytes + message_meta_bytes(envelope));
+  SLUICE_ASSERT(head.size() == kRecordHeaderBytes + message_meta_bytes(envelope));
   return head;
 }
 
@@ -252,11 +253,13 @@ absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uin
 }
 
 void encode_journal_payload(const JournalEntry& entry, uint8_t* out) {
-  assert(is_queue_id(entry.queue_id));
+  SLUICE_ASSERT(is_queue_id(entry.queue_id));
   put_u16(out + 0, static_cast<uint16_t>(entry.op));
   put_u16(out + 2, 0);
   std::memcpy(out + 4, entry.queue_id.data(), kQueueIdBytes);
   put_u32(out + 4 + kQueueIdBytes, entry.argument);
+  SLUICE_DEBUG_ASSERT(decode_journal_payload(std::span<const uint8_t>(out, kJournalPayloadBytes)).ok(),
+                      "a journal entry reads back as written");
 }
 
 absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload) {
@@ -267,7 +270,7 @@ absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> pay
   const uint16_t op = get_u16(payload.data());
   entry.queue_id.assign(reinterpret_cast<const char*>(payload.data() + 4), kQueueIdBytes);
   entry.argument = get_u32(payload.data() + 4 + kQueueIdBytes);
-  if (op < static_cast<uint16_t>(JournalOp::remove) || op > static_cast<uint16_t>(JournalOp::bounced) ||
+  if (op < static_cast<uint16_t>(JournalOp::remove) || op > static_cast<uint16_t>(JournalOp::checkpoint) ||
       get_u16(payload.data() + 2) != 0 || !is_queue_id(entry.queue_id)) {
     return absl::DataLossError("spool: malformed journal entry");
   }
@@ -275,18 +278,76 @@ absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> pay
   return entry;
 }
 
-std::string encode_file_header_record(uint64_t file_id, uint32_t generation, const FileHeaderPayload& payload) {
-  std::string record(kFileHeaderRecordBytes, '\0');
+namespace {
+
+// `record` holds room for the header, then the payload: seals the header over it.
+std::string seal_small_record(RecordType type, uint64_t file_id, uint32_t generation, uint64_t sequence,
+                              std::string record) {
   auto* bytes = reinterpret_cast<uint8_t*>(record.data());
-  encode_file_header_payload(payload, bytes + kRecordHeaderBytes);
+  const size_t payload_bytes = record.size() - kRecordHeaderBytes;
   RecordHeader header;
-  header.type = RecordType::file_header;
+  header.type = type;
   header.segment_id = file_id;
   header.generation = generation;
-  header.sequence = 0;
-  header.payload_length = kFileHeaderPayloadBytes;
-  seal_record_header(header, crc32c(bytes + kRecordHeaderBytes, kFileHeaderPayloadBytes), bytes);
+  header.sequence = sequence;
+  header.payload_length = static_cast<uint32_t>(payload_bytes);
+  seal_record_header(header, crc32c(bytes + kRecordHeaderBytes, payload_bytes), bytes);
   return record;
+}
+
+// PREFIX followed by exactly 16 lower-case hex digits.
+std::optional<uint64_t> parse_hex_suffix(std::string_view name, std::string_view prefix) {
+  constexpr size_t kDigits = 16;
+  if (!name.starts_with(prefix) || name.size() != prefix.size() + kDigits) {
+    return std::nullopt;
+  }
+  uint64_t number = 0;
+  for (const char c : name.substr(prefix.size())) {
+    if (c >= '0' && c <= '9') {
+      number = number * 16 + static_cast<uint64_t>(c - '0');
+    } else if (c >= 'a' && c <= 'f') {
+      number = number * 16 + static_cast<uint64_t>(c - 'a' + 10);
+    } else {
+      return std::nullopt;
+    }
+  }
+  return number;
+}
+
+}  // namespace
+
+std::string encode_journal_record(const JournalEntry& entry, uint32_t generation, uint64_t sequence) {
+  std::string record(kRecordHeaderBytes + kJournalPayloadBytes, '\0');
+  encode_journal_payload(entry, reinterpret_cast<uint8_t*>(record.data()) + kRecordHeaderBytes);
+  return seal_small_record(RecordType::journal, kJournalFileId, generation, sequence, std::move(record));
+}
+
+JournalEntry checkpoint_entry(uint64_t records) {
+  SLUICE_ASSERT(records <= UINT32_MAX);
+  return JournalEntry{JournalOp::checkpoint, std::string(kQueueIdBytes, '0'), static_cast<uint32_t>(records)};
+}
+
+std::string journal_path(const std::string& shard_dir, uint64_t number) {
+  char name[32];
+  std::snprintf(name, sizeof(name), "journal-%016llx", static_cast<unsigned long long>(number));
+  return shard_dir + "/" + name;
+}
+
+std::optional<uint64_t> parse_journal_name(std::string_view name) {
+  if (name == "journal") {
+    return 0;
+  }
+  return parse_hex_suffix(name, "journal-");
+}
+
+std::optional<uint64_t> parse_segment_name(std::string_view name) {
+  return parse_hex_suffix(name, "seg-");
+}
+
+std::string encode_file_header_record(uint64_t file_id, uint32_t generation, const FileHeaderPayload& payload) {
+  std::string record(kFileHeaderRecordBytes, '\0');
+  encode_file_header_payload(payload, reinterpret_cast<uint8_t*>(record.data()) + kRecordHeaderBytes);
+  return seal_small_record(RecordType::file_header, file_id, generation, 0, std::move(record));
 }
 
 }  // namespace sluice::spool

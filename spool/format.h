@@ -27,6 +27,12 @@
 //                 recipients, then wire_length octets of the message in wire form (CRLF,
 //                 dot-stuffed, our Received: first).
 //   journal:      op u16 (JournalOp), reserved u16, queue id 16 octets, argument u32.
+//                 (checkpoint: queue id all '0', argument = the number of snapshot records.)
+//
+// Journal files are DIR/shard-N/journal-<16 hex digits>, applied in number order; the spool
+// appends to the newest and starts a new one at a size limit or after a failed write or
+// fdatasync (never rewriting an offset it may already have written). A v1 spool's single file
+// DIR/shard-N/journal counts as number 0.
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -65,6 +71,10 @@ enum class JournalOp : uint16_t {
   delivered = 4,
   deferred = 5,
   bounced = 6,
+  // Ends a snapshot: the records before it in the same journal file are the whole state (every
+  // removal in a segment that still exists, every hold); older journal files no longer count.
+  // Written at the start of each journal file by compaction and by rotation.
+  checkpoint = 7,
 };
 
 inline constexpr uint32_t kFlagBody8bit = 1u << 0;
@@ -134,6 +144,16 @@ absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uin
 
 void encode_journal_payload(const JournalEntry& entry, uint8_t* out);
 absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload);
+
+// A whole journal record (header + payload) of a file of this generation.
+std::string encode_journal_record(const JournalEntry& entry, uint32_t generation, uint64_t sequence);
+// The record that ends a snapshot of `records` records (JournalOp::checkpoint).
+JournalEntry checkpoint_entry(uint64_t records);
+// DIR/journal-<16 hex digits>, and its inverse on a file name ("journal" alone is number 0).
+std::string journal_path(const std::string& shard_dir, uint64_t number);
+std::optional<uint64_t> parse_journal_name(std::string_view name);
+// DIR/seg-<16 hex digits>: the segment id.
+std::optional<uint64_t> parse_segment_name(std::string_view name);
 
 // A whole file header record (header + payload), ready to write at offset 0.
 std::string encode_file_header_record(uint64_t file_id, uint32_t generation, const FileHeaderPayload& payload);

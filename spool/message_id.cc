@@ -7,12 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cassert>
 #include <cerrno>
 #include <cstring>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/io/assert.h"
 #include "spool/crc32c.h"
 #include "spool/file_util.h"
 
@@ -26,13 +26,13 @@ void put_base36(char* out, size_t digits, uint64_t value) {
     out[i - 1] = kDigits[value % 36];
     value /= 36;
   }
-  assert(value == 0);
+  SLUICE_ASSERT(value == 0);
 }
 
 }  // namespace
 
 IdGenerator::IdGenerator(uint32_t shard, uint64_t floor_ms) : _shard(shard), _last_ms(floor_ms) {
-  assert(shard < kIdMaxShards);
+  SLUICE_ASSERT(shard < kIdMaxShards);
 }
 
 std::string IdGenerator::next(uint64_t now_ms) {

@@ -10,13 +10,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <cassert>
 #include <cerrno>
 #include <chrono>
 #include <ctime>
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "engine/io/assert.h"
 #include "engine/io/clock.h"
 #include "engine/io/strings.h"
 #include "spool/file_util.h"
@@ -41,7 +41,7 @@ SegmentPreallocator::SegmentPreallocator(std::string shard_dir, uint32_t shard, 
       _segment_bytes(segment_bytes),
       _next_segment_id(next_segment_id),
       _idfloor_fd(idfloor_fd) {
-  assert(segment_bytes >= kMinSegmentBytes);
+  SLUICE_ASSERT(segment_bytes >= kMinSegmentBytes);
   refresh_free_bytes();
   _thread = std::thread([this] { run(); });
   // Named so that `top -H` tells the preallocators from the shards.
@@ -162,7 +162,7 @@ bool SegmentPreallocator::create_one() {
   }
   ++_next_segment_id;
   const uint64_t tail = _tail.load(std::memory_order_relaxed);
-  assert(tail - _head.load(std::memory_order_acquire) < kSlots);
+  SLUICE_ASSERT(tail - _head.load(std::memory_order_acquire) < kSlots);
   _slots[tail % kSlots] = ReadySegment{fd, id, final_path};
   _tail.store(tail + 1, std::memory_order_release);
   return true;

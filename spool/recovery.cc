@@ -10,7 +10,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cassert>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +19,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/io/assert.h"
 #include "engine/io/clock.h"
 #include "spool/crc32c.h"
 #include "spool/file_util.h"
@@ -89,34 +89,14 @@ struct ScannedSegment {
   uint32_t live = 0;
 };
 
-constexpr char kSegmentPrefix[] = "seg-";
-constexpr size_t kSegmentNameDigits = 16;
-
-std::optional<uint64_t> parse_segment_name(const char* name) {
-  const size_t prefix = sizeof(kSegmentPrefix) - 1;
-  if (std::strncmp(name, kSegmentPrefix, prefix) != 0 || std::strlen(name) != prefix + kSegmentNameDigits) {
-    return std::nullopt;
-  }
-  uint64_t id = 0;
-  for (size_t i = prefix; i < prefix + kSegmentNameDigits; ++i) {
-    const char c = name[i];
-    if (c >= '0' && c <= '9') {
-      id = id * 16 + static_cast<uint64_t>(c - '0');
-    } else if (c >= 'a' && c <= 'f') {
-      id = id * 16 + static_cast<uint64_t>(c - 'a' + 10);
-    } else {
-      return std::nullopt;
-    }
-  }
-  return id;
-}
-
 using io::wall_ms;
 
-// Writes the compacted journal: a file header, then one record per state to keep.
-absl::Status write_journal(const std::string& shard_dir, uint32_t shard, uint32_t generation,
+// Writes the compacted journal DIR/journal-<number>: a file header, the snapshot records, then a
+// checkpoint that makes every older journal file irrelevant. Through a temporary name, fsync,
+// rename and directory fsync: durable before any older journal is deleted.
+absl::Status write_journal(const std::string& shard_dir, uint32_t shard, uint32_t generation, uint64_t number,
                            const std::vector<JournalEntry>& entries, RecoveredShard& out) {
-  const std::string final_path = shard_dir + "/journal";
+  const std::string final_path = journal_path(shard_dir, number);
   const std::string temporary = final_path + ".tmp";
   FileHeaderPayload payload;
   payload.shard = shard;
@@ -124,17 +104,9 @@ absl::Status write_journal(const std::string& shard_dir, uint32_t shard, uint32_
   std::string bytes = encode_file_header_record(kJournalFileId, generation, payload);
   uint64_t sequence = 1;
   for (const auto& entry : entries) {
-    uint8_t record[kRecordHeaderBytes + kJournalPayloadBytes];
-    encode_journal_payload(entry, record + kRecordHeaderBytes);
-    RecordHeader header;
-    header.type = RecordType::journal;
-    header.segment_id = kJournalFileId;
-    header.generation = generation;
-    header.sequence = sequence++;
-    header.payload_length = kJournalPayloadBytes;
-    seal_record_header(header, crc32c(record + kRecordHeaderBytes, kJournalPayloadBytes), record);
-    bytes.append(reinterpret_cast<const char*>(record), sizeof(record));
+    bytes += encode_journal_record(entry, generation, sequence++);
   }
+  bytes += encode_journal_record(checkpoint_entry(entries.size()), generation, sequence++);
   const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
   if (fd < 0) {
     return errno_status(errno, absl::StrCat("open ", temporary));
@@ -147,10 +119,37 @@ absl::Status write_journal(const std::string& shard_dir, uint32_t shard, uint32_
   if (status.ok() && ::rename(temporary.c_str(), final_path.c_str()) != 0) {
     status = errno_status(errno, "rename journal");
   }
+  if (status.ok()) {
+    status = fsync_directory(shard_dir);
+  }
+  out.journal_number = number;
+  out.journal_path = final_path;
   out.journal_end_offset = bytes.size();
   out.journal_next_sequence = sequence;
   return status;
 }
+
+// What the journal files say, applied in file order; a checkpoint replaces all that came before.
+struct JournalState {
+  absl::flat_hash_map<std::string, bool> held;  // id -> held (true) or released (false)
+  absl::flat_hash_map<std::string, bool> removed;
+
+  void apply(const JournalEntry& entry) {
+    switch (entry.op) {
+      case JournalOp::remove:
+        removed[entry.queue_id] = true;
+        break;
+      case JournalOp::hold:
+        held[entry.queue_id] = true;
+        break;
+      case JournalOp::release:
+        held[entry.queue_id] = false;
+        break;
+      default:
+        break;  // per-recipient outcomes: not written by this version
+    }
+  }
+};
 
 }  // namespace
 
@@ -210,7 +209,7 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     return status;
   }
   std::map<uint64_t, std::string> segment_paths;
-  bool have_journal = false;
+  std::map<uint64_t, std::string> journal_paths;  // by number: the order they apply in
   {
     DIR* listing = ::opendir(out.shard_dir.c_str());
     if (listing == nullptr) {
@@ -221,10 +220,10 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       if (name.ends_with(".tmp")) {
         ::unlink(absl::StrCat(out.shard_dir, "/", name).c_str());  // half-created: never handed out
         ++out.segments_deleted;
-      } else if (auto id = parse_segment_name(name.c_str()); id.has_value()) {
+      } else if (auto id = parse_segment_name(name); id.has_value()) {
         segment_paths[*id] = absl::StrCat(out.shard_dir, "/", name);
-      } else if (name == "journal") {
-        have_journal = true;
+      } else if (auto number = parse_journal_name(name); number.has_value()) {
+        journal_paths[*number] = absl::StrCat(out.shard_dir, "/", name);
       }
     }
     ::closedir(listing);
@@ -277,36 +276,54 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     segments.push_back(std::move(segment));
   }
 
-  if (have_journal) {
-    auto file = MappedFile::open(out.shard_dir + "/journal");
+  JournalState journal;
+  for (const auto& [number, path] : journal_paths) {
+    auto file = MappedFile::open(path);
     if (!file.ok()) {
       return file.status();
     }
     const FileScan scan = scan_records(file->bytes(), kJournalFileId, RecordType::journal);
     max_generation = std::max(max_generation, scan.generation);
     out.torn_tails += scan.torn ? 1 : 0;
+    JournalState in_file;  // this file's records before its checkpoint (if it has one)
+    bool checkpointed = false;
+    uint64_t records_before_checkpoint = 0;
     for (const auto& record : scan.records) {
       auto entry =
           decode_journal_payload(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length));
       if (!entry.ok()) {
         break;
       }
-      auto it = live.find(entry->queue_id);
-      if (it == live.end()) {
+      if (entry->op == JournalOp::checkpoint && !checkpointed && entry->argument == records_before_checkpoint) {
+        journal = std::move(in_file);  // the snapshot is the whole state: older files no longer count
+        in_file = JournalState{};
+        checkpointed = true;
         continue;
       }
-      if (entry->op == JournalOp::remove) {
-        live.erase(it);
-      } else if (entry->op == JournalOp::hold) {
-        it->second.status = MessageStatus::held;
-      } else if (entry->op == JournalOp::release) {
-        it->second.status = MessageStatus::queued;
+      ++records_before_checkpoint;
+      (checkpointed ? journal : in_file).apply(*entry);
+    }
+    if (!checkpointed) {
+      for (const auto& [id, removed] : in_file.removed) {
+        journal.removed[id] = removed;
       }
+      for (const auto& [id, held] : in_file.held) {
+        journal.held[id] = held;
+      }
+    }
+  }
+  for (const auto& [id, removed] : journal.removed) {
+    live.erase(id);
+  }
+  for (const auto& [id, held] : journal.held) {
+    if (auto it = live.find(id); it != live.end()) {
+      it->second.status = held ? MessageStatus::held : MessageStatus::queued;
     }
   }
   out.generation = max_generation + 1;
 
-  // Segments with nothing live go; the journal keeps what the rest still need.
+  // Segments with nothing live go, durably, before the new journal stops saying their messages
+  // were removed; the journal keeps what the rest still need.
   std::vector<JournalEntry> keep;
   for (auto& segment : segments) {
     for (const auto& id : segment.ids) {
@@ -320,18 +337,27 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       ++out.segments_deleted;
       continue;
     }
+    RecoveredSegment recovered{segment.id, segment.path, segment.end_offset, segment.live, {}};
     for (const auto& id : segment.ids) {
       auto it = live.find(id);
       if (it == live.end()) {
         keep.push_back(JournalEntry{JournalOp::remove, id, 0});
+        recovered.removed_ids.push_back(id);
       } else if (it->second.location.segment_id == segment.id && it->second.status == MessageStatus::held) {
         keep.push_back(JournalEntry{JournalOp::hold, id, 0});
       }
     }
-    out.segments.push_back(RecoveredSegment{segment.id, segment.path, segment.end_offset, segment.live});
+    out.segments.push_back(std::move(recovered));
   }
-  if (auto status = write_journal(out.shard_dir, shard, out.generation, keep, out); !status.ok()) {
+  if (auto status = fsync_directory(out.shard_dir); !status.ok()) {
     return status;
+  }
+  const uint64_t journal_number = journal_paths.empty() ? 1 : journal_paths.rbegin()->first + 1;
+  if (auto status = write_journal(out.shard_dir, shard, out.generation, journal_number, keep, out); !status.ok()) {
+    return status;
+  }
+  for (const auto& [number, path] : journal_paths) {
+    ::unlink(path.c_str());  // the new journal's checkpoint made them irrelevant
   }
   if (auto status = fsync_directory(out.shard_dir); !status.ok()) {
     return status;

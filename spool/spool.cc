@@ -9,11 +9,11 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cassert>
 #include <cerrno>
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io/assert.h"
 #include "engine/io/clock.h"
 #include "engine/io/strings.h"
 #include "spool/crc32c.h"
@@ -31,6 +31,30 @@ absl::Status io_error(int32_t result, std::string_view what) {
   return errno_status(result < 0 ? -result : EIO, what);
 }
 
+constexpr int kJournalOpenFlags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
+constexpr uint32_t kJournalFileMode = 0640;
+
+// The first spare journal, at start-up (blocking is fine there): created, header, fsync, and the
+// directory fsync'd, exactly what the asynchronous spare does later.
+absl::StatusOr<int> create_journal_file(const std::string& path, const std::string& header, const std::string& dir) {
+  const int fd = ::open(path.c_str(), kJournalOpenFlags, kJournalFileMode);
+  if (fd < 0) {
+    return errno_status(errno, absl::StrCat("create ", path));
+  }
+  absl::Status status = write_all(fd, header.data(), header.size());
+  if (status.ok() && ::fdatasync(fd) != 0) {
+    status = errno_status(errno, absl::StrCat("fdatasync ", path));
+  }
+  if (status.ok()) {
+    status = fsync_directory(dir);
+  }
+  if (!status.ok()) {
+    ::close(fd);
+    return status;
+  }
+  return fd;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions& options, RecoveredShard recovered) {
@@ -40,18 +64,15 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
   }
   std::unique_ptr<ShardSpool> spool(new ShardSpool(options, recovered));
   for (const auto& segment : recovered.segments) {
-    const int fd = ::open(segment.path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      return errno_status(errno, absl::StrCat("open ", segment.path));
-    }
     auto file = std::make_unique<SpoolFile>();
-    file->fd = fd;
+    file->fd = -1;  // opened when read (segment_fd)
     file->id = segment.id;
     file->path = segment.path;
     file->capacity = options.segment_bytes;
     file->end_offset = segment.end_offset;
     file->sealed = true;  // never append after a possibly torn tail
     file->live = segment.live_messages;
+    file->removed_ids = segment.removed_ids;
     spool->_segments.emplace(segment.id, std::move(file));
   }
   for (auto& message : recovered.messages) {
@@ -59,13 +80,29 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
     spool->_index.emplace(std::move(id), std::move(message));
   }
   auto& journal = *spool->_journal;
-  journal.path = recovered.shard_dir + "/journal";
+  journal.path = recovered.journal_path;
+  journal.journal_number = recovered.journal_number;
   journal.fd = ::open(journal.path.c_str(), O_RDWR | O_CLOEXEC);
   if (journal.fd < 0) {
     return errno_status(errno, absl::StrCat("open ", journal.path));
   }
   journal.end_offset = recovered.journal_end_offset;
   journal.next_sequence = recovered.journal_next_sequence;
+  spool->_dir_fd = ::open(recovered.shard_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (spool->_dir_fd < 0) {
+    return errno_status(errno, absl::StrCat("open ", recovered.shard_dir));
+  }
+  JournalSpare& spare = spool->_spare;
+  spare.number = recovered.journal_number + 1;
+  spare.path = journal_path(recovered.shard_dir, spare.number);
+  spare.header = encode_file_header_record(kJournalFileId, recovered.generation,
+                                           FileHeaderPayload{0, options.shard, io::wall_ms()});
+  auto spare_fd = create_journal_file(spare.path, spare.header, recovered.shard_dir);
+  if (!spare_fd.ok()) {
+    return spare_fd.status();
+  }
+  spare.fd = *spare_fd;
+  spare.phase = JournalSpare::Phase::ready;
   const std::string idfloor = recovered.shard_dir + "/idfloor";
   const int idfloor_fd = ::open(idfloor.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
   if (idfloor_fd < 0) {
@@ -88,6 +125,16 @@ ShardSpool::ShardSpool(const SpoolOptions& options, RecoveredShard& recovered)
 
 ShardSpool::~ShardSpool() {
   _preallocator.reset();
+  for (int fd : {_spare.fd, _dir_fd}) {
+    if (fd >= 0) {
+      ::close(fd);
+    }
+  }
+  for (auto& old : _old_journals) {
+    if (old->fd >= 0) {
+      ::close(old->fd);
+    }
+  }
   for (auto& [id, file] : _segments) {
     if (file->fd >= 0) {
       ::close(file->fd);
@@ -149,6 +196,7 @@ absl::StatusOr<uint64_t> ShardSpool::append_journal(JournalOp op, std::string_vi
   }
   PendingRecord record;
   record.type = RecordType::journal;
+  record.op = op;
   record.head.resize(kRecordHeaderBytes + kJournalPayloadBytes);
   record.info.id = std::string(queue_id);
   auto* payload = reinterpret_cast<uint8_t*>(record.head.data()) + kRecordHeaderBytes;
@@ -156,7 +204,11 @@ absl::StatusOr<uint64_t> ShardSpool::append_journal(JournalOp op, std::string_vi
   record.payload_crc = crc32c(payload, kJournalPayloadBytes);
   record.ticket = _next_ticket++;
   const uint64_t ticket = record.ticket;
-  place_in(*_journal, record);
+  if (_journal->sealed) {
+    _journal_waiting.push_back(std::move(record));  // placed in the next journal file
+  } else {
+    place_in(*_journal, record);
+  }
   return ticket;
 }
 
@@ -171,7 +223,11 @@ absl::Status ShardSpool::place_message(PendingRecord& record) {
     _current = next;
     if (previous != nullptr) {
       previous->sealed = true;  // its unused tail stays zero: the clean end for recovery
+      if (previous->fd >= 0) {
+        ++_open_sealed;
+      }
       maybe_unlink(*previous);
+      close_idle_sealed(nullptr);
     }
   }
   place_in(*_current, record);
@@ -179,17 +235,23 @@ absl::Status ShardSpool::place_message(PendingRecord& record) {
 }
 
 void ShardSpool::place_in(SpoolFile& file, PendingRecord& record) {
-  assert(!file.sealed);
-  assert(file.end_offset + record.length() <= file.capacity);
+  SLUICE_ASSERT(!file.sealed);
+  SLUICE_ASSERT(file.end_offset + record.length() <= file.capacity);
   record.offset = file.end_offset;
-  record.sequence = file.next_sequence++;
-  RecordHeader header;
-  header.type = record.type;
-  header.segment_id = file.id;
-  header.generation = file.generation;
-  header.sequence = record.sequence;
-  header.payload_length = static_cast<uint32_t>(record.length() - kRecordHeaderBytes);
-  seal_record_header(header, record.payload_crc, reinterpret_cast<uint8_t*>(record.head.data()));
+  if (record.snapshot) {
+    // Many records, sealed when they were encoded with the sequence numbers they take here.
+    record.sequence = file.next_sequence;
+    file.next_sequence += record.snapshot_records;
+  } else {
+    record.sequence = file.next_sequence++;
+    RecordHeader header;
+    header.type = record.type;
+    header.segment_id = file.id;
+    header.generation = file.generation;
+    header.sequence = record.sequence;
+    header.payload_length = static_cast<uint32_t>(record.length() - kRecordHeaderBytes);
+    seal_record_header(header, record.payload_crc, reinterpret_cast<uint8_t*>(record.head.data()));
+  }
   file.end_offset += record.length();
   ++file.in_flight;
   _open_bytes += record.length();
@@ -228,7 +290,10 @@ void ShardSpool::remove_from_dirty(SpoolFile& file) {
 }
 
 void ShardSpool::seal(SpoolFile& file, std::vector<Completed>& done) {
-  assert(!file.is_journal);
+  SLUICE_ASSERT(!file.is_journal);
+  if (!file.sealed && file.fd >= 0) {
+    ++_open_sealed;
+  }
   file.sealed = true;
   if (_current == &file) {
     _current = nullptr;
@@ -248,30 +313,232 @@ void ShardSpool::seal(SpoolFile& file, std::vector<Completed>& done) {
   maybe_unlink(file);
 }
 
-void ShardSpool::rewind_journal(const FileWrite& write, std::vector<Completed>& done) {
-  (void)done;
-  // The journal is not preallocated: rather than sealing it, write again from where the failed
-  // write began. Records placed after it move back, renumbered.
+// After a failed journal write or fdatasync the file is never written again: its failed records
+// may have reached the disk, and writing other records over them could leave stale ones past the
+// new tail that look valid. Records not yet written wait for the next file (rotate_journal).
+void ShardSpool::seal_journal() {
   SpoolFile& journal = *_journal;
-  std::vector<PendingRecord> unwritten = std::move(journal.open);
-  journal.open.clear();
+  journal.sealed = true;
   remove_from_dirty(journal);
-  journal.end_offset = write.start_offset;
-  journal.next_sequence = write.start_sequence;
-  for (auto& record : unwritten) {
+  for (auto& record : journal.open) {
     --journal.in_flight;
     _open_bytes -= record.length();
     --_open_records;
-    place_in(journal, record);
+    _journal_waiting.push_back(std::move(record));
   }
+  journal.open.clear();
+}
+
+bool ShardSpool::rotation_due() const {
+  return _batch_state == BatchState::idle && _spare.phase == JournalSpare::Phase::ready &&
+         (_journal->sealed || _journal->end_offset >= _options.journal_rotate_bytes);
+}
+
+// Starts the next journal file with a snapshot of the durable state and its checkpoint; older
+// files are deleted once the checkpoint is durable. Only between batches: nothing is in flight,
+// so the index is exactly what the journal files say, and what waits follows the checkpoint.
+void ShardSpool::rotate_journal() {
+  SLUICE_ASSERT(rotation_due());
+  SLUICE_ASSERT(_journal->in_flight == _journal->open.size(), "nothing of the journal is being written");
+  if (!_journal->sealed) {
+    seal_journal();  // its unwritten records follow the checkpoint in the new file
+  }
+  std::unique_ptr<SpoolFile> old = std::move(_journal);
+  SLUICE_ASSERT(old->in_flight == 0);
+  ::close(old->fd);
+  old->fd = -1;
+  old->sealed = true;
+  _old_journals.push_back(std::move(old));
+
+  _journal = std::make_unique<SpoolFile>();
+  _journal->fd = _spare.fd;
+  _journal->id = kJournalFileId;
+  _journal->generation = _generation;
+  _journal->is_journal = true;
+  _journal->journal_number = _spare.number;
+  _journal->path = _spare.path;
+  _journal->capacity = UINT64_MAX;
+  _journal->end_offset = kFileHeaderRecordBytes;
+  _journal->next_sequence = 1;
+  const uint64_t next_number = _spare.number + 1;
+  _spare = JournalSpare{};
+  _spare.number = next_number;
+  ++_metrics.journal_rotations;
+
+  place_snapshot();
+  std::vector<PendingRecord> waiting = std::move(_journal_waiting);
+  _journal_waiting.clear();
+  for (auto& record : waiting) {
+    place_in(*_journal, record);
+  }
+}
+
+void ShardSpool::place_snapshot() {
+  std::vector<JournalEntry> entries;
+  for (const auto& [id, segment] : _segments) {
+    for (const auto& removed : segment->removed_ids) {
+      entries.push_back(JournalEntry{JournalOp::remove, removed, 0});
+    }
+  }
+  for (const auto& unlinked : _unlinked_ids) {
+    for (const auto& removed : unlinked.ids) {
+      entries.push_back(JournalEntry{JournalOp::remove, removed, 0});
+    }
+  }
+  for (const auto& [id, info] : _index) {
+    if (info.status == MessageStatus::held) {
+      entries.push_back(JournalEntry{JournalOp::hold, id, 0});
+    }
+  }
+  PendingRecord snapshot;
+  snapshot.type = RecordType::journal;
+  snapshot.snapshot = true;
+  snapshot.snapshot_records = static_cast<uint32_t>(entries.size() + 1);
+  snapshot.head.reserve((entries.size() + 1) * (kRecordHeaderBytes + kJournalPayloadBytes));
+  uint64_t sequence = _journal->next_sequence;
+  for (const auto& entry : entries) {
+    snapshot.head += encode_journal_record(entry, _journal->generation, sequence++);
+  }
+  snapshot.head += encode_journal_record(checkpoint_entry(entries.size()), _journal->generation, sequence++);
+  place_in(*_journal, snapshot);
+}
+
+// A durable journal record's effect on the index. Records of the snapshot change nothing: they
+// repeat what the index already says.
+void ShardSpool::apply_journal_record(PendingRecord& record) {
+  if (record.snapshot) {
+    for (auto& old : _old_journals) {
+      const uint64_t op_id = _next_op_id++;
+      Op op{IoRequest::Kind::unlink, 0, 0, old->path};
+      op.journal_file = true;
+      _ops.emplace(op_id, std::move(op));
+      _unlinks_to_submit.push_back(op_id);
+    }
+    _old_journals.clear();
+    return;
+  }
+  auto it = _index.find(record.info.id);
+  if (it == _index.end()) {
+    return;
+  }
+  switch (record.op) {
+    case JournalOp::remove: {
+      const uint64_t segment_id = it->second.location.segment_id;
+      std::string id = std::move(record.info.id);
+      _index.erase(it);
+      auto segment = _segments.find(segment_id);
+      SLUICE_ASSERT(segment != _segments.end() && segment->second->live > 0, "a live message's segment is open");
+      --segment->second->live;
+      segment->second->removed_ids.push_back(std::move(id));
+      maybe_unlink(*segment->second);
+      break;
+    }
+    case JournalOp::hold:
+      it->second.status = MessageStatus::held;
+      break;
+    case JournalOp::release:
+      it->second.status = MessageStatus::queued;
+      break;
+    default:
+      break;
+  }
+}
+
+void ShardSpool::start_spare(uint64_t now_us, std::vector<IoRequest>& out) {
+  if (_spare.phase != JournalSpare::Phase::none || now_us < _spare.retry_at_us) {
+    return;
+  }
+  _spare.path = journal_path(_shard_dir, _spare.number);
+  _spare.header =
+      encode_file_header_record(kJournalFileId, _generation, FileHeaderPayload{0, _options.shard, io::wall_ms()});
+  const uint64_t op_id = _next_op_id++;
+  Op op{IoRequest::Kind::open, 0, 0, {}};
+  op.spare = true;
+  _ops.emplace(op_id, std::move(op));
+  IoRequest request;
+  request.kind = IoRequest::Kind::open;
+  request.path = _spare.path.c_str();
+  request.open_flags = kJournalOpenFlags;
+  request.open_mode = kJournalFileMode;
+  request.op_id = op_id;
+  out.push_back(request);
+  _spare.phase = JournalSpare::Phase::opening;
+}
+
+void ShardSpool::spare_failed(uint64_t now_us) {
+  if (_spare.fd >= 0) {
+    ::close(_spare.fd);  // the half-made file stays: recovery deletes a journal without a header
+  }
+  _spare.fd = -1;
+  _spare.phase = JournalSpare::Phase::none;
+  ++_spare.number;  // never reuse a name that may exist
+  _spare.retry_at_us = now_us + kPreallocRetryMs * 1000;
+}
+
+void ShardSpool::on_spare_complete(IoRequest::Kind kind, int32_t result) {
+  using Phase = JournalSpare::Phase;
+  const uint64_t now_us = io::monotonic_us();
+  if (result < 0 || (kind == IoRequest::Kind::write && static_cast<size_t>(result) != _spare.header.size())) {
+    if (kind == IoRequest::Kind::fsync) {
+      ++_dir_syncs_done;  // it completed, though it failed: a later one must cover the unlinks
+    }
+    spare_failed(now_us);
+    return;
+  }
+  IoRequest request;
+  request.op_id = _next_op_id++;
+  Op op{IoRequest::Kind::write, 0, 0, {}};
+  op.spare = true;
+  switch (_spare.phase) {
+    case Phase::opening:
+      _spare.fd = result;
+      _spare.iov = iovec{_spare.header.data(), _spare.header.size()};
+      request.kind = IoRequest::Kind::write;
+      request.fd = _spare.fd;
+      request.iov = &_spare.iov;
+      request.iov_count = 1;
+      _spare.phase = Phase::writing;
+      break;
+    case Phase::writing:
+      request.kind = IoRequest::Kind::fdatasync;
+      request.fd = _spare.fd;
+      _spare.phase = Phase::syncing;
+      break;
+    case Phase::syncing:
+      request.kind = IoRequest::Kind::fsync;
+      request.fd = _dir_fd;
+      ++_dir_syncs_issued;
+      _spare.phase = Phase::syncing_dir;
+      break;
+    case Phase::syncing_dir: {
+      _dir_syncs_done = _dir_syncs_issued;
+      while (!_unlinked_ids.empty() && _unlinked_ids.front().dir_sync_needed <= _dir_syncs_done) {
+        _unlinked_ids.pop_front();
+      }
+      _spare.phase = Phase::ready;
+      return;
+    }
+    default:
+      SLUICE_ASSERT(false, "a spare completion in no phase that issues one");
+  }
+  op.kind = request.kind;
+  _ops.emplace(request.op_id, std::move(op));
+  _spare_requests.push_back(request);
 }
 
 void ShardSpool::fail_records(SpoolFile& file, std::vector<PendingRecord>& records, const absl::Status& status,
                               std::vector<Completed>& done) {
   for (auto& record : records) {
-    assert(file.in_flight > 0);
+    SLUICE_ASSERT(file.in_flight > 0);
     --file.in_flight;
-    done.push_back(Completed{record.ticket, status, record.info.id});
+    if (record.type == RecordType::journal && record.op == JournalOp::remove && !record.snapshot) {
+      if (auto it = _index.find(record.info.id); it != _index.end()) {
+        it->second.removal_pending = false;  // not removed: a later remove may try again
+      }
+    }
+    if (record.ticket != 0) {
+      done.push_back(Completed{record.ticket, status, record.info.id});
+    }
   }
   records.clear();
 }
@@ -282,7 +549,12 @@ void ShardSpool::maybe_unlink(SpoolFile& file) {
   }
   // Close while the file is still linked (cheap), then unlink through the ring: freeing 64 MiB
   // of extents is slow and belongs on a worker, not here.
-  ::close(file.fd);
+  if (file.fd >= 0) {
+    if (holds_sealed_descriptor(file)) {
+      --_open_sealed;
+    }
+    ::close(file.fd);
+  }
   file.fd = -1;
   file.unlinked = true;
   const uint64_t op_id = _next_op_id++;
@@ -300,6 +572,14 @@ void ShardSpool::collect_io(uint64_t now_us, std::vector<IoRequest>& out) {
     out.push_back(request);
   }
   _unlinks_to_submit.clear();
+  for (const IoRequest& request : _spare_requests) {
+    out.push_back(request);
+  }
+  _spare_requests.clear();
+  start_spare(now_us, out);
+  if (rotation_due()) {
+    rotate_journal();
+  }
 
   if (_batch_state == BatchState::writing) {
     for (auto& write : _batch) {
@@ -309,7 +589,7 @@ void ShardSpool::collect_io(uint64_t now_us, std::vector<IoRequest>& out) {
     }
   }
   if (_batch_state == BatchState::syncing && !_sync_in_flight) {
-    assert(_sync_index < _batch.size() && !_batch[_sync_index].failed);
+    SLUICE_ASSERT(_sync_index < _batch.size() && !_batch[_sync_index].failed);
     FileWrite& write = _batch[_sync_index];
     const uint64_t op_id = _next_op_id++;
     _ops.emplace(op_id, Op{IoRequest::Kind::fdatasync, _sync_index, write.file->id, {}});
@@ -333,7 +613,7 @@ void ShardSpool::collect_io(uint64_t now_us, std::vector<IoRequest>& out) {
 }
 
 void ShardSpool::close_batch(std::vector<IoRequest>& out) {
-  assert(_batch.empty());
+  SLUICE_ASSERT(_batch.empty());
   std::vector<SpoolFile*> still_dirty;
   for (SpoolFile* file : _dirty) {
     FileWrite write;
@@ -348,7 +628,7 @@ void ShardSpool::close_batch(std::vector<IoRequest>& out) {
       iov_count += needed;
       ++take;
     }
-    assert(take > 0);
+    SLUICE_ASSERT(take > 0);
     write.records.reserve(take);
     std::move(file->open.begin(), file->open.begin() + static_cast<ptrdiff_t>(take), std::back_inserter(write.records));
     file->open.erase(file->open.begin(), file->open.begin() + static_cast<ptrdiff_t>(take));
@@ -368,7 +648,7 @@ void ShardSpool::close_batch(std::vector<IoRequest>& out) {
     write.iov.reserve(3 * write.records.size());
     uint64_t expected_offset = write.start_offset;
     for (auto& record : write.records) {
-      assert(record.offset == expected_offset);
+      SLUICE_ASSERT(record.offset == expected_offset);
       expected_offset += record.length();
       write.iov.push_back(iovec{record.head.data(), record.head.size()});
       if (!record.trace.empty()) {
@@ -406,28 +686,41 @@ void ShardSpool::emit_write(FileWrite& write, std::vector<IoRequest>& out) {
 
 void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Completed>& done) {
   auto it = _ops.find(op_id);
-  assert(it != _ops.end());
-  if (it == _ops.end()) {
-    return;
-  }
+  SLUICE_ASSERT(it != _ops.end(), "completion for an operation the spool did not issue");
   const Op op = std::move(it->second);
   _ops.erase(it);
+  if (op.spare) {
+    on_spare_complete(op.kind, result);
+    return;
+  }
   switch (op.kind) {
     case IoRequest::Kind::write:
       on_write_complete(op.write_index, result, done);
       break;
     case IoRequest::Kind::fdatasync:
-      assert(op_id == _sync_op_id);
+      SLUICE_ASSERT(op_id == _sync_op_id);
       on_sync_complete(result, done);
       break;
     case IoRequest::Kind::unlink:
-      _segments.erase(op.segment_id);  // a failed unlink leaves a dead file recovery deletes
+      if (!op.journal_file) {
+        // A failed unlink leaves a dead file recovery deletes. Until a directory fsync covers
+        // the unlink, snapshots still say its messages are gone.
+        auto segment = _segments.find(op.segment_id);
+        SLUICE_ASSERT(segment != _segments.end());
+        if (!segment->second->removed_ids.empty()) {
+          _unlinked_ids.push_back(UnlinkedIds{_dir_syncs_issued + 1, std::move(segment->second->removed_ids)});
+        }
+        _segments.erase(segment);
+      }
       break;
+    case IoRequest::Kind::open:
+    case IoRequest::Kind::fsync:
+      SLUICE_ASSERT(false, "open and fsync are issued only for the journal spare");
   }
 }
 
 void ShardSpool::on_write_complete(size_t index, int32_t result, std::vector<Completed>& done) {
-  assert(_batch_state == BatchState::writing && index < _batch.size());
+  SLUICE_ASSERT(_batch_state == BatchState::writing && index < _batch.size());
   FileWrite& write = _batch[index];
   write.in_flight = false;
   if (result <= 0) {
@@ -436,13 +729,13 @@ void ShardSpool::on_write_complete(size_t index, int32_t result, std::vector<Com
     write.failed = true;
     fail_records(*write.file, write.records, io_error(result, "spool write"), done);
     if (write.file->is_journal) {
-      rewind_journal(write, done);
+      seal_journal();
     } else {
       seal(*write.file, done);
     }
   } else {
     auto written = static_cast<uint64_t>(result);
-    assert(written <= write.bytes_left);
+    SLUICE_ASSERT(written <= write.bytes_left);
     _metrics.bytes_written += written;
     write.bytes_left -= written;
     write.offset += written;
@@ -485,7 +778,7 @@ void ShardSpool::finish_sync_if_done() {
 }
 
 void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) {
-  assert(_batch_state == BatchState::syncing && _sync_in_flight);
+  SLUICE_ASSERT(_batch_state == BatchState::syncing && _sync_in_flight);
   _sync_in_flight = false;
   const uint64_t latency_us = io::monotonic_us() - _sync_started_us;
   size_t bucket = 0;
@@ -502,7 +795,7 @@ void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) 
     write.failed = true;
     fail_records(file, write.records, io_error(result, "spool fdatasync"), done);
     if (file.is_journal) {
-      rewind_journal(write, done);
+      seal_journal();
     } else {
       seal(file, done);
     }
@@ -511,7 +804,9 @@ void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) 
     uint64_t messages = 0;
     for (auto& record : write.records) {
       --file.in_flight;
-      done.push_back(Completed{record.ticket, absl::OkStatus(), record.info.id});
+      if (record.ticket != 0) {
+        done.push_back(Completed{record.ticket, absl::OkStatus(), record.info.id});
+      }
       if (record.type == RecordType::message) {
         ++messages;
         ++file.live;
@@ -520,6 +815,8 @@ void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) 
         info.location = MessageLocation{file.id, record.offset, record.offset + meta_bytes, record.wire_length()};
         std::string id = info.id;
         _index.insert_or_assign(std::move(id), std::move(info));
+      } else {
+        apply_journal_record(record);
       }
     }
     write.records.clear();
@@ -531,11 +828,15 @@ void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) 
   }
   ++_sync_index;
   finish_sync_if_done();
+  close_idle_sealed(nullptr);  // a sealed segment whose last records just became durable
 }
 
 uint64_t ShardSpool::next_deadline_us() const {
-  if (!_unlinks_to_submit.empty()) {
+  if (!_unlinks_to_submit.empty() || !_spare_requests.empty() || rotation_due()) {
     return 0;
+  }
+  if (_spare.phase == JournalSpare::Phase::none && (!_journal_waiting.empty() || _journal->sealed)) {
+    return _spare.retry_at_us;  // records wait for the next journal file
   }
   if (_batch_state == BatchState::writing) {
     for (const auto& write : _batch) {
@@ -558,7 +859,8 @@ uint64_t ShardSpool::next_deadline_us() const {
 }
 
 bool ShardSpool::idle() const {
-  return _open_records == 0 && _batch_state == BatchState::idle && _ops.empty() && _unlinks_to_submit.empty();
+  return _open_records == 0 && _batch_state == BatchState::idle && _ops.empty() && _unlinks_to_submit.empty() &&
+         _journal_waiting.empty() && _spare_requests.empty();
 }
 
 uint64_t ShardSpool::free_bytes() const {
@@ -601,12 +903,50 @@ std::optional<MessageInfo> ShardSpool::find(std::string_view id) const {
   return it->second;
 }
 
-int ShardSpool::segment_fd(uint64_t segment_id) const {
-  auto it = _segments.find(segment_id);
-  return it == _segments.end() ? -1 : it->second->fd;
+bool ShardSpool::holds_sealed_descriptor(const SpoolFile& file) const {
+  return !file.is_journal && file.sealed && !file.unlinked && file.fd >= 0;
 }
 
-absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) const {
+// Closes the least recently read sealed segments beyond the cap. One still being written (its
+// last records in the batch) keeps its descriptor until they complete.
+void ShardSpool::close_idle_sealed(const SpoolFile* keep) {
+  while (_open_sealed > _options.open_sealed_segments_max) {
+    SpoolFile* oldest = nullptr;
+    for (auto& [id, file] : _segments) {
+      if (file.get() != keep && holds_sealed_descriptor(*file) && file->in_flight == 0 && file->open.empty() &&
+          (oldest == nullptr || file->last_read < oldest->last_read)) {
+        oldest = file.get();
+      }
+    }
+    if (oldest == nullptr) {
+      return;  // all busy: the next seal or read tries again
+    }
+    ::close(oldest->fd);
+    oldest->fd = -1;
+    --_open_sealed;
+  }
+}
+
+int ShardSpool::segment_fd(uint64_t segment_id) {
+  auto it = _segments.find(segment_id);
+  if (it == _segments.end() || it->second->unlinked) {
+    return -1;
+  }
+  SpoolFile& file = *it->second;
+  file.last_read = ++_read_clock;
+  if (file.fd < 0) {
+    SLUICE_ASSERT(file.sealed, "only sealed segments are ever closed");
+    file.fd = ::open(file.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (file.fd < 0) {
+      return -1;
+    }
+    ++_open_sealed;
+    close_idle_sealed(&file);
+  }
+  return file.fd;
+}
+
+absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) {
   auto it = _index.find(to_absl(id));
   if (it == _index.end()) {
     return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
@@ -614,7 +954,7 @@ absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) const 
   const MessageLocation& location = it->second.location;
   const int fd = segment_fd(location.segment_id);
   if (fd < 0) {
-    return absl::InternalError("spool: message without its segment");
+    return errno_status(errno, "spool: open the message's segment");
   }
   std::string bytes(location.wire_length, '\0');
   uint64_t done = 0;
@@ -634,44 +974,28 @@ absl::StatusOr<std::string> ShardSpool::read_message(std::string_view id) const 
 
 absl::StatusOr<uint64_t> ShardSpool::remove(std::string_view id) {
   auto it = _index.find(to_absl(id));
-  if (it == _index.end()) {
+  if (it == _index.end() || it->second.removal_pending) {
     return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
   }
   auto ticket = append_journal(JournalOp::remove, id);
-  if (!ticket.ok()) {
-    return ticket;
+  if (ticket.ok()) {
+    it->second.removal_pending = true;
   }
-  const uint64_t segment_id = it->second.location.segment_id;
-  _index.erase(it);
-  auto segment = _segments.find(segment_id);
-  assert(segment != _segments.end() && segment->second->live > 0);
-  --segment->second->live;
-  maybe_unlink(*segment->second);
   return ticket;
 }
 
 absl::StatusOr<uint64_t> ShardSpool::hold(std::string_view id) {
-  auto it = _index.find(to_absl(id));
-  if (it == _index.end()) {
+  if (!_index.contains(to_absl(id))) {
     return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
   }
-  auto ticket = append_journal(JournalOp::hold, id);
-  if (ticket.ok()) {
-    it->second.status = MessageStatus::held;
-  }
-  return ticket;
+  return append_journal(JournalOp::hold, id);
 }
 
 absl::StatusOr<uint64_t> ShardSpool::release(std::string_view id) {
-  auto it = _index.find(to_absl(id));
-  if (it == _index.end()) {
+  if (!_index.contains(to_absl(id))) {
     return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
   }
-  auto ticket = append_journal(JournalOp::release, id);
-  if (ticket.ok()) {
-    it->second.status = MessageStatus::queued;
-  }
-  return ticket;
+  return append_journal(JournalOp::release, id);
 }
 
 }  // namespace sluice::spool

@@ -38,7 +38,18 @@ struct SpoolOptions {
   uint64_t commit_batch_bytes = 1 << 20;
   uint64_t segment_bytes = 64 << 20;
   uint64_t min_free_bytes = 0;
+  // At this size the journal starts a new file with a snapshot of the live state (then the older
+  // files are deleted), so it never grows without bound and a restart replays little.
+  uint64_t journal_rotate_bytes = 64 << 20;
+  // Sealed segments (full, or recovered) with live messages keep no descriptor unless read: at
+  // most this many stay open, the least recently read closed first, so a large queue cannot eat
+  // the descriptors that sessions need. The current and the preallocated ones are always open.
+  uint32_t open_sealed_segments_max = 64;
 };
+
+// Descriptors one shard's spool holds at most: the sealed cache, the current segment, the ready
+// ones and the one being made, the journal, its spare, the shard directory and the id floor.
+inline uint64_t spool_descriptors_max(const SpoolOptions& options);
 
 inline constexpr size_t kReadySegmentsTarget = 2;  // segments kept preallocated
 inline constexpr uint32_t kMaxIovPerWrite = 1024;  // UIO_MAXIOV
@@ -48,13 +59,17 @@ inline constexpr uint64_t kPreallocRetryMs = 200;
 inline constexpr uint64_t kIdFloorPersistMs = 1000;
 
 struct IoRequest {
-  enum class Kind : uint8_t { write, fdatasync, unlink };
+  // open: openat(AT_FDCWD, path, open_flags, open_mode), the result is the new fd. fsync: a full
+  // fsync (used on the shard directory, so that a new file's name is durable).
+  enum class Kind : uint8_t { write, fdatasync, unlink, open, fsync };
   Kind kind = Kind::write;
   int fd = -1;                 // write, fdatasync
   uint64_t offset = 0;         // write: pwritev semantics
   const iovec* iov = nullptr;  // write; owned by the spool until on_io_complete(op_id)
   uint32_t iov_count = 0;
-  const char* path = nullptr;  // unlink (absolute or relative to the cwd); owned like iov
+  const char* path = nullptr;  // unlink, open (absolute or relative to the cwd); owned like iov
+  int open_flags = 0;          // open
+  uint32_t open_mode = 0;      // open
   uint64_t op_id = 0;
 };
 
@@ -81,6 +96,7 @@ struct MessageInfo {
   uint64_t rfc_size = 0;
   uint64_t arrival_ms = 0;
   MessageStatus status = MessageStatus::queued;
+  bool removal_pending = false;  // a remove record is on its way: gone from the index once durable
   uint32_t attempts = 0;
   uint64_t next_attempt_ms = 0;
   std::string last_reply;
@@ -96,6 +112,7 @@ struct RecoveredSegment {
   std::string path;
   uint64_t end_offset = 0;
   uint32_t live_messages = 0;
+  std::vector<std::string> removed_ids;  // its messages that are gone: a journal snapshot repeats them
 };
 
 struct RecoveredShard {
@@ -106,7 +123,10 @@ struct RecoveredShard {
   uint64_t max_id_ms = 0;                  // largest millisecond of any id seen on disk
   std::vector<RecoveredSegment> segments;  // segments with live messages, by id
   std::vector<MessageInfo> messages;       // live messages, by id
-  uint64_t journal_end_offset = 0;         // the journal was rewritten (compacted) by recovery
+  // The journal recovery wrote (compacted, ending in a checkpoint): the spool appends to it.
+  uint64_t journal_number = 0;
+  std::string journal_path;
+  uint64_t journal_end_offset = 0;
   uint64_t journal_next_sequence = 1;
   // What recovery saw, for the start-up log line.
   uint64_t records_recovered = 0;
@@ -166,7 +186,8 @@ struct SpoolMetrics {
   uint64_t write_errors = 0;
   uint64_t segments_used = 0;
   uint64_t segments_unlinked = 0;
-  uint64_t unavailable = 0;  // appends refused because no segment was ready
+  uint64_t journal_rotations = 0;  // new journal files started (size limit or after a failure)
+  uint64_t unavailable = 0;        // appends refused because no segment was ready
 };
 
 class SegmentPreallocator;
@@ -190,7 +211,8 @@ class ShardSpool {
   // written with one iovec each, so the body is never copied to prepend our headers.
   absl::StatusOr<uint64_t> append_message(std::string queue_id, uint64_t arrival_ms, Envelope envelope,
                                           uint64_t rfc_size, std::string trace, std::string body);
-  // A state change; durable (ticket completes) with the next commit. Does not touch the index.
+  // A state change; durable (ticket completes) with the next commit. Its effect on the index
+  // (remove, hold, release) is applied when it is durable, never before.
   absl::StatusOr<uint64_t> append_journal(JournalOp op, std::string_view queue_id, uint32_t argument = 0);
 
   void collect_io(uint64_t now_us, std::vector<IoRequest>& out);
@@ -209,9 +231,14 @@ class ShardSpool {
   std::vector<MessageInfo> list() const;
   std::optional<MessageInfo> find(std::string_view id) const;
   size_t size() const { return _index.size(); }
-  absl::StatusOr<std::string> read_message(std::string_view id) const;  // blocking pread: control path
-  int segment_fd(uint64_t segment_id) const;  // for sending the body from the file; -1 if none
-  // Journal + index. NOT_FOUND if the id is not in the index.
+  absl::StatusOr<std::string> read_message(std::string_view id);  // blocking pread: control path
+  // For reading the body from the file; -1 if there is no such segment or it cannot be opened.
+  // A closed sealed segment is reopened (blocking open(2)) and may close the least recent other.
+  int segment_fd(uint64_t segment_id);
+  uint32_t open_sealed_segments() const { return _open_sealed; }
+  // A journal record whose ticket completes when it is durable; only then does the index change
+  // (and, for remove, the segment's reference count and its unlink). NOT_FOUND if the id is not
+  // in the index (or its removal is already on its way).
   absl::StatusOr<uint64_t> remove(std::string_view id);
   absl::StatusOr<uint64_t> hold(std::string_view id);
   absl::StatusOr<uint64_t> release(std::string_view id);
@@ -228,9 +255,12 @@ class ShardSpool {
     uint64_t sequence = 0;
     uint32_t payload_crc = 0;
     std::string head;
-    std::string trace;  // our added header fields: the first part of the wire bytes
-    std::string body;   // the client's message: the rest, never copied
-    MessageInfo info;   // the index entry once durable (journal records: info.id only)
+    std::string trace;                 // our added header fields: the first part of the wire bytes
+    std::string body;                  // the client's message: the rest, never copied
+    MessageInfo info;                  // the index entry once durable (journal records: info.id only)
+    JournalOp op = JournalOp::remove;  // journal records
+    bool snapshot = false;             // a journal snapshot (many records, sealed, ending in a checkpoint)
+    uint32_t snapshot_records = 0;
     uint64_t wire_length() const { return trace.size() + body.size(); }
     uint64_t length() const { return head.size() + wire_length(); }
   };
@@ -243,12 +273,33 @@ class ShardSpool {
     uint64_t end_offset = 0;  // where the next record goes
     uint64_t next_sequence = 1;
     bool is_journal = false;
+    uint64_t journal_number = 0;
     bool sealed = false;  // never appended to again
     bool unlinked = false;
     bool in_dirty = false;
-    uint32_t live = 0;                // durable messages in the index
-    uint32_t in_flight = 0;           // records placed here, not yet durable or failed
-    std::vector<PendingRecord> open;  // placed, not yet in a write
+    uint32_t live = 0;                     // durable messages in the index
+    uint32_t in_flight = 0;                // records placed here, not yet durable or failed
+    std::vector<PendingRecord> open;       // placed, not yet in a write
+    std::vector<std::string> removed_ids;  // segments: messages gone from it (for journal snapshots)
+    uint64_t last_read = 0;                // sealed segments: for closing the least recently read
+  };
+  // The next journal file, made ready ahead of need: created, header written and synced, and the
+  // directory synced, all through IoRequests (the first one at open(), blocking, at start-up).
+  struct JournalSpare {
+    enum class Phase : uint8_t { none, opening, writing, syncing, syncing_dir, ready };
+    Phase phase = Phase::none;
+    uint64_t number = 0;
+    std::string path;
+    std::string header;
+    iovec iov{};
+    int fd = -1;
+    uint64_t retry_at_us = 0;
+  };
+  // Ids of an unlinked segment, repeated in snapshots until a directory fsync issued after the
+  // unlink completed (before that the segment could come back after a power cut).
+  struct UnlinkedIds {
+    uint64_t dir_sync_needed = 0;
+    std::vector<std::string> ids;
   };
   // One gathered write of a commit batch (one per file), then its fdatasync.
   struct FileWrite {
@@ -269,6 +320,8 @@ class ShardSpool {
     size_t write_index = 0;
     uint64_t segment_id = 0;
     std::string path;
+    bool journal_file = false;  // unlink of an old journal file
+    bool spare = false;         // a step of the journal spare
   };
 
   ShardSpool(const SpoolOptions& options, RecoveredShard& recovered);
@@ -276,9 +329,18 @@ class ShardSpool {
   void place_in(SpoolFile& file, PendingRecord& record);
   SpoolFile* take_ready_segment();
   void seal(SpoolFile& file, std::vector<Completed>& done);
+  void close_idle_sealed(const SpoolFile* keep);
+  bool holds_sealed_descriptor(const SpoolFile& file) const;
   void fail_records(SpoolFile& file, std::vector<PendingRecord>& records, const absl::Status& status,
                     std::vector<Completed>& done);
-  void rewind_journal(const FileWrite& write, std::vector<Completed>& done);
+  void seal_journal();
+  void rotate_journal();
+  void place_snapshot();
+  void apply_journal_record(PendingRecord& record);
+  void start_spare(uint64_t now_us, std::vector<IoRequest>& out);
+  void on_spare_complete(IoRequest::Kind kind, int32_t result);
+  void spare_failed(uint64_t now_us);
+  bool rotation_due() const;
   void remove_from_dirty(SpoolFile& file);
   void maybe_unlink(SpoolFile& file);
   void close_batch(std::vector<IoRequest>& out);
@@ -294,7 +356,17 @@ class ShardSpool {
   absl::flat_hash_map<std::string, MessageInfo> _index;
   absl::flat_hash_map<uint64_t, std::unique_ptr<SpoolFile>> _segments;
   std::unique_ptr<SpoolFile> _journal;
+  std::vector<std::unique_ptr<SpoolFile>> _old_journals;  // superseded once the newest checkpoint is durable
+  std::vector<PendingRecord> _journal_waiting;            // the journal is sealed: they wait for the spare
+  JournalSpare _spare;
+  std::vector<IoRequest> _spare_requests;  // the spare's next step, issued by collect_io
+  int _dir_fd = -1;
+  uint64_t _dir_syncs_issued = 0;
+  uint64_t _dir_syncs_done = 0;
+  std::deque<UnlinkedIds> _unlinked_ids;
   SpoolFile* _current = nullptr;
+  uint32_t _open_sealed = 0;  // sealed segments with an open descriptor
+  uint64_t _read_clock = 0;
   std::vector<SpoolFile*> _dirty;  // files with records not yet in a write, in order
   uint64_t _open_bytes = 0;
   uint64_t _open_records = 0;
@@ -317,5 +389,11 @@ class ShardSpool {
   SpoolMetrics _metrics;
   std::unique_ptr<SegmentPreallocator> _preallocator;
 };
+
+inline uint64_t spool_descriptors_max(const SpoolOptions& options) {
+  constexpr uint64_t kFixed = 1 /* current */ + kReadySegmentsTarget + 1 /* being made */ + 2 /* journal, spare */ +
+                              1 /* directory */ + 1 /* id floor */;
+  return options.open_sealed_segments_max + kFixed;
+}
 
 }  // namespace sluice::spool

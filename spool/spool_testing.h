@@ -2,6 +2,7 @@
 // Test support (header only, not part of the library): a synchronous executor that performs the
 // spool's IoRequests with pwritev / fdatasync / unlink, so tests run the real format end to end
 // without a ring. Never used by the relay itself.
+#include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -36,6 +37,12 @@ inline int32_t perform(const IoRequest& request, size_t max_write_bytes = SIZE_M
       return ::fdatasync(request.fd) == 0 ? 0 : -errno;
     case IoRequest::Kind::unlink:
       return ::unlink(request.path) == 0 ? 0 : -errno;
+    case IoRequest::Kind::open: {
+      const int fd = ::open(request.path, request.open_flags, request.open_mode);
+      return fd < 0 ? -errno : fd;
+    }
+    case IoRequest::Kind::fsync:
+      return ::fsync(request.fd) == 0 ? 0 : -errno;
   }
   return -EINVAL;
 }

@@ -27,6 +27,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "engine/io/strings.h"
+#include "spool/format.h"
 
 namespace sluice::app {
 namespace {
@@ -62,8 +63,8 @@ constexpr std::array<std::string_view, 16> kServerKeys = {"hostname",
                                                           "max_received_headers",
                                                           "max_command_line",
                                                           "max_param_command_line"};
-constexpr std::array<std::string_view, 5> kSpoolKeys = {"dir", "commit_interval_us", "commit_batch_bytes",
-                                                        "min_free_bytes", "segment_bytes"};
+constexpr std::array<std::string_view, 6> kSpoolKeys = {
+    "dir", "commit_interval_us", "commit_batch_bytes", "min_free_bytes", "segment_bytes", "max_open_segments"};
 constexpr std::array<std::string_view, 2> kRelayKeys = {"networks", "domains"};
 constexpr std::array<std::string_view, 2> kProxyKeys = {"trusted", "timeout"};
 constexpr std::array<std::string_view, 1> kDnsKeys = {"servers"};
@@ -528,11 +529,26 @@ class Reader {
     integer(section, "commit_batch_bytes", 1, kCommitBatchBytesMax, spool.commit_batch_bytes);
     integer(section, "min_free_bytes", 0, INT64_MAX, spool.min_free_bytes);
     integer(section, "segment_bytes", kSegmentBytesMin, kSegmentBytesMax, spool.segment_bytes);
+    integer(section, "max_open_segments", 1, kOpenSegmentsMax, spool.max_open_segments);
   }
 
   // Run after every section is read: the bound involves [server] and [spool].
   void check_segment_size(const toml::table& root, const Config& config) {
     const uint64_t needed = segment_bytes_needed(config.server.max_message_size, config.server.max_recipients);
+    // One message is one spool record: beyond the record limit it could never be stored (451 forever).
+    if (needed - kSegmentOverheadBytes + kRecordOverheadBytes > spool::kMaxPayloadBytes) {
+      const toml::node* size = root.at_path("server.max_message_size").node();
+      if (size == nullptr) {
+        size = root.at_path("server.max_recipients").node();
+      }
+      error(size != nullptr ? line_of(*size) : 0,
+            absl::StrCat("server.max_message_size (", config.server.max_message_size,
+                         ") is more than a spool record can hold: stored dot-stuffed with its envelope a message "
+                         "may need ",
+                         needed - kSegmentOverheadBytes + kRecordOverheadBytes, " octets, the limit is ",
+                         spool::kMaxPayloadBytes));
+      return;
+    }
     if (config.spool.segment_bytes >= needed) {
       return;
     }
@@ -893,6 +909,7 @@ std::string config_to_string(const Config& config) {
            {"commit_batch_bytes", integer(spool.commit_batch_bytes)},
            {"min_free_bytes", integer(spool.min_free_bytes)},
            {"segment_bytes", integer(spool.segment_bytes)},
+           {"max_open_segments", integer(spool.max_open_segments)},
        }},
       {"relay",
        toml::table{

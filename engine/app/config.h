@@ -21,10 +21,12 @@ namespace sluice::app {
 inline constexpr uint32_t kThreadsMax = 1024;
 inline constexpr uint64_t kMessageSizeMax = 4294967295;       // 4 GiB - 1
 inline constexpr uint64_t kSegmentOverheadBytes = 65536;      // Received: + record headers + sender
+inline constexpr uint64_t kRecordOverheadBytes = 8192;        // of that, what one record needs beside the body
 inline constexpr uint64_t kEnvelopeOctetsPerRecipient = 264;  // a 256-octet path + framing
 inline constexpr uint64_t kSegmentBytesMin = 1048576;
 inline constexpr uint64_t kSegmentBytesMax = 68719476736;  // 64 GiB
 inline constexpr uint32_t kRecipientsMax = 100000;
+inline constexpr uint32_t kOpenSegmentsMax = 65536;
 inline constexpr uint32_t kSessionsMax = 10000000;
 inline constexpr uint32_t kCommandLineMin = 512;  // RFC 5321 4.5.3.1.4
 inline constexpr uint32_t kCommandLineMax = 65536;
@@ -72,6 +74,7 @@ struct SpoolConfig {
   uint64_t commit_batch_bytes = 1048576;  // commit at once when this much is waiting
   uint64_t min_free_bytes = 1073741824;   // below this, MAIL gets 452 4.3.1
   uint64_t segment_bytes = 75497472;      // >= segment_bytes_needed(): 72 MiB for the defaults
+  uint32_t max_open_segments = 64;        // per shard: sealed segments with an open descriptor
 
   friend bool operator==(const SpoolConfig&, const SpoolConfig&) = default;
 };

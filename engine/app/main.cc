@@ -22,6 +22,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/app/admin_server.h"
 #include "engine/app/config.h"
+#include "engine/app/descriptors.h"
 #include "engine/app/http.h"
 #include "engine/app/log.h"
 #include "engine/app/shard.h"
@@ -36,8 +37,6 @@ namespace {
 constexpr int kExitOk = 0;
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
-// Descriptors kept free for the spool, the admin endpoint and answering 421 over the limit.
-constexpr int64_t kDescriptorReserve = 256;
 constexpr auto kFirstSegmentWait = std::chrono::seconds(30);
 
 const char* kUsage =
@@ -318,6 +317,7 @@ int serve(const Arguments& arguments) {
         .commit_batch_bytes = config.spool.commit_batch_bytes,
         .segment_bytes = config.spool.segment_bytes,
         .min_free_bytes = config.spool.min_free_bytes,
+        .open_sealed_segments_max = config.spool.max_open_segments,
     };
     auto opened = spool::ShardSpool::open(options, std::move(*recovered));
     if (!opened.ok()) {
@@ -359,9 +359,22 @@ int serve(const Arguments& arguments) {
   context.data_phase_timeout_ms = static_cast<uint64_t>(config.server.data_phase_timeout.count());
   context.proxy_timeout_ms = static_cast<uint64_t>(config.proxy_protocol.timeout.count());
   context.drain_timeout_ms = static_cast<uint64_t>(config.server.drain_timeout.count());
-  const int64_t derived_max = std::max<int64_t>(16, static_cast<int64_t>(fd_limit) - kDescriptorReserve);
-  context.sessions_max =
-      config.server.max_sessions > 0 ? std::min<int64_t>(config.server.max_sessions, derived_max) : derived_max;
+  DescriptorDemand demand;
+  demand.limit = fd_limit;
+  demand.shards = shards;
+  spool::SpoolOptions spool_shape;
+  spool_shape.open_sealed_segments_max = config.spool.max_open_segments;
+  demand.spool_per_shard = spool::spool_descriptors_max(spool_shape);
+  demand.listeners_per_shard = config.server.listen.size();
+  demand.sessions_configured = config.server.max_sessions;
+  const DescriptorBudget descriptors = plan_descriptors(demand);
+  if (!descriptors.fits) {
+    std::cerr << "sluice: the open-file limit (" << fd_limit << ") is too low for " << shards << " shards: at least "
+              << descriptors.needed << " descriptors are needed (raise ulimit -n or LimitNOFILE)\n";
+    return kExitRuntime;
+  }
+  log_line(str_cat("event=descriptors ", descriptors.to_log_fields()));
+  context.sessions_max = static_cast<int64_t>(descriptors.inbound);
   context.client_limits = &client_limits;
   context.draining = &draining;
   context.sessions_open = &sessions_open;

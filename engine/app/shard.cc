@@ -9,7 +9,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cassert>
 #include <cstdio>
 #include <deque>
 #include <optional>
@@ -17,6 +16,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "engine/app/log.h"
+#include "engine/io/assert.h"
 #include "engine/io/buffer_ring.h"
 #include "engine/io/clock.h"
 #include "engine/io/ring.h"
@@ -56,6 +56,7 @@ constexpr uint64_t kDrainForceGraceMs = 1'000;         // after the drain deadli
 constexpr uint32_t kSlotsPerChunk = 256;               // session slots are allocated this many at a time
 constexpr uint64_t kAcceptRetryMs = 50;                // after EMFILE/ENFILE ended a multishot accept
 constexpr uint64_t kSpoolWaitMs = 2'000;               // how long a message may wait for a spool segment
+constexpr uint64_t kSubmitErrorLogMs = 1'000;          // failed submits are logged at most this often
 constexpr uint64_t kTraceOctetsMax = 1024;             // our Received:, Message-ID:, Date: (HELO cut at 255)
 
 void release_if_large(std::string& buffer) {
@@ -140,6 +141,8 @@ struct Shard::Impl : public smtp::SessionHost {
   uint64_t drain_deadline_ms = 0;
   uint64_t loop_now_ms = 0;
   uint64_t next_serial = 0;
+  uint64_t submit_errors_logged = 0;
+  uint64_t submit_error_logged_ms = 0;
   LogBuffer log;
 
   bool spool_space_low() const override { return shard->_spool->below_min_free(); }
@@ -250,6 +253,7 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void free_slot(uint32_t index) {
     Connection& c = slot(index);
+    SLUICE_ASSERT(c.in_use && c.close_sent && !c.recv_armed && !c.send_in_flight, "slot freed before its last CQE");
     if (c.connect_logged) {
       std::string line = str_cat("event=disconnect ", session_tag(c.serial), " client=", c.peer.ip_string(),
                                  " duration_ms=", loop_now_ms - c.started_ms);
@@ -364,6 +368,7 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- receive ----------------------------------------------------------------------------
   void arm_recv(uint32_t index) {
     Connection& c = slot(index);
+    SLUICE_ASSERT(c.in_use && !c.recv_armed && !c.close_sent, "one recv per connection, none after close");
     io_uring_sqe* sqe = ring->sqe();
     io_uring_prep_recv_multishot(sqe, c.fd, nullptr, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -599,6 +604,8 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void submit_send(uint32_t index) {
     Connection& c = slot(index);
+    SLUICE_ASSERT(c.in_use && !c.send_in_flight && !c.close_sent && c.out_offset < c.out.size(),
+                  "one send in flight, none after the close was issued");
     io_uring_sqe* sqe = ring->sqe();
     io_uring_prep_send(sqe, c.fd, c.out.data() + c.out_offset, c.out.size() - c.out_offset, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, user_data(kTagSend, index));
@@ -681,6 +688,7 @@ struct Shard::Impl : public smtp::SessionHost {
     if (c.recv_armed) {
       return;
     }
+    SLUICE_ASSERT(!c.send_in_flight && !c.recv_armed);
     c.close_sent = true;
     io_uring_sqe* sqe = ring->sqe();
     io_uring_prep_close(sqe, c.fd);
@@ -893,6 +901,12 @@ struct Shard::Impl : public smtp::SessionHost {
         case spool::IoRequest::Kind::unlink:
           io_uring_prep_unlinkat(sqe, AT_FDCWD, request.path, 0);
           break;
+        case spool::IoRequest::Kind::open:
+          io_uring_prep_openat(sqe, AT_FDCWD, request.path, request.open_flags, request.open_mode);
+          break;
+        case spool::IoRequest::Kind::fsync:
+          io_uring_prep_fsync(sqe, request.fd, 0);
+          break;
       }
       io_uring_sqe_set_data64(sqe, (uint64_t{kTagSpool} << 56) | request.op_id);
     }
@@ -979,6 +993,19 @@ struct Shard::Impl : public smtp::SessionHost {
   }
 
   // ---- the loop ---------------------------------------------------------------------------
+  // A failed submit is retried by the ring itself (its backlog); the operator sees it here, at
+  // most once per kSubmitErrorLogMs, with the count and the errno.
+  void log_submit_errors() {
+    const uint64_t errors = ring->submit_errors();
+    if (errors == submit_errors_logged || loop_now_ms < submit_error_logged_ms + kSubmitErrorLogMs) {
+      return;
+    }
+    log.line(str_cat("event=ring_submit_error errno=", ring->last_submit_error(),
+                     " count=", errors - submit_errors_logged, " backlog=", ring->backlog()));
+    submit_errors_logged = errors;
+    submit_error_logged_ms = loop_now_ms;
+  }
+
   void dispatch(const io_uring_cqe& cqe) {
     const io::UserData data = io::UserData::decode(cqe.user_data);
     switch (data.tag) {
@@ -999,10 +1026,10 @@ struct Shard::Impl : public smtp::SessionHost {
       default:
         break;
     }
-    if (data.index >= slots_used || slot(data.index).generation != data.generation) {
-      assert(data.tag != kTagClose);  // a close CQE always finds its slot: freed only by it
-      return;
-    }
+    // A slot is freed only on its close CQE, and the close is issued only after the final CQE
+    // of its recv and its send: no CQE can arrive for a freed or reused slot.
+    SLUICE_ASSERT(data.index < slots_used && slot(data.index).in_use && slot(data.index).generation == data.generation,
+                  "CQE for a freed slot");
     switch (data.tag) {
       case kTagRecv:
         on_recv(cqe, data.index);
@@ -1098,6 +1125,7 @@ struct Shard::Impl : public smtp::SessionHost {
       submit_spool_io();
       log.flush(*ring, io::UserData{kTagLog, 0, 0}.encode());
       ring->submit_wait_and_reap(wait_us(), [this](const io_uring_cqe& cqe) { dispatch(cqe); });
+      log_submit_errors();
       buffers->publish();
       flush_dirty();
     }

@@ -14,11 +14,11 @@ namespace sluice::io {
 
 }  // namespace sluice::io
 
-#define SLUICE_ASSERT(condition, ...)                                                             \
-  do {                                                                                            \
-    if (__builtin_expect(!(condition), 0)) {                                                      \
-      ::sluice::io::assertion_failed(#condition, "" __VA_ARGS__, __FILE__, __LINE__);             \
-    }                                                                                             \
+#define SLUICE_ASSERT(condition, ...)                                                 \
+  do {                                                                                \
+    if (__builtin_expect(!(condition), 0)) {                                          \
+      ::sluice::io::assertion_failed(#condition, "" __VA_ARGS__, __FILE__, __LINE__); \
+    }                                                                                 \
   } while (0)
 
 #if defined(SLUICE_DEBUG_ASSERTS)

@@ -3,10 +3,10 @@
 
 #include <sys/mman.h>
 
-#include <cassert>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "engine/io/assert.h"
 #include "engine/io/strings.h"
 
 namespace sluice::io {
@@ -62,7 +62,7 @@ BufferRing::~BufferRing() {
 }
 
 void BufferRing::recycle(uint16_t buffer_id) {
-  assert(buffer_id < _count);
+  SLUICE_ASSERT(buffer_id < _count);
   io_uring_buf_ring_add(_entries, _buffers + static_cast<size_t>(buffer_id) * _buffer_bytes, _buffer_bytes, buffer_id,
                         io_uring_buf_ring_mask(_count), static_cast<int>(_unpublished));
   ++_unpublished;

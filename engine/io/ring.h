@@ -6,6 +6,7 @@
 #include <liburing.h>
 
 #include <cstdint>
+#include <deque>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -30,7 +31,12 @@ struct UserData {
 struct RingOptions {
   uint32_t sq_entries = 4096;
   uint32_t cq_entries = 16384;  // >= 4x SQ: multishot ops post many CQEs per SQE
+  bool start_disabled = false;  // tests: IORING_SETUP_R_DISABLED, so that submit fails until enabled
 };
+
+// Entries prepared while the SQ was full and the kernel took nothing: beyond this the ring is
+// broken (every submit failing), which is fatal rather than an unbounded queue.
+inline constexpr size_t kSqBacklogMax = 1 << 16;
 
 class Ring {
  public:
@@ -39,7 +45,9 @@ class Ring {
   Ring(const Ring&) = delete;
   Ring& operator=(const Ring&) = delete;
 
-  // Never returns null: when the SQ is full it submits what is queued and takes a fresh entry.
+  // Never returns null and never spins: when the SQ is full it submits what is queued and takes a
+  // fresh entry; if the kernel takes nothing (the submit failed, e.g. -EBUSY while completions
+  // back up), the entry is kept in a backlog, in order, and goes to the kernel at the next submit.
   io_uring_sqe* sqe();
   // Submits queued SQEs and waits up to timeout_us for at least one CQE; then `handle` is called
   // for every CQE available. Returns the number handled.
@@ -57,6 +65,10 @@ class Ring {
     return count;
   }
   void submit();
+  // Failed submits (other than a timeout or a signal), and the last one's errno: the shard logs them.
+  uint64_t submit_errors() const { return _submit_errors; }
+  int last_submit_error() const { return _last_submit_error; }
+  size_t backlog() const { return _backlog.size(); }
 
   io_uring* raw() { return &_ring; }
   int fd() const { return _ring.ring_fd; }
@@ -65,8 +77,13 @@ class Ring {
  private:
   Ring() = default;
   void submit_and_wait(uint64_t timeout_us);
+  void move_backlog_to_ring();
+  void note_submit_result(int result);
 
   io_uring _ring{};
+  std::deque<io_uring_sqe> _backlog;  // deque: references to entries stay valid as it grows
+  uint64_t _submit_errors = 0;
+  int _last_submit_error = 0;
   std::string _description;
 };
 

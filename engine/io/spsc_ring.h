@@ -14,7 +14,6 @@
 #pragma once
 
 #include <atomic>
-#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -22,6 +21,8 @@
 #include <optional>
 #include <type_traits>
 #include <utility>
+
+#include "engine/io/assert.h"
 
 namespace sluice::io {
 
@@ -37,7 +38,7 @@ class SpscRing {
 
   // `capacity` must be a power of two, at least 1.
   explicit SpscRing(size_t capacity) : _mask(capacity - 1), _slots(std::make_unique<Slot[]>(capacity)) {
-    assert(capacity > 0 && (capacity & (capacity - 1)) == 0 && "capacity is a power of two");
+    SLUICE_ASSERT(capacity > 0 && (capacity & (capacity - 1)) == 0, "capacity is a power of two");
   }
   SpscRing(const SpscRing&) = delete;
   SpscRing& operator=(const SpscRing&) = delete;

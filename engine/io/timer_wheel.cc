@@ -33,7 +33,7 @@ void make_empty(TimerLink& head) {
 }  // namespace
 
 TimerWheel::TimerWheel(uint64_t start_ms, uint64_t tick_ms) : _tick_ms(tick_ms), _now_tick(start_ms / tick_ms) {
-  assert(tick_ms > 0);
+  SLUICE_ASSERT(tick_ms > 0);
   for (auto& level : _slots) {
     for (TimerLink& head : level) {
       make_empty(head);
@@ -91,7 +91,7 @@ bool TimerWheel::cancel(TimerNode& node) {
   if (node.level < kLevels && list_empty(_slots[node.level][node.slot])) {
     _occupied[node.level] &= ~(uint64_t{1} << node.slot);
   }
-  assert(_size > 0);
+  SLUICE_ASSERT(_size > 0);
   --_size;
   return true;
 }
@@ -108,7 +108,7 @@ std::optional<uint64_t> TimerWheel::next_deadline_ms() const {
 }
 
 void TimerWheel::place(TimerNode& node) {
-  assert(node.deadline_tick >= _now_tick);
+  SLUICE_ASSERT(node.deadline_tick >= _now_tick);
   const uint64_t delta = node.deadline_tick - _now_tick;
   for (unsigned level = 0; level < kLevels; ++level) {
     if (delta < level_span_ticks(level + 1)) {
@@ -231,7 +231,7 @@ TimerNode* TimerWheel::pop_expiring() {
   }
   auto* node = static_cast<TimerNode*>(_expiring.next);
   unlink(*node);
-  assert(_size > 0);
+  SLUICE_ASSERT(_size > 0);
   --_size;
   return node;
 }

@@ -11,10 +11,11 @@
 #pragma once
 
 #include <array>
-#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+
+#include "engine/io/assert.h"
 
 namespace sluice::io {
 
@@ -104,7 +105,7 @@ class TimerWheel {
 
 template <typename OnExpired>
 size_t TimerWheel::advance(uint64_t now_ms, OnExpired&& on_expired) {
-  assert(!_advancing && "advance() is not reentrant");
+  SLUICE_ASSERT(!_advancing, "advance() is not reentrant");
   _advancing = true;
   size_t expired = 0;
   const auto drain = [&] {

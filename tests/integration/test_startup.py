@@ -2,6 +2,7 @@
 shard are accepted (the spool must be ready before the listener is)."""
 
 import os
+import subprocess
 import threading
 
 import harness as h
@@ -71,6 +72,20 @@ class AddressInUse(SluiceTestCase):
                 self.assertReply(c.cmd("EHLO client.example.org"), 250)
                 self.assertReply(c.transaction(), 250, "2.0.0")
         self.assertEqual(first.queue_count(), 20)
+
+
+class MakeRun(SluiceTestCase):
+    def test_make_run_builds_only_the_server(self):
+        """`make run` served after building every target (tests, fuzzers, benchmarks): 163 s cold
+        where the binary alone takes 77 s. Its build step must name the server target alone."""
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        plan = subprocess.run(["make", "-n", "run"], cwd=root, capture_output=True, text=True, timeout=60)
+        self.assertEqual(plan.returncode, 0, plan.stderr)
+        builds = [line for line in plan.stdout.splitlines() if "cmake --build" in line]
+        self.assertEqual(len(builds), 1, plan.stdout)
+        self.assertIn("--target sluice", builds[0])
+        self.assertTrue(builds[0].rstrip().endswith("--target sluice"), builds[0])
+        self.assertIn("sluice serve", plan.stdout)
 
 
 if __name__ == "__main__":

@@ -207,6 +207,7 @@ commit_interval_us = 0
 commit_batch_bytes = 4096
 min_free_bytes = 0
 segment_bytes = 2097152
+max_open_segments = 7
 [relay]
 networks = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
 domains = ["Example.TEST", ".sub.example.test"]
@@ -252,6 +253,7 @@ listen = "[::1]:9026"
   EXPECT_EQ(config.spool.commit_batch_bytes, 4096u);
   EXPECT_EQ(config.spool.min_free_bytes, 0u);
   EXPECT_EQ(config.spool.segment_bytes, 2097152u);
+  EXPECT_EQ(config.spool.max_open_segments, 7u);
   EXPECT_EQ(config.relay.networks.to_string(), "10.0.0.0/8, 2001:db8::/32, 192.0.2.7/32");
   EXPECT_EQ(config.relay.domains, (std::vector<std::string>{"example.test", ".sub.example.test"}));
   EXPECT_EQ(config.proxy_protocol.trusted.to_string(), "10.1.0.0/16");
@@ -421,6 +423,18 @@ TEST(ConfigErrors, SegmentMustHoldTheLargestMessage) {
   EXPECT_EQ(exact.spool.segment_bytes, 140139670u);
   expect_one_error("[server]\nmax_message_size = 104857600\n[spool]\nsegment_bytes = 140139669\n", 4,
                    "must be at least");
+}
+
+// A message is one spool record (at most 1 GiB of payload): a larger max_message_size would be
+// accepted from clients and then refused with 451 forever. Before this check it loaded fine.
+TEST(ConfigErrors, MaxMessageSizeMustFitASpoolRecord) {
+  expect_one_error("[server]\nmax_message_size = 1073741824\n[spool]\nsegment_bytes = 2147483648\n", 2,
+                   "is more than a spool record can hold");
+  expect_one_error("[server]\nmax_message_size = 805306368\n[spool]\nsegment_bytes = 2147483648\n", 2,
+                   "the limit is 1073741824");
+  // 3/4 of the record limit, less the recipients' envelope and our headers, fits.
+  const Config fits = load_ok("[server]\nmax_message_size = 800000000\n[spool]\nsegment_bytes = 2147483648\n");
+  EXPECT_EQ(fits.server.max_message_size, 800000000u);
 }
 
 TEST(ConfigDurations, UnitsAndStrictness) {

@@ -343,6 +343,75 @@ TEST_F(SpoolCommitTest, JournalWriteErrorFailsItsTicketsAndTheJournalContinues) 
   EXPECT_TRUE(recovered->messages.empty());
 }
 
+// "A removal takes effect only when its journal record is durable": delivery relies on it (the
+// bounce is durable before the original leaves).
+TEST_F(SpoolCommitTest, ARemovalTakesEffectOnlyWhenItsRecordIsDurable) {
+  open_spool();
+  std::string id;
+  append("m\r\n", &id);
+  uint64_t now = 0;
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  const uint64_t segment = _spool->find(id)->location.segment_id;
+  const uint64_t removed = _spool->remove(id).value();
+  EXPECT_TRUE(_spool->find(id).has_value()) << "still there until the record is durable";
+  EXPECT_EQ(_spool->size(), 1u);
+  EXPECT_EQ(_spool->remove(id).status().code(), absl::StatusCode::kNotFound) << "already on its way";
+  auto requests = collect(now + 1'000'000);
+  ASSERT_EQ(requests.size(), 1u);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  EXPECT_TRUE(done.empty());
+  requests = collect(now + 2'000'000);
+  ASSERT_EQ(count_kind(requests, IoRequest::Kind::fdatasync), 1u);
+  EXPECT_TRUE(_spool->find(id).has_value()) << "written, not yet synced";
+  EXPECT_GE(_spool->segment_fd(segment), 0);
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, removed);
+  EXPECT_TRUE(done[0].status.ok());
+  EXPECT_FALSE(_spool->find(id).has_value());
+  EXPECT_EQ(_spool->size(), 0u);
+
+  // A removal whose fdatasync fails leaves the message in place, and it can be removed again.
+  std::string second;
+  append("n\r\n", &second);
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  ASSERT_TRUE(_spool->remove(second).ok());
+  requests = collect(now + 3'000'000);
+  ASSERT_EQ(requests.size(), 1u);
+  done.clear();
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  requests = collect(now + 4'000'000);
+  ASSERT_EQ(requests.size(), 1u);
+  _spool->on_io_complete(requests[0].op_id, -EIO, done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_FALSE(done[0].status.ok());
+  EXPECT_TRUE(_spool->find(second).has_value());
+  const uint64_t again = _spool->remove(second).value();
+  auto rest = drain(*_spool, now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, again);
+  EXPECT_TRUE(rest[0].status.ok());
+  EXPECT_FALSE(_spool->find(second).has_value());
+}
+
+// Hold and release change the index when durable, and only then.
+TEST_F(SpoolCommitTest, HoldAndReleaseChangeTheIndexWhenDurable) {
+  open_spool();
+  std::string id;
+  append("m\r\n", &id);
+  uint64_t now = 0;
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  ASSERT_TRUE(_spool->hold(id).ok());
+  EXPECT_EQ(_spool->find(id)->status, MessageStatus::queued);
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  EXPECT_EQ(_spool->find(id)->status, MessageStatus::held);
+  ASSERT_TRUE(_spool->release(id).ok());
+  EXPECT_EQ(_spool->find(id)->status, MessageStatus::held);
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  EXPECT_EQ(_spool->find(id)->status, MessageStatus::queued);
+}
+
 TEST_F(SpoolCommitTest, RecordsLargerThanASegmentAreRefusedAtOnce) {
   open_spool();
   auto ticket =

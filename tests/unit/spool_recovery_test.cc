@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 
@@ -317,6 +318,265 @@ TEST_F(SpoolRecoveryTest, JournalDeleteHoldAndReleaseAreApplied) {
   ASSERT_TRUE(recovered.ok());
   EXPECT_TRUE(recovered->messages.empty());
   EXPECT_TRUE(recovered->segments.empty());
+}
+
+// The journal files of shard 0, by number.
+std::vector<std::string> journal_files(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir + "/shard-0")) {
+    if (parse_journal_name(entry.path().filename().string()).has_value()) {
+      files.push_back(entry.path().string());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// What a journal of single records says, applied to a model: id -> held; removed ids absent.
+using JournalModel = std::map<std::string, bool>;
+
+TEST_F(SpoolRecoveryTest, JournalTornAtEveryOffsetKeepsExactlyTheCompleteRecords) {
+  open_spool(_dir);
+  std::vector<Written> written;
+  for (uint32_t i = 0; i < 4; ++i) {
+    written.push_back(write_message(50, i));
+  }
+  // One record per drain, so the journal holds them in this order, 60 octets each.
+  struct Step {
+    JournalOp op;
+    size_t message;
+  };
+  const std::vector<Step> steps = {{JournalOp::hold, 0},    {JournalOp::hold, 1}, {JournalOp::release, 0},
+                                   {JournalOp::remove, 2},  {JournalOp::hold, 3}, {JournalOp::remove, 1},
+                                   {JournalOp::release, 3}, {JournalOp::hold, 0}};
+  for (const Step& step : steps) {
+    const std::string& id = written[step.message].id;
+    auto ticket = step.op == JournalOp::hold      ? _spool->hold(id)
+                  : step.op == JournalOp::release ? _spool->release(id)
+                                                  : _spool->remove(id);
+    ASSERT_TRUE(ticket.ok()) << ticket.status();
+    ASSERT_EQ(drain(*_spool, _now).size(), 1u);
+  }
+  _spool.reset();
+  const std::vector<std::string> journals = journal_files(_dir);
+  ASSERT_FALSE(journals.empty());
+  const std::string journal = journals.front();  // the one recovery wrote, appended to since
+  const std::string bytes = read_file(journal);
+  constexpr size_t kRecord = kRecordHeaderBytes + kJournalPayloadBytes;
+  ASSERT_GE(bytes.size(), steps.size() * kRecord);
+  const size_t first = bytes.size() - steps.size() * kRecord;  // where the steps' records start
+  const std::string segment = segment_path(_dir, 1);
+  const std::string segment_bytes = read_file(segment);
+  const std::vector<std::string> spares(journals.begin() + 1, journals.end());
+
+  for (size_t cut = first; cut <= bytes.size(); ++cut) {
+    for (int garble = 0; garble < 2; ++garble) {
+      std::string damaged = bytes.substr(0, cut);
+      if (garble == 1) {
+        if (cut == bytes.size()) {
+          continue;
+        }
+        damaged = bytes;
+        damaged[cut] = static_cast<char>(damaged[cut] ^ 0x40);  // a flipped bit instead of a cut
+      }
+      // Restore what the spool left (recovery rewrites and deletes journal files), then damage.
+      for (const auto& entry : std::filesystem::directory_iterator(_dir + "/shard-0")) {
+        if (parse_journal_name(entry.path().filename().string()).has_value()) {
+          std::filesystem::remove(entry.path());
+        }
+      }
+      write_file(journal, damaged);
+      write_file(segment, segment_bytes);
+      const size_t complete = (cut - first) / kRecord;
+      JournalModel model;
+      for (size_t i = 0; i < written.size(); ++i) {
+        model[written[i].id] = false;
+      }
+      for (size_t i = 0; i < complete; ++i) {
+        const std::string& id = written[steps[i].message].id;
+        if (steps[i].op == JournalOp::remove) {
+          model.erase(id);
+        } else if (model.contains(id)) {
+          model[id] = steps[i].op == JournalOp::hold;
+        }
+      }
+      auto recovered = recover_shard(_dir, 0);
+      ASSERT_TRUE(recovered.ok()) << recovered.status();
+      JournalModel got;
+      for (const auto& message : recovered->messages) {
+        got[message.id] = message.status == MessageStatus::held;
+      }
+      ASSERT_EQ(got, model) << "cut at " << cut << " garble " << garble << " (" << complete << " complete records)";
+    }
+  }
+}
+
+// A journal write that reached the disk but reported failure: the spool told its callers it
+// failed and the index says so; a restart must agree, even with the old file still there (an
+// unlink not yet durable). Today's rewind wrote the next records over the failed ones, and the
+// failed record past the new tail was taken as valid.
+TEST_F(SpoolRecoveryTest, AFailedJournalWriteThatReachedTheDiskIsNotRevived) {
+  open_spool(_dir);
+  const Written a = write_message(10, 1);
+  const Written b = write_message(10, 2);
+  const uint64_t hold_a = _spool->hold(a.id).value();
+  const uint64_t hold_b = _spool->hold(b.id).value();
+  std::vector<IoRequest> requests;
+  _spool->collect_io(_now + 1'000'000, requests);
+  ASSERT_EQ(requests.size(), 1u);
+  ASSERT_EQ(requests[0].kind, IoRequest::Kind::write);
+  const std::vector<std::string> before = journal_files(_dir);
+  ASSERT_GT(testing::perform(requests[0]), 0);  // the bytes are on disk...
+  const std::string failed_journal_bytes = read_file(before.front());
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, -EIO, done);  // ...but the write reports an error
+  ASSERT_EQ(done.size(), 2u);
+  EXPECT_EQ(done[0].ticket, hold_a);
+  EXPECT_EQ(done[1].ticket, hold_b);
+  EXPECT_FALSE(done[0].status.ok());
+  EXPECT_FALSE(done[1].status.ok());
+  EXPECT_EQ(_spool->find(a.id)->status, MessageStatus::queued) << "a failed hold changes nothing";
+  const uint64_t release_a = _spool->release(a.id).value();
+  auto rest = drain(*_spool, _now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, release_a);
+  EXPECT_TRUE(rest[0].status.ok());
+  EXPECT_EQ(_spool->metrics().journal_rotations, 1u) << "the failed file is sealed, the journal goes on in a new one";
+  EXPECT_EQ(_spool->find(b.id)->status, MessageStatus::queued);
+  _spool.reset();
+  EXPECT_FALSE(std::filesystem::exists(before.front())) << "superseded by the new file's checkpoint";
+  for (int old_file_back = 0; old_file_back < 2; ++old_file_back) {
+    if (old_file_back == 1) {
+      write_file(before.front(), failed_journal_bytes);  // as if its unlink never reached the disk
+    }
+    auto recovered = recover_shard(_dir, 0);
+    ASSERT_TRUE(recovered.ok()) << recovered.status();
+    ASSERT_EQ(recovered->messages.size(), 2u);
+    for (const auto& message : recovered->messages) {
+      EXPECT_EQ(message.status, MessageStatus::queued) << message.id << " old file back: " << old_file_back;
+    }
+  }
+}
+
+TEST_F(SpoolRecoveryTest, JournalRotatesAtItsSizeLimitAndKeepsTheState) {
+  _options.journal_rotate_bytes = 2048;  // ~30 records a file
+  open_spool(_dir);
+  std::vector<Written> written;
+  for (uint32_t i = 0; i < 12; ++i) {
+    written.push_back(write_message(30, i));
+  }
+  JournalModel model;
+  for (const auto& w : written) {
+    model[w.id] = false;
+  }
+  std::mt19937 rng(7);
+  for (int round = 0; round < 400; ++round) {
+    const std::string& id = written[rng() % written.size()].id;
+    const bool removable = round > 300 && rng() % 8 == 0;
+    if (!model.contains(id)) {
+      continue;
+    }
+    if (removable) {
+      ASSERT_TRUE(_spool->remove(id).ok());
+      model.erase(id);
+    } else if (rng() % 2 == 0) {
+      ASSERT_TRUE(_spool->hold(id).ok());
+      model[id] = true;
+    } else {
+      ASSERT_TRUE(_spool->release(id).ok());
+      model[id] = false;
+    }
+    if (round % 3 == 0) {
+      drain(*_spool, _now);
+    }
+  }
+  drain(*_spool, _now);
+  EXPECT_GE(_spool->metrics().journal_rotations, 5u);
+  JournalModel live;
+  for (const auto& message : _spool->list()) {
+    live[message.id] = message.status == MessageStatus::held;
+  }
+  EXPECT_EQ(live, model);
+  // The current file and the spare; every superseded one is gone.
+  EXPECT_LE(journal_files(_dir).size(), 2u);
+  for (const auto& file : journal_files(_dir)) {
+    EXPECT_LE(std::filesystem::file_size(file), 2048u + 4096u) << file;
+  }
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  JournalModel got;
+  for (const auto& message : recovered->messages) {
+    got[message.id] = message.status == MessageStatus::held;
+  }
+  EXPECT_EQ(got, model);
+}
+
+// A v1 spool (one file DIR/shard-N/journal) is still recovered, then replaced by a numbered one.
+TEST_F(SpoolRecoveryTest, AVersionOneJournalIsRecoveredAndReplaced) {
+  open_spool(_dir);
+  const Written kept = write_message(10, 1);
+  const Written gone = write_message(10, 2);
+  _spool.reset();
+  for (const auto& file : journal_files(_dir)) {
+    std::filesystem::remove(file);
+  }
+  FileHeaderPayload header;
+  header.shard = 0;
+  std::string v1 = encode_file_header_record(kJournalFileId, 1, header);
+  v1 += encode_journal_record(JournalEntry{JournalOp::remove, gone.id, 0}, 1, 1);
+  v1 += encode_journal_record(JournalEntry{JournalOp::hold, kept.id, 0}, 1, 2);
+  write_file(_dir + "/shard-0/journal", v1);
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  ASSERT_EQ(recovered->messages.size(), 1u);
+  EXPECT_EQ(recovered->messages[0].id, kept.id);
+  EXPECT_EQ(recovered->messages[0].status, MessageStatus::held);
+  EXPECT_FALSE(std::filesystem::exists(_dir + "/shard-0/journal"));
+  EXPECT_EQ(journal_files(_dir).size(), 1u);
+}
+
+// Descriptors of this process that name a spool segment file.
+size_t open_segment_descriptors() {
+  size_t count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code error;
+    const auto target = std::filesystem::read_symlink(entry.path(), error);
+    if (!error && target.filename().string().starts_with("seg-")) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+// One descriptor per live segment made a large queue eat the descriptors sessions need (accept
+// failed with EMFILE, every message 451). Sealed segments now keep none unless read, and at most
+// open_sealed_segments_max stay open.
+TEST_F(SpoolRecoveryTest, MoreSegmentsThanTheDescriptorCapRecoverAndServe) {
+  _options.open_sealed_segments_max = 3;
+  open_spool(_dir);
+  std::vector<Written> written;
+  for (uint32_t i = 0; i < 60; ++i) {
+    written.push_back(write_message(20000, i));  // three to a 64 KiB segment: ~20 segments
+  }
+  constexpr size_t kAlwaysOpen = 1 + kReadySegmentsTarget + 1;  // current, ready, being made
+  EXPECT_LE(open_segment_descriptors(), _options.open_sealed_segments_max + kAlwaysOpen);
+  EXPECT_LE(_spool->open_sealed_segments(), _options.open_sealed_segments_max);
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  ASSERT_GE(recovered->segments.size(), 15u);
+  open_spool(_dir);
+  EXPECT_LE(open_segment_descriptors(), kAlwaysOpen) << "recovered segments are not opened until read";
+  for (const auto& w : written) {
+    auto body = _spool->read_message(w.id);
+    ASSERT_TRUE(body.ok()) << body.status();
+    EXPECT_EQ(*body, w.body);
+    EXPECT_LE(_spool->open_sealed_segments(), _options.open_sealed_segments_max);
+  }
+  EXPECT_LE(open_segment_descriptors(), _options.open_sealed_segments_max + kAlwaysOpen);
+  written.push_back(write_message(100, 99));  // and it still takes mail
+  EXPECT_EQ(_spool->size(), written.size());
 }
 
 TEST_F(SpoolRecoveryTest, HalfCreatedSegmentsAreDeleted) {
