@@ -154,6 +154,9 @@ struct Shard::Impl : public smtp::SessionHost {
   // One line per refusal the session reports: who, in which transaction, what, and the reply.
   void on_reject(const smtp::RejectEvent& event, const smtp::ClientInfo& client) override {
     shard->_metrics.reject(event.reason);
+    if (!event.log) {
+      return;
+    }
     std::string line =
         str_cat("event=rejected ", session_tag(client.session_serial),
                 " reason=", smtp::reject_reason_name(event.reason), " client=", client.address.ip_string());

@@ -158,7 +158,7 @@ SessionAction ServerSession::handle_line(std::string_view line, std::string& out
   return handle_command(text, out);
 }
 
-void ServerSession::report(RejectReason reason, std::string_view text, std::string_view address) {
+void ServerSession::report(RejectReason reason, std::string_view text, std::string_view address, bool log) {
   ++_counts.rejections;
   RejectEvent event;
   event.reason = reason;
@@ -168,6 +168,7 @@ void ServerSession::report(RejectReason reason, std::string_view text, std::stri
   event.in_transaction = _mail_given;
   event.sender = _sender;
   event.recipients = &_recipients;
+  event.log = log;
   _host->on_reject(event, _client);
 }
 
@@ -338,13 +339,11 @@ SessionAction ServerSession::handle_rcpt(std::string_view argument, std::string&
   }
   if (_recipients.size() >= _settings->limits.recipients_max) {
     // Not the client's error: a client that sends more recipients than we take gets 452 for the
-    // rest and sends the message to the first recipients_max (RFC 5321 4.5.3.1.8). Reported once
-    // per transaction, so a 10,000-recipient transaction is not 9,000 log lines.
+    // rest and sends the message to the first recipients_max (RFC 5321 4.5.3.1.8). Each one is
+    // counted, the first one logged: a 10,000-recipient transaction is not 9,000 log lines.
     out.append(reply::kTooManyRecipients);
-    if (!_excess_rcpt_reported) {
-      _excess_rcpt_reported = true;
-      report(RejectReason::too_many_recipients, reply::kTooManyRecipients, rcpt.forward_path);
-    }
+    report(RejectReason::too_many_recipients, reply::kTooManyRecipients, rcpt.forward_path, !_excess_rcpt_reported);
+    _excess_rcpt_reported = true;
     return SessionAction::none;
   }
   _recipients.emplace_back(rcpt.forward_path);

@@ -79,6 +79,9 @@ struct RejectEvent {
   bool in_transaction = false;  // MAIL was accepted: `sender` and `recipients` are the transaction's
   std::string_view sender;
   const std::vector<std::string>* recipients = nullptr;  // accepted so far
+  // false: count it, but write no line (the same refusal of this transaction was logged: each
+  // RCPT over max_recipients is counted, the first one logged).
+  bool log = true;
 };
 
 // What happened in a session, for its disconnect line.
@@ -153,7 +156,7 @@ class ServerSession {
   SessionAction reject(RejectReason reason, std::string_view text, std::string& out, std::string_view address = {},
                        bool counts_as_error = true);
   SessionAction reject_parse_error(const ParseError& error, std::string_view argument, std::string& out);
-  void report(RejectReason reason, std::string_view text, std::string_view address);
+  void report(RejectReason reason, std::string_view text, std::string_view address, bool log = true);
   SessionAction close_bare_newline(std::string& out);
   bool recipient_allowed(std::string_view forward_path) const;
   void reset_transaction();

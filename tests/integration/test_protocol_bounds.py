@@ -71,6 +71,8 @@ class RecipientLimit(SluiceTestCase):
         self.assertIsNotNone(logged, server.log_tail())
         self.assertEqual(logged["address"], "r1000@example.com")
         self.assertEqual(len(server.events("rejected", reason="too_many_recipients")), 1)
+        # ... and counted for each refused RCPT.
+        self.assertIn('sluice_rejections_total{reason="too_many_recipients"} 500\n', server.metrics())
 
 
 class TricklingClients(SluiceTestCase):

@@ -26,6 +26,9 @@ class FakeHost : public SessionHost {
   void on_reject(const RejectEvent& event, const ClientInfo&) override {
     last_reject = event.reason;
     ++rejects;
+    if (!event.log) {
+      return;  // counted, not logged: kept out of `reported`
+    }
     reported.push_back(Reported{event.reason, std::string(event.reply), std::string(event.address),
                                 std::string(event.helo), event.in_transaction, std::string(event.sender),
                                 event.recipients ? *event.recipients : std::vector<std::string>{}});
@@ -308,7 +311,8 @@ TEST_F(ServerSessionTest, RecipientsOverTheLimitAreNotErrors) {
   EXPECT_EQ(last.recipients, (std::vector<std::string>{"0@y.example", "1@y.example", "2@y.example"}));
   EXPECT_NE(reply.find("452 4.5.3 "), std::string::npos);
   EXPECT_NE(reply.find("250 2.0.0 Ok: queued as"), std::string::npos);
-  // Reported once per transaction, with the first refused address.
+  // Each counted, one logged per transaction, with the first refused address.
+  EXPECT_EQ(host.rejects, 17);
   ASSERT_EQ(host.reported.size(), 1u);
   EXPECT_EQ(host.reported[0].reason, RejectReason::too_many_recipients);
   EXPECT_EQ(host.reported[0].address, "3@y.example");
