@@ -27,6 +27,17 @@ void encode_floor(uint64_t value, uint8_t* out) {
   }
 }
 
+// "a/b" -> "a", "/a" -> "/", "a" -> "." (trailing slashes are the caller's: mkdir ignores them).
+std::string parent_directory(const std::string& path) {
+  const size_t end = path.find_last_not_of('/');
+  const size_t slash = end == std::string::npos ? std::string::npos : path.find_last_of('/', end);
+  if (slash == std::string::npos) {
+    return ".";
+  }
+  const size_t parent_end = path.find_last_not_of('/', slash);
+  return parent_end == std::string::npos ? "/" : path.substr(0, parent_end + 1);
+}
+
 }  // namespace
 
 absl::Status errno_status(int error, std::string_view what) {
@@ -52,7 +63,13 @@ absl::Status make_directories(const std::string& path) {
   }
   for (size_t slash = path.find('/', 1);; slash = path.find('/', slash + 1)) {
     const std::string prefix = path.substr(0, slash);
-    if (::mkdir(prefix.c_str(), 0750) != 0 && errno != EEXIST) {
+    if (::mkdir(prefix.c_str(), 0750) == 0) {
+      // A new directory's name is durable only once its parent is fsync'd: without this a power
+      // cut takes the directory, and every segment and journal later put in it, away.
+      if (auto status = fsync_directory(parent_directory(prefix)); !status.ok()) {
+        return status;
+      }
+    } else if (errno != EEXIST) {
       return errno_status(errno, absl::StrCat("mkdir ", prefix));
     }
     if (slash == std::string::npos) {

@@ -11,6 +11,7 @@
 namespace sluice::spool {
 
 absl::Status errno_status(int error, std::string_view what);
+// mkdir -p; the parent of every directory it creates is fsync'd before it returns.
 absl::Status make_directories(const std::string& path);
 absl::Status fsync_directory(const std::string& path);
 // write() until done; EINTR retried, a short write continued.

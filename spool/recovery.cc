@@ -208,6 +208,11 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
   if (auto status = make_directories(out.shard_dir); !status.ok()) {
     return status;
   }
+  // Also when it existed already: a run that died between its mkdir and that fsync left a name
+  // that a power cut would still take, with every segment this run acknowledges in it.
+  if (auto status = fsync_directory(dir); !status.ok()) {
+    return status;
+  }
   std::map<uint64_t, std::string> segment_paths;
   std::map<uint64_t, std::string> journal_paths;  // by number: the order they apply in
   {
@@ -358,6 +363,14 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
   }
   for (const auto& [number, path] : journal_paths) {
     ::unlink(path.c_str());  // the new journal's checkpoint made them irrelevant
+  }
+  // The id floor the running shard keeps is created here, so the directory fsync below makes its
+  // name durable.
+  const std::string idfloor = out.shard_dir + "/idfloor";
+  if (const int fd = ::open(idfloor.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640); fd >= 0) {
+    ::close(fd);
+  } else {
+    return errno_status(errno, absl::StrCat("open ", idfloor));
   }
   if (auto status = fsync_directory(out.shard_dir); !status.ok()) {
     return status;

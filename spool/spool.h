@@ -230,6 +230,14 @@ class ShardSpool {
   // The queue index: messages whose record is durable.
   std::vector<MessageInfo> list() const;
   std::optional<MessageInfo> find(std::string_view id) const;
+  // Every index entry, in no particular order and without copying it (the admin endpoint's
+  // page and summary, so that it never copies the whole index on the shard thread).
+  template <typename Visit>
+  void for_each_message(Visit&& visit) const {
+    for (const auto& [id, info] : _index) {
+      visit(info);
+    }
+  }
   size_t size() const { return _index.size(); }
   absl::StatusOr<std::string> read_message(std::string_view id);  // blocking pread: control path
   // For reading the body from the file; -1 if there is no such segment or it cannot be opened.

@@ -1,10 +1,22 @@
-// Admin endpoint: health, readiness, Prometheus metrics and the queue API (list, show, delete,
-// hold, release, flush). Never touches shard state directly: every query runs on the shard's
-// own thread through its control ring.
+// Admin endpoint: health, readiness, Prometheus metrics and the queue API (list, summary, show,
+// delete, hold, release, flush). Never touches shard state directly: every query runs on the
+// shard's own thread through its control ring, and only what is cheap runs there (an index
+// visit bounded by ?limit=, a dup() of a segment descriptor); bodies are read here.
+//
+// Security (DESIGN.md section 4): every endpoint but /healthz, /readyz and /metrics needs
+// "Authorization: Bearer <token>" (401 otherwise). On TCP the Host header must name the
+// listen address (or localhost:PORT on loopback), else 421 Misdirected Request: a page on
+// another site that a browser resolves to 127.0.0.1 (DNS rebinding) sends its own host name.
+// /healthz and /readyz are exempt from the Host check (they reveal nothing).
+// A cross-site POST from a browser cannot carry the bearer token, so it gets 401.
 #include "engine/app/admin_server.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,30 +24,95 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
-#include <future>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <optional>
+#include <queue>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
-#include "engine/app/http.h"
+#include "engine/app/descriptors.h"
 #include "engine/app/log.h"
 #include "engine/app/queue_report.h"
+#include "engine/io/assert.h"
 #include "engine/io/clock.h"
 #include "engine/io/ring.h"
 #include "engine/io/socket.h"
 #include "engine/io/strings.h"
 #include "engine/smtp/command.h"
+#include "spool/message_id.h"
 
 namespace sluice::app {
 namespace {
 
 constexpr int kPollIntervalMs = 200;
-constexpr int kRequestTimeoutMs = 5'000;    // a whole request must arrive within this
-constexpr timeval kSocketTimeout = {5, 0};  // per send/recv: a client that stops reading
+constexpr uint64_t kRequestTimeoutMs = 5'000;  // a whole request head must arrive within this
+constexpr uint64_t kLingerMs = 1'000;          // after an answer from the poll thread (see linger)
+constexpr int kListenBacklog = 64;
+constexpr int kReadsPerRound = 8;           // recv calls per connection per poll round (4 KiB each)
+constexpr timeval kSocketTimeout = {5, 0};  // workers, per send: a client that stops reading
 constexpr auto kShardAnswerTimeout = std::chrono::seconds(5);
+constexpr auto kReadyAnswerTimeout = std::chrono::seconds(1);
+// A request a shard has started (e.g. a delete waiting for its journal fdatasync) is waited for
+// this much longer before the client is told the outcome is unknown.
+constexpr auto kStartedRequestWaitMax = std::chrono::seconds(30);
+constexpr size_t kListLimitDefault = 1000;
+constexpr size_t kListLimitMax = 10000;
+constexpr size_t kTokenBytes = 32;
+constexpr size_t kTokenFileOctetsMax = 4096;
+constexpr char kNextAfterHeader[] = "X-Sluice-Next-After";
+constexpr io::RingOptions kDoorbellRing{64, 256};
+// The endpoint lives in the descriptor reserve: its connections, the listener, a doorbell ring
+// and a dup()'d segment per worker, with room to spare for the log and start-up files.
+static_assert(AdminServer::kConnectionsMax + 1 + 2 * AdminServer::kWorkerThreads < kDescriptorReserve / 2);
+
+uint64_t now_ms() {
+  return io::monotonic_us() / 1000;
+}
+
+std::string trim_token(std::string_view text) {
+  const auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+  while (!text.empty() && space(text.front())) {
+    text.remove_prefix(1);
+  }
+  while (!text.empty() && space(text.back())) {
+    text.remove_suffix(1);
+  }
+  return std::string(text);
+}
+
+// Compares in time independent of where the first difference is (the length is no secret).
+bool same_secret(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) {
+    return false;
+  }
+  unsigned char difference = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    difference |= static_cast<unsigned char>(a[i] ^ b[i]);
+  }
+  return difference == 0;
+}
+
+absl::Status fsync_parent(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) {
+    dir = ".";
+  }
+  const int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    return absl::InternalError(str_cat("open ", dir, ": ", std::strerror(errno)));
+  }
+  const int synced = fsync(fd);
+  const int error = errno;
+  close(fd);
+  if (synced < 0) {
+    return absl::InternalError(str_cat("fsync ", dir, ": ", std::strerror(error)));
+  }
+  return absl::OkStatus();
+}
 
 std::string rfc3339(uint64_t unix_ms) {
   const time_t seconds = static_cast<time_t>(unix_ms / 1000);
@@ -68,136 +145,297 @@ bool has_recipient_domain(const spool::MessageInfo& message, std::string_view do
 }
 
 HttpResponse json_response(int status, std::string body) {
-  return HttpResponse{status, "application/json", std::move(body)};
+  return HttpResponse{status, "application/json", std::move(body), {}};
 }
 
 HttpResponse error_response(int status, std::string_view message) {
   return json_response(status, str_cat("{\"error\": \"", json_escape(message), "\"}"));
 }
 
-// Runs `work` on every shard's thread, in shard order, and returns each answer.
+HttpResponse method_not_allowed(std::string_view allowed) {
+  HttpResponse response = error_response(405, str_cat("method not allowed (allowed: ", allowed, ")"));
+  response.headers.emplace_back("Allow", std::string(allowed));
+  return response;
+}
+
+// A descriptor that closes itself: an answer the caller no longer waits for leaks nothing.
+class OwnedFd {
+ public:
+  OwnedFd() = default;
+  explicit OwnedFd(int fd) : _fd(fd) {}
+  OwnedFd(OwnedFd&& other) noexcept : _fd(std::exchange(other._fd, -1)) {}
+  OwnedFd& operator=(OwnedFd&& other) noexcept {
+    reset();
+    _fd = std::exchange(other._fd, -1);
+    return *this;
+  }
+  ~OwnedFd() { reset(); }
+  int get() const { return _fd; }
+
+ private:
+  void reset() {
+    if (_fd >= 0) {
+      close(_fd);
+      _fd = -1;
+    }
+  }
+  int _fd = -1;
+};
+
+// ---- calls into the shards ------------------------------------------------------------------
+
+// One shard's answer to one request. The caller and the shard race only through `state`: a
+// request the caller gave up on before the shard started it is never run (cancelled), and one
+// the shard has started is always waited for (up to kStartedRequestWaitMax), so "503, nothing
+// was done" is never a lie.
 template <typename T>
+struct ShardAnswer {
+  enum class State : uint8_t { waiting, running, done, cancelled };
+  std::mutex mutex;
+  std::condition_variable changed;
+  State state = State::waiting;
+  std::optional<T> value;
+};
+
+// Runs on the shard's thread; calls `reply` exactly once, at once or later (e.g. from the
+// shard's spool completion, once a journal record is durable).
+template <typename T>
+using ShardWork = std::function<void(Shard&, std::function<void(T)> reply)>;
+
+enum class CallOutcome : uint8_t {
+  answered,      // every shard answered
+  not_answered,  // some shard never started the request (not running, busy, too slow): nothing done there
+  unfinished,    // some shard started it and has not finished within the extra wait
+};
+
+template <typename T>
+struct CallResult {
+  CallOutcome outcome = CallOutcome::not_answered;
+  std::vector<T> values;  // the answers of the shards that answered, in shard order (all when answered)
+};
+
 class ShardCaller {
  public:
-  explicit ShardCaller(const std::vector<Shard*>& shards) : _shards(shards) {}
+  ShardCaller(const std::vector<Shard*>& shards, io::Ring* ring) : _shards(shards), _ring(ring) {}
 
-  std::optional<std::vector<T>> call(std::function<T(Shard&)> work) {
-    if (!_ring) {
-      auto created = io::Ring::create_for_this_thread(io::RingOptions{64, 256});
-      if (!created.ok()) {
-        return std::nullopt;
-      }
-      _ring.reset(*created);
+  template <typename T>
+  CallResult<T> call(ShardWork<T> work, std::chrono::steady_clock::duration timeout) {
+    CallResult<T> result;
+    if (_ring == nullptr) {
+      return result;
     }
-    std::vector<std::future<T>> answers;
     for (Shard* shard : _shards) {
       if (!shard->ready()) {
-        return std::nullopt;
+        return result;
       }
-      auto promise = std::make_shared<std::promise<T>>();
-      answers.push_back(promise->get_future());
-      auto* request = new ControlRequest{[promise, work](Shard& target) { promise->set_value(work(target)); }};
+    }
+    using Answer = ShardAnswer<T>;
+    std::vector<std::shared_ptr<Answer>> answers;
+    bool all_posted = true;
+    for (Shard* shard : _shards) {
+      auto answer = std::make_shared<Answer>();
+      answers.push_back(answer);
+      auto* request = new ControlRequest{[answer, work](Shard& target) {
+        {
+          std::lock_guard lock(answer->mutex);
+          if (answer->state == Answer::State::cancelled) {
+            return;  // the caller gave up (timed out): never act on a request nobody waits for
+          }
+          answer->state = Answer::State::running;
+        }
+        work(target, [answer](T value) {
+          std::lock_guard lock(answer->mutex);
+          SLUICE_ASSERT(answer->state == Answer::State::running);  // answered exactly once
+          answer->value.emplace(std::move(value));
+          answer->state = Answer::State::done;
+          answer->changed.notify_all();
+        });
+      }};
       if (!shard->post(request)) {
         delete request;
-        return std::nullopt;
+        answer->state = Answer::State::cancelled;
+        all_posted = false;
+        continue;
       }
       io::prep_doorbell(_ring->sqe(), shard->ring_fd(), Shard::doorbell_user_data());
     }
     _ring->submit_wait_and_reap(0, [](const io_uring_cqe&) {});
-    std::vector<T> results;
+    // A shard whose control ring was full: give the request up everywhere it has not started.
+    const auto deadline = all_posted ? std::chrono::steady_clock::now() + timeout : std::chrono::steady_clock::now();
+    result.outcome = all_posted ? CallOutcome::answered : CallOutcome::not_answered;
     for (auto& answer : answers) {
-      if (answer.wait_for(kShardAnswerTimeout) != std::future_status::ready) {
-        return std::nullopt;
+      std::unique_lock lock(answer->mutex);
+      if (answer->state == Answer::State::cancelled) {
+        continue;
       }
-      results.push_back(answer.get());
+      answer->changed.wait_until(lock, deadline, [&] { return answer->state == Answer::State::done; });
+      if (answer->state == Answer::State::waiting) {
+        answer->state = Answer::State::cancelled;
+        result.outcome = CallOutcome::not_answered;
+        continue;
+      }
+      if (answer->state == Answer::State::running && !answer->changed.wait_for(lock, kStartedRequestWaitMax, [&] {
+            return answer->state == Answer::State::done;
+          })) {
+        if (result.outcome == CallOutcome::answered) {
+          result.outcome = CallOutcome::unfinished;
+        }
+        continue;
+      }
     }
-    return results;
+    for (auto& answer : answers) {
+      std::lock_guard lock(answer->mutex);
+      if (answer->state == Answer::State::done) {
+        result.values.push_back(std::move(*answer->value));
+      }
+    }
+    return result;
+  }
+
+  // For work that answers at once, on the shard thread.
+  template <typename T>
+  CallResult<T> query(std::function<T(Shard&)> work, std::chrono::steady_clock::duration timeout) {
+    return call<T>([work](Shard& shard, std::function<void(T)> reply) { reply(work(shard)); }, timeout);
   }
 
  private:
   const std::vector<Shard*>& _shards;
-  std::unique_ptr<io::Ring> _ring;
+  io::Ring* _ring;
 };
 
-}  // namespace
-
-AdminServer::AdminServer(std::vector<Shard*> shards, const std::atomic<bool>* ready)
-    : _shards(std::move(shards)), _ready(ready) {}
-
-AdminServer::~AdminServer() {
-  stop();
+HttpResponse shards_did_not_answer(CallOutcome outcome) {
+  if (outcome == CallOutcome::unfinished) {
+    return error_response(504, "a shard started the request but did not finish in time: the outcome is unknown");
+  }
+  return error_response(503, "the shards did not answer (starting, stopping or overloaded); nothing was done");
 }
 
-absl::StatusOr<io::SocketAddress> AdminServer::start(const io::SocketAddress& listen) {
-  auto fd = io::open_listener(listen);
-  if (!fd.ok()) {
-    return fd.status();
+// ---- the queue list: one page, selected on each shard without copying the index --------------
+
+struct ListQuery {
+  size_t limit = kListLimitDefault;
+  std::string after;  // ids strictly greater than this
+  std::optional<std::string> domain;
+};
+
+struct PageAnswer {
+  std::vector<spool::MessageInfo> messages;
+  uint64_t matching = 0;  // every message that matches the filter, on this shard
+  uint64_t matching_bytes = 0;
+};
+
+PageAnswer select_page(const spool::ShardSpool& spool, const ListQuery& query) {
+  // A max-heap of the `limit` smallest matching ids: O(index) time, O(limit) memory.
+  auto greater_id = [](const spool::MessageInfo* a, const spool::MessageInfo* b) { return a->id < b->id; };
+  std::priority_queue<const spool::MessageInfo*, std::vector<const spool::MessageInfo*>, decltype(greater_id)> best(
+      greater_id);
+  PageAnswer answer;
+  spool.for_each_message([&](const spool::MessageInfo& message) {
+    if (query.domain && !has_recipient_domain(message, *query.domain)) {
+      return;
+    }
+    ++answer.matching;
+    answer.matching_bytes += message.rfc_size;
+    if (message.id <= query.after) {
+      return;
+    }
+    if (best.size() < query.limit) {
+      best.push(&message);
+    } else if (message.id < best.top()->id) {
+      best.pop();
+      best.push(&message);
+    }
+  });
+  answer.messages.resize(best.size());
+  for (size_t i = answer.messages.size(); i-- > 0;) {
+    answer.messages[i] = *best.top();
+    best.pop();
   }
-  _listen_fd = *fd;
-  auto bound = io::local_address(_listen_fd);
-  _thread = std::thread([this] { serve(); });
-  pthread_setname_np(_thread.native_handle(), "sluice-admin");
-  return bound;
+  return answer;
 }
 
-void AdminServer::stop() {
-  _stopping.store(true);
-  if (_thread.joinable()) {
-    _thread.join();
+std::optional<std::string> parse_list_query(const HttpRequest& request, ListQuery& query) {
+  if (const auto it = request.query.find("limit"); it != request.query.end()) {
+    size_t limit = 0;
+    if (!parse_decimal(std::string_view(it->second), limit) || limit == 0 || limit > kListLimitMax) {
+      return str_cat("limit must be a number from 1 to ", kListLimitMax);
+    }
+    query.limit = limit;
   }
-  if (_listen_fd >= 0) {
-    close(_listen_fd);
-    _listen_fd = -1;
+  if (const auto it = request.query.find("after"); it != request.query.end()) {
+    if (!spool::id_ms(it->second)) {
+      return "after must be a queue id (16 characters of 0-9 and A-Z)";
+    }
+    query.after = it->second;
   }
+  if (const auto it = request.query.find("domain"); it != request.query.end()) {
+    query.domain = it->second;
+  }
+  return std::nullopt;
 }
 
-void AdminServer::serve() {
-  while (!_stopping.load()) {
-    pollfd waiting{_listen_fd, POLLIN, 0};
-    if (poll(&waiting, 1, kPollIntervalMs) <= 0) {
+// ---- one message: located on the shard, read here ------------------------------------------
+
+struct ShowAnswer {
+  bool found = false;
+  spool::MessageInfo info;
+  OwnedFd segment;  // dup() of the segment file, closed when this answer goes
+  std::string error;
+};
+
+absl::StatusOr<std::string> read_wire(int fd, const spool::MessageLocation& location) {
+  std::string bytes(location.wire_length, '\0');
+  uint64_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n =
+        pread(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(location.wire_offset + done));
+    if (n < 0 && errno == EINTR) {
       continue;
     }
-    const int fd = accept4(_listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) {
-      continue;
+    if (n <= 0) {
+      return absl::InternalError(str_cat("reading the spool: ", n < 0 ? std::strerror(errno) : "short file"));
     }
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &kSocketTimeout, sizeof(kSocketTimeout));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &kSocketTimeout, sizeof(kSocketTimeout));
-    handle_connection(fd);
-    close(fd);
+    done += static_cast<uint64_t>(n);
   }
+  return bytes;
 }
 
-namespace {
+struct ChangeAnswer {
+  int status = 404;  // 200 done and durable, 404 not on this shard, 500 failed
+  std::string error;
+};
 
-// The admin thread serves one connection at a time, so every request is bounded in time as a
-// whole: a client trickling bytes cannot hold the endpoint (or a drain) hostage.
-std::optional<std::string> read_request_head(int fd) {
-  std::string head;
-  char buffer[4096];
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kRequestTimeoutMs);
-  while (head.find("\r\n\r\n") == std::string::npos) {
-    if (head.size() > kHttpRequestOctetsMax) {
-      return std::nullopt;
-    }
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    pollfd waiting{fd, POLLIN, 0};
-    if (left.count() <= 0 || poll(&waiting, 1, static_cast<int>(left.count())) <= 0) {
-      return std::nullopt;
-    }
-    const ssize_t got = recv(fd, buffer, sizeof(buffer), 0);
-    if (got <= 0) {
-      return std::nullopt;
-    }
-    head.append(buffer, static_cast<size_t>(got));
+std::string logfmt_quote(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    out.push_back(c == '"' || c == '\n' || c == '\r' ? '\'' : c);
   }
-  return head;
+  out.push_back('"');
+  return out;
+}
+
+// ---- connections ------------------------------------------------------------------------------
+
+struct Reading {
+  int fd = -1;
+  std::string buffer;
+  uint64_t deadline_ms = 0;
+  bool lingering = false;  // answered; reading what is left so that close() does not reset it
+  std::string peer;
+  io::SocketAddress local;
+};
+
+void send_now(int fd, std::string_view text) {
+  // Answers from the poll thread are small and the socket is fresh: they fit its send buffer.
+  (void)send(fd, text.data(), text.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 void send_all(int fd, std::string_view data) {
   while (!data.empty()) {
     const ssize_t sent = send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    if (sent < 0 && errno == EINTR) {
+      continue;
+    }
     if (sent <= 0) {
       return;
     }
@@ -205,131 +443,677 @@ void send_all(int fd, std::string_view data) {
   }
 }
 
+bool is_loopback(const io::SocketAddress& address) {
+  static const io::Network v4 = *io::Network::parse("127.0.0.0/8");
+  static const io::Network v6 = *io::Network::parse("::1/128");
+  return v4.contains(address) || v6.contains(address);
+}
+
+bool host_allowed(std::string_view host, const io::SocketAddress& local) {
+  if (equals_ignore_case(host, local.to_string())) {
+    return true;
+  }
+  return is_loopback(local) && equals_ignore_case(host, str_cat("localhost:", local.port()));
+}
+
+bool is_public_path(std::string_view path) {
+  return path == "/healthz" || path == "/readyz" || path == "/metrics";
+}
+
+bool authorized(const HttpRequest& request, std::string_view token) {
+  const std::string* value = request.header("authorization");
+  constexpr std::string_view kScheme = "bearer ";
+  if (value == nullptr || value->size() <= kScheme.size() ||
+      !equals_ignore_case(std::string_view(*value).substr(0, kScheme.size()), kScheme)) {
+    return false;
+  }
+  return same_secret(std::string_view(*value).substr(kScheme.size()), token);
+}
+
 }  // namespace
 
-void AdminServer::handle_connection(int fd) {
-  const std::optional<std::string> head = read_request_head(fd);
-  if (!head) {
-    return;
+struct AdminServer::Pending {
+  int fd = -1;
+  HttpRequest request;
+  std::string peer;
+};
+
+// ---- token file ------------------------------------------------------------------------------
+
+absl::StatusOr<std::string> read_admin_token(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::NotFoundError(str_cat("cannot read the admin token file ", path, ": ", std::strerror(errno)));
   }
-  const auto request = parse_http_request(*head);
-  HttpResponse response;
-  if (!request.ok()) {
-    response = error_response(400, to_std(request.status().message()));
-    send_all(fd, format_http_response(response));
-    return;
+  std::string text(kTokenFileOctetsMax + 1, '\0');
+  file.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(file.gcount()));
+  if (text.size() > kTokenFileOctetsMax) {
+    return absl::InvalidArgumentError(
+        str_cat("the admin token file ", path, " is larger than ", kTokenFileOctetsMax, " octets"));
   }
-  const std::string& path = request->path;
-  const std::string& method = request->method;
-  ShardCaller<std::vector<spool::MessageInfo>> list_caller(_shards);
-  if (path == "/healthz") {
-    response = json_response(200, "{\"status\": \"ok\"}");
-  } else if (path == "/readyz") {
-    const bool ready = _ready->load();
-    response = json_response(ready ? 200 : 503, ready ? "{\"ready\": true}" : "{\"ready\": false}");
-  } else if (path == "/metrics") {
-    ShardCaller<spool::SpoolMetrics> caller(_shards);
-    auto spools = caller.call([](Shard& shard) { return shard.spool().metrics(); });
-    std::vector<const ShardMetrics*> metrics;
-    for (Shard* shard : _shards) {
-      metrics.push_back(&shard->metrics());
+  std::string token = trim_token(text);
+  if (token.empty()) {
+    return absl::InvalidArgumentError(str_cat("the admin token file ", path, " is empty"));
+  }
+  return token;
+}
+
+absl::StatusOr<std::string> load_or_create_admin_token(const std::string& path) {
+  if (struct stat existing{}; stat(path.c_str(), &existing) == 0) {
+    if ((existing.st_mode & 077) != 0) {
+      log_line(str_cat("event=warning message=\"the admin token file ", path,
+                       " can be read by other users: chmod 600 it\""));
     }
-    response = HttpResponse{200, "text/plain; version=0.0.4",
-                            render_prometheus(metrics, spools.value_or(std::vector<spool::SpoolMetrics>{}))};
-  } else if ((path == "/api/queue" || path == "/api/queue/summary") && method == "GET") {
-    auto lists = list_caller.call([](Shard& shard) { return shard.spool().list(); });
-    if (!lists) {
-      response = error_response(503, "the shards did not answer (starting or stopping)");
-    } else {
-      std::vector<spool::MessageInfo> all;
-      for (auto& list : *lists) {
-        for (auto& message : list) {
-          all.push_back(std::move(message));
+    return read_admin_token(path);
+  }
+  unsigned char random[kTokenBytes];
+  size_t got = 0;
+  while (got < sizeof(random)) {
+    const ssize_t n = getrandom(random + got, sizeof(random) - got, 0);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      return absl::InternalError(str_cat("getrandom: ", std::strerror(errno)));
+    }
+    got += static_cast<size_t>(n);
+  }
+  std::string token;
+  for (const unsigned char byte : random) {
+    token += absl::StrFormat("%02x", byte);
+  }
+  // Written under a temporary name and linked into place, so the token file is either absent
+  // or complete (a crash never leaves an empty one), and never replaces one made meanwhile.
+  const std::string temporary = str_cat(path, ".tmp.", getpid());
+  const int fd = open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    return absl::InternalError(str_cat("cannot create the admin token file ", temporary, ": ", std::strerror(errno)));
+  }
+  const std::string content = token + "\n";
+  const bool written = write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size());
+  const bool synced = written && fsync(fd) == 0;
+  const int error = errno;
+  close(fd);
+  if (!synced) {
+    unlink(temporary.c_str());
+    return absl::InternalError(str_cat("cannot write the admin token file ", temporary, ": ", std::strerror(error)));
+  }
+  const int linked = link(temporary.c_str(), path.c_str());
+  const int link_error = errno;
+  unlink(temporary.c_str());
+  if (linked < 0 && link_error != EEXIST) {
+    return absl::InternalError(str_cat("cannot create the admin token file ", path, ": ", std::strerror(link_error)));
+  }
+  if (absl::Status status = fsync_parent(path); !status.ok()) {
+    return status;
+  }
+  if (linked < 0) {
+    return read_admin_token(path);  // created by someone else meanwhile: theirs holds
+  }
+  log_line(str_cat("event=admin_token_created path=", logfmt_quote(path)));
+  return token;
+}
+
+// ---- the server --------------------------------------------------------------------------------
+
+AdminServer::AdminServer(std::vector<Shard*> shards, const std::atomic<bool>* ready, std::string token)
+    : _shards(std::move(shards)), _ready(ready), _token(std::move(token)) {
+  SLUICE_ASSERT(!_token.empty());
+}
+
+AdminServer::~AdminServer() {
+  stop();
+}
+
+namespace {
+
+absl::StatusOr<int> listen_unix(const std::string& path) {
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(address.sun_path)) {
+    return absl::InvalidArgumentError(str_cat("unix socket path too long: ", path));
+  }
+  std::memcpy(address.sun_path, path.data(), path.size());
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::InternalError(str_cat("socket: ", std::strerror(errno)));
+  }
+  struct stat existing {};
+  if (lstat(path.c_str(), &existing) == 0) {
+    if (!S_ISSOCK(existing.st_mode)) {
+      close(fd);
+      return absl::AlreadyExistsError(str_cat(path, " exists and is not a socket"));
+    }
+    // A live socket means another instance: refuse. A dead one was left by a crash: remove it.
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) == 0 || errno == EAGAIN) {
+      close(fd);
+      return absl::UnavailableError(str_cat("cannot listen on unix:", path, ": another process is listening there"));
+    }
+    close(fd);
+    unlink(path.c_str());
+    return listen_unix(path);
+  }
+  // Before listen() nobody can connect, so the socket is private before anyone could use it.
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof(address)) < 0 || chmod(path.c_str(), 0600) < 0 ||
+      listen(fd, kListenBacklog) < 0) {
+    const int error = errno;
+    close(fd);
+    return absl::UnavailableError(str_cat("cannot listen on unix:", path, ": ", std::strerror(error)));
+  }
+  return fd;
+}
+
+absl::StatusOr<int> listen_tcp(const io::SocketAddress& address) {
+  const int fd = socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return absl::InternalError(str_cat("socket: ", std::strerror(errno)));
+  }
+  // SO_REUSEADDR (restart while old connections are in TIME_WAIT) but never SO_REUSEPORT: a
+  // second instance must fail here rather than answer half of the requests from its own spool.
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (address.family() == AF_INET6) {
+    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  }
+  if (bind(fd, address.get(), address.length) < 0 || listen(fd, kListenBacklog) < 0) {
+    const int error = errno;
+    close(fd);
+    return absl::UnavailableError(str_cat("cannot listen on ", address.to_string(), ": ", std::strerror(error)));
+  }
+  return fd;
+}
+
+}  // namespace
+
+absl::StatusOr<HttpEndpoint> AdminServer::start(const HttpEndpoint& listen) {
+  auto fd = listen.unix_path.empty() ? listen_tcp(listen.tcp) : listen_unix(listen.unix_path);
+  if (!fd.ok()) {
+    return fd.status();
+  }
+  _listen_fd = *fd;
+  _bound = listen;
+  if (listen.unix_path.empty()) {
+    auto bound = io::local_address(_listen_fd);
+    if (!bound.ok()) {
+      return bound.status();
+    }
+    _bound.tcp = *bound;
+  }
+  _poller = std::thread([this] { poll_loop(); });
+  pthread_setname_np(_poller.native_handle(), "sluice-admin");
+  for (size_t i = 0; i < kWorkerThreads; ++i) {
+    _workers.emplace_back([this] { worker_loop(); });
+    pthread_setname_np(_workers.back().native_handle(), str_cat("sluice-admin", i).c_str());
+  }
+  return _bound;
+}
+
+void AdminServer::stop() {
+  {
+    std::lock_guard lock(_mutex);
+    _stopping.store(true);
+  }
+  _work_ready.notify_all();
+  if (_poller.joinable()) {
+    _poller.join();
+  }
+  for (auto& worker : _workers) {
+    worker.join();
+  }
+  _workers.clear();
+  for (auto& pending : _work) {
+    close(pending->fd);
+  }
+  _work.clear();
+  if (_listen_fd >= 0) {
+    close(_listen_fd);
+    _listen_fd = -1;
+    if (!_bound.unix_path.empty()) {
+      unlink(_bound.unix_path.c_str());
+    }
+  }
+}
+
+void AdminServer::poll_loop() {
+  std::vector<Reading> connections;
+  std::vector<pollfd> waiting;
+  const bool unix_socket = !_bound.unix_path.empty();
+  auto finish = [this](Reading& c) {
+    close(c.fd);
+    c.fd = -1;
+    _open.fetch_sub(1);
+  };
+  // Answers from here (errors, /healthz) are sent at once; then the connection lingers: we shut
+  // down our side and read until the client closes (or kLingerMs), since closing a socket with
+  // unread input resets it and the client would lose the answer.
+  auto answer = [](Reading& c, const HttpResponse& response, bool with_body = true) {
+    send_now(c.fd, format_http_response(response, with_body));
+    shutdown(c.fd, SHUT_WR);
+    c.lingering = true;
+    c.buffer.clear();
+    c.deadline_ms = now_ms() + kLingerMs;
+  };
+  while (!_stopping.load()) {
+    waiting.clear();
+    waiting.push_back(pollfd{_listen_fd, POLLIN, 0});
+    uint64_t next_deadline = now_ms() + kPollIntervalMs;
+    for (const Reading& c : connections) {
+      waiting.push_back(pollfd{c.fd, POLLIN, 0});
+      next_deadline = std::min(next_deadline, c.deadline_ms);
+    }
+    const uint64_t before = now_ms();
+    const int timeout = next_deadline > before ? static_cast<int>(next_deadline - before) : 0;
+    if (poll(waiting.data(), waiting.size(), timeout) < 0 && errno != EINTR) {
+      continue;
+    }
+    const uint64_t now = now_ms();
+    for (size_t i = 0; i < connections.size(); ++i) {
+      Reading& c = connections[i];
+      const short events = waiting[i + 1].revents;
+      if (events != 0) {
+        char chunk[4096];
+        // Bounded per round, so a client that streams without pause cannot keep this thread.
+        for (int reads = 0; c.fd >= 0 && reads < kReadsPerRound; ++reads) {
+          const ssize_t got = recv(c.fd, chunk, sizeof(chunk), MSG_DONTWAIT);
+          if (got < 0 && (errno == EAGAIN || errno == EINTR)) {
+            break;
+          }
+          if (got <= 0) {
+            finish(c);
+            break;
+          }
+          if (c.lingering) {
+            continue;
+          }
+          c.buffer.append(chunk, static_cast<size_t>(got));
+          if (c.buffer.size() > kHttpRequestOctetsMax) {
+            break;
+          }
         }
       }
-      std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
-      const auto domain = request->query.find("domain");
-      size_t limit = SIZE_MAX;
-      if (const auto it = request->query.find("limit"); it != request->query.end()) {
-        parse_decimal(std::string_view(it->second), limit);
+      if (c.fd < 0) {
+        continue;
       }
-      if (path == "/api/queue/summary") {
-        send_all(fd, format_http_response(HttpResponse{200, "text/plain", format_queue_summary(all, io::wall_ms())}));
-        return;
-      }
-      std::vector<spool::MessageInfo> selected;
-      std::string items;
-      size_t count = 0;
-      for (const auto& message : all) {
-        if (count >= limit) {
-          break;
+      if (c.lingering) {
+        if (now >= c.deadline_ms) {
+          finish(c);
         }
-        if (domain != request->query.end() && !has_recipient_domain(message, domain->second)) {
+        continue;
+      }
+      const size_t head_end = find_http_head_end(c.buffer);
+      if (head_end == std::string::npos || head_end > kHttpRequestOctetsMax) {
+        if (c.buffer.size() > kHttpRequestOctetsMax) {
+          answer(c, error_response(431, str_cat("request head larger than ", kHttpRequestOctetsMax, " octets")));
+        } else if (now >= c.deadline_ms) {
+          answer(c, error_response(408, "the request did not arrive in time"));
+        }
+        continue;
+      }
+      auto request = parse_http_request(std::string_view(c.buffer).substr(0, head_end));
+      if (!request.ok()) {
+        answer(c, error_response(400, to_std(request.status().message())));
+        continue;
+      }
+      // Health checks are exempt: they reveal nothing, and balancers send assorted Host values.
+      const bool health_check = request->path == "/healthz" || request->path == "/readyz";
+      if (!unix_socket && !health_check) {
+        const std::string* host = request->header("host");
+        if (host == nullptr && request->version != "HTTP/1.0") {
+          answer(c, error_response(400, "a Host header is required"));
           continue;
         }
-        str_append(&items, count == 0 ? "" : ",\n  ", message_json(message));
-        selected.push_back(message);
-        ++count;
-      }
-      if (const auto format = request->query.find("format");
-          format != request->query.end() && format->second == "text") {
-        send_all(fd, format_http_response(HttpResponse{200, "text/plain", format_queue_list(selected)}));
-        return;
-      }
-      response = json_response(200, str_cat("{\"count\": ", count, ", \"messages\": [", items, "]}"));
-    }
-  } else if (path == "/api/queue/flush" && method == "POST") {
-    // Delivery is a later issue: nothing is scheduled yet, so there is nothing to hurry.
-    response = json_response(202, "{\"flushed\": 0, \"note\": \"delivery is not running in this version\"}");
-  } else if (path.starts_with("/api/queue/")) {
-    std::vector<std::string> parts = absl::StrSplit(path.substr(strlen("/api/queue/")), '/');
-    const std::string id = parts[0];
-    const std::string action = parts.size() > 1 ? parts[1] : "";
-    ShardCaller<std::pair<int, std::string>> caller(_shards);
-    auto answers = caller.call([id, action, method](Shard& shard) -> std::pair<int, std::string> {
-      spool::ShardSpool& spool = shard.spool();
-      const auto found = spool.find(id);
-      if (!found) {
-        return {404, ""};
-      }
-      if (method == "GET" && action.empty()) {
-        auto body = spool.read_message(id);
-        std::string json = message_json(*found);
-        json.pop_back();
-        str_append(&json, ", \"message\": \"", json_escape(body.ok() ? *body : ""), "\"}");
-        return {200, json};
-      }
-      absl::StatusOr<uint64_t> done = absl::InvalidArgumentError("unknown action");
-      if (method == "DELETE" && action.empty()) {
-        done = spool.remove(id);
-      } else if (method == "POST" && action == "hold") {
-        done = spool.hold(id);
-      } else if (method == "POST" && action == "release") {
-        done = spool.release(id);
-      } else {
-        return {405, ""};
-      }
-      if (!done.ok()) {
-        return {400, std::string(done.status().message())};
-      }
-      return {200, str_cat("{\"id\": \"", id, "\", \"done\": \"", method == "DELETE" ? "delete" : action, "\"}")};
-    });
-    if (!answers) {
-      response = error_response(503, "the shards did not answer (starting or stopping)");
-    } else {
-      response = error_response(404, "no such message");
-      for (auto& [status, body] : *answers) {
-        if (status == 200) {
-          response = json_response(200, body);
-        } else if (status != 404) {
-          response = error_response(status, body.empty() ? "method not allowed" : body);
+        // Without Host (HTTP/1.0) it is no browser, so no DNS rebinding.
+        if (host != nullptr && !host_allowed(*host, c.local)) {
+          answer(c, error_response(421, str_cat("this endpoint answers for ", c.local.to_string(), " only")));
+          continue;
         }
       }
+      if (request->path == "/healthz") {
+        const bool get = request->method == "GET" || request->method == "HEAD";
+        answer(c, get ? json_response(200, "{\"status\": \"ok\"}") : method_not_allowed("GET, HEAD"),
+               request->method != "HEAD");
+        continue;
+      }
+      if (!is_public_path(request->path) && !authorized(*request, _token)) {
+        HttpResponse refused = error_response(401, "missing or wrong bearer token (see [admin] token_file)");
+        refused.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"sluice\"");
+        answer(c, refused);
+        continue;
+      }
+      auto pending = std::make_unique<Pending>();
+      pending->fd = std::exchange(c.fd, -1);
+      pending->request = std::move(*request);
+      pending->peer = c.peer;
+      {
+        std::lock_guard lock(_mutex);
+        _work.push_back(std::move(pending));
+      }
+      _work_ready.notify_one();
     }
-  } else {
-    response = error_response(404, "not found");
+    std::erase_if(connections, [](const Reading& c) { return c.fd < 0; });
+    if (!(waiting[0].revents & POLLIN)) {
+      continue;
+    }
+    while (true) {
+      const int fd = accept4(_listen_fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        break;
+      }
+      if (_open.load() >= kConnectionsMax) {
+        send_now(fd, format_http_response(error_response(503, "too many admin connections")));
+        close(fd);
+        continue;
+      }
+      _open.fetch_add(1);
+      Reading c;
+      c.fd = fd;
+      c.deadline_ms = now + kRequestTimeoutMs;
+      if (!unix_socket) {
+        c.peer = io::peer_address(fd).ip_string();
+        c.local = io::local_address(fd).value_or(_bound.tcp);
+      } else {
+        c.peer = "unix";
+      }
+      connections.push_back(std::move(c));
+    }
   }
-  send_all(fd, format_http_response(response));
+  for (Reading& c : connections) {
+    if (c.fd >= 0) {
+      finish(c);
+    }
+  }
+}
+
+namespace {
+
+// Everything a worker answers. Runs on a worker thread; blocking is fine here, never on a shard.
+class Handler {
+ public:
+  Handler(const std::vector<Shard*>& shards, const std::atomic<bool>* ready, io::Ring* ring)
+      : _shards(shards), _ready(ready), _caller(shards, ring) {}
+
+  HttpResponse handle(const HttpRequest& request, const std::string& peer) {
+    const std::string& path = request.path;
+    const std::string& method = request.method;
+    const bool get = method == "GET" || method == "HEAD";
+    if (path == "/readyz") {
+      return get ? readyz() : method_not_allowed("GET, HEAD");
+    }
+    if (path == "/metrics") {
+      return get ? metrics() : method_not_allowed("GET, HEAD");
+    }
+    if (path == "/api/queue" || path == "/api/queue/summary") {
+      if (!get) {
+        return method_not_allowed("GET, HEAD");
+      }
+      return path == "/api/queue" ? list(request) : summary(request);
+    }
+    if (path == "/api/queue/flush") {
+      if (method != "POST") {
+        return method_not_allowed("POST");
+      }
+      // Delivery is a later issue: nothing is scheduled yet, so there is nothing to hurry.
+      return json_response(202, "{\"flushed\": 0, \"note\": \"delivery is not running in this version\"}");
+    }
+    if (path.starts_with("/api/queue/")) {
+      std::vector<std::string> parts = absl::StrSplit(path.substr(strlen("/api/queue/")), '/');
+      if (parts.size() > 2 || parts[0].empty()) {
+        return error_response(404, "not found");
+      }
+      const std::string& id = parts[0];
+      const std::string action = parts.size() > 1 ? parts[1] : "";
+      if (action.empty() && get) {
+        return show(id, request);
+      }
+      if (action.empty() && method == "DELETE") {
+        return change(id, "delete", peer);
+      }
+      if ((action == "hold" || action == "release") && method == "POST") {
+        return change(id, action, peer);
+      }
+      if (action.empty()) {
+        return method_not_allowed("GET, HEAD, DELETE");
+      }
+      if (action == "hold" || action == "release") {
+        return method_not_allowed("POST");
+      }
+      return error_response(404, "not found");
+    }
+    return error_response(404, "not found");
+  }
+
+ private:
+  HttpResponse readyz() {
+    if (!_ready->load()) {
+      return json_response(503, "{\"ready\": false, \"reason\": \"starting or draining\"}");
+    }
+    auto below = _caller.query<bool>([](Shard& shard) { return shard.spool().below_min_free(); }, kReadyAnswerTimeout);
+    if (below.outcome != CallOutcome::answered) {
+      return json_response(503, "{\"ready\": false, \"reason\": \"a shard did not answer\"}");
+    }
+    if (std::find(below.values.begin(), below.values.end(), true) != below.values.end()) {
+      return json_response(503, "{\"ready\": false, \"reason\": \"spool below min_free_bytes\"}");
+    }
+    return json_response(200, "{\"ready\": true}");
+  }
+
+  HttpResponse metrics() {
+    auto spools = _caller.query<SpoolSnapshot>(
+        [](Shard& shard) {
+          const spool::ShardSpool& spool = shard.spool();
+          return SpoolSnapshot{spool.metrics(), spool.size(), spool.free_bytes(), spool.below_min_free()};
+        },
+        kShardAnswerTimeout);
+    std::vector<const ShardMetrics*> counters;
+    for (Shard* shard : _shards) {
+      counters.push_back(&shard->metrics());
+    }
+    return HttpResponse{200, "text/plain; version=0.0.4", render_prometheus(counters, spools.values), {}};
+  }
+
+  HttpResponse list(const HttpRequest& request) {
+    ListQuery query;
+    if (const std::optional<std::string> problem = parse_list_query(request, query)) {
+      return error_response(400, *problem);
+    }
+    auto pages = _caller.query<PageAnswer>([query](Shard& shard) { return select_page(shard.spool(), query); },
+                                           kShardAnswerTimeout);
+    if (pages.outcome != CallOutcome::answered) {
+      return shards_did_not_answer(pages.outcome);
+    }
+    std::vector<spool::MessageInfo> merged;
+    bool more = false;
+    QueueListPage totals;
+    for (PageAnswer& page : pages.values) {
+      more = more || page.messages.size() == query.limit;  // that shard may hold more past its page
+      totals.total_messages += page.matching;
+      totals.total_bytes += page.matching_bytes;
+      std::move(page.messages.begin(), page.messages.end(), std::back_inserter(merged));
+    }
+    std::sort(merged.begin(), merged.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+    if (merged.size() > query.limit) {
+      merged.resize(query.limit);
+      more = true;
+    }
+    more = more && !merged.empty();
+    HttpResponse response;
+    if (const auto format = request.query.find("format"); format != request.query.end() && format->second == "text") {
+      totals.first = query.after.empty();
+      totals.last = !more;
+      response = HttpResponse{200, "text/plain", format_queue_list(merged, totals), {}};
+    } else {
+      std::string items;
+      for (const auto& message : merged) {
+        str_append(&items, items.empty() ? "" : ",\n  ", message_json(message));
+      }
+      response = json_response(200, str_cat("{\"count\": ", merged.size(), ", \"messages\": [", items, "]}"));
+    }
+    if (more) {
+      response.headers.emplace_back(kNextAfterHeader, merged.back().id);
+    }
+    return response;
+  }
+
+  HttpResponse summary(const HttpRequest& request) {
+    const uint64_t now = io::wall_ms();
+    auto parts = _caller.query<QueueSummary>(
+        [now](Shard& shard) {
+          QueueSummary summary;
+          shard.spool().for_each_message([&](const spool::MessageInfo& message) { summary.add(message, now); });
+          return summary;
+        },
+        kShardAnswerTimeout);
+    if (parts.outcome != CallOutcome::answered) {
+      return shards_did_not_answer(parts.outcome);
+    }
+    QueueSummary all;
+    for (const QueueSummary& part : parts.values) {
+      all.merge(part);
+    }
+    if (const auto format = request.query.find("format"); format != request.query.end() && format->second == "json") {
+      return json_response(200, queue_summary_json(all));
+    }
+    return HttpResponse{200, "text/plain", format_queue_summary(all), {}};
+  }
+
+  HttpResponse show(const std::string& id, const HttpRequest& request) {
+    auto answers = _caller.query<ShowAnswer>(
+        [id](Shard& shard) {
+          ShowAnswer answer;
+          const std::optional<spool::MessageInfo> found = shard.spool().find(id);
+          if (!found) {
+            return answer;
+          }
+          answer.found = true;
+          answer.info = *found;
+          const int fd = shard.spool().segment_fd(found->location.segment_id);
+          // The admin thread reads the body from its own descriptor: no blocking read here.
+          const int copy = fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+          if (copy < 0) {
+            answer.error = fd < 0 ? "the message's segment is not open" : str_cat("dup: ", std::strerror(errno));
+          }
+          answer.segment = OwnedFd(copy);
+          return answer;
+        },
+        kShardAnswerTimeout);
+    if (answers.outcome != CallOutcome::answered) {
+      return shards_did_not_answer(answers.outcome);
+    }
+    for (ShowAnswer& answer : answers.values) {
+      if (!answer.found) {
+        continue;
+      }
+      if (!answer.error.empty()) {
+        return error_response(500, answer.error);
+      }
+      auto wire = read_wire(answer.segment.get(), answer.info.location);
+      if (!wire.ok()) {
+        return error_response(500, to_std(wire.status().message()));
+      }
+      std::string message = remove_dot_stuffing(*wire);
+      if (const auto raw = request.query.find("raw"); raw != request.query.end() && raw->second == "1") {
+        return HttpResponse{200, "message/rfc822", std::move(message), {}};
+      }
+      std::string json = message_json(answer.info);
+      json.pop_back();
+      if (smtp::valid_utf8(message)) {
+        str_append(&json, ", \"message\": \"", json_escape(message), "\"}");
+      } else {
+        str_append(&json, ", \"message_base64\": \"", absl::Base64Escape(to_absl(message)), "\"}");
+      }
+      return json_response(200, std::move(json));
+    }
+    return error_response(404, "no such message");
+  }
+
+  // DELETE, hold, release: answered once the journal record is durable (or failed).
+  HttpResponse change(const std::string& id, const std::string& action, const std::string& peer) {
+    auto answers = _caller.call<ChangeAnswer>(
+        [id, action](Shard& shard, std::function<void(ChangeAnswer)> reply) {
+          spool::ShardSpool& spool = shard.spool();
+          if (!spool.find(id)) {
+            reply(ChangeAnswer{404, ""});
+            return;
+          }
+          absl::StatusOr<uint64_t> ticket = action == "delete" ? spool.remove(id)
+                                            : action == "hold" ? spool.hold(id)
+                                                               : spool.release(id);
+          if (!ticket.ok()) {
+            reply(ChangeAnswer{ticket.status().code() == absl::StatusCode::kNotFound ? 404 : 500,
+                               std::string(ticket.status().message())});
+            return;
+          }
+          shard.await_ticket(*ticket, [reply](const absl::Status& status) {
+            reply(status.ok() ? ChangeAnswer{200, ""} : ChangeAnswer{500, std::string(status.message())});
+          });
+        },
+        kShardAnswerTimeout);
+    // One shard holds the message. Its answer counts even when another shard did not answer
+    // (that one never ran the request, so it did nothing); without it the outcome is unknown
+    // only if a shard started and did not finish.
+    HttpResponse response = error_response(404, "no such message");
+    std::string result = "not_found";
+    std::string error;
+    bool found = false;
+    for (const ChangeAnswer& answer : answers.values) {
+      if (answer.status == 200) {
+        response = json_response(200, str_cat("{\"id\": \"", id, "\", \"done\": \"", action, "\"}"));
+        result = "ok";
+        found = true;
+      } else if (answer.status != 404) {
+        response = error_response(answer.status, str_cat("the ", action, " was not made durable: ", answer.error));
+        result = "error";
+        error = answer.error;
+        found = true;
+      }
+    }
+    if (!found && answers.outcome != CallOutcome::answered) {
+      response = shards_did_not_answer(answers.outcome);
+      result = answers.outcome == CallOutcome::unfinished ? "unknown" : "not_done";
+    }
+    const std::string id_field = spool::id_ms(id) ? id : logfmt_quote(id);  // a URL may hold anything
+    log_line(str_cat("event=admin action=", action, " id=", id_field, " result=", result, " client=", peer,
+                     error.empty() ? "" : " error=", error.empty() ? std::string() : logfmt_quote(error)));
+    return response;
+  }
+
+  const std::vector<Shard*>& _shards;
+  const std::atomic<bool>* _ready;
+  ShardCaller _caller;
+};
+
+}  // namespace
+
+void AdminServer::worker_loop() {
+  // One doorbell ring per worker (a ring belongs to the thread that made it).
+  std::unique_ptr<io::Ring> ring;
+  if (auto created = io::Ring::create_for_this_thread(kDoorbellRing); created.ok()) {
+    ring.reset(*created);
+  } else {
+    log_line(str_cat("event=admin_error error=", logfmt_quote(to_std(created.status().message()))));
+  }
+  Handler handler(_shards, _ready, ring.get());
+  while (true) {
+    std::unique_ptr<Pending> pending;
+    {
+      std::unique_lock lock(_mutex);
+      _work_ready.wait(lock, [this] { return _stopping.load() || !_work.empty(); });
+      if (_work.empty()) {
+        return;
+      }
+      pending = std::move(_work.front());
+      _work.pop_front();
+    }
+    const int fd = pending->fd;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &kSocketTimeout, sizeof(kSocketTimeout));
+    const HttpResponse response = handler.handle(pending->request, pending->peer);
+    send_all(fd, format_http_response(response, pending->request.method != "HEAD"));
+    shutdown(fd, SHUT_WR);
+    close(fd);
+    _open.fetch_sub(1);
+  }
 }
 
 }  // namespace sluice::app

@@ -71,7 +71,8 @@ constexpr std::array<std::string_view, 1> kDnsKeys = {"servers"};
 constexpr std::array<std::string_view, 5> kDeliveryKeys = {"port", "retry_initial", "retry_max", "lifetime",
                                                            "connections_per_host"};
 constexpr std::array<std::string_view, 2> kRouteKeys = {"domain", "next_hop"};
-constexpr std::array<std::string_view, 1> kAdminKeys = {"listen"};
+constexpr std::array<std::string_view, 2> kAdminKeys = {"listen", "token_file"};
+constexpr std::array<std::string_view, 2> kLoopbackNetworks = {"127.0.0.0/8", "::1/128"};
 
 std::string quote(std::string_view text) {
   if (text.size() > kQuotedValueMax) {
@@ -230,6 +231,57 @@ std::string duration_to_string(milliseconds duration) {
   return absl::StrCat(ms / 1000, "s");
 }
 
+// [admin] listen / --admin: "ADDR:PORT", "[V6ADDR]:PORT" or "unix:/path".
+absl::Status parse_admin_listen(std::string_view text, AdminConfig& admin) {
+  if (text.starts_with(kUnixSocketPrefix)) {
+    const std::string_view path = text.substr(kUnixSocketPrefix.size());
+    if (path.empty() || path.find('\0') != std::string_view::npos) {
+      return absl::InvalidArgumentError("unix: needs a socket path (e.g. \"unix:/run/sluice/admin.sock\")");
+    }
+    if (path.size() > kUnixSocketPathMax) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unix socket path is longer than ", kUnixSocketPathMax, " octets"));
+    }
+    admin.unix_socket = std::string(path);
+    return absl::OkStatus();
+  }
+  auto address = io::parse_host_port(text);
+  if (!address.ok()) {
+    return address.status();
+  }
+  admin.listen = *address;
+  admin.unix_socket.clear();
+  return absl::OkStatus();
+}
+
+bool is_unspecified(const io::SocketAddress& address) {
+  const std::string ip = address.ip_string();
+  return ip == "0.0.0.0" || ip == "::";
+}
+
+// Whether the admin listener would take (or share, through SO_REUSEPORT) an SMTP port.
+bool same_listen_port(const io::SocketAddress& a, const io::SocketAddress& b) {
+  return a.family() == b.family() && a.port() == b.port() && a.port() != 0 &&
+         (a == b || is_unspecified(a) || is_unspecified(b));
+}
+
+std::optional<io::SocketAddress> admin_conflict(const Config& config) {
+  if (!config.admin.unix_socket.empty()) {
+    return std::nullopt;
+  }
+  for (const io::SocketAddress& smtp : config.server.listen) {
+    if (same_listen_port(smtp, config.admin.listen)) {
+      return smtp;
+    }
+  }
+  return std::nullopt;
+}
+
+std::string admin_conflict_message(const io::SocketAddress& smtp) {
+  return absl::StrCat("admin.listen: ", smtp.to_string(),
+                      " is an SMTP listen address (server.listen); the admin endpoint needs its own");
+}
+
 // Reads a parsed document into a Config, collecting every problem.
 class Reader {
  public:
@@ -246,6 +298,7 @@ class Reader {
     read_routes(root, config.routes);
     read_admin(section(root, "admin"), config.admin);
     check_segment_size(root, config);
+    check_admin_listen(root, config);
   }
 
  private:
@@ -681,7 +734,37 @@ class Reader {
     }
   }
 
-  void read_admin(Section section, AdminConfig& admin) { host_port(section, "listen", admin.listen); }
+  void read_admin(Section section, AdminConfig& admin) {
+    if (const toml::node* node = find(section, "listen")) {
+      if (const std::string* text = string_node(*node, "admin.listen")) {
+        if (absl::Status status = parse_admin_listen(*text, admin); !status.ok()) {
+          error(line_of(*node), absl::StrCat("admin.listen: ", status.message()));
+        }
+      }
+    }
+    if (const toml::node* node = find(section, "token_file")) {
+      if (const std::string* text = string_node(*node, "admin.token_file")) {
+        if (text->find('\0') != std::string::npos) {
+          error(line_of(*node), "admin.token_file: must be a path without NUL characters");
+        } else {
+          admin.token_file = *text;
+        }
+      }
+    }
+  }
+
+  // Run after every section is read: the conflict involves [server] and [admin].
+  void check_admin_listen(const toml::table& root, const Config& config) {
+    const std::optional<io::SocketAddress> smtp = admin_conflict(config);
+    if (!smtp) {
+      return;
+    }
+    const toml::node* node = root.at_path("admin.listen").node();
+    if (node == nullptr) {
+      node = root.at_path("server.listen").node();
+    }
+    error(node != nullptr ? line_of(*node) : 0, admin_conflict_message(*smtp));
+  }
 
   std::string_view _file_name;
   ConfigErrors& _errors;
@@ -839,14 +922,47 @@ absl::Status apply_cli_overrides(Config& config, const CliOverrides& overrides) 
     }
   }
   if (overrides.admin) {
-    auto address = io::parse_host_port(*overrides.admin);
-    if (!address.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("--admin: ", address.status().message()));
+    if (absl::Status status = parse_admin_listen(*overrides.admin, updated.admin); !status.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--admin: ", status.message()));
     }
-    updated.admin.listen = *address;
+  }
+  if (const std::optional<io::SocketAddress> smtp = admin_conflict(updated)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(overrides.admin ? "--admin: " : "--listen: ", admin_conflict_message(*smtp)));
   }
   config = std::move(updated);
   return absl::OkStatus();
+}
+
+std::string admin_listen_text(const AdminConfig& admin) {
+  return admin.unix_socket.empty() ? admin.listen.to_string() : str_cat(kUnixSocketPrefix, admin.unix_socket);
+}
+
+std::string admin_token_path(const Config& config) {
+  if (!config.admin.token_file.empty()) {
+    return config.admin.token_file;
+  }
+  std::string path = config.spool.dir;
+  if (!path.empty() && path.back() != '/') {
+    path += '/';
+  }
+  return str_cat(path, kAdminTokenFileName);
+}
+
+std::vector<std::string> config_warnings(const Config& config) {
+  std::vector<std::string> warnings;
+  if (config.admin.unix_socket.empty()) {
+    bool loopback = false;
+    for (std::string_view cidr : kLoopbackNetworks) {
+      loopback = loopback || io::Network::parse(cidr)->contains(config.admin.listen);
+    }
+    if (!loopback) {
+      warnings.push_back(absl::StrCat("admin.listen ", config.admin.listen.to_string(),
+                                      " is outside loopback: anyone who can reach it and holds the token can read, "
+                                      "hold and delete mail (prefer 127.0.0.1, ::1 or unix:PATH)"));
+    }
+  }
+  return warnings;
 }
 
 uint32_t effective_threads(const Config& config) {
@@ -930,7 +1046,7 @@ std::string config_to_string(const Config& config) {
            {"lifetime", duration_to_string(delivery.lifetime)},
            {"connections_per_host", integer(delivery.connections_per_host)},
        }},
-      {"admin", toml::table{{"listen", config.admin.listen.to_string()}}},
+      {"admin", toml::table{{"listen", admin_listen_text(config.admin)}, {"token_file", config.admin.token_file}}},
   };
   if (!routes.empty()) {
     root.insert("route", std::move(routes));

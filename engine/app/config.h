@@ -117,8 +117,14 @@ struct RouteConfig {
   friend bool operator==(const RouteConfig&, const RouteConfig&) = default;
 };
 
+inline constexpr std::string_view kUnixSocketPrefix = "unix:";
+inline constexpr size_t kUnixSocketPathMax = 107;  // sizeof(sockaddr_un::sun_path) - 1 (the NUL)
+inline constexpr std::string_view kAdminTokenFileName = "admin.token";
+
 struct AdminConfig {
-  io::SocketAddress listen;
+  io::SocketAddress listen;  // TCP; unused when unix_socket is set
+  std::string unix_socket;   // listen = "unix:/path": the socket's path, and no TCP listener
+  std::string token_file;    // "" = <spool dir>/admin.token
 
   friend bool operator==(const AdminConfig&, const AdminConfig&) = default;
 };
@@ -168,10 +174,18 @@ struct CliOverrides {
   std::vector<std::string> listen;     // --listen ADDR:PORT (repeatable); replaces the list
   std::optional<std::string> spool;    // --spool DIR
   std::optional<std::string> threads;  // --threads N
-  std::optional<std::string> admin;    // --admin ADDR:PORT
+  std::optional<std::string> admin;    // --admin ADDR:PORT or unix:PATH
 };
 // Error messages name the option, e.g. "--threads: ...".
 absl::Status apply_cli_overrides(Config& config, const CliOverrides& overrides);
+
+// "ADDR:PORT" or "unix:PATH", as written in the file.
+std::string admin_listen_text(const AdminConfig& admin);
+// [admin] token_file, or <spool dir>/admin.token.
+std::string admin_token_path(const Config& config);
+// Things that do not stop Sluice but that an operator must hear of (e.g. the admin endpoint,
+// which can read and delete mail, bound outside loopback). check-config prints them, serve logs them.
+std::vector<std::string> config_warnings(const Config& config);
 
 // Worker threads to start: server.threads, or the number of cores when it is 0.
 uint32_t effective_threads(const Config& config);

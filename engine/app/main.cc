@@ -6,10 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -41,63 +44,188 @@ constexpr auto kFirstSegmentWait = std::chrono::seconds(30);
 
 const char* kUsage =
     "usage:\n"
-    "  sluice serve [--config FILE] [--listen ADDR:PORT] [--spool DIR] [--threads N] [--admin ADDR:PORT]\n"
+    "  sluice serve [--config FILE] [--listen ADDR:PORT] [--spool DIR] [--threads N] [--admin ADDR:PORT|unix:PATH]\n"
     "  sluice check-config --config FILE\n"
-    "  sluice queue [--admin ADDR:PORT] [--json] list|summary|show ID|flush [DOMAIN]|delete ID|hold ID|release ID\n"
-    "  sluice version\n";
+    "  sluice queue [--admin ADDR:PORT|unix:PATH] [--token-file FILE] [--config FILE] [--json]\n"
+    "               list|summary|show ID...|flush [DOMAIN]|delete ID...|hold ID...|release ID...\n"
+    "  sluice version\n"
+    "  sluice COMMAND --help     (help on one command)\n"
+    "exit codes: 0 ok, 1 runtime failure, 2 usage or config error\n";
+
+const char* kServeHelp =
+    "usage: sluice serve [--config FILE] [--listen ADDR:PORT]... [--spool DIR] [--threads N]\n"
+    "                    [--admin ADDR:PORT|unix:PATH]\n"
+    "Runs the relay in the foreground. Without --config: the embedded defaults (SMTP on 127.0.0.1:2525,\n"
+    "admin HTTP on 127.0.0.1:9025, spool in ./var/spool). The options override the config file.\n"
+    "The admin token is read from [admin] token_file (default <spool dir>/admin.token), which is\n"
+    "created with a random token (mode 0600) if it does not exist.\n"
+    "SIGTERM or SIGINT drains and exits 0.\n";
+
+const char* kCheckConfigHelp =
+    "usage: sluice check-config --config FILE\n"
+    "Validates FILE: exit 0 (warnings, if any, on stderr), or exit 2 with every problem as\n"
+    "FILE:LINE: message.\n";
+
+const char* kQueueHelp =
+    "usage: sluice queue [OPTIONS] ACTION [ARGS]\n"
+    "Talks to the admin endpoint of a running `sluice serve`.\n"
+    "actions:\n"
+    "  list                  one message per line (like postqueue -p); --json: the API's JSON;\n"
+    "                        --limit N and --after ID page through a large queue\n"
+    "  summary               recipient domains by message age (like qshape); --json: as JSON\n"
+    "  show ID...            a message with its envelope (JSON); --raw: the message itself\n"
+    "  delete ID...          remove messages (each answered once its journal record is durable)\n"
+    "  hold ID...            keep messages from delivery\n"
+    "  release ID...         undo hold\n"
+    "  flush [DOMAIN]        retry deferred mail now\n"
+    "options:\n"
+    "  --admin ADDR:PORT|unix:PATH   the admin endpoint (default: the config's [admin] listen)\n"
+    "  --config FILE                 take the endpoint and the token file from FILE\n"
+    "  --token-file FILE             the bearer token; otherwise $SLUICE_ADMIN_TOKEN_FILE, the token\n"
+    "                                file of --config FILE, then ./var/spool/admin.token\n"
+    "  --json, --raw, --limit N, --after ID   as above\n"
+    "Exit 1 if any action failed (each failure is reported on stderr).\n";
+
+const char* kVersionHelp = "usage: sluice version\nPrints the version.\n";
 
 struct Arguments {
   std::string command;
   std::optional<std::string> config_path;
   CliOverrides overrides;
   bool json = false;
+  bool raw = false;
+  std::optional<std::string> token_file;
+  std::optional<std::string> limit;
+  std::optional<std::string> after;
   std::vector<std::string> positional;
 };
 
-std::optional<Arguments> parse_arguments(int argc, char** argv) {
+// What parsing decided: run the command, or exit at once (help: 0, usage error: 2).
+struct Parsed {
+  std::optional<Arguments> arguments;
+  int exit_code = kExitOk;
+};
+
+struct CommandSpec {
+  std::string_view name;
+  const char* help;
+  std::vector<std::string_view> value_options;
+  std::vector<std::string_view> flags;
+  bool positional;
+};
+
+const std::vector<CommandSpec>& commands() {
+  static const std::vector<CommandSpec> kCommands = {
+      {"serve", kServeHelp, {"--config", "--listen", "--spool", "--threads", "--admin"}, {}, false},
+      {"check-config", kCheckConfigHelp, {"--config"}, {}, false},
+      {"queue", kQueueHelp, {"--config", "--admin", "--token-file", "--limit", "--after"}, {"--json", "--raw"}, true},
+      {"version", kVersionHelp, {}, {}, false},
+  };
+  return kCommands;
+}
+
+const CommandSpec* find_command(std::string_view name) {
+  for (const CommandSpec& spec : commands()) {
+    if (spec.name == name) {
+      return &spec;
+    }
+  }
+  return nullptr;
+}
+
+Parsed usage_error(std::string_view command, std::string_view message) {
+  std::cerr << "sluice" << (command.empty() ? "" : " ") << command << ": " << message << "\n"
+            << "try: sluice " << command << (command.empty() ? "" : " ") << "--help\n";
+  return Parsed{std::nullopt, kExitUsage};
+}
+
+Parsed help(const char* text) {
+  std::cout << text;
+  return Parsed{std::nullopt, kExitOk};
+}
+
+bool is_help(std::string_view arg) {
+  return arg == "--help" || arg == "-h";
+}
+
+Parsed parse_arguments(int argc, char** argv) {
   if (argc < 2) {
-    return std::nullopt;
+    std::cerr << kUsage;
+    return Parsed{std::nullopt, kExitUsage};
+  }
+  const std::string_view first = argv[1];
+  if (is_help(first) || first == "help") {
+    if (argc > 2) {
+      if (const CommandSpec* spec = find_command(argv[2])) {
+        return help(spec->help);
+      }
+      return usage_error("", str_cat("unknown command '", argv[2], "'"));
+    }
+    return help(kUsage);
+  }
+  if (first == "--version") {
+    Arguments arguments;
+    arguments.command = "version";
+    return Parsed{arguments, kExitOk};
+  }
+  const CommandSpec* spec = find_command(first);
+  if (spec == nullptr) {
+    std::cerr << "sluice: unknown command '" << first << "'\n" << kUsage;
+    return Parsed{std::nullopt, kExitUsage};
   }
   Arguments arguments;
-  arguments.command = argv[1];
+  arguments.command = std::string(first);
   for (int i = 2; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::optional<std::string> {
-      if (i + 1 >= argc) {
-        return std::nullopt;
-      }
-      return std::string(argv[++i]);
-    };
-    std::optional<std::string> taken;
-    if (flag == "--json") {
-      arguments.json = true;
-      continue;
+    std::string flag = argv[i];
+    if (is_help(flag)) {
+      return help(spec->help);
     }
-    if (!flag.starts_with("--")) {
+    if (!flag.starts_with("-") || flag == "-") {
+      if (!spec->positional) {
+        return usage_error(spec->name, str_cat("unexpected argument '", flag, "'"));
+      }
       arguments.positional.push_back(flag);
       continue;
     }
-    taken = value();
-    if (!taken) {
-      std::cerr << "sluice: " << flag << " needs a value\n";
-      return std::nullopt;
+    std::optional<std::string> value;
+    if (const size_t equals = flag.find('='); flag.starts_with("--") && equals != std::string::npos) {
+      value = flag.substr(equals + 1);
+      flag.resize(equals);
+    }
+    const auto& flags = spec->flags;
+    if (std::find(flags.begin(), flags.end(), flag) != flags.end() && !value) {
+      (flag == "--json" ? arguments.json : arguments.raw) = true;
+      continue;
+    }
+    const auto& options = spec->value_options;
+    if (std::find(options.begin(), options.end(), flag) == options.end()) {
+      return usage_error(spec->name, str_cat("unknown option ", flag));
+    }
+    if (!value) {
+      if (i + 1 >= argc) {
+        return usage_error(spec->name, str_cat(flag, " needs a value"));
+      }
+      value = argv[++i];
     }
     if (flag == "--config") {
-      arguments.config_path = *taken;
+      arguments.config_path = *value;
     } else if (flag == "--listen") {
-      arguments.overrides.listen.push_back(*taken);
+      arguments.overrides.listen.push_back(*value);
     } else if (flag == "--spool") {
-      arguments.overrides.spool = *taken;
+      arguments.overrides.spool = *value;
     } else if (flag == "--threads") {
-      arguments.overrides.threads = *taken;
+      arguments.overrides.threads = *value;
     } else if (flag == "--admin") {
-      arguments.overrides.admin = *taken;
-    } else {
-      std::cerr << "sluice: unknown option " << flag << "\n";
-      return std::nullopt;
+      arguments.overrides.admin = *value;
+    } else if (flag == "--token-file") {
+      arguments.token_file = *value;
+    } else if (flag == "--limit") {
+      arguments.limit = *value;
+    } else if (flag == "--after") {
+      arguments.after = *value;
     }
   }
-  return arguments;
+  return Parsed{arguments, kExitOk};
 }
 
 absl::StatusOr<Config> load_config(const Arguments& arguments) {
@@ -127,50 +255,193 @@ int check_config(const Arguments& arguments) {
   if (!errors.empty()) {
     return kExitUsage;
   }
+  if (auto config = load_config_file(*arguments.config_path); config.ok()) {
+    for (const std::string& warning : config_warnings(*config)) {
+      std::cerr << *arguments.config_path << ": warning: " << warning << "\n";
+    }
+  }
   std::cout << *arguments.config_path << ": ok\n";
   return kExitOk;
 }
 
 // ---- queue ---------------------------------------------------------------------------------
+// The token file, in DESIGN.md section 4's order: --token-file, $SLUICE_ADMIN_TOKEN_FILE, the
+// token file of --config FILE, then the embedded default (./var/spool/admin.token).
+std::string token_file_for(const Arguments& arguments, const Config& config) {
+  if (arguments.token_file) {
+    return *arguments.token_file;
+  }
+  if (const char* env = std::getenv("SLUICE_ADMIN_TOKEN_FILE"); env != nullptr && *env != '\0') {
+    return env;
+  }
+  return admin_token_path(arguments.config_path ? config : default_config());
+}
+
+void print_body(std::ostream& out, const std::string& body) {
+  out << body;
+  if (!body.empty() && body.back() != '\n') {
+    out << "\n";
+  }
+}
+
+using AdminRequest =
+    std::function<std::optional<HttpResponse>(std::string_view method, const std::string& path, std::string_view what)>;
+
+std::optional<std::string> header_of(const HttpResponse& response, std::string_view name) {
+  for (const auto& [field, value] : response.headers) {
+    if (field == name) {
+      return value;
+    }
+  }
+  return std::nullopt;
+}
+
+// `sluice queue list`: every page of the queue (the API answers at most one page a request),
+// printed as one table, or as one JSON object of the API's shape; with --limit or --after, the
+// one page asked for.
+int queue_list(const Arguments& arguments, const AdminRequest& request) {
+  std::string base = arguments.json ? "/api/queue?" : "/api/queue?format=text&";
+  if (arguments.limit) {
+    str_append(&base, "limit=", *arguments.limit, "&");
+  }
+  const bool one_page = arguments.limit || arguments.after;
+  std::optional<std::string> after = arguments.after;
+  uint64_t count = 0;
+  std::string items;
+  while (true) {
+    auto response = request("GET", after ? str_cat(base, "after=", *after) : base.substr(0, base.size() - 1), "list");
+    if (!response) {
+      return kExitRuntime;
+    }
+    const std::optional<std::string> next = header_of(*response, "x-sluice-next-after");
+    if (!arguments.json || one_page) {
+      print_body(std::cout, response->body);
+    } else {
+      // Our own format: {"count": N, "messages": [ITEMS]}. Splice the pages' items together.
+      const std::string& body = response->body;
+      constexpr std::string_view kCount = "{\"count\": ";
+      constexpr std::string_view kItems = "\"messages\": [";
+      const size_t begin = body.find(kItems);
+      const size_t end = body.rfind("]}");
+      uint64_t page_count = 0;
+      if (!body.starts_with(kCount) || begin == std::string::npos || end == std::string::npos || end < begin ||
+          !parse_decimal(std::string_view(body).substr(kCount.size(), body.find(',') - kCount.size()), page_count)) {
+        std::cerr << "sluice queue list: malformed answer from the admin endpoint\n";
+        return kExitRuntime;
+      }
+      const std::string_view page_items =
+          std::string_view(body).substr(begin + kItems.size(), end - begin - kItems.size());
+      if (!page_items.empty()) {
+        str_append(&items, items.empty() ? "" : ",\n  ", page_items);
+      }
+      count += page_count;
+    }
+    if (one_page) {
+      if (next) {
+        std::cerr << "(more messages follow: sluice queue list --after " << *next << ")\n";
+      }
+      return kExitOk;
+    }
+    if (!next) {
+      break;
+    }
+    after = next;
+  }
+  if (arguments.json) {
+    std::cout << "{\"count\": " << count << ", \"messages\": [" << items << "]}\n";
+  }
+  return kExitOk;
+}
+
 int queue_command(const Arguments& arguments) {
   auto config = load_config(arguments);
   if (!config.ok()) {
     std::cerr << config.status().message() << "\n";
     return kExitUsage;
   }
-  const io::SocketAddress admin = config->admin.listen;
   if (arguments.positional.empty()) {
-    std::cerr << kUsage;
+    std::cerr << "sluice queue: which action? (list, summary, show, flush, delete, hold, release)\n" << kQueueHelp;
     return kExitUsage;
   }
   const std::string& action = arguments.positional[0];
-  const std::string id = arguments.positional.size() > 1 ? arguments.positional[1] : "";
-  std::string method = "GET";
-  std::string path;
-  if (action == "list") {
-    path = arguments.json ? "/api/queue" : "/api/queue?format=text";
-  } else if (action == "summary") {
-    path = "/api/queue/summary";
-  } else if (action == "flush") {
-    method = "POST";
-    path = id.empty() ? "/api/queue/flush" : str_cat("/api/queue/flush?domain=", id);
-  } else if ((action == "show" || action == "delete" || action == "hold" || action == "release") && !id.empty()) {
-    method = action == "show" ? "GET" : action == "delete" ? "DELETE" : "POST";
-    path = str_cat("/api/queue/", id, action == "hold" || action == "release" ? "/" + action : "");
-  } else {
-    std::cerr << kUsage;
+  const std::vector<std::string> ids(arguments.positional.begin() + 1, arguments.positional.end());
+  const bool takes_ids = action == "show" || action == "delete" || action == "hold" || action == "release";
+  const bool known = takes_ids || action == "list" || action == "summary" || action == "flush";
+  if (!known) {
+    std::cerr << "sluice queue: unknown action '" << action << "'\n" << kQueueHelp;
     return kExitUsage;
   }
-  auto response = http_call(admin, method, path);
-  if (!response.ok()) {
-    std::cerr << "sluice queue: " << response.status().message() << "\n";
+  if (takes_ids && ids.empty()) {
+    std::cerr << "sluice queue " << action << ": needs at least one queue id\n";
+    return kExitUsage;
+  }
+  if ((action == "list" || action == "summary") && !ids.empty()) {
+    std::cerr << "sluice queue " << action << ": takes no arguments\n";
+    return kExitUsage;
+  }
+  if (action == "flush" && ids.size() > 1) {
+    std::cerr << "sluice queue flush: takes at most one domain\n";
+    return kExitUsage;
+  }
+  const std::string token_path = token_file_for(arguments, *config);
+  auto token = read_admin_token(token_path);
+  if (!token.ok()) {
+    std::cerr << "sluice queue: " << token.status().message()
+              << " (give --token-file FILE, or set SLUICE_ADMIN_TOKEN_FILE)\n";
     return kExitRuntime;
   }
-  std::cout << response->body;
-  if (!response->body.empty() && response->body.back() != '\n') {
-    std::cout << "\n";
+  const HttpEndpoint admin{config->admin.listen, config->admin.unix_socket};
+  // One request; a failure is reported on stderr, the answer printed on stdout.
+  const AdminRequest request = [&](std::string_view method, const std::string& path,
+                                   std::string_view what) -> std::optional<HttpResponse> {
+    auto response = http_call(admin, method, path, *token);
+    if (!response.ok()) {
+      std::cerr << "sluice queue: " << response.status().message() << "\n";
+      return std::nullopt;
+    }
+    if (response->status / 100 != 2) {
+      std::cerr << "sluice queue " << what << ": HTTP " << response->status << ": " << response->body
+                << (response->body.ends_with("\n") ? "" : "\n");
+      return std::nullopt;
+    }
+    return std::move(*response);
+  };
+  if (action == "list") {
+    return queue_list(arguments, request);
   }
-  return response->status / 100 == 2 ? kExitOk : kExitRuntime;
+  if (action == "summary" || action == "flush") {
+    const std::string path = action == "summary"
+                                 ? (arguments.json ? "/api/queue/summary?format=json" : "/api/queue/summary")
+                             : ids.empty() ? "/api/queue/flush"
+                                           : str_cat("/api/queue/flush?domain=", ids[0]);
+    auto response = request(action == "flush" ? "POST" : "GET", path, action);
+    if (!response) {
+      return kExitRuntime;
+    }
+    print_body(std::cout, response->body);
+    return kExitOk;
+  }
+  int exit_code = kExitOk;
+  for (const std::string& id : ids) {
+    const std::string method = action == "show" ? "GET" : action == "delete" ? "DELETE" : "POST";
+    std::string path = str_cat("/api/queue/", id);
+    if (action == "hold" || action == "release") {
+      str_append(&path, "/", action);
+    } else if (action == "show" && arguments.raw) {
+      path += "?raw=1";
+    }
+    auto response = request(method, path, str_cat(action, " ", id));
+    if (!response) {
+      exit_code = kExitRuntime;
+      continue;
+    }
+    if (arguments.raw && action == "show") {
+      std::cout.write(response->body.data(), static_cast<std::streamsize>(response->body.size()));
+    } else {
+      print_body(std::cout, response->body);
+    }
+  }
+  return exit_code;
 }
 
 // ---- serve ---------------------------------------------------------------------------------
@@ -283,8 +554,7 @@ int serve(const Arguments& arguments) {
 
   prepare_log_output();
   const uint64_t fd_limit = io::raise_open_file_limit();
-  std::error_code ignored;
-  std::filesystem::create_directories(config.spool.dir, ignored);
+  // Creates a missing spool directory durably (its parent fsync'd), unlike create_directories.
   auto lock = spool::SpoolLock::acquire(config.spool.dir);
   if (!lock.ok()) {
     std::cerr << "sluice: " << lock.status().message() << "\n";
@@ -396,8 +666,16 @@ int serve(const Arguments& arguments) {
                                                     std::move(spools[shard]), floors[shard]));
     shard_pointers.push_back(shard_objects.back().get());
   }
-  AdminServer admin(shard_pointers, &ready);
-  auto admin_bound = admin.start(config.admin.listen);
+  auto token = load_or_create_admin_token(admin_token_path(config));
+  if (!token.ok()) {
+    std::cerr << "sluice: admin token: " << token.status().message() << "\n";
+    return kExitRuntime;
+  }
+  for (const std::string& warning : config_warnings(config)) {
+    log_line(str_cat("event=warning message=\"", warning, "\""));
+  }
+  AdminServer admin(shard_pointers, &ready, *token);
+  auto admin_bound = admin.start(HttpEndpoint{config.admin.listen, config.admin.unix_socket});
   if (!admin_bound.ok()) {
     std::cerr << "sluice: admin endpoint: " << admin_bound.status().message() << "\n";
     return kExitRuntime;
@@ -473,24 +751,20 @@ int serve(const Arguments& arguments) {
 
 int main(int argc, char** argv) {
   using namespace sluice::app;
-  const auto arguments = parse_arguments(argc, argv);
-  if (!arguments) {
-    std::cerr << kUsage;
-    return kExitUsage;
+  const Parsed parsed = parse_arguments(argc, argv);
+  if (!parsed.arguments) {
+    return parsed.exit_code;
   }
-  if (arguments->command == "serve") {
-    return serve(*arguments);
+  const Arguments& arguments = *parsed.arguments;
+  if (arguments.command == "serve") {
+    return serve(arguments);
   }
-  if (arguments->command == "check-config") {
-    return check_config(*arguments);
+  if (arguments.command == "check-config") {
+    return check_config(arguments);
   }
-  if (arguments->command == "queue") {
-    return queue_command(*arguments);
+  if (arguments.command == "queue") {
+    return queue_command(arguments);
   }
-  if (arguments->command == "version" || arguments->command == "--version") {
-    std::cout << "sluice " << SLUICE_VERSION << "\n";
-    return kExitOk;
-  }
-  std::cerr << kUsage;
-  return kExitUsage;
+  std::cout << "sluice " << SLUICE_VERSION << "\n";
+  return kExitOk;
 }

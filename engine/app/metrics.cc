@@ -23,7 +23,7 @@ void counter(std::string& out, const char* name, const char* help, const char* t
 }  // namespace
 
 std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
-                              const std::vector<spool::SpoolMetrics>& spools) {
+                              const std::vector<SpoolSnapshot>& spools) {
   std::string out;
   counter(out, "sluice_connections_total", "SMTP connections accepted.", "counter",
           sum(shards, &ShardMetrics::connections_total));
@@ -35,7 +35,6 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
           sum(shards, &ShardMetrics::messages_accepted));
   counter(out, "sluice_bytes_accepted_total", "Message octets (RFC size) accepted.", "counter",
           sum(shards, &ShardMetrics::bytes_accepted));
-  counter(out, "sluice_queue_messages", "Messages in the queue.", "gauge", sum(shards, &ShardMetrics::queue_messages));
   str_append(&out, "# HELP sluice_rejections_total SMTP rejections by reason.\n",
              "# TYPE sluice_rejections_total counter\n");
   for (size_t reason = 0; reason < static_cast<size_t>(Rejection::count_); ++reason) {
@@ -46,8 +45,27 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
     str_append(&out, "sluice_rejections_total{reason=\"", smtp::reject_reason_name(static_cast<Rejection>(reason)),
                "\"} ", total, "\n");
   }
+  uint64_t queued = 0;
+  for (const SpoolSnapshot& snapshot : spools) {
+    queued += snapshot.messages;
+  }
+  if (!spools.empty()) {  // without the shards' answers there is no figure (rather than a wrong 0)
+    counter(out, "sluice_queue_messages", "Messages in the queue.", "gauge", queued);
+  }
+  str_append(&out, "# HELP sluice_spool_free_bytes Free bytes of the spool's file system, per shard.\n",
+             "# TYPE sluice_spool_free_bytes gauge\n");
+  for (size_t shard = 0; shard < spools.size(); ++shard) {
+    str_append(&out, "sluice_spool_free_bytes{shard=\"", shard, "\"} ", spools[shard].free_bytes, "\n");
+  }
+  str_append(&out,
+             "# HELP sluice_spool_below_min_free 1 while the shard's spool is below min_free_bytes (MAIL gets 452).\n",
+             "# TYPE sluice_spool_below_min_free gauge\n");
+  for (size_t shard = 0; shard < spools.size(); ++shard) {
+    str_append(&out, "sluice_spool_below_min_free{shard=\"", shard, "\"} ", spools[shard].below_min_free ? 1 : 0, "\n");
+  }
   spool::SpoolMetrics total;
-  for (const spool::SpoolMetrics& one : spools) {
+  for (const SpoolSnapshot& snapshot : spools) {
+    const spool::SpoolMetrics& one = snapshot.metrics;
     total.fsyncs += one.fsyncs;
     total.fsync_errors += one.fsync_errors;
     total.messages_per_fsync_sum += one.messages_per_fsync_sum;

@@ -21,7 +21,6 @@ struct ShardMetrics {
   std::atomic<uint64_t> transactions_total{0};
   std::atomic<uint64_t> messages_accepted{0};
   std::atomic<uint64_t> bytes_accepted{0};
-  std::atomic<uint64_t> queue_messages{0};
   std::array<std::atomic<uint64_t>, static_cast<size_t>(Rejection::count_)> rejections{};
 
   void add(std::atomic<uint64_t>& counter, uint64_t amount = 1) {
@@ -30,8 +29,16 @@ struct ShardMetrics {
   void reject(Rejection reason) { add(rejections[static_cast<size_t>(reason)]); }
 };
 
-// `spools`: snapshots taken on each shard's own thread (spool metrics are not atomic).
-std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
-                              const std::vector<spool::SpoolMetrics>& spools);
+// What the spool knows, taken on each shard's own thread (spool state is not atomic) when
+// /metrics is rendered, so gauges such as the queue size are never stale.
+struct SpoolSnapshot {
+  spool::SpoolMetrics metrics;
+  uint64_t messages = 0;  // in the queue index now
+  uint64_t free_bytes = 0;
+  bool below_min_free = false;
+};
+
+// `spools`: one snapshot per shard, in shard order (empty if the shards did not answer).
+std::string render_prometheus(const std::vector<const ShardMetrics*>& shards, const std::vector<SpoolSnapshot>& spools);
 
 }  // namespace sluice::app

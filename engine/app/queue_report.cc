@@ -8,15 +8,27 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "engine/app/http.h"
 #include "engine/io/strings.h"
 #include "engine/smtp/command.h"
 
 namespace sluice::app {
 
 std::string format_queue_list(const std::vector<spool::MessageInfo>& messages) {
-  std::string out =
-      absl::StrFormat("%-16s %9s  %-20s  %s\n", "-Queue ID-", "-Size-", "-Arrival Time-", "-Sender- -> -Recipients-");
-  uint64_t bytes = 0;
+  QueueListPage page;
+  page.total_messages = messages.size();
+  for (const spool::MessageInfo& message : messages) {
+    page.total_bytes += message.rfc_size;
+  }
+  return format_queue_list(messages, page);
+}
+
+std::string format_queue_list(const std::vector<spool::MessageInfo>& messages, const QueueListPage& page) {
+  std::string out;
+  if (page.first) {
+    out =
+        absl::StrFormat("%-16s %9s  %-20s  %s\n", "-Queue ID-", "-Size-", "-Arrival Time-", "-Sender- -> -Recipients-");
+  }
   for (const spool::MessageInfo& message : messages) {
     const time_t seconds = static_cast<time_t>(message.arrival_ms / 1000);
     tm parts{};
@@ -26,48 +38,108 @@ std::string format_queue_list(const std::vector<spool::MessageInfo>& messages) {
     str_append(&out, absl::StrFormat("%-16s%s %9u  %-20s  <%s> -> %s\n", message.id,
                                      message.status == spool::MessageStatus::held ? "!" : " ", message.rfc_size,
                                      arrival, message.sender, absl::StrJoin(message.recipients, ", ")));
-    bytes += message.rfc_size;
   }
-  str_append(&out, "-- ", (bytes + 1023) / 1024, " Kbytes in ", messages.size(), " Requests.\n");
+  if (page.last) {
+    str_append(&out, "-- ", (page.total_bytes + 1023) / 1024, " Kbytes in ", page.total_messages, " Requests.\n");
+  }
   return out;
 }
 
-std::string format_queue_summary(const std::vector<spool::MessageInfo>& messages, uint64_t now_ms) {
-  constexpr size_t kColumns = std::size(kSummaryBucketsMinutes) + 1;
-  std::map<std::string, std::array<uint64_t, kColumns + 1>> rows;  // [0] = total
-  std::array<uint64_t, kColumns + 1> totals{};
-  for (const spool::MessageInfo& message : messages) {
-    const uint64_t age_minutes = now_ms > message.arrival_ms ? (now_ms - message.arrival_ms) / 60'000 : 0;
-    size_t column = 0;
-    while (column < std::size(kSummaryBucketsMinutes) && age_minutes >= kSummaryBucketsMinutes[column]) {
-      ++column;
-    }
-    for (const std::string& rcpt : message.recipients) {
-      std::string domain = to_lower(smtp::domain_of(rcpt));
-      auto& row = rows[domain.empty() ? "(local)" : domain];
-      ++row[0];
-      ++row[column + 1];
-      ++totals[0];
-      ++totals[column + 1];
+void QueueSummary::add(const spool::MessageInfo& message, uint64_t now_ms) {
+  const uint64_t age_minutes = now_ms > message.arrival_ms ? (now_ms - message.arrival_ms) / 60'000 : 0;
+  size_t column = 0;
+  while (column < std::size(kSummaryBucketsMinutes) && age_minutes >= kSummaryBucketsMinutes[column]) {
+    ++column;
+  }
+  for (const std::string& rcpt : message.recipients) {
+    std::string domain = to_lower(smtp::domain_of(rcpt));
+    Row& row = domains[domain.empty() ? "(local)" : domain];
+    ++row[0];
+    ++row[column + 1];
+    ++totals[0];
+    ++totals[column + 1];
+  }
+}
+
+void QueueSummary::merge(const QueueSummary& other) {
+  for (const auto& [domain, row] : other.domains) {
+    Row& mine = domains[domain];
+    for (size_t i = 0; i < row.size(); ++i) {
+      mine[i] += row[i];
     }
   }
+  for (size_t i = 0; i < totals.size(); ++i) {
+    totals[i] += other.totals[i];
+  }
+}
+
+std::string format_queue_summary(const QueueSummary& summary) {
   std::string out = absl::StrFormat("%-30s %6s", "", "T");
-  for (size_t i = 0; i < kColumns; ++i) {
+  for (size_t i = 0; i < kSummaryColumns; ++i) {
     const std::string label = i < std::size(kSummaryBucketsMinutes) ? str_cat(kSummaryBucketsMinutes[i])
                                                                     : str_cat(kSummaryBucketsMinutes[i - 1], "+");
     str_append(&out, absl::StrFormat(" %6s", label));
   }
   out += "\n";
-  auto append_row = [&out](const std::string& name, const std::array<uint64_t, kColumns + 1>& row) {
+  auto append_row = [&out](const std::string& name, const QueueSummary::Row& row) {
     str_append(&out, absl::StrFormat("%-30s", name));
     for (const uint64_t value : row) {
       str_append(&out, absl::StrFormat(" %6u", value));
     }
     out += "\n";
   };
-  append_row("TOTAL", totals);
-  for (const auto& [domain, row] : rows) {
+  append_row("TOTAL", summary.totals);
+  for (const auto& [domain, row] : summary.domains) {
     append_row(domain, row);
+  }
+  return out;
+}
+
+std::string format_queue_summary(const std::vector<spool::MessageInfo>& messages, uint64_t now_ms) {
+  QueueSummary summary;
+  for (const spool::MessageInfo& message : messages) {
+    summary.add(message, now_ms);
+  }
+  return format_queue_summary(summary);
+}
+
+namespace {
+
+std::string row_json(const QueueSummary::Row& row) {
+  std::string counts;
+  for (size_t i = 1; i < row.size(); ++i) {
+    str_append(&counts, i == 1 ? "" : ", ", row[i]);
+  }
+  return str_cat("\"total\": ", row[0], ", \"counts\": [", counts, "]");
+}
+
+}  // namespace
+
+std::string queue_summary_json(const QueueSummary& summary) {
+  std::string buckets;
+  for (const uint64_t minutes : kSummaryBucketsMinutes) {
+    str_append(&buckets, buckets.empty() ? "" : ", ", minutes);
+  }
+  std::string domains;
+  for (const auto& [domain, row] : summary.domains) {
+    // Domains are validated at RCPT (ASCII, or UTF-8 with SMTPUTF8): no escaping beyond JSON's.
+    str_append(&domains, domains.empty() ? "\n    " : ",\n    ", "{\"domain\": \"", json_escape(domain), "\", ",
+               row_json(row), "}");
+  }
+  return str_cat("{\"buckets_minutes\": [", buckets, "], \"total\": {", row_json(summary.totals), "}, \"domains\": [",
+                 domains, "]}\n");
+}
+
+std::string remove_dot_stuffing(std::string_view wire) {
+  std::string out;
+  out.reserve(wire.size());
+  size_t line_start = 0;
+  while (line_start < wire.size()) {
+    size_t line_end = wire.find('\n', line_start);
+    line_end = line_end == std::string_view::npos ? wire.size() : line_end + 1;
+    const size_t skip = wire[line_start] == '.' ? 1 : 0;
+    out.append(wire.substr(line_start + skip, line_end - line_start - skip));
+    line_start = line_end;
   }
   return out;
 }

@@ -129,6 +129,8 @@ struct Shard::Impl : public smtp::SessionHost {
     std::string fields;                   // session, client, HELO, sender, recipients, size
   };
   absl::flat_hash_map<uint64_t, PendingCommit> tickets;  // spool ticket -> waiting session
+  // Spool tickets of admin requests (hold, release, delete) -> who answers the HTTP request.
+  absl::flat_hash_map<uint64_t, std::function<void(const absl::Status&)>> control_tickets;
   std::vector<spool::IoRequest> io_requests;
   std::vector<spool::Completed> completed;
   std::vector<io::TimerNode*> expired;
@@ -619,6 +621,9 @@ struct Shard::Impl : public smtp::SessionHost {
     Connection& c = slot(index);
     c.send_in_flight = false;
     if (cqe.res < 0) {
+      if (!c.closing) {  // else it failed because we shut the socket down ourselves
+        c.end_reason = cqe.res == -EPIPE || cqe.res == -ECONNRESET ? "client_reset" : "send_error";
+      }
       c.closing = true;
       c.out.clear();
       c.out_next.clear();
@@ -922,6 +927,9 @@ struct Shard::Impl : public smtp::SessionHost {
     for (spool::Completed& done : completed) {
       const auto it = tickets.find(done.ticket);
       if (it == tickets.end()) {
+        if (auto control = control_tickets.extract(done.ticket)) {
+          control.mapped()(done.status);
+        }
         continue;
       }
       const PendingCommit pending = std::move(it->second);
@@ -937,7 +945,6 @@ struct Shard::Impl : public smtp::SessionHost {
       } else {
         shard->_metrics.add(shard->_metrics.messages_accepted);
         shard->_metrics.add(shard->_metrics.bytes_accepted, pending.rfc_size);
-        shard->_metrics.queue_messages.store(shard->_spool->size(), std::memory_order_relaxed);
         log_transaction(done.queue_id, pending.fields, pending.transaction_started_ms, duration_us, true, {},
                         client_present);
       }
@@ -1168,6 +1175,10 @@ bool Shard::run() {
   _impl->loop();
   _ready.store(false, std::memory_order_release);
   return true;
+}
+
+void Shard::await_ticket(uint64_t ticket, std::function<void(const absl::Status&)> done) {
+  _impl->control_tickets.emplace(ticket, std::move(done));
 }
 
 bool Shard::post(ControlRequest* request) {

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "engine/app/client_limits.h"
 #include "engine/app/metrics.h"
 #include "engine/io/address.h"
@@ -60,6 +61,10 @@ class Shard {
   int ring_fd() const { return _ring_fd.load(std::memory_order_acquire); }
   static uint64_t doorbell_user_data();
   bool ready() const { return _ready.load(std::memory_order_acquire); }
+
+  // On this shard's own thread only (from a ControlRequest): `done` runs, on this thread, with
+  // the outcome of spool ticket `ticket` (a journal record) once it is durable or has failed.
+  void await_ticket(uint64_t ticket, std::function<void(const absl::Status&)> done);
 
   uint32_t index() const { return _index; }
   const ShardMetrics& metrics() const { return _metrics; }

@@ -887,4 +887,20 @@ std::string_view domain_of(std::string_view mailbox) {
   return mailbox.substr(at + 1);
 }
 
+bool valid_utf8(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    if (static_cast<unsigned char>(text[i]) < 0x80) {
+      ++i;
+      continue;
+    }
+    const size_t octets = utf8_sequence_octets(text, i);
+    if (octets == 0) {
+      return false;
+    }
+    i += octets;
+  }
+  return true;
+}
+
 }  // namespace sluice::smtp

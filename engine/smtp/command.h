@@ -114,6 +114,9 @@ bool valid_domain(std::string_view domain, bool utf8_allowed = false);
 // may be a quoted string. Without `utf8_allowed`, every octet must be ASCII.
 bool valid_mailbox(std::string_view address, bool utf8_allowed);
 
+// Whether every octet is ASCII or part of a well-formed UTF-8 sequence (RFC 3629).
+bool valid_utf8(std::string_view text);
+
 // The text after the last "@" (a quoted local part may itself hold "@"); empty if there is none.
 std::string_view domain_of(std::string_view mailbox);
 

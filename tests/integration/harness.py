@@ -304,14 +304,48 @@ class Sluice:
     def connect(self, **kwargs):
         return SmtpClient(self.port, **kwargs)
 
-    def admin(self, path, method="GET", timeout=10):
-        return http_call(self.admin_port, path, method=method, timeout=timeout)
+    @property
+    def token_path(self):
+        """The admin token file: [admin] token_file, default <spool dir>/admin.token."""
+        return self.config.get("admin", {}).get("token_file") or os.path.join(self.spool_dir, "admin.token")
+
+    def token(self):
+        """The admin bearer token (None while the file does not exist)."""
+        try:
+            with open(self.token_path) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
+
+    def admin(self, path, method="GET", timeout=10, token=True, headers=None):
+        """(status, body) of an admin request, with the bearer token unless token=False (or a
+        string: that token)."""
+        bearer = self.token() if token is True else (token or None)
+        return http_call(self.admin_port, path, method=method, timeout=timeout, token=bearer,
+                         headers=headers)
+
+    def admin_full(self, path, method="GET", timeout=10, token=True, headers=None):
+        """(status, response headers, body bytes) of an admin request."""
+        bearer = self.token() if token is True else (token or None)
+        return http_request(self.admin_port, path, method=method, timeout=timeout, token=bearer,
+                            headers=headers)
 
     def queue(self, query=""):
-        status, body = self.admin("/api/queue" + query)
-        if status != 200:
-            raise AssertionError("GET /api/queue%s -> %d %s" % (query, status, body))
-        return json.loads(body)
+        """The whole queue as the API's JSON, following the paging cursor (X-Sluice-Next-After)
+        when the query has no limit of its own."""
+        messages = []
+        after = None
+        while True:
+            sep = "&" if "?" in query else "?"
+            path = "/api/queue" + query + ((sep + "after=" + after) if after else "")
+            status, headers, body = self.admin_full(path)
+            if status != 200:
+                raise AssertionError("GET %s -> %d %s" % (path, status, body))
+            page = json.loads(body)
+            messages.extend(page["messages"])
+            after = headers.get("x-sluice-next-after")
+            if not after or "limit=" in query:
+                return {"count": len(messages), "messages": messages}
 
     def queue_ids(self):
         return [m["id"] for m in self.queue()["messages"]]
@@ -325,14 +359,26 @@ class Sluice:
             raise AssertionError("GET /api/queue/%s -> %d %s" % (queue_id, status, body))
         return json.loads(body)
 
+    def spool_contains(self, data):
+        """True if some spool segment file holds `data` (the stored, dot-stuffed wire form,
+        which the API no longer shows)."""
+        for root, _, files in os.walk(self.spool_dir):
+            for name in files:
+                if name.startswith("seg-"):
+                    with open(os.path.join(root, name), "rb") as f:
+                        if data in f.read():
+                            return True
+        return False
+
     def metrics(self):
-        status, body = self.admin("/metrics")
+        status, body = self.admin("/metrics", token=False)
         if status != 200:
             raise AssertionError("GET /metrics -> %d" % status)
         return body
 
     def cli(self, *args, **kwargs):
-        return run_cli(*args, "--admin", "127.0.0.1:%d" % self.admin_port, **kwargs)
+        return run_cli(*args, "--admin", "127.0.0.1:%d" % self.admin_port,
+                       "--token-file", self.token_path, **kwargs)
 
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
@@ -356,14 +402,28 @@ def metric_sum(text, name):
     return total
 
 
-def http_call(port, path, method="GET", timeout=10, host="127.0.0.1"):
-    """(status, body text) of an HTTP request to the admin endpoint."""
+def http_request(port, path, method="GET", timeout=10, host="127.0.0.1", token=None,
+                 headers=None):
+    """(status, {lower-case header: value}, body bytes) of one HTTP request to the admin
+    endpoint; `token` adds "Authorization: Bearer TOKEN"."""
     request = urllib.request.Request("http://%s:%d%s" % (host, port, path), method=method)
+    if token:
+        request.add_header("Authorization", "Bearer " + token)
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode("utf-8", "replace")
+            return (response.status, {k.lower(): v for k, v in response.getheaders()},
+                    response.read())
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode("utf-8", "replace")
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def http_call(port, path, method="GET", timeout=10, host="127.0.0.1", token=None, headers=None):
+    """(status, body text) of an HTTP request to the admin endpoint."""
+    status, _, body = http_request(port, path, method=method, timeout=timeout, host=host,
+                                   token=token, headers=headers)
+    return status, body.decode("utf-8", "replace")
 
 
 # ---- raw SMTP client ---------------------------------------------------------------------

@@ -52,11 +52,21 @@ class HostileClients(SluiceTestCase):
         # the replies then get 10 s (kCloseLingerMs) to leave, and a client that reads nothing is
         # cut off. 30 s bounds a hang; it is no measure of speed.
         s, session = self._never_reading_client(server)
-        forced = server.wait_for_event("close_forced", wait_s=30, session=session)
-        self.assertIsNotNone(forced, "the client that never reads must be cut off\n" + server.log_tail())
-        self.assertEqual(forced["reason"], "not_reading")
+        gone = server.wait_for_event("disconnect", wait_s=30, session=session)
+        self.assertIsNotNone(gone, "the client that never reads must be cut off\n" + server.log_tail())
+        self.assertIsNotNone(server.wait_for_event("rejected", wait_s=0, session=session, reason="timeout"),
+                             server.log_tail())
+        # Normally the replies it never reads fill every buffer and the linger cut-off ends it
+        # (close_forced). If the kernel took the last replies after all, or the socket was reset,
+        # the close after the timeout ended it: either way the server let go, as it must.
+        forced = server.events("close_forced", session=session)
+        print("    ended by: %s" % ("close_forced" if forced else "the close after 421 (%s)" % gone["reason"]))
+        if forced:
+            self.assertEqual(forced[0]["reason"], "not_reading")
+            self.assertEqual(gone["reason"], "close_forced")
+        else:
+            self.assertIn(gone["reason"], ("timeout", "client_reset", "send_error"), gone)
         self._assert_closed(s, 10)
-        self.assertIsNotNone(server.wait_for_event("disconnect", session=session), server.log_tail())
         # And one that is still flooding when SIGTERM comes does not hold the exit.
         s2, session2 = self._never_reading_client(server)
         server.signal(signal.SIGTERM)

@@ -157,7 +157,9 @@ class SmtpCommands(SharedServerTestCase):
         self.assertRegex(first_header, r"by relay\.example\.test .*id %s" % r.queue_id)
         self.assertRegex(first_header, r"(?m)^Message-ID: <[^>]+>\r?$")
         self.assertRegex(first_header, r"(?m)^Date: .+\d{4} \d\d:\d\d:\d\d [+-]\d{4}\r?$")
-        self.assertIn("\r\n..dot line\r\n", stored, "stored form must stay dot-stuffed wire form")
+        self.assertIn("\r\nline one\r\n.dot line\r\n", stored, "the API shows the message unstuffed")
+        self.assertTrue(self.server.spool_contains(b"\r\nline one\r\n..dot line\r\n"),
+                        "stored form must stay dot-stuffed wire form")
         # The session goes on after a message.
         self.assertReply(c.cmd("NOOP"), 250)
 
@@ -306,11 +308,13 @@ class SmtpCommands(SharedServerTestCase):
         info = self.server.queued_message(r.queue_id)
         self.assertEqual(info["size"], len(part1) + len(part2))
         stored = info["message"]
-        self.assertIn("\r\n\r\n..leading dot\r\n...two dots\r\n..\r\nlast line\r\n", stored,
-                      "BDAT content must be stored dot-stuffed: %r" % stored)
+        self.assertIn("\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nlast line\r\n", stored,
+                      "the API shows the message as sent: %r" % stored)
+        self.assertTrue(self.server.spool_contains(b"\r\n\r\n..leading dot\r\n...two dots\r\n..\r\nlast line\r\n"),
+                        "BDAT content must be stored dot-stuffed")
         shown = self.server.cli("queue", "show", r.queue_id)
         self.assertEqual(shown.returncode, 0, shown.stderr)
-        self.assertIn("...two dots", shown.stdout)
+        self.assertIn("\\n..two dots\\r", shown.stdout)
 
     def test_bdat_last_in_one_chunk_pipelined(self):
         c = self.session()

@@ -6,6 +6,7 @@
 #include "engine/app/http.h"
 #include "engine/app/metrics.h"
 #include "engine/app/queue_report.h"
+#include "engine/smtp/command.h"
 
 namespace sluice::app {
 namespace {
@@ -22,6 +23,47 @@ TEST(HttpTest, ParsesRequestLineAndQuery) {
   EXPECT_FALSE(parse_http_request("GET / SPDY/3\r\n\r\n").ok());
 }
 
+TEST(HttpTest, AcceptsBareLfAndReadsHeaders) {
+  const std::string head = "GET /healthz HTTP/1.1\nHost: 127.0.0.1:9025\nAuthorization:  Bearer abc \n\nrest";
+  const size_t end = find_http_head_end(head);
+  ASSERT_EQ(end, head.size() - 4);
+  auto request = parse_http_request(std::string_view(head).substr(0, end));
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->path, "/healthz");
+  ASSERT_NE(request->header("host"), nullptr);
+  EXPECT_EQ(*request->header("host"), "127.0.0.1:9025");
+  EXPECT_EQ(*request->header("authorization"), "Bearer abc");
+  EXPECT_EQ(find_http_head_end("GET / HTTP/1.1\r\nHost: x\r\n"), std::string::npos);
+  EXPECT_EQ(find_http_head_end("GET / HTTP/1.1\r\n\r\n"), 18u);
+}
+
+TEST(HttpTest, RefusesAmbiguousHeads) {
+  EXPECT_FALSE(parse_http_request("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").ok());
+  EXPECT_FALSE(parse_http_request("GET / HTTP/1.1\r\nno colon\r\n\r\n").ok());
+  EXPECT_FALSE(parse_http_request("GET / HTTP/1.1\r\nBad Name: x\r\n\r\n").ok());
+}
+
+TEST(HttpTest, HeadAnswerHasLengthButNoBody) {
+  const std::string text = format_http_response(HttpResponse{200, "application/json", "{\"a\": 1}", {}}, false);
+  EXPECT_NE(text.find("Content-Length: 8\r\n"), std::string::npos);
+  EXPECT_EQ(text.substr(text.size() - 4), "\r\n\r\n");
+}
+
+TEST(QueueReportTest, Utf8CheckDecidesMessageOrBase64) {
+  EXPECT_TRUE(smtp::valid_utf8("plain ascii\r\n"));
+  EXPECT_TRUE(smtp::valid_utf8("caf\xc3\xa9 \xf0\x9f\x93\xa7"));
+  EXPECT_FALSE(smtp::valid_utf8("caf\xe9"));       // Latin-1
+  EXPECT_FALSE(smtp::valid_utf8("\xc0\xaf"));      // overlong
+  EXPECT_FALSE(smtp::valid_utf8("\xed\xa0\x80"));  // surrogate
+  EXPECT_FALSE(smtp::valid_utf8("\xe2\x82"));      // truncated
+}
+
+TEST(QueueReportTest, RemovesDotStuffingOnly) {
+  EXPECT_EQ(remove_dot_stuffing("a\r\n..b\r\n.c\r\nd.e\r\n"), "a\r\n.b\r\nc\r\nd.e\r\n");
+  EXPECT_EQ(remove_dot_stuffing("..\r\n"), ".\r\n");
+  EXPECT_EQ(remove_dot_stuffing(""), "");
+}
+
 TEST(HttpTest, UrlDecodeLeavesBrokenEscapesAlone) {
   EXPECT_EQ(url_decode("a%2Fb+c"), "a/b c");
   EXPECT_EQ(url_decode("%"), "%");
@@ -35,7 +77,7 @@ TEST(HttpTest, JsonEscapeQuotesControlsAndKeepsUtf8) {
 }
 
 TEST(HttpTest, ResponseHasLengthAndStatus) {
-  const std::string text = format_http_response(HttpResponse{404, "application/json", "{}"});
+  const std::string text = format_http_response(HttpResponse{404, "application/json", "{}", {}});
   EXPECT_EQ(text.rfind("HTTP/1.1 404 Not Found\r\n", 0), 0u);
   EXPECT_NE(text.find("Content-Length: 2\r\n"), std::string::npos);
   EXPECT_EQ(text.substr(text.size() - 2), "{}");
@@ -75,6 +117,17 @@ TEST(QueueReportTest, SummaryBucketsRecipientDomainsByAge) {
   EXPECT_NE(text.find("TOTAL"), std::string::npos);
 }
 
+TEST(QueueReportTest, SummaryJsonMergesShards) {
+  QueueSummary a;
+  QueueSummary b;
+  a.add(message("A", 1000, {"x@one.test"}), 1000);
+  b.add(message("B", 1000, {"y@one.test", "z@two.test"}), 1000);
+  a.merge(b);
+  const std::string json = queue_summary_json(a);
+  EXPECT_NE(json.find("{\"domain\": \"one.test\", \"total\": 2, \"counts\": [2, 0,"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"total\": {\"total\": 3,"), std::string::npos) << json;
+}
+
 TEST(ClientLimitsTest, ConcurrentConnectionsPerAddress) {
   ClientLimits limits(2, 0);
   EXPECT_EQ(limits.admit("192.0.2.1", 0), ClientAdmission::admitted);
@@ -101,14 +154,24 @@ TEST(MetricsTest, PrometheusTextSumsShards) {
   a.add(a.messages_accepted, 3);
   b.add(b.messages_accepted, 4);
   b.reject(Rejection::relay_denied);
-  spool::SpoolMetrics spool;
-  spool.fsyncs = 5;
-  spool.fsync_latency_bucket[0] = 5;
-  const std::string text = render_prometheus({&a, &b}, {spool});
+  SpoolSnapshot spool;
+  spool.metrics.fsyncs = 5;
+  spool.metrics.fsync_latency_bucket[0] = 5;
+  spool.messages = 2;
+  spool.free_bytes = 1000;
+  SpoolSnapshot low = spool;
+  low.messages = 3;
+  low.below_min_free = true;
+  const std::string text = render_prometheus({&a, &b}, {spool, low});
   EXPECT_NE(text.find("sluice_messages_accepted_total 7\n"), std::string::npos);
   EXPECT_NE(text.find("sluice_rejections_total{reason=\"relay_denied\"} 1\n"), std::string::npos);
-  EXPECT_NE(text.find("sluice_spool_fsyncs_total 5\n"), std::string::npos);
-  EXPECT_NE(text.find("sluice_spool_fsync_seconds_bucket{le=\"+Inf\"} 5\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_spool_fsyncs_total 10\n"), std::string::npos);
+  // Gauges from the spool snapshots taken when rendering (never a stale counter).
+  EXPECT_NE(text.find("sluice_queue_messages 5\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_spool_free_bytes{shard=\"1\"} 1000\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_spool_below_min_free{shard=\"0\"} 0\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_spool_below_min_free{shard=\"1\"} 1\n"), std::string::npos);
+  EXPECT_NE(text.find("sluice_spool_fsync_seconds_bucket{le=\"+Inf\"} 10\n"), std::string::npos);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/io/strings.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -230,6 +231,7 @@ domain = "Example.ORG"
 next_hop = "[::1]:25"
 [admin]
 listen = "[::1]:9026"
+token_file = "/etc/sluice/admin.token"
 )");
   const ServerConfig& server = config.server;
   EXPECT_EQ(server.hostname, "mx1.example.test");
@@ -271,6 +273,48 @@ listen = "[::1]:9026"
   EXPECT_EQ(config.routes[1].domain, "example.org");
   EXPECT_EQ(config.routes[1].next_hop.to_string(), "[::1]:25");
   EXPECT_EQ(config.admin.listen.to_string(), "[::1]:9026");
+  EXPECT_EQ(config.admin.token_file, "/etc/sluice/admin.token");
+  EXPECT_EQ(admin_token_path(config), "/etc/sluice/admin.token");
+}
+
+TEST(ConfigAdmin, UnixSocketTokenDefaultAndWarnings) {
+  Config config = load_ok("[spool]\ndir = \"/var/spool/x\"\n[admin]\nlisten = \"unix:/run/sluice/admin.sock\"\n");
+  EXPECT_EQ(config.admin.unix_socket, "/run/sluice/admin.sock");
+  EXPECT_EQ(admin_listen_text(config.admin), "unix:/run/sluice/admin.sock");
+  EXPECT_EQ(admin_token_path(config), "/var/spool/x/admin.token");
+  EXPECT_TRUE(config_warnings(config).empty());
+  EXPECT_EQ(admin_token_path(default_config()), "./var/spool/admin.token");
+  EXPECT_TRUE(config_warnings(default_config()).empty());
+  const Config open = load_ok("[admin]\nlisten = \"0.0.0.0:9025\"\n");
+  ASSERT_EQ(config_warnings(open).size(), 1u);
+  EXPECT_THAT(config_warnings(open)[0], HasSubstr("outside loopback"));
+  EXPECT_TRUE(config_warnings(load_ok("[admin]\nlisten = \"[::1]:9025\"\n")).empty());
+  // Back to the file form and read again: the same config.
+  EXPECT_EQ(load_ok(config_to_string(config)), config);
+  CliOverrides overrides;
+  overrides.admin = "unix:/tmp/a.sock";
+  ASSERT_TRUE(apply_cli_overrides(config, overrides).ok());
+  EXPECT_EQ(config.admin.unix_socket, "/tmp/a.sock");
+  overrides.admin = "127.0.0.1:9100";
+  ASSERT_TRUE(apply_cli_overrides(config, overrides).ok());
+  EXPECT_TRUE(config.admin.unix_socket.empty());
+  EXPECT_EQ(config.admin.listen.to_string(), "127.0.0.1:9100");
+}
+
+TEST(ConfigAdmin, ListenMustNotBeAnSmtpAddress) {
+  expect_one_error("[server]\nlisten = [\"127.0.0.1:2525\"]\n[admin]\nlisten = \"127.0.0.1:2525\"\n", 4,
+                   "admin.listen: 127.0.0.1:2525 is an SMTP listen address");
+  expect_one_error("[server]\nlisten = [\"0.0.0.0:2525\"]\n[admin]\n\nlisten = \"127.0.0.1:2525\"\n", 5,
+                   "is an SMTP listen address");
+  expect_one_error("[server]\nlisten = [\"127.0.0.1:9025\"]\n", 2, "is an SMTP listen address");
+  expect_one_error("[admin]\nlisten = \"unix:\"\n", 2, "admin.listen: unix: needs a socket path");
+  expect_one_error(str_cat("[admin]\nlisten = \"unix:/", std::string(200, 'a'), "\"\n"), 2, "longer than 107");
+  expect_one_error("[admin]\ntoken = \"x\"\n", 2, "unknown key 'token' in [admin]");
+  Config config = default_config();
+  CliOverrides overrides;
+  overrides.admin = "127.0.0.1:2525";
+  const absl::Status status = apply_cli_overrides(config, overrides);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("--admin: admin.listen: 127.0.0.1:2525 is an SMTP"));
 }
 
 TEST(ConfigKeys, KeysNotInTheFileKeepTheirDefaults) {

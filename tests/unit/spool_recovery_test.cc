@@ -1,7 +1,8 @@
 // Spool recovery against real files: everything written comes back byte-exact; a torn tail
 // (cut or garbled at every offset of the last records) yields exactly the complete records
 // before it; stale valid-looking records past the tail are ignored; the journal is applied; the
-// id floor only grows; half-created segments go; the directory lock excludes a second holder.
+// id floor only grows; half-created segments go; the directory lock excludes a second holder;
+// missing spool directories are created from any form of path.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -624,6 +625,25 @@ TEST_F(SpoolRecoveryTest, TheLockExcludesASecondHolder) {
   EXPECT_FALSE(second.ok());
   { SpoolLock moved = *std::move(lock); }
   EXPECT_TRUE(SpoolLock::acquire(_dir).ok()) << "released when the holder goes";
+}
+
+// Each new directory's parent is fsync'd (the power-cut integration test shows why); that must
+// work for every form of path a config may give: nested, trailing slash, relative, one level.
+TEST_F(SpoolRecoveryTest, MissingSpoolDirectoriesAreCreatedAtAnyDepth) {
+  const std::string nested = _dir + "/a/b/spool/";
+  ASSERT_TRUE(SpoolLock::acquire(nested).ok());
+  EXPECT_TRUE(recover_shard(nested, 2).ok());
+  EXPECT_TRUE(std::filesystem::is_directory(nested + "shard-2"));
+  EXPECT_TRUE(std::filesystem::exists(nested + "shard-2/idfloor"));
+  const std::filesystem::path previous = std::filesystem::current_path();
+  std::filesystem::current_path(_dir);
+  const bool relative_nested = SpoolLock::acquire("rel/spool").ok();
+  const bool relative_single = SpoolLock::acquire("single").ok();
+  std::filesystem::current_path(previous);
+  EXPECT_TRUE(relative_nested);
+  EXPECT_TRUE(relative_single);
+  EXPECT_TRUE(std::filesystem::is_directory(_dir + "/rel/spool"));
+  EXPECT_TRUE(std::filesystem::is_directory(_dir + "/single"));
 }
 
 TEST(Crc32cTest, KnownVectorsAndHardwareMatchesTable) {
