@@ -47,7 +47,7 @@ constexpr std::array<std::string_view, 2> kDefaultRelayNetworks = {"127.0.0.0/8"
 
 constexpr std::array<std::string_view, 8> kSections = {"server", "spool",    "relay", "proxy_protocol",
                                                        "dns",    "delivery", "route", "admin"};
-constexpr std::array<std::string_view, 16> kServerKeys = {"hostname",
+constexpr std::array<std::string_view, 17> kServerKeys = {"hostname",
                                                           "listen",
                                                           "threads",
                                                           "max_message_size",
@@ -58,6 +58,7 @@ constexpr std::array<std::string_view, 16> kServerKeys = {"hostname",
                                                           "max_errors",
                                                           "command_timeout",
                                                           "data_timeout",
+                                                          "data_phase_timeout",
                                                           "drain_timeout",
                                                           "max_received_headers",
                                                           "max_command_line",
@@ -554,6 +555,7 @@ class Reader {
     integer(section, "max_errors", 1, kErrorsMax, server.max_errors);
     duration(section, "command_timeout", std::chrono::seconds(1), server.command_timeout);
     duration(section, "data_timeout", std::chrono::seconds(1), server.data_timeout);
+    duration(section, "data_phase_timeout", std::chrono::seconds(1), server.data_phase_timeout);
     duration(section, "drain_timeout", milliseconds(0), server.drain_timeout);
     integer(section, "max_received_headers", 1, kReceivedHeadersMax, server.max_received_headers);
     integer(section, "max_command_line", kCommandLineMin, kCommandLineMax, server.max_command_line);
@@ -1018,6 +1020,7 @@ std::string config_to_string(const Config& config) {
            {"max_errors", integer(server.max_errors)},
            {"command_timeout", duration_to_string(server.command_timeout)},
            {"data_timeout", duration_to_string(server.data_timeout)},
+           {"data_phase_timeout", duration_to_string(server.data_phase_timeout)},
            {"drain_timeout", duration_to_string(server.drain_timeout)},
            {"max_received_headers", integer(server.max_received_headers)},
            {"max_command_line", integer(server.max_command_line)},

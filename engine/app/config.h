@@ -58,6 +58,10 @@ struct ServerConfig {
   uint32_t max_errors = 20;                     // errors before disconnect
   std::chrono::milliseconds command_timeout = std::chrono::minutes(5);
   std::chrono::milliseconds data_timeout = std::chrono::minutes(10);  // RFC 5321 4.5.3.2
+  // A whole message body (DATA to its end, or a transaction's BDAT chunks to LAST) from its
+  // start, however the client paces its octets (data_timeout restarts on every read).
+  // command_timeout bounds a whole command line likewise.
+  std::chrono::milliseconds data_phase_timeout = std::chrono::hours(1);
   std::chrono::milliseconds drain_timeout = std::chrono::seconds(30);
   uint32_t max_received_headers = 100;     // loop detection
   uint32_t max_command_line = 512;         // octets, CRLF included

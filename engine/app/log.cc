@@ -3,10 +3,14 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <ctime>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,6 +19,15 @@
 #include "engine/io/strings.h"
 
 namespace sluice::app {
+
+namespace {
+// The path stderr had at start: logrotate renames the file, and after the rename
+// /proc/self/fd/2 names the rotated file, so the path must be taken before.
+std::string& log_path() {
+  static std::string path;
+  return path;
+}
+}  // namespace
 
 std::string log_timestamp() {
   const uint64_t ms = io::wall_ms();
@@ -73,6 +86,82 @@ void prepare_log_output() {
   if (flags >= 0) {
     fcntl(STDERR_FILENO, F_SETFL, flags | O_APPEND);
   }
+  struct stat current {};
+  if (fstat(STDERR_FILENO, &current) == 0 && S_ISREG(current.st_mode)) {
+    std::error_code error;
+    const std::string path = std::filesystem::read_symlink("/proc/self/fd/2", error).string();
+    if (!error && path.starts_with('/') && !path.ends_with(" (deleted)")) {
+      log_path() = path;
+    }
+  }
+}
+
+void append_log_value(std::string& out, std::string_view value) {
+  bool plain = !value.empty();
+  for (const char c : value) {
+    const auto octet = static_cast<unsigned char>(c);
+    if (octet <= ' ' || octet == '"' || octet == '\\' || octet == '=' || octet == 0x7f) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) {
+    out.append(value);
+    return;
+  }
+  out.push_back('"');
+  for (const char c : value) {
+    const auto octet = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (octet < ' ' || octet == 0x7f) {
+      out.append(absl::StrFormat("\\x%02x", octet));
+    } else {
+      out.push_back(c);
+    }
+  }
+  out.push_back('"');
+}
+
+void append_log_field(std::string& out, std::string_view key, std::string_view value) {
+  str_append(&out, " ", key, "=");
+  append_log_value(out, value);
+}
+
+void append_log_recipients(std::string& out, const std::vector<std::string>& recipients) {
+  str_append(&out, " rcpts=", recipients.size());
+  if (recipients.empty()) {
+    return;
+  }
+  std::string list;
+  const size_t shown = std::min(recipients.size(), kLogRecipientsMax);
+  for (size_t i = 0; i < shown; ++i) {
+    str_append(&list, i == 0 ? "" : ",", "<", recipients[i], ">");
+  }
+  if (recipients.size() > shown) {
+    str_append(&list, " +", recipients.size() - shown, " more");
+  }
+  append_log_field(out, "to", list);
+}
+
+std::string reopen_log_output() {
+  const std::string& path = log_path();
+  if (path.empty()) {
+    return "not a file";
+  }
+  const int fd = open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0) {
+    return str_cat("cannot open ", path, ": ", std::strerror(errno));
+  }
+  // dup2 swaps the descriptor atomically: a shard's write in flight goes to one file or the other.
+  const int result = dup2(fd, STDERR_FILENO);
+  const int saved = errno;
+  close(fd);
+  if (result < 0) {
+    return str_cat("dup2: ", std::strerror(saved));
+  }
+  return str_cat("reopened ", path);
 }
 
 void LogBuffer::flush_blocking() {

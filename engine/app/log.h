@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace sluice::io {
 class Ring;
@@ -40,9 +41,23 @@ class LogBuffer {
   std::string _next;
 };
 
+// logfmt values. A value is written bare when it is a plain token, else in double quotes with
+// `"` and `\` escaped and control octets as \xNN, so a client's HELO or address can never
+// forge a field or a line.
+void append_log_value(std::string& out, std::string_view value);
+// " key=value" (value escaped as above).
+void append_log_field(std::string& out, std::string_view key, std::string_view value);
+// A transaction's recipients for a log line, bounded: " rcpts=N to=\"<a>,<b>,... +K more\"".
+inline constexpr size_t kLogRecipientsMax = 10;
+void append_log_recipients(std::string& out, const std::vector<std::string>& recipients);
+
 // Makes stderr append-only when it is a file, so that writes from several threads at the file
 // position never overwrite each other. Called once at start.
 void prepare_log_output();
+
+// Points stderr at its file again (SIGHUP after logrotate moved it). Returns what was done:
+// "reopened PATH", "not a file", or an error; never fails the process.
+std::string reopen_log_output();
 
 // For threads without a ring (main, admin): one line straight to stderr.
 void log_line(std::string_view fields);

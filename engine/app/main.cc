@@ -458,7 +458,7 @@ absl::StatusOr<std::vector<std::vector<int>>> open_listeners(const Config& confi
   std::vector<std::vector<int>> per_shard(shards);
   for (io::SocketAddress address : config.server.listen) {
     for (uint32_t shard = 0; shard < shards; ++shard) {
-      auto fd = io::open_listener(address);
+      auto fd = io::open_listener(address, io::PortSharing::shards);
       if (!fd.ok()) {
         return fd.status();
       }
@@ -474,6 +474,57 @@ absl::StatusOr<std::vector<std::vector<int>>> open_listeners(const Config& confi
     }
   }
   return per_shard;
+}
+
+// SO_REUSEPORT lets a second `sluice serve` (same user, another spool) join our listeners and
+// take half the mail; a listener of the admin endpoint would be shared the same way. Refuse to
+// start when another process listens on any of our addresses. (Between this check and our own
+// bind another process could still start: that one then fails this check against us.)
+absl::Status check_addresses_free(const Config& config) {
+  std::vector<io::SocketAddress> addresses = config.server.listen;
+  addresses.push_back(config.admin.listen);
+  for (const io::SocketAddress& address : addresses) {
+    auto in_use = io::address_in_use(address);
+    if (!in_use.ok()) {
+      return in_use.status();
+    }
+    if (*in_use) {
+      return absl::UnavailableError(str_cat(address.to_string(), " is in use by another process"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+const char* signal_name(int signal_number) {
+  switch (signal_number) {
+    case SIGTERM:
+      return "TERM";
+    case SIGINT:
+      return "INT";
+    case SIGHUP:
+      return "HUP";
+    case SIGUSR1:
+      return "USR1";
+    case SIGUSR2:
+      return "USR2";
+    default:
+      return "other";
+  }
+}
+
+// Signals that do not stop the relay. SIGHUP (logrotate, `systemctl reload`): reopen the log
+// file; reloading the config comes later. SIGUSR1/2: logged and ignored (their default action
+// would kill the process). Returns true if `signal_number` was one of these.
+bool handle_non_stopping_signal(int signal_number) {
+  if (signal_number == SIGHUP) {
+    log_line(str_cat("event=sighup action=reopen_log result=\"", reopen_log_output(), "\""));
+    return true;
+  }
+  if (signal_number == SIGUSR1 || signal_number == SIGUSR2) {
+    log_line(str_cat("event=signal signal=", signal_name(signal_number), " action=ignored"));
+    return true;
+  }
+  return false;
 }
 
 uint32_t shard_dirs_on_disk(const std::string& dir) {
@@ -495,6 +546,9 @@ int serve(const Arguments& arguments) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, SIGUSR1);
+  sigaddset(&signals, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
@@ -526,15 +580,15 @@ int serve(const Arguments& arguments) {
     floors.push_back(std::max(*floor, recovered->max_id_ms + 1));
     log_line(str_cat("event=recovered shard=", shard, " messages=", recovered->messages.size(),
                      " torn_tails=", recovered->torn_tails, " segments_deleted=", recovered->segments_deleted));
-    spool::SpoolOptions options{
+    const spool::SpoolOptions options{
         .dir = config.spool.dir,
         .shard = shard,
         .commit_interval_us = config.spool.commit_interval_us,
         .commit_batch_bytes = config.spool.commit_batch_bytes,
         .segment_bytes = config.spool.segment_bytes,
         .min_free_bytes = config.spool.min_free_bytes,
-        // The preallocator's failures, from its own thread: log_line is one write(2).
         .open_sealed_segments_max = config.spool.max_open_segments,
+        // The preallocator's failures, from its own thread: log_line is one write(2).
         .background_log = [](std::string_view fields) { log_line(fields); },
     };
     auto opened = spool::ShardSpool::open(options, std::move(*recovered));
@@ -562,15 +616,21 @@ int serve(const Arguments& arguments) {
   ShardContext context;
   context.settings.hostname = config.server.hostname;
   context.settings.limits = smtp::ServerLimits{
-      config.server.max_message_size, config.server.max_recipients,         config.server.max_errors,
-      config.server.max_command_line, config.server.max_param_command_line, config.server.max_received_headers};
-  context.settings.limits.body_memory_octets_max = config.server.body_memory_per_shard;
+      .message_octets_max = config.server.max_message_size,
+      .recipients_max = config.server.max_recipients,
+      .errors_max = config.server.max_errors,
+      .command_line_octets_max = config.server.max_command_line,
+      .param_command_line_octets_max = config.server.max_param_command_line,
+      .received_headers_max = config.server.max_received_headers,
+      .body_memory_octets_max = config.server.body_memory_per_shard,
+  };
   context.body_memory_octets = config.server.body_memory_per_shard;
   context.settings.relay_networks = config.relay.networks;
   context.settings.relay_domains = config.relay.domains;
   context.proxy_trusted = config.proxy_protocol.trusted;
   context.command_timeout_ms = static_cast<uint64_t>(config.server.command_timeout.count());
   context.data_timeout_ms = static_cast<uint64_t>(config.server.data_timeout.count());
+  context.data_phase_timeout_ms = static_cast<uint64_t>(config.server.data_phase_timeout.count());
   context.proxy_timeout_ms = static_cast<uint64_t>(config.proxy_protocol.timeout.count());
   context.drain_timeout_ms = static_cast<uint64_t>(config.server.drain_timeout.count());
   DescriptorDemand demand;
@@ -593,6 +653,10 @@ int serve(const Arguments& arguments) {
   context.draining = &draining;
   context.sessions_open = &sessions_open;
 
+  if (absl::Status free = check_addresses_free(config); !free.ok()) {
+    std::cerr << "sluice: " << free.message() << "\n";
+    return kExitRuntime;
+  }
   std::vector<io::SocketAddress> bound;
   auto listeners = open_listeners(config, shards, bound);
   if (!listeners.ok()) {
@@ -657,8 +721,10 @@ int serve(const Arguments& arguments) {
                      " shards=", shards, " sessions_max=", context.sessions_max, " recovered=", recovered_messages,
                      " version=", SLUICE_VERSION));
     int received = 0;
-    sigwait(&signals, &received);
-    log_line(str_cat("event=draining signal=", received == SIGTERM ? "TERM" : "INT"));
+    do {
+      sigwait(&signals, &received);
+    } while (handle_non_stopping_signal(received));
+    log_line(str_cat("event=draining signal=", signal_name(received)));
     ready.store(false);  // load balancers stop sending new connections here first
     draining.store(true);
     // A second SIGINT (Ctrl-C twice) during the drain stops at once: every acknowledged message
@@ -667,10 +733,12 @@ int serve(const Arguments& arguments) {
     const timespec poll_interval{0, 100'000'000};
     while (finished.load() < shards) {
       siginfo_t info;
-      if (sigtimedwait(&signals, &info, &poll_interval) == SIGINT) {
+      const int caught = sigtimedwait(&signals, &info, &poll_interval);
+      if (caught == SIGINT) {
         log_line("event=stop_now reason=second_sigint");
         std::_Exit(kExitRuntime);
       }
+      handle_non_stopping_signal(caught);
     }
   }
   for (auto& thread : threads) {

@@ -6,44 +6,6 @@
 
 namespace sluice::app {
 
-const char* rejection_name(Rejection reason) {
-  switch (reason) {
-    case Rejection::relay_denied:
-      return "relay_denied";
-    case Rejection::too_big:
-      return "message_too_big";
-    case Rejection::too_many_recipients:
-      return "too_many_recipients";
-    case Rejection::line_too_long:
-      return "line_too_long";
-    case Rejection::bare_newline:
-      return "bare_newline";
-    case Rejection::mail_loop:
-      return "mail_loop";
-    case Rejection::spool_low:
-      return "spool_low";
-    case Rejection::spool_error:
-      return "spool_error";
-    case Rejection::too_many_connections:
-      return "too_many_connections";
-    case Rejection::too_many_from_client:
-      return "too_many_from_client";
-    case Rejection::rate_limited:
-      return "rate_limited";
-    case Rejection::timeout:
-      return "timeout";
-    case Rejection::too_many_errors:
-      return "too_many_errors";
-    case Rejection::proxy_invalid:
-      return "proxy_invalid";
-    case Rejection::early_talker:
-      return "early_talker";
-    case Rejection::count_:
-      break;
-  }
-  return "unknown";
-}
-
 namespace {
 
 uint64_t sum(const std::vector<const ShardMetrics*>& shards, std::atomic<uint64_t> ShardMetrics::*field) {
@@ -82,8 +44,8 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
     for (const ShardMetrics* shard : shards) {
       total += shard->rejections[reason].load(std::memory_order_relaxed);
     }
-    str_append(&out, "sluice_rejections_total{reason=\"", rejection_name(static_cast<Rejection>(reason)), "\"} ", total,
-               "\n");
+    str_append(&out, "sluice_rejections_total{reason=\"", smtp::reject_reason_name(static_cast<Rejection>(reason)),
+               "\"} ", total, "\n");
   }
   uint64_t queued = 0;
   for (const SpoolSnapshot& snapshot : spools) {

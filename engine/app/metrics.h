@@ -7,29 +7,13 @@
 #include <string>
 #include <vector>
 
+#include "engine/smtp/replies.h"
 #include "spool/spool.h"
 
 namespace sluice::app {
 
-enum class Rejection : uint8_t {
-  relay_denied,
-  too_big,
-  too_many_recipients,
-  line_too_long,
-  bare_newline,
-  mail_loop,
-  spool_low,
-  spool_error,
-  too_many_connections,
-  too_many_from_client,
-  rate_limited,
-  timeout,
-  too_many_errors,
-  proxy_invalid,
-  early_talker,
-  count_,
-};
-const char* rejection_name(Rejection reason);
+// One table of reasons, shared with the SMTP session and the log (engine/smtp/replies.h).
+using Rejection = smtp::RejectReason;
 
 struct ShardMetrics {
   std::atomic<uint64_t> connections_total{0};

@@ -84,10 +84,17 @@ struct Connection {
   bool reading_paused = false;  // backpressure: too much input parked
   bool recv_cancel_pending = false;
   bool budget_paused = false;  // backpressure: its body may not grow until the body budget frees
-  uint64_t body_held = 0;      // octets of message body it holds, counted in the shard's budget
-  uint64_t body_seq = 0;       // its place among the bodies in memory, oldest first; 0: none held
+  uint64_t budget_paused_since_ms = 0;
+  uint64_t body_held = 0;  // octets of message body it holds, counted in the shard's budget
+  uint64_t body_seq = 0;   // its place among the bodies in memory, oldest first; 0: none held
   uint32_t out_offset = 0;
   uint64_t started_ms = 0;
+  uint64_t serial = 0;            // this shard's number for the session: session=S<shard>-<serial>
+  uint64_t line_deadline_ms = 0;  // a command line has begun: it must end by then (0 = none)
+  uint64_t data_deadline_ms = 0;  // DATA or a BDAT chunk has begun: it must end by then (0 = none)
+  uint32_t line_commands = 0;     // the session's command count when line_deadline_ms was set
+  bool connect_logged = false;    // a disconnect line is owed
+  std::string_view end_reason;    // why it ended, for the disconnect line (static text)
   io::TimerNode timer;
   std::string out;         // being sent (the kernel reads it until the send CQE)
   std::string out_next;    // replies gathered meanwhile
@@ -125,7 +132,9 @@ struct Shard::Impl : public smtp::SessionHost {
     uint64_t rfc_size = 0;
     uint32_t recipients = 0;
     uint64_t started_us = 0;
-    uint64_t body_octets = 0;  // counted in the body budget until the commit completes
+    uint64_t body_octets = 0;             // counted in the body budget until the commit completes
+    uint64_t transaction_started_ms = 0;  // MAIL
+    std::string fields;                   // session, client, HELO, sender, recipients, size
   };
   absl::flat_hash_map<uint64_t, PendingCommit> tickets;  // spool ticket -> waiting session
   // Spool tickets of admin requests (hold, release, delete) -> who answers the HTTP request.
@@ -141,6 +150,7 @@ struct Shard::Impl : public smtp::SessionHost {
   bool accepts_cancelled = false;
   uint64_t drain_deadline_ms = 0;
   uint64_t loop_now_ms = 0;
+  uint64_t next_serial = 0;
   uint64_t submit_errors_logged = 0;
   uint64_t submit_error_logged_ms = 0;
   LogBuffer log;
@@ -159,23 +169,59 @@ struct Shard::Impl : public smtp::SessionHost {
 
   bool spool_space_low() const override { return shard->_spool->below_min_free(); }
 
-  void on_reject(smtp::RejectReason reason, const smtp::ClientInfo& client) override {
-    static constexpr struct {
-      Rejection metric;
-      const char* name;
-    } kReasons[] = {
-        {Rejection::relay_denied, "relay_denied"},
-        {Rejection::too_big, "message_too_big"},
-        {Rejection::line_too_long, "line_too_long"},
-        {Rejection::mail_loop, "mail_loop"},
-        {Rejection::too_many_recipients, "too_many_recipients"},
-        {Rejection::spool_low, "spool_low"},
-        {Rejection::too_many_errors, "too_many_errors"},
-        {Rejection::bare_newline, "bare_newline"},
-    };
-    const auto& entry = kReasons[static_cast<size_t>(reason)];
-    shard->_metrics.reject(entry.metric);
-    log.line(str_cat("event=rejected reason=", entry.name, " client=", client.address.ip_string()));
+  uint64_t now_ms() const override { return loop_now_ms; }
+
+  std::string session_tag(uint64_t serial) const { return str_cat("session=S", shard->_index, "-", serial); }
+
+  // One line per refusal the session reports: who, in which transaction, what, and the reply.
+  void on_reject(const smtp::RejectEvent& event, const smtp::ClientInfo& client) override {
+    shard->_metrics.reject(event.reason);
+    if (!event.log) {
+      return;
+    }
+    std::string line =
+        str_cat("event=rejected ", session_tag(client.session_serial),
+                " reason=", smtp::reject_reason_name(event.reason), " client=", client.address.ip_string());
+    if (!event.helo.empty()) {
+      append_log_field(line, "helo", event.helo);
+    }
+    if (event.in_transaction) {
+      append_log_field(line, "from", str_cat("<", event.sender, ">"));
+      if (event.recipients != nullptr) {
+        append_log_recipients(line, *event.recipients);
+      }
+    }
+    if (!event.address.empty()) {
+      append_log_field(line, "address", event.address);
+    }
+    append_log_field(line, "reply", event.reply);
+    log.line(line);
+  }
+
+  // A refusal by the shard itself (connection limits, PROXY, timeouts, input overflow).
+  void log_rejection(const Connection& c, Rejection reason, std::string_view reply, std::string_view extra = {}) {
+    shard->_metrics.reject(reason);
+    std::string line = str_cat("event=rejected ", session_tag(c.serial), " reason=", smtp::reject_reason_name(reason),
+                               " client=", c.peer.ip_string());
+    if (c.session && !c.session->helo().empty()) {
+      append_log_field(line, "helo", c.session->helo());
+    }
+    line.append(extra);
+    while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) {
+      reply.remove_suffix(1);
+    }
+    append_log_field(line, "reply", reply);
+    log.line(line);
+  }
+
+  // The fields of a transaction line that describe the message (the outcome is added later).
+  std::string transaction_fields(const Connection& c, const smtp::AcceptedMessage& message) const {
+    std::string fields = str_cat(session_tag(c.serial), " client=", c.peer.ip_string());
+    append_log_field(fields, "helo", message.helo);
+    append_log_field(fields, "from", str_cat("<", message.sender, ">"));
+    append_log_recipients(fields, message.recipients);
+    str_append(&fields, " size=", message.rfc_size);
+    return fields;
   }
 
   Connection& slot(uint32_t index) { return chunks[index / kSlotsPerChunk][index % kSlotsPerChunk]; }
@@ -233,6 +279,17 @@ struct Shard::Impl : public smtp::SessionHost {
   void free_slot(uint32_t index) {
     Connection& c = slot(index);
     SLUICE_ASSERT(c.in_use && c.close_sent && !c.recv_armed && !c.send_in_flight, "slot freed before its last CQE");
+    if (c.connect_logged) {
+      std::string line = str_cat("event=disconnect ", session_tag(c.serial), " client=", c.peer.ip_string(),
+                                 " duration_ms=", loop_now_ms - c.started_ms);
+      if (c.session) {
+        const smtp::SessionCounts& counts = c.session->counts();
+        str_append(&line, " commands=", counts.commands, " messages=", counts.messages, " failed=", counts.failed,
+                   " rejections=", counts.rejections);
+      }
+      str_append(&line, " reason=", c.end_reason.empty() ? std::string_view("closed") : c.end_reason);
+      log.line(line);
+    }
     if (c.counted_as_client) {
       context->client_limits->release(c.peer.ip_string());
     }
@@ -301,6 +358,7 @@ struct Shard::Impl : public smtp::SessionHost {
     Connection& c = slot(*index);
     c.fd = fd;
     c.started_ms = loop_now_ms;
+    c.serial = ++next_serial;
     c.peer = io::peer_address(fd);
     arm_recv(*index);
     if (context->proxy_trusted.contains(c.peer)) {
@@ -314,21 +372,26 @@ struct Shard::Impl : public smtp::SessionHost {
   void start_session(uint32_t index) {
     Connection& c = slot(index);
     const bool relay_allowed = context->settings.relay_networks.contains(c.peer);
+    c.connect_logged = true;
+    log.line(str_cat("event=connect ", session_tag(c.serial), " client=", c.peer.ip_string(), " port=", c.peer.port(),
+                     " relay=", relay_allowed ? "yes" : "no"));
     if (!relay_allowed) {
       const ClientAdmission admission = context->client_limits->admit(c.peer.ip_string(), io::wall_ms());
       if (admission != ClientAdmission::admitted) {
         const bool rate = admission == ClientAdmission::rate_exceeded;
-        shard->_metrics.reject(rate ? Rejection::rate_limited : Rejection::too_many_from_client);
         // table_full: every tracked address has a live connection; never admit one uncounted.
-        c.out_next.append(rate                                       ? smtp::reply::kRateExceeded
-                          : admission == ClientAdmission::table_full ? smtp::reply::kTooManyConnections
-                                                                     : smtp::reply::kTooManyFromYou);
+        const std::string_view reply = rate                                       ? smtp::reply::kRateExceeded
+                                       : admission == ClientAdmission::table_full ? smtp::reply::kTooManyConnections
+                                                                                  : smtp::reply::kTooManyFromYou;
+        log_rejection(c, rate ? Rejection::rate_limited : Rejection::too_many_from_client, reply);
+        c.out_next.append(reply);
+        c.end_reason = "refused";
         begin_close(index);
         return;
       }
       c.counted_as_client = true;
     }
-    c.session.emplace(&context->settings, this, smtp::ClientInfo{c.peer, relay_allowed});
+    c.session.emplace(&context->settings, this, smtp::ClientInfo{c.peer, relay_allowed, c.serial});
     c.session->greet(c.out_next);
     mark_dirty(index);
     rearm_timer(index);
@@ -372,6 +435,7 @@ struct Shard::Impl : public smtp::SessionHost {
       case RecvEnd::half_close:
         // The client half-closed (SHUT_WR): it may still read. Answer what it sent, then close.
         c.read_closed = true;
+        c.end_reason = "client_closed";
         resume_pending(index);
         finish_if_read_closed(index);
         return;
@@ -385,6 +449,7 @@ struct Shard::Impl : public smtp::SessionHost {
     if (!c.closing) {
       c.closing = true;
       c.out_next.clear();
+      c.end_reason = "client_gone";
     }
     advance_close(index);
   }
@@ -416,7 +481,9 @@ struct Shard::Impl : public smtp::SessionHost {
     }
     if (!c.pending_in.empty() || c.session->waiting_for_commit() || c.out_next.size() > kOutputOctetsMax) {
       if (c.pending_in.size() + data.size() > kPendingInputOctetsMax) {
-        c.out_next.append(smtp::reply::kTooManyErrors);
+        log_rejection(c, Rejection::input_overflow, smtp::reply::kTooMuchInput);
+        c.out_next.append(smtp::reply::kTooMuchInput);
+        c.end_reason = "input_overflow";
         begin_close(index);
         return;
       }
@@ -478,6 +545,7 @@ struct Shard::Impl : public smtp::SessionHost {
   void run_session(uint32_t index, std::string_view data, bool from_parked) {
     Connection& c = slot(index);
     const smtp::SessionStep step = c.session->on_input(data, c.out_next);
+    update_deadlines(index);
     mark_dirty(index);
     // Park (or un-park) before acting: commit_message can answer at once and come back into
     // resume_pending, which must find the input in order.
@@ -492,6 +560,7 @@ struct Shard::Impl : public smtp::SessionHost {
         commit_message(index);
         return;
       case smtp::SessionAction::close:
+        c.end_reason = "session_end";  // QUIT, or a refusal that ends the session (logged)
         begin_close(index);
         return;
       case smtp::SessionAction::none:
@@ -554,15 +623,15 @@ struct Shard::Impl : public smtp::SessionHost {
       return true;
     }
     if (is_head && !budget.can_ever_fit(c.session->body_octets() + octets)) {
-      shard->_metrics.reject(Rejection::too_big);
-      log.line(str_cat("event=rejected reason=body_memory client=", c.peer.ip_string(), " held=", c.body_held,
-                       " budget=", budget.budget_octets()));
+      log_rejection(c, Rejection::too_big, smtp::reply::kBodyMemoryExceededClosing,
+                    str_cat(" limit=body_memory held=", c.body_held, " budget=", budget.budget_octets()));
       c.out_next.append(smtp::reply::kBodyMemoryExceededClosing);
       begin_close(index);
       return false;
     }
     if (!c.budget_paused) {
       c.budget_paused = true;
+      c.budget_paused_since_ms = loop_now_ms;
       budget_waiters.push_back(BodyHolder{index, c.generation, 0});
     }
     pause_reading(index);
@@ -623,6 +692,13 @@ struct Shard::Impl : public smtp::SessionHost {
         continue;
       }
       c.budget_paused = false;
+      // The time we held it back does not count against its line and data-phase deadlines.
+      const uint64_t held_back_ms = loop_now_ms - c.budget_paused_since_ms;
+      for (uint64_t* deadline : {&c.line_deadline_ms, &c.data_deadline_ms}) {
+        if (*deadline != 0) {
+          *deadline += held_back_ms;
+        }
+      }
       rearm_timer(waiter.index);  // its timeout was suspended while we held it back
       resume_pending(waiter.index);
       finish_if_read_closed(waiter.index);
@@ -638,8 +714,7 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     if (parsed.status == smtp::ProxyParseStatus::invalid) {
-      shard->_metrics.reject(Rejection::proxy_invalid);
-      log.line(str_cat("event=rejected reason=proxy_invalid client=", c.peer.ip_string()));
+      log_rejection(c, Rejection::proxy_invalid, "(closed without a reply)");
       c.pending_in.clear();
       begin_close(index);
       return;
@@ -652,7 +727,7 @@ struct Shard::Impl : public smtp::SessionHost {
     c.pending_in.clear();
     if (early) {
       // The client spoke before our greeting: RFC 5321 4.3.1 synchronization error.
-      shard->_metrics.reject(Rejection::early_talker);
+      log_rejection(c, Rejection::early_talker, smtp::reply::kEarlyTalker);
       c.out_next.append(smtp::reply::kEarlyTalker);
       mark_dirty(index);
       begin_close(index);
@@ -702,6 +777,9 @@ struct Shard::Impl : public smtp::SessionHost {
     Connection& c = slot(index);
     c.send_in_flight = false;
     if (cqe.res < 0) {
+      if (!c.closing) {  // else it failed because we shut the socket down ourselves
+        c.end_reason = cqe.res == -EPIPE || cqe.res == -ECONNRESET ? "client_reset" : "send_error";
+      }
       c.closing = true;
       c.out.clear();
       c.out_next.clear();
@@ -784,14 +862,52 @@ struct Shard::Impl : public smtp::SessionHost {
   void on_close(uint32_t index) { free_slot(index); }
 
   // ---- timers -----------------------------------------------------------------------------
+  // Besides the idle timeouts (command_timeout / data_timeout since the last input), a unit of
+  // input in progress has a deadline from its first octet, however the client paces its octets:
+  // a command line must end within command_timeout, and a message body (DATA to its end, or the
+  // BDAT chunks of a transaction up to LAST) within data_phase_timeout. Called after every pass
+  // of input through the session.
+  void update_deadlines(uint32_t index) {
+    Connection& c = slot(index);
+    const uint32_t commands = c.session->counts().commands;
+    if (!c.session->command_line_pending()) {
+      c.line_deadline_ms = 0;
+    } else if (c.line_deadline_ms == 0 || commands != c.line_commands) {
+      // A line ended in this input and another began: the new one began now.
+      c.line_deadline_ms = loop_now_ms + context->command_timeout_ms;
+      c.line_commands = commands;
+    }
+    if (!c.session->body_in_progress()) {
+      c.data_deadline_ms = 0;
+    } else if (c.data_deadline_ms == 0) {
+      c.data_deadline_ms = loop_now_ms + context->data_phase_timeout_ms;
+    }
+  }
+
   void rearm_timer(uint32_t index) {
     Connection& c = slot(index);
     if (!c.session || c.closing) {
       return;
     }
     const uint64_t timeout = c.session->in_data_phase() ? context->data_timeout_ms : context->command_timeout_ms;
+    uint64_t deadline = loop_now_ms + timeout;
+    for (const uint64_t unit_deadline : {c.line_deadline_ms, c.data_deadline_ms}) {
+      if (unit_deadline != 0) {
+        deadline = std::min(deadline, unit_deadline);
+      }
+    }
     timers->cancel(c.timer);
-    timers->schedule(c.timer, loop_now_ms + timeout);
+    timers->schedule(c.timer, deadline);
+  }
+
+  std::string_view expired_deadline(const Connection& c) const {
+    if (c.data_deadline_ms != 0 && loop_now_ms >= c.data_deadline_ms) {
+      return "data_phase";
+    }
+    if (c.line_deadline_ms != 0 && loop_now_ms >= c.line_deadline_ms) {
+      return "command_line";
+    }
+    return "idle";
   }
 
   void on_timer(uint32_t index) {
@@ -800,7 +916,9 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     if (c.closing) {
-      log.line(str_cat("event=close_forced client=", c.peer.ip_string(), " reason=not_reading"));
+      log.line(
+          str_cat("event=close_forced ", session_tag(c.serial), " client=", c.peer.ip_string(), " reason=not_reading"));
+      c.end_reason = "close_forced";
       force_close(index);
       return;
     }
@@ -809,14 +927,19 @@ struct Shard::Impl : public smtp::SessionHost {
       return;
     }
     if (c.budget_paused) {
-      rearm_timer(index);  // we stopped reading it (body budget): not the client's fault either
+      // We stopped reading it (body budget): not the client's fault either. Its deadlines are
+      // moved on when it resumes; until then only the idle timeout runs, so this does not spin.
+      timers->cancel(c.timer);
+      timers->schedule(c.timer, loop_now_ms + context->data_timeout_ms);
       return;
     }
-    shard->_metrics.reject(Rejection::timeout);
+    // Without a session (waiting for a PROXY header) nothing is sent: the connection is closed.
+    log_rejection(c, Rejection::timeout, c.session ? smtp::reply::kTimeout : "(closed without a reply)",
+                  str_cat(" timeout=", c.session ? expired_deadline(c) : std::string_view("proxy_header")));
     if (c.session) {
       c.session->on_timeout(c.out_next);
     }
-    log.line(str_cat("event=timeout client=", c.peer.ip_string()));
+    c.end_reason = "timeout";
     begin_close(index);
   }
 
@@ -867,11 +990,11 @@ struct Shard::Impl : public smtp::SessionHost {
         return;
       }
       waiting_for_space.pop_front();
-      c.session->take_message();
+      const smtp::AcceptedMessage message = c.session->take_message();
       sync_body(waiting.index);
       shard->_metrics.reject(Rejection::spool_error);
-      log.line(str_cat("event=transaction status=451 client=", c.peer.ip_string(), " error=\"no spool segment ready\"",
-                       " free_bytes=", free_bytes));
+      log_transaction("", transaction_fields(c, message), message.started_ms, 0, false,
+                      str_cat("no spool segment ready (free_bytes=", free_bytes, ")"));
       answer_commit(waiting.index, false, "");
     }
   }
@@ -891,6 +1014,8 @@ struct Shard::Impl : public smtp::SessionHost {
       c.body_seq = 0;
     }
     shard->_metrics.add(shard->_metrics.transactions_total);
+    std::string fields = transaction_fields(c, message);
+    const uint64_t transaction_started_ms = message.started_ms;
     const uint64_t arrival_ms = io::wall_ms();
     std::string queue_id = ids->next(arrival_ms);
     const uint64_t rfc_size = message.rfc_size;
@@ -913,12 +1038,41 @@ struct Shard::Impl : public smtp::SessionHost {
       budget.spool_done(body_octets);
       budget_freed = true;
       shard->_metrics.reject(Rejection::spool_error);
-      log.line(str_cat("event=spool_error client=", c.peer.ip_string(), " error=\"", ticket.status().message(), "\""));
+      log_transaction("", fields, transaction_started_ms, 0, false, to_std(ticket.status().message()));
       answer_commit(index, false, "");
       return;
     }
-    tickets[*ticket] =
-        PendingCommit{io::UserData{0, index, c.generation}, rfc_size, recipient_count, io::monotonic_us(), body_octets};
+    tickets[*ticket] = PendingCommit{io::UserData{0, index, c.generation},
+                                     rfc_size,
+                                     recipient_count,
+                                     io::monotonic_us(),
+                                     body_octets,
+                                     transaction_started_ms,
+                                     std::move(fields)};
+  }
+
+  // One line per transaction that reached the end of data and was handed to the spool: the
+  // envelope, the queue id, the reply the client got (or would have: `client_present`), the
+  // duration since MAIL and the commit's share of it. Refusals at end of data are event=rejected.
+  void log_transaction(std::string_view queue_id, std::string_view fields, uint64_t started_ms, uint64_t commit_us,
+                       bool stored, std::string_view error, bool client_present = true) {
+    std::string line = str_cat("event=transaction status=", stored ? "250" : "451");
+    if (!queue_id.empty()) {
+      str_append(&line, " id=", queue_id);
+    }
+    str_append(&line, " ", fields);
+    std::string reply = stored ? str_cat("250 2.0.0 Ok: queued as ", queue_id)
+                               : std::string(smtp::reply::kSpoolFailed.substr(0, smtp::reply::kSpoolFailed.size() - 2));
+    append_log_field(line, "reply", reply);
+    str_append(&line, " duration_ms=", loop_now_ms >= started_ms ? loop_now_ms - started_ms : 0,
+               " commit_us=", commit_us);
+    if (!client_present) {
+      line.append(" client_gone=yes");
+    }
+    if (!stored) {
+      append_log_field(line, "error", error);
+    }
+    log.line(line);
   }
 
   void submit_spool_io() {
@@ -959,25 +1113,23 @@ struct Shard::Impl : public smtp::SessionHost {
         }
         continue;
       }
-      const PendingCommit pending = it->second;
+      const PendingCommit pending = std::move(it->second);
       const io::UserData owner = pending.owner;
       tickets.erase(it);
       budget.spool_done(pending.body_octets);
       budget_freed = true;
       Connection& c = slot(owner.index);
       const bool client_present = c.generation == owner.generation && c.in_use && c.session;
-      const std::string client = client_present ? c.peer.ip_string() : std::string("gone");
       const uint64_t duration_us = io::monotonic_us() - pending.started_us;
       if (!done.status.ok()) {
         shard->_metrics.reject(Rejection::spool_error);
-        log.line(str_cat("event=transaction status=451 id=", done.queue_id, " client=", client,
-                         " rcpts=", pending.recipients, " size=", pending.rfc_size, " commit_us=", duration_us,
-                         " error=\"", to_std(done.status.message()), "\""));
+        log_transaction(done.queue_id, pending.fields, pending.transaction_started_ms, duration_us, false,
+                        to_std(done.status.message()), client_present);
       } else {
         shard->_metrics.add(shard->_metrics.messages_accepted);
         shard->_metrics.add(shard->_metrics.bytes_accepted, pending.rfc_size);
-        log.line(str_cat("event=transaction status=250 id=", done.queue_id, " client=", client,
-                         " rcpts=", pending.recipients, " size=", pending.rfc_size, " commit_us=", duration_us));
+        log_transaction(done.queue_id, pending.fields, pending.transaction_started_ms, duration_us, true, {},
+                        client_present);
       }
       if (!client_present) {
         continue;  // the client left before the answer; the message is stored (if ok) all the same
@@ -1135,7 +1287,13 @@ struct Shard::Impl : public smtp::SessionHost {
         }
         if (loop_now_ms >= drain_deadline_ms + kDrainForceGraceMs) {
           for (uint32_t index = 0; index < slots_used; ++index) {
-            if (slot(index).in_use && !slot(index).close_sent) {
+            Connection& c = slot(index);
+            if (c.in_use && !c.close_sent) {
+              if (!c.shutdown_sent) {
+                log.line(str_cat("event=close_forced ", session_tag(c.serial), " client=", c.peer.ip_string(),
+                                 " reason=drain_deadline"));
+                c.end_reason = "close_forced";
+              }
               force_close(index);
             }
           }

@@ -27,6 +27,7 @@ struct ShardContext {
   io::NetworkList proxy_trusted;
   uint64_t command_timeout_ms = 300'000;
   uint64_t data_timeout_ms = 600'000;
+  uint64_t data_phase_timeout_ms = 3'600'000;  // a whole message body (DATA, or BDAT to LAST)
   uint64_t proxy_timeout_ms = 5'000;
   uint64_t drain_timeout_ms = 30'000;
   int64_t sessions_max = 10'000;  // over all shards; above it: 421 4.7.0

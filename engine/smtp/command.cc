@@ -25,7 +25,8 @@ constexpr ParseError kDuplicateParameter{555, "5.5.4", "Duplicate parameter"};
 constexpr ParseError kBadSize{501, "5.5.4", "Bad SIZE parameter"};
 // A SIZE too large for 64 bits is larger than any limit we could have: the same answer as a SIZE
 // above max_message_size (DESIGN.md section 4).
-constexpr ParseError kSizeOverflow{552, "5.3.4", "Message size exceeds fixed maximum message size"};
+constexpr ParseError kSizeOverflow{552, "5.3.4", "Message size exceeds fixed maximum message size",
+                                   RejectReason::too_big};
 constexpr ParseError kBadBody{501, "5.5.4", "Bad BODY parameter (7BIT or 8BITMIME)"};
 constexpr ParseError kBadSmtputf8{501, "5.5.4", "SMTPUTF8 takes no value"};
 constexpr ParseError kBadRet{501, "5.5.4", "Bad RET parameter (FULL or HDRS)"};
@@ -34,8 +35,10 @@ constexpr ParseError kBadNotify{501, "5.5.4", "Bad NOTIFY parameter"};
 constexpr ParseError kBadOrcpt{501, "5.5.4", "Bad ORCPT parameter"};
 constexpr ParseError kBadSender{553, "5.1.7", "Bad sender address syntax"};
 constexpr ParseError kBadRecipient{501, "5.1.3", "Bad recipient address syntax"};
-constexpr ParseError kNonAsciiSender{553, "5.6.7", "Non-ASCII sender address requires SMTPUTF8"};
-constexpr ParseError kNonAsciiRecipient{553, "5.6.7", "Non-ASCII recipient address requires SMTPUTF8"};
+constexpr ParseError kNonAsciiSender{553, "5.6.7", "Non-ASCII sender address requires SMTPUTF8",
+                                     RejectReason::non_ascii_address};
+constexpr ParseError kNonAsciiRecipient{553, "5.6.7", "Non-ASCII recipient address requires SMTPUTF8",
+                                        RejectReason::non_ascii_address};
 constexpr ParseError kSenderPathTooLong{501, "5.1.7", "Sender address too long (path over 256 octets)"};
 constexpr ParseError kSenderLocalTooLong{501, "5.1.7", "Sender local part too long (over 64 octets)"};
 constexpr ParseError kRecipientPathTooLong{501, "5.1.3", "Recipient address too long (path over 256 octets)"};

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <variant>
 
+#include "engine/smtp/replies.h"
+
 namespace sluice::smtp {
 
 // RFC 5321 section 4.5.3.1: limits on the parts of an address, in octets.
@@ -65,6 +67,7 @@ struct ParseError {
   uint16_t code;
   std::string_view enhanced;
   std::string_view text;
+  RejectReason reason = RejectReason::syntax;  // what the session logs and counts
 };
 
 struct MailFrom {

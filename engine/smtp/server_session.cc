@@ -57,8 +57,16 @@ HeaderFacts inspect_headers(std::string_view block) {
   return facts;
 }
 
-void append_parse_error(const ParseError& error, std::string& out) {
-  str_append(&out, error.code, " ", error.enhanced, " ", error.text, "\r\n");
+// How much of a refused command's argument a rejection report carries.
+constexpr size_t kReportedArgumentOctetsMax = 300;
+
+std::string_view without_crlf(std::string_view reply) {
+  while (!reply.empty() && (reply.back() == '\n' || reply.back() == '\r')) {
+    reply.remove_suffix(1);
+  }
+  // A reply that is several lines (a refusal followed by 421): report its first line.
+  const size_t newline = reply.find("\r\n");
+  return newline == std::string_view::npos ? reply : reply.substr(0, newline);
 }
 
 }  // namespace
@@ -117,6 +125,7 @@ SessionStep ServerSession::on_command_input(std::string_view input, std::string&
     return {input.size(), SessionAction::none};
   }
   const size_t consumed = newline + 1;
+  ++_counts.commands;
   if (_discarding_long_line) {
     _discarding_long_line = false;
     const bool crlf = newline > 0 ? input[newline - 1] == '\r' : _discarded_cr_last;
@@ -150,23 +159,43 @@ SessionAction ServerSession::handle_line(std::string_view line, std::string& out
   return handle_command(text, out);
 }
 
-SessionAction ServerSession::reject(RejectReason reason, std::string_view text, std::string& out) {
-  _host->on_reject(reason, _client);
-  return reply_error(text, out);
+void ServerSession::report(RejectReason reason, std::string_view text, std::string_view address, bool log) {
+  ++_counts.rejections;
+  RejectEvent event;
+  event.reason = reason;
+  event.reply = without_crlf(text);
+  event.address = address.substr(0, kReportedArgumentOctetsMax);
+  event.helo = _helo;
+  event.in_transaction = _mail_given;
+  event.sender = _sender;
+  event.recipients = &_recipients;
+  event.log = log;
+  _host->on_reject(event, _client);
+}
+
+SessionAction ServerSession::reject(RejectReason reason, std::string_view text, std::string& out,
+                                    std::string_view address, bool counts_as_error) {
+  report(reason, text, address);
+  out.append(text);
+  return counts_as_error ? count_error(out) : SessionAction::none;
+}
+
+SessionAction ServerSession::reject_parse_error(const ParseError& error, std::string_view argument, std::string& out) {
+  const std::string text = str_cat(error.code, " ", error.enhanced, " ", error.text, "\r\n");
+  return reject(error.reason, text, out, argument);
 }
 
 SessionAction ServerSession::close_bare_newline(std::string& out) {
-  _host->on_reject(RejectReason::bare_newline, _client);
+  report(RejectReason::bare_newline, reply::kBadNewline, {});
   out.append(reply::kBadNewline);
   _phase = Phase::closed;
   return SessionAction::close;
 }
 
-SessionAction ServerSession::reply_error(std::string_view text, std::string& out) {
-  out.append(text);
+SessionAction ServerSession::count_error(std::string& out) {
   ++_errors;
   if (_errors >= _settings->limits.errors_max) {
-    _host->on_reject(RejectReason::too_many_errors, _client);
+    report(RejectReason::too_many_errors, reply::kTooManyErrors, {});
     out.append(reply::kTooManyErrors);
     _phase = Phase::closed;
     return SessionAction::close;
@@ -197,7 +226,7 @@ SessionAction ServerSession::handle_command(std::string_view text, std::string& 
       return handle_bdat(command.argument, out);
     case Verb::rset:
       if (!command.argument.empty()) {
-        return reply_error(reply::kNoArguments, out);
+        return reject(RejectReason::syntax, reply::kNoArguments, out, command.argument);
       }
       reset_transaction();
       out.append(reply::kOk);
@@ -213,7 +242,7 @@ SessionAction ServerSession::handle_command(std::string_view text, std::string& 
       out.append(reply::kVrfy);
       return SessionAction::none;
     case Verb::expn:
-      return reply_error(reply::kExpnDisabled, out);
+      return reject(RejectReason::unknown_command, reply::kExpnDisabled, out);
     case Verb::help:
       out.append(reply::kHelp);
       return SessionAction::none;
@@ -223,17 +252,17 @@ SessionAction ServerSession::handle_command(std::string_view text, std::string& 
     case Verb::saml:
     case Verb::starttls:
     case Verb::auth:
-      return reply_error(reply::kNotImplemented, out);
+      return reject(RejectReason::unknown_command, reply::kNotImplemented, out);
     case Verb::unknown:
       break;
   }
-  return reply_error(reply::kUnknownCommand, out);
+  return reject(RejectReason::unknown_command, reply::kUnknownCommand, out, text.substr(0, text.find(' ')));
 }
 
 SessionAction ServerSession::handle_helo(std::string_view argument, bool extended, std::string& out) {
   const std::string_view name = strip_whitespace(argument);
   if (name.empty() || name.find(' ') != std::string_view::npos) {
-    return reply_error(reply::kHeloSyntax, out);
+    return reject(RejectReason::syntax, reply::kHeloSyntax, out, argument);
   }
   reset_transaction();
   _helo_given = true;
@@ -250,27 +279,27 @@ SessionAction ServerSession::handle_helo(std::string_view argument, bool extende
 
 SessionAction ServerSession::handle_mail(std::string_view argument, std::string& out) {
   if (!_helo_given) {
-    return reply_error(reply::kNeedHelo, out);
+    return reject(RejectReason::bad_sequence, reply::kNeedHelo, out);
   }
   if (_mail_given) {
-    return reply_error(reply::kNestedMail, out);
+    return reject(RejectReason::bad_sequence, reply::kNestedMail, out);
   }
   const auto parsed = parse_mail_from(argument, _esmtp);
   if (const auto* error = std::get_if<ParseError>(&parsed)) {
-    append_parse_error(*error, out);
-    return reply_error("", out);
+    return reject_parse_error(*error, argument, out);
   }
   const auto& mail = std::get<MailFrom>(parsed);
   if (mail.size && *mail.size > _settings->limits.message_octets_max) {
-    return reject(RejectReason::too_big, reply::kMessageTooBig, out);
+    return reject(RejectReason::too_big, reply::kMessageTooBig, out, mail.reverse_path);
   }
   if (mail.size && *mail.size > _settings->limits.body_memory_octets_max) {
     return reject(RejectReason::too_big, reply::kBodyMemoryExceeded, out);  // could never be held
   }
   if (_host->spool_space_low()) {
-    return reject(RejectReason::spool_low, reply::kSpoolLow, out);
+    return reject(RejectReason::spool_low, reply::kSpoolLow, out, mail.reverse_path);
   }
   _mail_given = true;
+  _mail_ms = _host->now_ms();
   _sender.assign(mail.reverse_path);
   _smtputf8 = mail.smtputf8;
   _body_8bit_declared = mail.body == MailFrom::Body::eight_bit_mime;
@@ -301,20 +330,25 @@ bool ServerSession::recipient_allowed(std::string_view forward_path) const {
 
 SessionAction ServerSession::handle_rcpt(std::string_view argument, std::string& out) {
   if (!_mail_given) {
-    return reply_error(reply::kNeedMail, out);
+    return reject(RejectReason::bad_sequence, reply::kNeedMail, out);
   }
   _rcpt_attempted = true;
   const auto parsed = parse_rcpt_to(argument, _smtputf8);
   if (const auto* error = std::get_if<ParseError>(&parsed)) {
-    append_parse_error(*error, out);
-    return reply_error("", out);
+    return reject_parse_error(*error, argument, out);
   }
   const auto& rcpt = std::get<RcptTo>(parsed);
   if (!recipient_allowed(rcpt.forward_path)) {
-    return reject(RejectReason::relay_denied, reply::kRelayDenied, out);
+    return reject(RejectReason::relay_denied, reply::kRelayDenied, out, rcpt.forward_path);
   }
   if (_recipients.size() >= _settings->limits.recipients_max) {
-    return reject(RejectReason::too_many_recipients, reply::kTooManyRecipients, out);
+    // Not the client's error: a client that sends more recipients than we take gets 452 for the
+    // rest and sends the message to the first recipients_max (RFC 5321 4.5.3.1.8). Each one is
+    // counted, the first one logged: a 10,000-recipient transaction is not 9,000 log lines.
+    out.append(reply::kTooManyRecipients);
+    report(RejectReason::too_many_recipients, reply::kTooManyRecipients, rcpt.forward_path, !_excess_rcpt_reported);
+    _excess_rcpt_reported = true;
+    return SessionAction::none;
   }
   _recipients.emplace_back(rcpt.forward_path);
   out.append(reply::kRecipientOk);
@@ -323,16 +357,16 @@ SessionAction ServerSession::handle_rcpt(std::string_view argument, std::string&
 
 SessionAction ServerSession::handle_data(std::string_view argument, std::string& out) {
   if (!argument.empty()) {
-    return reply_error(reply::kNoArguments, out);
+    return reject(RejectReason::syntax, reply::kNoArguments, out, argument);
   }
   if (!_mail_given) {
-    return reply_error(reply::kNeedMail, out);
+    return reject(RejectReason::bad_sequence, reply::kNeedMail, out);
   }
   if (_used_bdat) {
-    return reply_error(reply::kDataAfterBdat, out);
+    return reject(RejectReason::bad_sequence, reply::kDataAfterBdat, out);
   }
   if (_recipients.empty()) {
-    return reply_error(_rcpt_attempted ? reply::kNoValidRecipients : reply::kNeedRcpt, out);
+    return reject(RejectReason::bad_sequence, no_recipients_reply(), out);
   }
   _scan = DataScanState{};
   _too_big = false;
@@ -366,13 +400,17 @@ SessionStep ServerSession::on_data_input(std::string_view input, std::string& ou
 
 SessionAction ServerSession::handle_bdat(std::string_view argument, std::string& out) {
   const auto parsed = parse_bdat(argument);
-  if (const auto* error = std::get_if<ParseError>(&parsed)) {
-    // Without a valid size we cannot know where the chunk ends: the stream is lost.
-    append_parse_error(*error, out);
+  if (std::holds_alternative<ParseError>(parsed)) {
+    // Without a valid size we cannot know where the chunk ends: whatever follows could be
+    // chunk octets or commands, so reading on would let chunk content run as commands. Say so,
+    // then close (as for a bare LF).
+    report(RejectReason::syntax, reply::kBdatSizeInvalid, argument);
+    out.append(reply::kBdatSizeInvalid);
     _phase = Phase::closed;
     return SessionAction::close;
   }
   const auto& bdat = std::get<BdatArgs>(parsed);
+  SLUICE_ASSERT(_phase == Phase::command);
   _bdat_remaining = bdat.chunk_octets;
   _bdat_last = bdat.last;
   _bdat_discard = !_mail_given || _recipients.empty() || _too_big;
@@ -406,13 +444,7 @@ SessionStep ServerSession::on_bdat_input(std::string_view input, std::string& ou
   }
   _phase = Phase::command;
   if (_bdat_discard) {
-    const bool failed_by_size = _too_big;
-    if (_bdat_last) {
-      reset_transaction();
-    }
-    return {
-        take,
-        reply_error(failed_by_size ? reply::kMessageTooBig : (_mail_given ? reply::kNeedRcpt : reply::kNeedMail), out)};
+    return {take, refuse_bdat_chunk(out)};
   }
   if (!_bdat_last) {
     out.append(reply::kChunkOk);
@@ -425,6 +457,31 @@ SessionStep ServerSession::on_bdat_input(std::string_view input, std::string& ou
 }
 
 // End of DATA or BDAT LAST: check the whole message, then hand it to the owner to store.
+// The answer to a chunk read and dropped: the transaction is over the size limit (reported once,
+// with its envelope), or there is no transaction to put it in.
+SessionAction ServerSession::refuse_bdat_chunk(std::string& out) {
+  SessionAction action = SessionAction::none;
+  if (_too_big) {
+    if (_too_big_reported) {
+      out.append(reply::kMessageTooBig);
+      action = count_error(out);
+    } else {
+      _too_big_reported = true;
+      action = reject(RejectReason::too_big, reply::kMessageTooBig, out);
+    }
+  } else {
+    action = reject(RejectReason::bad_sequence, _mail_given ? no_recipients_reply() : reply::kNeedMail, out);
+  }
+  if (_bdat_last) {
+    reset_transaction();
+  }
+  return action;
+}
+
+std::string_view ServerSession::no_recipients_reply() const {
+  return _rcpt_attempted ? reply::kNoValidRecipients : reply::kNeedRcpt;
+}
+
 SessionAction ServerSession::finish_message(std::string& out) {
   const bool from_bdat = _used_bdat;
   const uint64_t wire = from_bdat ? _bdat.body_octets : _scan.body_octets;
@@ -435,18 +492,15 @@ SessionAction ServerSession::finish_message(std::string& out) {
   _phase = Phase::command;
   const uint64_t rfc_size = wire - stuffed;
   if (_too_big || rfc_size > _settings->limits.message_octets_max) {
-    reset_transaction();
-    return reject(RejectReason::too_big, reply::kMessageTooBig, out);
+    return refuse_message(RejectReason::too_big, reply::kMessageTooBig, out);
   }
   if (long_line) {
-    reset_transaction();
-    return reject(RejectReason::line_too_long, reply::kTextLineTooLong, out);
+    return refuse_message(RejectReason::line_too_long, reply::kTextLineTooLong, out);
   }
   const size_t header_octets = header_end < 0 ? _body.size() : static_cast<size_t>(header_end);
   const HeaderFacts facts = inspect_headers(std::string_view(_body).substr(0, header_octets));
   if (facts.received > _settings->limits.received_headers_max) {
-    reset_transaction();
-    return reject(RejectReason::mail_loop, reply::kMailLoop, out);
+    return refuse_message(RejectReason::mail_loop, reply::kMailLoop, out);
   }
   _ready.sender = std::move(_sender);
   _ready.recipients = std::move(_recipients);
@@ -457,10 +511,18 @@ SessionAction ServerSession::finish_message(std::string& out) {
   _ready.add_message_id = _client.relay_allowed && !facts.has_message_id;
   _ready.add_date = _client.relay_allowed && !facts.has_date;
   _ready.rfc_size = rfc_size;
+  _ready.started_ms = _mail_ms;
   _ready.body = std::move(_body);
   reset_transaction();
   _phase = Phase::committing;
   return SessionAction::commit;
+}
+
+// A whole message refused at its end: reported with its envelope, then the transaction is over.
+SessionAction ServerSession::refuse_message(RejectReason reason, std::string_view text, std::string& out) {
+  const SessionAction action = reject(reason, text, out);
+  reset_transaction();
+  return action;
 }
 
 AcceptedMessage ServerSession::take_message() {
@@ -472,8 +534,10 @@ void ServerSession::commit_done(bool stored, std::string_view queue_id, std::str
   SLUICE_ASSERT(_phase == Phase::committing);
   _phase = Phase::command;
   if (stored) {
+    ++_counts.messages;
     str_append(&out, "250 2.0.0 Ok: queued as ", queue_id, "\r\n");
   } else {
+    ++_counts.failed;
     out.append(reply::kSpoolFailed);
   }
 }
@@ -483,6 +547,8 @@ void ServerSession::reset_transaction() {
   _rcpt_attempted = false;
   _used_bdat = false;
   _too_big = false;
+  _too_big_reported = false;
+  _excess_rcpt_reported = false;
   _smtputf8 = false;
   _body_8bit_declared = false;
   _sender.clear();

@@ -13,7 +13,9 @@
 #include <vector>
 
 #include "engine/io/address.h"
+#include "engine/smtp/command.h"
 #include "engine/smtp/data_scanner.h"
+#include "engine/smtp/replies.h"
 
 namespace sluice::smtp {
 
@@ -38,7 +40,8 @@ struct ServerSettings {
 // What the session knows of its peer when it starts.
 struct ClientInfo {
   io::SocketAddress address;
-  bool relay_allowed = false;  // the address is in [relay] networks
+  bool relay_allowed = false;   // the address is in [relay] networks
+  uint64_t session_serial = 0;  // the owner's number for this session (logs: session=S<shard>-<serial>)
 };
 
 // A complete message waiting for the spool.
@@ -52,7 +55,8 @@ struct AcceptedMessage {
   bool add_message_id = false;  // missing, and the client may relay: we add one
   bool add_date = false;
   uint64_t rfc_size = 0;
-  std::string body;  // wire form: CRLF lines, dot-stuffed, without the final ".\r\n"
+  uint64_t started_ms = 0;  // the host's clock at MAIL: a transaction's duration in the log
+  std::string body;         // wire form: CRLF lines, dot-stuffed, without the final ".\r\n"
 };
 
 enum class SessionAction : uint8_t {
@@ -66,16 +70,27 @@ struct SessionStep {
   SessionAction action = SessionAction::none;
 };
 
-// Why the session refused something; its owner counts and logs these.
-enum class RejectReason : uint8_t {
-  relay_denied,
-  too_big,
-  line_too_long,
-  mail_loop,
-  too_many_recipients,
-  spool_low,
-  too_many_errors,
-  bare_newline,
+// A refusal, as the session reports it to its owner (who counts and logs it). Every view is valid
+// only during the on_reject() call.
+struct RejectEvent {
+  RejectReason reason = RejectReason::syntax;
+  std::string_view reply;    // the reply line sent, without CRLF
+  std::string_view address;  // what was refused: a path or a command's argument; may be empty
+  std::string_view helo;
+  bool in_transaction = false;  // MAIL was accepted: `sender` and `recipients` are the transaction's
+  std::string_view sender;
+  const std::vector<std::string>* recipients = nullptr;  // accepted so far
+  // false: count it, but write no line (the same refusal of this transaction was logged: each
+  // RCPT over max_recipients is counted, the first one logged).
+  bool log = true;
+};
+
+// What happened in a session, for its disconnect line.
+struct SessionCounts {
+  uint32_t commands = 0;    // command lines received
+  uint32_t messages = 0;    // acknowledged with 250 queued
+  uint32_t failed = 0;      // end of data reached, refused by the spool (451)
+  uint32_t rejections = 0;  // every refusal reported through on_reject()
 };
 
 // Used by the session to ask its owner about the state of the world, and to report refusals.
@@ -83,7 +98,9 @@ class SessionHost {
  public:
   virtual ~SessionHost() = default;
   virtual bool spool_space_low() const = 0;  // below min_free_bytes: MAIL gets 452 4.3.1
-  virtual void on_reject(RejectReason reason, const ClientInfo& client) = 0;
+  virtual void on_reject(const RejectEvent& event, const ClientInfo& client) = 0;
+  // The owner's clock (ms, monotonic); the session keeps no clock of its own.
+  virtual uint64_t now_ms() const = 0;
 };
 
 class ServerSession {
@@ -111,9 +128,16 @@ class ServerSession {
   uint64_t body_memory_octets() const { return _body.capacity() + _ready.body.capacity(); }
   uint64_t body_octets() const { return _body.size() + _ready.body.size(); }  // of which in use
   bool in_data_phase() const { return _phase == Phase::data || _phase == Phase::bdat_chunk; }
+  // A message body is being received: DATA until its end, or BDAT from the first chunk of a
+  // transaction to its LAST (its owner bounds how long that may take as a whole).
+  bool body_in_progress() const { return in_data_phase() || (_used_bdat && _mail_given); }
   bool waiting_for_commit() const { return _phase == Phase::committing; }
   bool transaction_open() const { return _mail_given; }
+  // A command line has begun and not ended yet (its owner bounds how long a line may take).
+  bool command_line_pending() const { return !_line.empty() || _discarding_long_line; }
   const ClientInfo& client() const { return _client; }
+  const SessionCounts& counts() const { return _counts; }
+  const std::string& helo() const { return _helo; }
 
  private:
   enum class Phase : uint8_t { command, data, bdat_chunk, committing, closed };
@@ -129,8 +153,15 @@ class ServerSession {
   SessionAction handle_data(std::string_view argument, std::string& out);
   SessionAction handle_bdat(std::string_view argument, std::string& out);
   SessionAction finish_message(std::string& out);
-  SessionAction reply_error(std::string_view text, std::string& out);
-  SessionAction reject(RejectReason reason, std::string_view text, std::string& out);
+  SessionAction refuse_message(RejectReason reason, std::string_view text, std::string& out);
+  SessionAction refuse_bdat_chunk(std::string& out);
+  std::string_view no_recipients_reply() const;
+  SessionAction count_error(std::string& out);
+  // Sends `text`, reports the refusal, and counts it toward errors_max when `counts_as_error`.
+  SessionAction reject(RejectReason reason, std::string_view text, std::string& out, std::string_view address = {},
+                       bool counts_as_error = true);
+  SessionAction reject_parse_error(const ParseError& error, std::string_view argument, std::string& out);
+  void report(RejectReason reason, std::string_view text, std::string_view address, bool log = true);
   SessionAction close_bare_newline(std::string& out);
   bool recipient_allowed(std::string_view forward_path) const;
   void reset_transaction();
@@ -147,11 +178,15 @@ class ServerSession {
   bool _bdat_last = false;
   bool _bdat_discard = false;  // chunk of a failed transaction: read and dropped
   bool _too_big = false;
+  bool _too_big_reported = false;      // a BDAT transaction over the limit is logged once
+  bool _excess_rcpt_reported = false;  // RCPTs over recipients_max are logged once per transaction
   bool _smtputf8 = false;
   bool _body_8bit_declared = false;
   bool _discarding_long_line = false;
   bool _discarded_cr_last = false;  // the last octet dropped of a long line was CR
   uint32_t _errors = 0;
+  SessionCounts _counts;
+  uint64_t _mail_ms = 0;
   uint64_t _bdat_remaining = 0;
   std::string _line;  // a command line split across reads
   std::string _helo;

@@ -31,7 +31,9 @@ LOG_TAIL_LINES = 60
 # ---- small utilities ---------------------------------------------------------------------
 
 def free_port(host="127.0.0.1"):
-    """A port that was free a moment ago (bind port 0, read it, close)."""
+    """A port that was free a moment ago (bind port 0, read it, close): racy, another process may
+    take it before it is used. Sluice itself listens on port 0 (see Sluice); use this only for
+    peers that must be told a port in advance."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -96,6 +98,21 @@ def merge_config(base, overrides):
     return merged
 
 
+_LOGFMT_RE = re.compile(r'([A-Za-z0-9_]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_logfmt(line):
+    """{key: value} of one logfmt line; quoted values are unescaped (\\", \\\\, \\xNN)."""
+    fields = {}
+    for key, value in _LOGFMT_RE.findall(line):
+        if value.startswith('"') and len(value) >= 2:
+            value = re.sub(r'\\x([0-9a-f]{2})|\\(.)',
+                           lambda m: chr(int(m.group(1), 16)) if m.group(1) else m.group(2),
+                           value[1:-1])
+        fields[key] = value
+    return fields
+
+
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
@@ -116,22 +133,41 @@ def run_cli(*args, timeout=60, check=False):
 
 # ---- the server under test ---------------------------------------------------------------
 
+def parse_ready_addresses(ready_line):
+    """(listen addresses, admin address) of an `event=ready` line, as (host, port) pairs; the
+    admin address is None when it is not host:port (e.g. a unix socket)."""
+    def host_port(text):
+        m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+        if not m:
+            return None
+        return (m.group(1), int(m.group(2))) if m.group(1) else (m.group(3), int(m.group(4)))
+
+    listen = re.search(r"(?:^|\s)listen=(\S+)", ready_line)
+    admin = re.search(r"(?:^|\s)admin=(\S+)", ready_line)
+    addresses = [host_port(a) for a in listen.group(1).split(",")] if listen else []
+    return [a for a in addresses if a], (host_port(admin.group(1)) if admin else None)
+
+
 class Sluice:
-    """One `sluice serve --config FILE` process with ports picked by the test."""
+    """One `sluice serve --config FILE` process. It listens on port 0 (SMTP and admin) and the
+    ports the kernel chose are read from its `event=ready` line: no port is picked in advance, so
+    no other process can take it in between. `port`, `port6` (first [::1] listener) and
+    `admin_port` are 0 until start() returned (overrides that write listen addresses with them
+    get port 0, which is what they should ask for)."""
 
     def __init__(self, workdir, overrides=None, name="sluice", spool_dir=None):
         self.workdir = workdir
         self.name = name
-        self.port = free_port()
-        self.admin_port = free_port()
-        self.port6 = free_port("::1")  # for tests that also listen on [::1]
+        self.port = 0
+        self.admin_port = 0
+        self.port6 = 0  # for tests that also listen on [::1]
         self.spool_dir = spool_dir or os.path.join(workdir, "spool")
         self.config_path = os.path.join(workdir, name + ".toml")
         self.log_path = os.path.join(workdir, name + ".log")
         base = {
             "server": {
                 "hostname": "relay.example.test",
-                "listen": ["127.0.0.1:%d" % self.port],
+                "listen": ["127.0.0.1:0"],
                 "threads": 2,
                 "max_message_size": 1048576,
                 "drain_timeout": "3s",
@@ -141,7 +177,7 @@ class Sluice:
                 "min_free_bytes": 0,
                 "segment_bytes": 4194304,
             },
-            "admin": {"listen": "127.0.0.1:%d" % self.admin_port},
+            "admin": {"listen": "127.0.0.1:0"},
         }
         if callable(overrides):  # overrides that need the ports picked above
             overrides = overrides(self)
@@ -167,6 +203,7 @@ class Sluice:
             for line in self.log_lines():
                 if "event=ready" in line:
                     self.ready_line = line
+                    self._take_ports(line)
                     return self
             if self.proc.poll() is not None:
                 raise AssertionError("%s exited with %d before event=ready\n%s" % (
@@ -174,6 +211,17 @@ class Sluice:
             time.sleep(0.02)
         raise AssertionError("%s: no event=ready within %.0f s\n%s" % (
             self.name, timeout, self.log_tail()))
+
+    def _take_ports(self, ready_line):
+        listen, admin = parse_ready_addresses(ready_line)
+        v4 = [port for host, port in listen if ":" not in host]
+        v6 = [port for host, port in listen if ":" in host]
+        if v4 or v6:
+            self.port = (v4 or v6)[0]
+        if v6:
+            self.port6 = v6[0]
+        if admin:
+            self.admin_port = admin[1]
 
     @property
     def pid(self):
@@ -224,6 +272,22 @@ class Sluice:
                 return f.read().splitlines()
         except FileNotFoundError:
             return []
+
+    def events(self, event, **match):
+        """Parsed log lines of this run with event=EVENT whose fields equal `match`."""
+        found = []
+        for line in self.log_lines():
+            if "event=%s" % event not in line:
+                continue
+            fields = parse_logfmt(line)
+            if fields.get("event") == event and all(fields.get(k) == v for k, v in match.items()):
+                found.append(fields)
+        return found
+
+    def wait_for_event(self, event, wait_s=10.0, **match):
+        """The first parsed line event=EVENT matching `match`, waiting up to wait_s; or None."""
+        found = wait_until(lambda: self.events(event, **match), wait_s)
+        return found[0] if found else None
 
     def full_log(self):
         try:

@@ -504,8 +504,11 @@ class AdminTokenLookup(SluiceTestCase):
         result = subprocess.run([h.SLUICE, "queue", "list", "--token-file", bogus] + admin,
                                 capture_output=True, text=True, timeout=30, env=env)
         self.assertEqual(result.returncode, 1, result.stdout)
-        # --config (its token_file and its admin address)
-        result = h.run_cli("queue", "list", "--config", server.config_path)
+        # --config (its token_file and its admin address). The server listens on port 0 (see the
+        # harness): the CLI's config names the port it was given.
+        cli_config = h.write_toml(os.path.join(self.tmp, "cli.toml"), h.merge_config(
+            server.config, {"admin": {"listen": "127.0.0.1:%d" % server.admin_port}}))
+        result = h.run_cli("queue", "list", "--config", cli_config)
         self.assertEqual(result.returncode, 0, result.stderr)
         # ./var/spool/admin.token in the working directory
         os.makedirs(os.path.join(self.tmp, "var", "spool"))

@@ -40,6 +40,40 @@ class Startup(SluiceTestCase):
         self.assertEqual(failures, [], "messages sent right after event=ready were refused")
 
 
+class AddressInUse(SluiceTestCase):
+    """SO_REUSEPORT would let a second `sluice serve` (another spool) join the first one's
+    listeners: mail would split between two spools. The second must exit 1 and say why."""
+
+    def second_on(self, first, name, smtp_port, admin_port):
+        second = h.Sluice(self.tmp, {"server": {"listen": ["127.0.0.1:%d" % smtp_port]},
+                                     "admin": {"listen": "127.0.0.1:%d" % admin_port}},
+                          name=name, spool_dir=os.path.join(self.tmp, name + "-spool"))
+        self.servers.append(second)
+        second.expect_nonzero = True
+        second.start(expect_ready=False)
+        code = second.wait(timeout=60)
+        return second, code
+
+    def test_second_instance_on_the_same_addresses_exits_1(self):
+        first = self.start_sluice(name="first")
+        free_smtp, free_admin = 0, 0  # port 0: never "in use"
+        cases = (("smtp", first.port, free_admin, first.port),
+                 ("admin", free_smtp, first.admin_port, first.admin_port))
+        for which, smtp_port, admin_port, busy in cases:
+            second, code = self.second_on(first, "second-" + which, smtp_port, admin_port)
+            log = second.full_log()
+            print("\n    second instance (%s port taken): exit %s, %r" % (which, code, log.strip()[-120:]))
+            self.assertEqual(code, 1, log)
+            self.assertIn("sluice: 127.0.0.1:%d is in use by another process" % busy, log)
+            self.assertNotIn("event=ready", log)
+        # The first one is unharmed and still takes every message.
+        for _ in range(20):
+            with first.connect() as c:
+                self.assertReply(c.cmd("EHLO client.example.org"), 250)
+                self.assertReply(c.transaction(), 250, "2.0.0")
+        self.assertEqual(first.queue_count(), 20)
+
+
 class MakeRun(SluiceTestCase):
     def test_make_run_builds_only_the_server(self):
         """`make run` served after building every target (tests, fuzzers, benchmarks): 163 s cold

@@ -570,5 +570,15 @@ TEST(AddressTest, DomainOf) {
   EXPECT_EQ(domain_of(""), "");
 }
 
+// The session logs and counts a refusal by the reason its parse error carries.
+TEST(ParseErrorTest, CarriesTheReason) {
+  EXPECT_EQ(mail_error("FROM:<j\xC3\xB6rg@example.com>").reason, RejectReason::non_ascii_address);
+  EXPECT_EQ(std::get<ParseError>(parse_rcpt_to("TO:<j\xC3\xB6rg@example.com>")).reason,
+            RejectReason::non_ascii_address);
+  EXPECT_EQ(mail_error("FROM:<a@example.com> SIZE=99999999999999999999999").reason, RejectReason::too_big);
+  EXPECT_EQ(mail_error("FROM:a@example.com").reason, RejectReason::syntax);
+  EXPECT_EQ(std::get<ParseError>(parse_bdat("x")).reason, RejectReason::syntax);
+}
+
 }  // namespace
 }  // namespace sluice::smtp

@@ -113,6 +113,7 @@ TEST(ConfigDefaults, MatchTheDesign) {
   EXPECT_EQ(config.server.max_errors, 20u);
   EXPECT_EQ(config.server.command_timeout, minutes(5));
   EXPECT_EQ(config.server.data_timeout, minutes(10));
+  EXPECT_EQ(config.server.data_phase_timeout, hours(1));
   EXPECT_EQ(config.server.drain_timeout, seconds(30));
   EXPECT_EQ(config.server.max_received_headers, 100u);
   EXPECT_EQ(config.server.max_command_line, 512u);
@@ -197,6 +198,7 @@ max_connection_rate_per_client = 60
 max_errors = 3
 command_timeout = "2m"
 data_timeout = "3m"
+data_phase_timeout = "20m"
 drain_timeout = "0s"
 max_received_headers = 30
 max_command_line = 1000
@@ -245,6 +247,7 @@ token_file = "/etc/sluice/admin.token"
   EXPECT_EQ(server.max_errors, 3u);
   EXPECT_EQ(server.command_timeout, minutes(2));
   EXPECT_EQ(server.data_timeout, minutes(3));
+  EXPECT_EQ(server.data_phase_timeout, minutes(20));
   EXPECT_EQ(server.drain_timeout, milliseconds(0));
   EXPECT_EQ(server.max_received_headers, 30u);
   EXPECT_EQ(server.max_command_line, 1000u);

@@ -9,16 +9,36 @@
 namespace sluice::smtp {
 namespace {
 
+// What the session reported, copied out of the event (its views die with the call).
+struct Reported {
+  RejectReason reason;
+  std::string reply;
+  std::string address;
+  std::string helo;
+  bool in_transaction;
+  std::string sender;
+  std::vector<std::string> recipients;
+};
+
 class FakeHost : public SessionHost {
  public:
   bool spool_space_low() const override { return low; }
-  void on_reject(RejectReason reason, const ClientInfo&) override {
-    last_reject = reason;
+  void on_reject(const RejectEvent& event, const ClientInfo&) override {
+    last_reject = event.reason;
     ++rejects;
+    if (!event.log) {
+      return;  // counted, not logged: kept out of `reported`
+    }
+    reported.push_back(Reported{event.reason, std::string(event.reply), std::string(event.address),
+                                std::string(event.helo), event.in_transaction, std::string(event.sender),
+                                event.recipients ? *event.recipients : std::vector<std::string>{}});
   }
+  uint64_t now_ms() const override { return now; }
   bool low = false;
   RejectReason last_reject = RejectReason::relay_denied;
   int rejects = 0;
+  uint64_t now = 1000;
+  std::vector<Reported> reported;
 };
 
 class ServerSessionTest : public ::testing::Test {
@@ -275,6 +295,151 @@ TEST_F(ServerSessionTest, BdatChunksAreDotStuffed) {
   feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nBDAT 3\r\nx\r\n");
   EXPECT_EQ(feed("BDAT 0 LAST\r\n"), "250 2.0.0 Ok: queued as 0123456789ABCDEF\r\n");
   EXPECT_EQ(last.body, "x\r\n");
+}
+
+// Postfix takes the first recipients_max and refuses the rest with 452; the transaction goes on.
+// Those 452s are not the client's errors: before, they counted toward errors_max and a
+// transaction with more recipients than recipients_max + errors_max was cut off with 421.
+TEST_F(ServerSessionTest, RecipientsOverTheLimitAreNotErrors) {
+  std::string input = "EHLO c\r\nMAIL FROM:<a@b.example>\r\n";
+  for (int i = 0; i < 20; ++i) {  // errors_max is 5, recipients_max 3
+    input += "RCPT TO:<" + std::to_string(i) + "@y.example>\r\n";
+  }
+  const std::string reply = feed(input + "DATA\r\nhello\r\n.\r\n");
+  EXPECT_FALSE(closed) << reply;
+  EXPECT_EQ(commits, 1) << reply;
+  EXPECT_EQ(last.recipients, (std::vector<std::string>{"0@y.example", "1@y.example", "2@y.example"}));
+  EXPECT_NE(reply.find("452 4.5.3 "), std::string::npos);
+  EXPECT_NE(reply.find("250 2.0.0 Ok: queued as"), std::string::npos);
+  // Each counted, one logged per transaction, with the first refused address.
+  EXPECT_EQ(host.rejects, 17);
+  ASSERT_EQ(host.reported.size(), 1u);
+  EXPECT_EQ(host.reported[0].reason, RejectReason::too_many_recipients);
+  EXPECT_EQ(host.reported[0].address, "3@y.example");
+  EXPECT_EQ(host.reported[0].reply, "452 4.5.3 Error: too many recipients");
+}
+
+TEST_F(ServerSessionTest, BdatLastWithoutRecipientsNeedsRcpt) {
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\n");
+  EXPECT_EQ(feed("BDAT 5 LAST\r\nhello"), "503 5.5.1 Error: need RCPT command\r\n");
+  EXPECT_EQ(feed("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+  // Every RCPT refused: as for DATA, "no valid recipients".
+  settings.relay_domains.clear();
+  start(false);
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\n");
+  EXPECT_EQ(feed("BDAT 2 LAST\r\nhi").substr(0, 10), "554 5.5.1 ");
+  EXPECT_EQ(commits, 0);
+}
+
+TEST_F(ServerSessionTest, MalformedBdatSizeIsAnsweredBeforeTheClose) {
+  for (const std::string bad : {"BDAT\r\n", "BDAT x\r\n", "BDAT 99999999999999999999999\r\n", "BDAT 5 NEXT\r\n"}) {
+    SetUp();
+    feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\n");
+    EXPECT_EQ(feed(bad + "hello"),
+              "521 5.5.4 Syntax: BDAT chunk-size [LAST]; chunk end unknown, closing connection\r\n")
+        << bad;
+    EXPECT_TRUE(closed) << bad;
+    ASSERT_FALSE(host.reported.empty());
+    EXPECT_EQ(host.reported.back().reason, RejectReason::syntax);
+    closed = false;
+  }
+}
+
+TEST_F(ServerSessionTest, BdatOverTheSizeLimitIsReportedOnce) {
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\n");
+  const std::string chunk(600, 'a');
+  EXPECT_EQ(feed("BDAT 600\r\n" + chunk), "250 2.0.0 Ok: chunk received\r\n");
+  EXPECT_EQ(feed("BDAT 600\r\n" + chunk).substr(0, 10), "552 5.3.4 ");
+  EXPECT_EQ(feed("BDAT 600 LAST\r\n" + chunk).substr(0, 10), "552 5.3.4 ");
+  ASSERT_EQ(host.reported.size(), 1u);
+  EXPECT_EQ(host.reported[0].reason, RejectReason::too_big);
+  EXPECT_EQ(host.reported[0].sender, "a@b.example");
+  EXPECT_EQ(host.reported[0].recipients, std::vector<std::string>{"x@y.example"});
+  EXPECT_EQ(host.reported[0].reply, "552 5.3.4 Error: message too big");
+  EXPECT_EQ(commits, 0);
+  EXPECT_EQ(feed("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+}
+
+// Every refusal reaches the owner with what a log line needs: what was refused and the reply.
+TEST_F(ServerSessionTest, RefusalsAreReportedWithAddressAndReply) {
+  settings.limits.errors_max = 10;
+  settings.relay_domains.clear();
+  start(false);
+  feed("EHLO client.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@elsewhere.example>\r\n");
+  ASSERT_EQ(host.reported.size(), 1u);
+  EXPECT_EQ(host.reported[0].reason, RejectReason::relay_denied);
+  EXPECT_EQ(host.reported[0].address, "x@elsewhere.example");
+  EXPECT_EQ(host.reported[0].reply, "554 5.7.1 Relay access denied");
+  EXPECT_EQ(host.reported[0].helo, "client.example");
+  EXPECT_TRUE(host.reported[0].in_transaction);
+  EXPECT_EQ(host.reported[0].sender, "a@b.example");
+  feed("RCPT TO:<bad address>\r\n");
+  EXPECT_EQ(host.reported.back().reason, RejectReason::syntax);
+  EXPECT_EQ(host.reported.back().address, "TO:<bad address>");
+  EXPECT_EQ(host.reported.back().reply.substr(0, 4), "501 ");
+  feed("RCPT TO:<j\xc3\xb6rg@elsewhere.example>\r\n");
+  EXPECT_EQ(host.reported.back().reason, RejectReason::non_ascii_address);
+  EXPECT_EQ(host.reported.back().reply.substr(0, 10), "553 5.6.7 ");
+  feed("RSET\r\nMAIL FROM:<>\r\nMAIL FROM:<>\r\n");
+  EXPECT_EQ(host.reported.back().reason, RejectReason::bad_sequence);
+  feed("XYZZY plugh\r\n");
+  EXPECT_EQ(host.reported.back().reason, RejectReason::unknown_command);
+  EXPECT_EQ(host.reported.back().address, "XYZZY");
+  EXPECT_EQ(session->counts().rejections, host.reported.size());
+  EXPECT_EQ(session->counts().commands, 9u);
+}
+
+TEST_F(ServerSessionTest, EndOfDataRefusalCarriesTheEnvelope) {
+  settings.limits.message_octets_max = 5000;
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nRCPT TO:<z@y.example>\r\nDATA\r\n");
+  EXPECT_EQ(feed(std::string(999, 'a') + "\r\n.\r\n").substr(0, 10), "500 5.5.2 ");
+  ASSERT_EQ(host.reported.size(), 1u);
+  EXPECT_EQ(host.reported[0].reason, RejectReason::line_too_long);
+  EXPECT_EQ(host.reported[0].sender, "a@b.example");
+  EXPECT_EQ(host.reported[0].recipients, (std::vector<std::string>{"x@y.example", "z@y.example"}));
+}
+
+TEST_F(ServerSessionTest, MessageCarriesItsStartAndCountsAreKept) {
+  feed("EHLO c\r\n");
+  host.now = 5000;
+  feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  host.now = 9000;
+  feed("hi\r\n.\r\n");
+  EXPECT_EQ(last.started_ms, 5000u);
+  feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  feed("hi\r\n.\r\n", false);
+  EXPECT_EQ(session->counts().messages, 1u);
+  EXPECT_EQ(session->counts().failed, 1u);
+}
+
+TEST_F(ServerSessionTest, BodyInProgressSpansBdatChunks) {
+  feed("EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\n");
+  EXPECT_FALSE(session->body_in_progress());
+  feed("BDAT 4\r\nab");
+  EXPECT_TRUE(session->body_in_progress());
+  feed("cd");
+  EXPECT_FALSE(session->in_data_phase());
+  EXPECT_TRUE(session->body_in_progress());  // between chunks: the body is not finished
+  feed("BDAT 1 LAST\r\ne");
+  EXPECT_EQ(commits, 1);
+  EXPECT_FALSE(session->body_in_progress());
+  feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n");
+  EXPECT_TRUE(session->body_in_progress());
+  feed("x\r\n.\r\n");
+  EXPECT_FALSE(session->body_in_progress());
+}
+
+TEST_F(ServerSessionTest, PartialCommandLineIsVisibleToTheOwner) {
+  feed("EHLO c\r\n");
+  EXPECT_FALSE(session->command_line_pending());
+  feed("NO");
+  EXPECT_TRUE(session->command_line_pending());
+  feed("OP\r\n");
+  EXPECT_FALSE(session->command_line_pending());
+  feed("NOOP " + std::string(3000, 'x'));  // over the limit: refused, and the rest is dropped
+  EXPECT_TRUE(session->command_line_pending());
+  feed("\r\n");
+  EXPECT_FALSE(session->command_line_pending());
 }
 
 }  // namespace
