@@ -87,6 +87,7 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
     return errno_status(errno, absl::StrCat("open ", journal.path));
   }
   journal.end_offset = recovered.journal_end_offset;
+  journal.snapshot_end = recovered.journal_end_offset;  // recovery wrote it compacted: all snapshot
   journal.next_sequence = recovered.journal_next_sequence;
   spool->_dir_fd = ::open(recovered.shard_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (spool->_dir_fd < 0) {
@@ -330,8 +331,10 @@ void ShardSpool::seal_journal() {
 }
 
 bool ShardSpool::rotation_due() const {
+  // What was appended since the file's snapshot: a snapshot that alone is large must not make
+  // every new file due at once.
   return _batch_state == BatchState::idle && _spare.phase == JournalSpare::Phase::ready &&
-         (_journal->sealed || _journal->end_offset >= _options.journal_rotate_bytes);
+         (_journal->sealed || _journal->end_offset - _journal->snapshot_end >= _options.journal_rotate_bytes);
 }
 
 // Starts the next journal file with a snapshot of the durable state and its checkpoint; older
@@ -366,6 +369,7 @@ void ShardSpool::rotate_journal() {
   ++_metrics.journal_rotations;
 
   place_snapshot();
+  _journal->snapshot_end = _journal->end_offset;
   std::vector<PendingRecord> waiting = std::move(_journal_waiting);
   _journal_waiting.clear();
   for (auto& record : waiting) {
@@ -465,24 +469,38 @@ void ShardSpool::start_spare(uint64_t now_us, std::vector<IoRequest>& out) {
   _spare.phase = JournalSpare::Phase::opening;
 }
 
-void ShardSpool::spare_failed(uint64_t now_us) {
+// The half-made file is unlinked (a header-less one left behind would be deleted by recovery,
+// but a disk that keeps failing would collect one every retry). After kSpareFailuresMax failures
+// in a row, the records waiting for a journal file fail: their callers get an error rather than
+// no answer, and a drain can finish.
+void ShardSpool::spare_failed(uint64_t now_us, int error, std::vector<Completed>& done) {
   if (_spare.fd >= 0) {
-    ::close(_spare.fd);  // the half-made file stays: recovery deletes a journal without a header
+    ::close(_spare.fd);
+    const uint64_t op_id = _next_op_id++;
+    Op op{IoRequest::Kind::unlink, 0, 0, _spare.path};
+    op.journal_file = true;
+    _ops.emplace(op_id, std::move(op));
+    _unlinks_to_submit.push_back(op_id);
   }
   _spare.fd = -1;
   _spare.phase = JournalSpare::Phase::none;
   ++_spare.number;  // never reuse a name that may exist
   _spare.retry_at_us = now_us + kPreallocRetryMs * 1000;
+  ++_metrics.journal_spare_failures;
+  if (++_spare.failures_in_a_row >= kSpareFailuresMax && !_journal_waiting.empty()) {
+    const absl::Status status = errno_status(error, "spool: no journal file can be made");
+    std::vector<PendingRecord> waiting = std::move(_journal_waiting);
+    _journal_waiting.clear();
+    _journal->in_flight += static_cast<uint32_t>(waiting.size());  // fail_records counts them off the file
+    fail_records(*_journal, waiting, status, done);
+  }
 }
 
-void ShardSpool::on_spare_complete(IoRequest::Kind kind, int32_t result) {
+void ShardSpool::on_spare_complete(IoRequest::Kind kind, int32_t result, std::vector<Completed>& done) {
   using Phase = JournalSpare::Phase;
   const uint64_t now_us = io::monotonic_us();
   if (result < 0 || (kind == IoRequest::Kind::write && static_cast<size_t>(result) != _spare.header.size())) {
-    if (kind == IoRequest::Kind::fsync) {
-      ++_dir_syncs_done;  // it completed, though it failed: a later one must cover the unlinks
-    }
-    spare_failed(now_us);
+    spare_failed(now_us, result < 0 ? -result : EIO, done);
     return;
   }
   IoRequest request;
@@ -516,6 +534,7 @@ void ShardSpool::on_spare_complete(IoRequest::Kind kind, int32_t result) {
         _unlinked_ids.pop_front();
       }
       _spare.phase = Phase::ready;
+      _spare.failures_in_a_row = 0;
       return;
     }
     default:
@@ -690,7 +709,7 @@ void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Comp
   const Op op = std::move(it->second);
   _ops.erase(it);
   if (op.spare) {
-    on_spare_complete(op.kind, result);
+    on_spare_complete(op.kind, result, done);
     return;
   }
   switch (op.kind) {
@@ -703,12 +722,15 @@ void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Comp
       break;
     case IoRequest::Kind::unlink:
       if (!op.journal_file) {
-        // A failed unlink leaves a dead file recovery deletes. Until a directory fsync covers
-        // the unlink, snapshots still say its messages are gone.
+        // Until a directory fsync covers the unlink, snapshots still say its messages are gone.
+        // A failed unlink leaves the dead file for recovery to delete: then they must say so
+        // for good, or the file's messages would come back at the next start.
         auto segment = _segments.find(op.segment_id);
         SLUICE_ASSERT(segment != _segments.end());
+        const bool gone = result == 0 || result == -ENOENT;
         if (!segment->second->removed_ids.empty()) {
-          _unlinked_ids.push_back(UnlinkedIds{_dir_syncs_issued + 1, std::move(segment->second->removed_ids)});
+          _unlinked_ids.push_back(
+              UnlinkedIds{gone ? _dir_syncs_issued + 1 : UINT64_MAX, std::move(segment->second->removed_ids)});
         }
         _segments.erase(segment);
       }
@@ -835,9 +857,15 @@ uint64_t ShardSpool::next_deadline_us() const {
   if (!_unlinks_to_submit.empty() || !_spare_requests.empty() || rotation_due()) {
     return 0;
   }
-  if (_spare.phase == JournalSpare::Phase::none && (!_journal_waiting.empty() || _journal->sealed)) {
-    return _spare.retry_at_us;  // records wait for the next journal file
-  }
+  // Records waiting for the next journal file are retried with the spare; the commits of
+  // everything else keep their own pace (the rest of this function).
+  const uint64_t spare_retry_us =
+      _spare.phase == JournalSpare::Phase::none && (!_journal_waiting.empty() || _journal->sealed) ? _spare.retry_at_us
+                                                                                                   : UINT64_MAX;
+  return std::min(spare_retry_us, commit_deadline_us());
+}
+
+uint64_t ShardSpool::commit_deadline_us() const {
   if (_batch_state == BatchState::writing) {
     for (const auto& write : _batch) {
       if (write.needs_submit) {

@@ -59,6 +59,9 @@ inline constexpr uint64_t kMinSegmentBytes = 64 << 10;
 inline constexpr uint64_t kFreeBytesRefreshMs = 100;
 inline constexpr uint64_t kPreallocRetryMs = 200;
 inline constexpr uint64_t kIdFloorPersistMs = 1000;
+// Failed attempts in a row at making the next journal file (kPreallocRetryMs apart) before the
+// records waiting for it fail.
+inline constexpr uint32_t kSpareFailuresMax = 10;
 
 struct IoRequest {
   // open: openat(AT_FDCWD, path, open_flags, open_mode), the result is the new fd. fsync: a full
@@ -188,8 +191,9 @@ struct SpoolMetrics {
   uint64_t write_errors = 0;
   uint64_t segments_used = 0;
   uint64_t segments_unlinked = 0;
-  uint64_t journal_rotations = 0;  // new journal files started (size limit or after a failure)
-  uint64_t unavailable = 0;        // appends refused because no segment was ready
+  uint64_t journal_rotations = 0;       // new journal files started (size limit or after a failure)
+  uint64_t journal_spare_failures = 0;  // a next journal file could not be made (retried)
+  uint64_t unavailable = 0;             // appends refused because no segment was ready
 };
 
 class SegmentPreallocator;
@@ -244,7 +248,8 @@ class ShardSpool {
   size_t size() const { return _index.size(); }
   absl::StatusOr<std::string> read_message(std::string_view id);  // blocking pread: control path
   // For reading the body from the file; -1 if there is no such segment or it cannot be opened.
-  // A closed sealed segment is reopened (blocking open(2)) and may close the least recent other.
+  // A closed sealed segment is reopened (blocking open(2)) and may close the least recent other:
+  // the descriptor is valid until the next call, so a reader that keeps it dup()s it.
   int segment_fd(uint64_t segment_id);
   uint32_t open_sealed_segments() const { return _open_sealed; }
   // A journal record whose ticket completes when it is durable; only then does the index change
@@ -285,7 +290,8 @@ class ShardSpool {
     uint64_t next_sequence = 1;
     bool is_journal = false;
     uint64_t journal_number = 0;
-    bool sealed = false;  // never appended to again
+    uint64_t snapshot_end = 0;  // journals: where the snapshot at its start ends
+    bool sealed = false;        // never appended to again
     bool unlinked = false;
     bool in_dirty = false;
     uint32_t live = 0;                     // durable messages in the index
@@ -305,6 +311,7 @@ class ShardSpool {
     iovec iov{};
     int fd = -1;
     uint64_t retry_at_us = 0;
+    uint32_t failures_in_a_row = 0;
   };
   // Ids of an unlinked segment, repeated in snapshots until a directory fsync issued after the
   // unlink completed (before that the segment could come back after a power cut).
@@ -349,8 +356,9 @@ class ShardSpool {
   void place_snapshot();
   void apply_journal_record(PendingRecord& record);
   void start_spare(uint64_t now_us, std::vector<IoRequest>& out);
-  void on_spare_complete(IoRequest::Kind kind, int32_t result);
-  void spare_failed(uint64_t now_us);
+  void on_spare_complete(IoRequest::Kind kind, int32_t result, std::vector<Completed>& done);
+  void spare_failed(uint64_t now_us, int error, std::vector<Completed>& done);
+  uint64_t commit_deadline_us() const;
   bool rotation_due() const;
   void remove_from_dirty(SpoolFile& file);
   void maybe_unlink(SpoolFile& file);

@@ -604,30 +604,13 @@ absl::StatusOr<int> listen_unix(const std::string& path) {
   return fd;
 }
 
-absl::StatusOr<int> listen_tcp(const io::SocketAddress& address) {
-  const int fd = socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    return absl::InternalError(str_cat("socket: ", std::strerror(errno)));
-  }
-  // SO_REUSEADDR (restart while old connections are in TIME_WAIT) but never SO_REUSEPORT: a
-  // second instance must fail here rather than answer half of the requests from its own spool.
-  const int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (address.family() == AF_INET6) {
-    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-  }
-  if (bind(fd, address.get(), address.length) < 0 || listen(fd, kListenBacklog) < 0) {
-    const int error = errno;
-    close(fd);
-    return absl::UnavailableError(str_cat("cannot listen on ", address.to_string(), ": ", std::strerror(error)));
-  }
-  return fd;
-}
-
 }  // namespace
 
 absl::StatusOr<HttpEndpoint> AdminServer::start(const HttpEndpoint& listen) {
-  auto fd = listen.unix_path.empty() ? listen_tcp(listen.tcp) : listen_unix(listen.unix_path);
+  // Never SO_REUSEPORT: a second instance must fail to start rather than answer half of the
+  // requests from its own spool.
+  auto fd = listen.unix_path.empty() ? io::open_listener(listen.tcp, io::PortSharing::exclusive)
+                                     : listen_unix(listen.unix_path);
   if (!fd.ok()) {
     return fd.status();
   }
@@ -909,7 +892,11 @@ class Handler {
     for (Shard* shard : _shards) {
       counters.push_back(&shard->metrics());
     }
-    return HttpResponse{200, "text/plain; version=0.0.4", render_prometheus(counters, spools.values), {}};
+    // Only when every shard answered: values are in shard order, and a missing one would shift the
+    // others' figures under the wrong shard label (and make totals look like a counter reset).
+    const std::vector<SpoolSnapshot> none;
+    const std::vector<SpoolSnapshot>& snapshots = spools.outcome == CallOutcome::answered ? spools.values : none;
+    return HttpResponse{200, "text/plain; version=0.0.4", render_prometheus(counters, snapshots), {}};
   }
 
   HttpResponse list(const HttpRequest& request) {

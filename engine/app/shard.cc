@@ -311,11 +311,10 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- accept -----------------------------------------------------------------------------
   void refuse(int fd, std::string_view reply) {
     // The reply text is static; HARDLINK makes the close run even if the send fails.
-    io_uring_sqe* send = ring->sqe();
+    auto [send, close] = ring->linked_pair();
     io_uring_prep_send(send, fd, reply.data(), reply.size(), MSG_NOSIGNAL);
     send->flags |= IOSQE_IO_HARDLINK;
     io_uring_sqe_set_data64(send, 0);
-    io_uring_sqe* close = ring->sqe();
     io_uring_prep_close(close, fd);
     io_uring_sqe_set_data64(close, 0);
   }
@@ -962,6 +961,7 @@ struct Shard::Impl : public smtp::SessionHost {
   void answer_commit(uint32_t index, bool stored, std::string_view queue_id) {
     Connection& c = slot(index);
     c.session->commit_done(stored, queue_id, c.out_next);
+    sync_body(index);  // no longer committing: it holds no body, and is no longer the oldest holder
     mark_dirty(index);
     if (draining && !c.session->transaction_open()) {
       c.out_next.append(smtp::reply::kShuttingDown);

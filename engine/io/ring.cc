@@ -80,6 +80,22 @@ io_uring_sqe* Ring::sqe() {
   return &entry;
 }
 
+std::pair<io_uring_sqe*, io_uring_sqe*> Ring::linked_pair() {
+  if (_backlog.empty() && io_uring_sq_space_left(&_ring) < 2) {
+    note_submit_result(io_uring_submit(&_ring));  // nothing of ours is half a chain here yet
+  }
+  if (_backlog.empty() && io_uring_sq_space_left(&_ring) >= 2) {
+    io_uring_sqe* first = io_uring_get_sqe(&_ring);
+    return {first, io_uring_get_sqe(&_ring)};
+  }
+  SLUICE_ASSERT(_backlog.size() + 2 <= kSqBacklogMax, "the kernel has taken no submission for a long time");
+  io_uring_sqe& first = _backlog.emplace_back();
+  io_uring_sqe& second = _backlog.emplace_back();
+  std::memset(&first, 0, sizeof(first));
+  std::memset(&second, 0, sizeof(second));
+  return {&first, &second};
+}
+
 // Oldest first, and a linked chain only whole: a chain split across two submits would lose its
 // ordering guarantee.
 void Ring::move_backlog_to_ring() {

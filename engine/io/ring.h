@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <utility>
 
 #include "absl/status/statusor.h"
 
@@ -49,6 +50,9 @@ class Ring {
   // fresh entry; if the kernel takes nothing (the submit failed, e.g. -EBUSY while completions
   // back up), the entry is kept in a backlog, in order, and goes to the kernel at the next submit.
   io_uring_sqe* sqe();
+  // Two entries for a linked pair (IOSQE_IO_LINK / HARDLINK on the first): both in the SQ, or
+  // both in the backlog, so that no submit can split them.
+  std::pair<io_uring_sqe*, io_uring_sqe*> linked_pair();
   // Submits queued SQEs and waits up to timeout_us for at least one CQE; then `handle` is called
   // for every CQE available. Returns the number handled.
   template <typename Handler>

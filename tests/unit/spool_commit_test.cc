@@ -6,6 +6,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -410,6 +411,179 @@ TEST_F(SpoolCommitTest, HoldAndReleaseChangeTheIndexWhenDurable) {
   EXPECT_EQ(_spool->find(id)->status, MessageStatus::held);
   ASSERT_EQ(drain(*_spool, now).size(), 1u);
   EXPECT_EQ(_spool->find(id)->status, MessageStatus::queued);
+}
+
+// Runs the spool until idle like testing::drain, but every request goes through `fault` first:
+// it returns the result to report instead (and then the request is not performed), or nullopt.
+template <typename Fault>
+std::vector<Completed> drain_with_faults(ShardSpool& spool, uint64_t& now_us, Fault&& fault, int rounds = 100000) {
+  std::vector<Completed> done;
+  std::vector<IoRequest> requests;
+  for (int round = 0; round < rounds && !spool.idle(); ++round) {
+    requests.clear();
+    spool.collect_io(now_us, requests);
+    if (requests.empty()) {
+      const uint64_t deadline = spool.next_deadline_us();
+      if (deadline == UINT64_MAX) {
+        break;
+      }
+      now_us = std::max(now_us + 1, deadline);
+      continue;
+    }
+    for (const auto& request : requests) {
+      const std::optional<int32_t> injected = fault(request);
+      spool.on_io_complete(request.op_id, injected ? *injected : perform(request), done);
+    }
+  }
+  return done;
+}
+
+size_t journal_file_count(const std::string& dir) {
+  size_t count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir + "/shard-0")) {
+    count += parse_journal_name(entry.path().filename().string()).has_value() ? 1 : 0;
+  }
+  return count;
+}
+
+// A journal that cannot get its next file (the disk refuses to create one) must not leave its
+// waiting records unanswered forever (a drain would never end, the admin never answered), nor
+// collect a half-made file per retry.
+TEST_F(SpoolCommitTest, WhenNoJournalFileCanBeMadeTheWaitingRecordsFail) {
+  open_spool();
+  std::string id;
+  append("m\r\n", &id);
+  uint64_t now = 0;
+  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  const uint64_t hold = _spool->hold(id).value();
+  auto requests = collect(now + 1'000'000);
+  ASSERT_EQ(requests.size(), 1u);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, -EIO, done);  // the journal file is sealed
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, hold);
+  const uint64_t waiting = _spool->hold(id).value();  // waits for the next file, which uses the spare
+  // The spare is used up; every later attempt at the next one fails at its header write.
+  auto full_disk = [](const IoRequest& request) -> std::optional<int32_t> {
+    if (request.kind == IoRequest::Kind::write && request.iov_count == 1 &&
+        request.iov[0].iov_len == kFileHeaderRecordBytes) {
+      return -ENOSPC;
+    }
+    return std::nullopt;
+  };
+  auto rest = drain_with_faults(*_spool, now, full_disk);
+  // The waiting hold went into the spare's file with the rotation and is durable...
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, waiting);
+  EXPECT_TRUE(rest[0].status.ok());
+  // ...now seal that one too: nothing can take the next record.
+  const uint64_t release = _spool->release(id).value();
+  requests = collect(now + 2'000'000);
+  ASSERT_FALSE(requests.empty());
+  done.clear();
+  for (const auto& request : requests) {
+    _spool->on_io_complete(request.op_id,
+                           request.kind == IoRequest::Kind::write && request.iov_count == 1 &&
+                                   request.iov[0].iov_len == kFileHeaderRecordBytes
+                               ? -ENOSPC
+                               : -EIO,
+                           done);
+  }
+  const uint64_t stuck = _spool->hold(id).value();
+  rest = drain_with_faults(*_spool, now, full_disk);
+  EXPECT_TRUE(_spool->idle()) << "nothing left waiting forever";
+  bool release_failed = false;
+  bool stuck_failed = false;
+  for (const auto& completed : done) {
+    release_failed |= completed.ticket == release && !completed.status.ok();
+  }
+  for (const auto& completed : rest) {
+    release_failed |= completed.ticket == release && !completed.status.ok();
+    stuck_failed |= completed.ticket == stuck && !completed.status.ok();
+    EXPECT_FALSE(completed.status.ok()) << completed.ticket;
+  }
+  EXPECT_TRUE(release_failed);
+  EXPECT_TRUE(stuck_failed);
+  EXPECT_GE(_spool->metrics().journal_spare_failures, kSpareFailuresMax);
+  EXPECT_LE(journal_file_count(_dir), 3u) << "no half-made journal file per retry";
+}
+
+// A segment whose unlink failed is still on disk: snapshots must keep saying its messages are
+// gone, or they come back at the next start (after a checkpoint dropped the older journals).
+TEST_F(SpoolCommitTest, AFailedSegmentUnlinkNeverBringsItsMessagesBack) {
+  _options.segment_bytes = 64 << 10;
+  _options.journal_rotate_bytes = 1024;
+  open_spool();
+  std::vector<std::string> ids;
+  uint64_t now = 0;
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_TRUE(wait_for_ready_segments(*_spool, 1));
+    std::string id;
+    append(std::string(20000, 'a') + "\r\n", &id);
+    ids.push_back(id);
+    ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  }
+  const uint64_t first_segment = _spool->find(ids.front())->location.segment_id;
+  std::vector<std::string> removed;
+  for (const auto& id : ids) {
+    if (_spool->find(id)->location.segment_id == first_segment) {
+      ASSERT_TRUE(_spool->remove(id).ok());
+      removed.push_back(id);
+    }
+  }
+  auto unlink_fails = [](const IoRequest& request) -> std::optional<int32_t> {
+    if (request.kind == IoRequest::Kind::unlink && std::string(request.path).find("/seg-") != std::string::npos) {
+      return -EIO;  // not performed: the file stays
+    }
+    return std::nullopt;
+  };
+  drain_with_faults(*_spool, now, unlink_fails);
+  // Enough journal traffic for rotations (each with a directory fsync and a checkpoint).
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_TRUE((i % 2 == 0 ? _spool->hold(ids.back()) : _spool->release(ids.back())).ok());
+    drain_with_faults(*_spool, now, unlink_fails);
+  }
+  EXPECT_GE(_spool->metrics().journal_rotations, 2u);
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  for (const auto& message : recovered->messages) {
+    for (const auto& id : removed) {
+      EXPECT_NE(message.id, id) << "a removed message came back";
+    }
+  }
+  EXPECT_EQ(recovered->messages.size(), ids.size() - removed.size());
+}
+
+// Rotation counts what was appended after the file's snapshot: a snapshot larger than the
+// limit must not make every new file due at once (a full rewrite after every batch).
+TEST_F(SpoolCommitTest, ALargeSnapshotDoesNotMakeEveryFileRotate) {
+  _options.journal_rotate_bytes = 2048;
+  open_spool();
+  std::vector<std::string> ids;
+  uint64_t now = 0;
+  for (int i = 0; i < 60; ++i) {
+    std::string id;
+    append("m\r\n", &id);
+    ids.push_back(id);
+  }
+  drain(*_spool, now);
+  for (const auto& id : ids) {  // 60 holds: a snapshot of 60 records, ~3.6 KiB, over the limit
+    ASSERT_TRUE(_spool->hold(id).ok());
+  }
+  drain(*_spool, now);
+  for (int i = 0; i < 3; ++i) {  // past the limit once more: the snapshot is written
+    ASSERT_TRUE(_spool->release(ids[0]).ok());
+    ASSERT_TRUE(_spool->hold(ids[0]).ok());
+    drain(*_spool, now);
+  }
+  const uint64_t rotations = _spool->metrics().journal_rotations;
+  ASSERT_GE(rotations, 1u);
+  for (int i = 0; i < 10; ++i) {  // ten small batches, 600 octets: under the limit since then
+    ASSERT_TRUE(_spool->release(ids[1]).ok());
+    drain(*_spool, now);
+  }
+  EXPECT_LE(_spool->metrics().journal_rotations, rotations + 1);
 }
 
 TEST_F(SpoolCommitTest, RecordsLargerThanASegmentAreRefusedAtOnce) {
