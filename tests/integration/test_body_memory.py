@@ -75,6 +75,22 @@ class BodyMemory(SluiceTestCase):
             self.assertReply(other.cmd("EHLO other.example.org"), 250)
             self.assertReply(other.transaction(), 250, "2.0.0")
 
+    def test_an_answered_session_no_longer_holds_the_budget(self):
+        """A session that got its 250 and stays connected holds no body: the next sender is the
+        oldest holder and may use the whole budget. (It stayed counted as the oldest, and with a
+        budget the size of the largest message every later body waited for its timeout.)"""
+        small = 8 * MIB
+        server = self.start(budget=small, max_message_size=small, command_timeout="120s", data_timeout="120s")
+        idle = server.connect(timeout=30)
+        self.addCleanup(idle.close)
+        self.assertReply(idle.cmd("EHLO idle.example.org"), 250)
+        self.assertReply(idle.transaction(body=b"Subject: first\r\n\r\nx\r\n"), 250)
+        # `idle` stays connected and says nothing; a 2 MiB message from another client goes through.
+        body = (b"z" * 998 + b"\r\n") * (2 * MIB // 1000)
+        with server.connect(timeout=30) as c:
+            self.assertReply(c.cmd("EHLO next.example.org"), 250)
+            self.assertReply(c.transaction(body=b"Subject: next\r\n\r\n" + body), 250)
+
     def test_many_large_senders_stay_within_budget(self):
         sanitized = h.built_with_sanitizers()
         # Under ASan the same run, smaller (its allocator swamps the RSS figure anyway).
