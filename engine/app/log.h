@@ -62,5 +62,7 @@ std::string reopen_log_output();
 // For threads without a ring (main, admin): one line straight to stderr.
 void log_line(std::string_view fields);
 std::string log_timestamp();
+// Appends the RFC 3339 UTC time of `unix_ms` with milliseconds ("2026-12-02T03:04:05.678Z").
+void append_log_timestamp(std::string& out, uint64_t unix_ms);
 
 }  // namespace sluice::app

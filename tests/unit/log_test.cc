@@ -58,5 +58,21 @@ TEST(LogRecipientsTest, FirstTenThenHowManyMore) {
   EXPECT_EQ(out, " rcpts=1 to=<one@example.com>");
 }
 
+TEST(LogTimestampTest, RfcThreeThreeNineWithMillisecondsAcrossSeconds) {
+  std::string a;
+  append_log_timestamp(a, 1764644645678);  // 2025-12-02T03:04:05.678Z
+  EXPECT_EQ(a, "2025-12-02T03:04:05.678Z");
+  std::string b;
+  append_log_timestamp(b, 1764644645009);  // same second, cached calendar part
+  EXPECT_EQ(b, "2025-12-02T03:04:05.009Z");
+  std::string c;
+  append_log_timestamp(c, 1764644646000);  // the next second
+  EXPECT_EQ(c, "2025-12-02T03:04:06.000Z");
+  std::string d;
+  append_log_timestamp(d, 0);
+  EXPECT_EQ(d, "1970-01-01T00:00:00.000Z");
+  EXPECT_EQ(log_timestamp().size(), a.size());
+}
+
 }  // namespace
 }  // namespace sluice::app
