@@ -1,8 +1,10 @@
 // The shard's spool: record placement in segments and the journal, the group-commit state
 // machine, and the queue index. Sans-I/O on the data path: it only returns IoRequests and reacts
 // to their completions. Must never report a ticket OK before an fdatasync covering its record
-// completed OK, never issue an fdatasync before the CQEs of the writes it covers, never have two
-// fdatasyncs in flight, and never append to a segment after a hole (a failed write seals it).
+// completed OK, never issue a file's fdatasync before the CQEs of the writes it covers, never
+// have two fdatasyncs of one file in flight (the files of one batch sync concurrently), never
+// start a batch before the previous one ended, and never append to a segment after a hole (a
+// failed write seals it).
 #include "spool/spool.h"
 
 #include <fcntl.h>
@@ -600,28 +602,15 @@ void ShardSpool::collect_io(uint64_t now_us, std::vector<IoRequest>& out) {
     rotate_journal();
   }
 
-  if (_batch_state == BatchState::writing) {
+  if (_batch_state == BatchState::active) {
     for (auto& write : _batch) {
       if (write.needs_submit) {
         emit_write(write, out);  // the rest of a short write
       }
+      if (write.needs_sync) {
+        emit_sync(write, now_us, out);  // its own writes are all complete
+      }
     }
-  }
-  if (_batch_state == BatchState::syncing && !_sync_in_flight) {
-    SLUICE_ASSERT(_sync_index < _batch.size() && !_batch[_sync_index].failed);
-    FileWrite& write = _batch[_sync_index];
-    const uint64_t op_id = _next_op_id++;
-    _ops.emplace(op_id, Op{IoRequest::Kind::fdatasync, _sync_index, write.file->id, {}});
-    IoRequest request;
-    request.kind = IoRequest::Kind::fdatasync;
-    request.fd = write.file->fd;
-    request.op_id = op_id;
-    out.push_back(request);
-    _sync_in_flight = true;
-    _sync_op_id = op_id;
-    _sync_started_us = io::monotonic_us();
-    _last_sync_issue_us = now_us;
-    _synced_once = true;
   }
   if (_batch_state == BatchState::idle && _open_records > 0) {
     const bool batch_full = _open_bytes >= _options.commit_batch_bytes || 2 * _open_records >= kMaxIovPerWrite;
@@ -681,7 +670,7 @@ void ShardSpool::close_batch(std::vector<IoRequest>& out) {
       --_open_records;
     }
   }
-  _batch_state = BatchState::writing;
+  _batch_state = BatchState::active;
   for (auto& write : _batch) {
     emit_write(write, out);
   }
@@ -717,8 +706,7 @@ void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Comp
       on_write_complete(op.write_index, result, done);
       break;
     case IoRequest::Kind::fdatasync:
-      SLUICE_ASSERT(op_id == _sync_op_id);
-      on_sync_complete(result, done);
+      on_sync_complete(op.write_index, result, done);
       break;
     case IoRequest::Kind::unlink:
       if (!op.journal_file) {
@@ -741,14 +729,34 @@ void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Comp
   }
 }
 
+void ShardSpool::emit_sync(FileWrite& write, uint64_t now_us, std::vector<IoRequest>& out) {
+  SLUICE_ASSERT(!write.in_flight && !write.needs_submit && !write.sync_in_flight && !write.failed,
+                "an fdatasync only after every write it covers completed");
+  const uint64_t op_id = _next_op_id++;
+  const size_t index = static_cast<size_t>(&write - _batch.data());
+  _ops.emplace(op_id, Op{IoRequest::Kind::fdatasync, index, write.file->id, {}});
+  IoRequest request;
+  request.kind = IoRequest::Kind::fdatasync;
+  request.fd = write.file->fd;
+  request.op_id = op_id;
+  out.push_back(request);
+  write.needs_sync = false;
+  write.sync_in_flight = true;
+  write.sync_started_us = io::monotonic_us();
+  _last_sync_issue_us = now_us;
+  _synced_once = true;
+}
+
 void ShardSpool::on_write_complete(size_t index, int32_t result, std::vector<Completed>& done) {
-  SLUICE_ASSERT(_batch_state == BatchState::writing && index < _batch.size());
+  SLUICE_ASSERT(_batch_state == BatchState::active && index < _batch.size());
   FileWrite& write = _batch[index];
+  SLUICE_ASSERT(write.in_flight);
   write.in_flight = false;
   if (result <= 0) {
     // 0 for a non-empty write means no progress: treat as an error rather than loop.
     ++_metrics.write_errors;
     write.failed = true;
+    write.finished = true;
     fail_records(*write.file, write.records, io_error(result, "spool write"), done);
     if (write.file->is_journal) {
       seal_journal();
@@ -773,43 +781,35 @@ void ShardSpool::on_write_complete(size_t index, int32_t result, std::vector<Com
       }
     }
     write.needs_submit = write.bytes_left > 0;
+    write.needs_sync = write.bytes_left == 0;  // issued by collect_io, with the other files' own
   }
-  finish_writes_if_done();
+  finish_batch_if_done();
 }
 
-void ShardSpool::finish_writes_if_done() {
+// The batch is over when every file's write failed or its fdatasync completed.
+void ShardSpool::finish_batch_if_done() {
   for (const auto& write : _batch) {
-    if (write.in_flight || write.needs_submit) {
+    if (!write.finished) {
       return;
     }
   }
-  _batch_state = BatchState::syncing;
-  _sync_index = 0;
-  finish_sync_if_done();
+  _batch.clear();
+  _batch_state = BatchState::idle;
 }
 
-// Skips writes that failed; when no fdatasync is left to issue, the batch is over.
-void ShardSpool::finish_sync_if_done() {
-  while (_sync_index < _batch.size() && _batch[_sync_index].failed) {
-    ++_sync_index;
-  }
-  if (_sync_index == _batch.size()) {
-    _batch.clear();
-    _batch_state = BatchState::idle;
-  }
-}
-
-void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) {
-  SLUICE_ASSERT(_batch_state == BatchState::syncing && _sync_in_flight);
-  _sync_in_flight = false;
-  const uint64_t latency_us = io::monotonic_us() - _sync_started_us;
+void ShardSpool::on_sync_complete(size_t index, int32_t result, std::vector<Completed>& done) {
+  SLUICE_ASSERT(_batch_state == BatchState::active && index < _batch.size());
+  FileWrite& write = _batch[index];
+  SLUICE_ASSERT(write.sync_in_flight);
+  write.sync_in_flight = false;
+  write.finished = true;
+  const uint64_t latency_us = io::monotonic_us() - write.sync_started_us;
   size_t bucket = 0;
   while (bucket < kFsyncLatencyBoundsUs.size() && latency_us > kFsyncLatencyBoundsUs[bucket]) {
     ++bucket;
   }
   ++_metrics.fsync_latency_bucket[bucket];
   _metrics.fsync_latency_sum_us += latency_us;
-  FileWrite& write = _batch[_sync_index];
   SpoolFile& file = *write.file;
   if (result < 0) {
     // Never retried as success: after a failed fdatasync the page cache may have dropped the data.
@@ -848,8 +848,7 @@ void ShardSpool::on_sync_complete(int32_t result, std::vector<Completed>& done) 
     }
     maybe_unlink(file);
   }
-  ++_sync_index;
-  finish_sync_if_done();
+  finish_batch_if_done();
   close_idle_sealed(nullptr);  // a sealed segment whose last records just became durable
 }
 
@@ -866,16 +865,13 @@ uint64_t ShardSpool::next_deadline_us() const {
 }
 
 uint64_t ShardSpool::commit_deadline_us() const {
-  if (_batch_state == BatchState::writing) {
+  if (_batch_state == BatchState::active) {
     for (const auto& write : _batch) {
-      if (write.needs_submit) {
+      if (write.needs_submit || write.needs_sync) {
         return 0;
       }
     }
     return UINT64_MAX;
-  }
-  if (_batch_state == BatchState::syncing) {
-    return _sync_in_flight ? UINT64_MAX : 0;
   }
   if (_open_records == 0) {
     return UINT64_MAX;

@@ -329,9 +329,13 @@ class ShardSpool {
     uint64_t start_sequence = 0;
     uint64_t offset = 0;  // next octet to write (advances over short writes)
     uint64_t bytes_left = 0;
-    bool in_flight = false;
-    bool needs_submit = false;
+    bool in_flight = false;     // a write
+    bool needs_submit = false;  // the rest of a short write
+    bool needs_sync = false;    // written in full: its fdatasync is next
+    bool sync_in_flight = false;
     bool failed = false;
+    bool finished = false;  // failed, or its fdatasync completed
+    uint64_t sync_started_us = 0;
   };
   struct Op {
     IoRequest::Kind kind = IoRequest::Kind::write;
@@ -365,9 +369,9 @@ class ShardSpool {
   void close_batch(std::vector<IoRequest>& out);
   void emit_write(FileWrite& write, std::vector<IoRequest>& out);
   void on_write_complete(size_t index, int32_t result, std::vector<Completed>& done);
-  void on_sync_complete(int32_t result, std::vector<Completed>& done);
-  void finish_writes_if_done();
-  void finish_sync_if_done();
+  void on_sync_complete(size_t index, int32_t result, std::vector<Completed>& done);
+  void emit_sync(FileWrite& write, uint64_t now_us, std::vector<IoRequest>& out);
+  void finish_batch_if_done();
 
   SpoolOptions _options;
   std::string _shard_dir;
@@ -390,13 +394,11 @@ class ShardSpool {
   uint64_t _open_bytes = 0;
   uint64_t _open_records = 0;
 
-  enum class BatchState : uint8_t { idle, writing, syncing };
+  // active: the batch's files are written and fdatasync'd, each file's fdatasync issued as soon
+  // as its own writes completed, the files' fdatasyncs concurrently.
+  enum class BatchState : uint8_t { idle, active };
   BatchState _batch_state = BatchState::idle;
   std::vector<FileWrite> _batch;
-  size_t _sync_index = 0;
-  bool _sync_in_flight = false;
-  uint64_t _sync_op_id = 0;
-  uint64_t _sync_started_us = 0;
   uint64_t _last_sync_issue_us = 0;
   bool _synced_once = false;
 
