@@ -222,6 +222,7 @@ void exchange(uint32_t shards, size_t capacity, uint64_t per_pair) {
     const uint64_t expected = (shards - 1) * per_pair;
     uint64_t requests_total = 0;
     uint64_t replies_total = 0;
+    uint64_t random = self + 1;
     while (requests_total < expected || replies_total < expected) {
       size_t work = 0;
       work += mailbox.drain_replies(self, [&](uint32_t target, const Reply& reply) {
@@ -248,6 +249,13 @@ void exchange(uint32_t shards, size_t capacity, uint64_t per_pair) {
       if (work > 0) {
         ring->submit_wait_and_reap(0, [](const io_uring_cqe&) {});  // sends the doorbells
         continue;
+      }
+      // Nothing found: stand for a random moment (a shard would run its timers here) before
+      // announcing sleep, so that the other shards' pushes land in every phase of the
+      // check-then-sleep window, not only while this shard is already asleep.
+      random = random * 6364136223846793005ull + 1442695040888963407ull;
+      for (uint64_t spin = random >> 53; spin > 0; --spin) {
+        std::atomic_signal_fence(std::memory_order_seq_cst);  // keeps the loop
       }
       if (!mailbox.prepare_to_sleep(self)) {
         continue;
