@@ -212,11 +212,14 @@ class Mailbox {
 
  private:
   // What shard `i` owns in the mailbox; only `sleeping` and `ring_fd` are read by other threads.
-  struct alignas(kFalseSharingBytes) Endpoint {
-    std::atomic<bool> sleeping{false};
+  struct Endpoint {
+    // Read by the other shards at every flush: on a line of their own, away from the marks the
+    // owner writes at every push.
+    alignas(kFalseSharingBytes) std::atomic<bool> sleeping{false};
     std::atomic<int> ring_fd{-1};
     // Owner thread only, below.
-    std::vector<size_t> outstanding;  // per target: requests sent whose reply was not consumed
+    alignas(
+        kFalseSharingBytes) std::vector<size_t> outstanding;  // per target: requests sent whose reply was not consumed
     uint32_t marked[kMailboxShardsMax] = {};
     bool is_marked[kMailboxShardsMax] = {};
     uint32_t marked_count = 0;

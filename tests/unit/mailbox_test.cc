@@ -323,7 +323,7 @@ TEST(MailboxTest, TwoShardsOnThreadsNeverLoseAWakeUp) {
 
 // Every pair at once: marks for several targets per iteration, rings drained from several sources.
 TEST(MailboxTest, FourShardsOnThreadsNeverLoseAWakeUp) {
-  exchange(4, 2, kPerPair / 2);
+  exchange(4, 2, kPerPair / 4);
 }
 
 }  // namespace
