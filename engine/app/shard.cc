@@ -1368,6 +1368,7 @@ void Shard::await_ticket(uint64_t ticket, std::function<void(const absl::Status&
 }
 
 bool Shard::post(ControlRequest* request) {
+  std::lock_guard lock(_post_mutex);
   return _control.try_push(request);
 }
 

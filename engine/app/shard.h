@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -57,7 +58,13 @@ class Shard {
   // The thread body. Returns when a drain has finished (or the ring could not be set up: false).
   bool run();
   // From another thread: queue a request (the shard deletes it after running it). The caller
-  // then rings the doorbell: MSG_RING to ring_fd() with doorbell_user_data().
+  // then rings the doorbell: MSG_RING to ring_fd() with doorbell_user_data(), always, whether
+  // or not the shard sleeps. That is why this pair needs no sleeping flag and has no lost
+  // wake-up: the doorbell's CQE waits in the shard's CQ (or wakes its wait) whatever the shard
+  // was doing, and it is posted by the kernel after our push (the push, then io_uring_enter, then
+  // the kernel's release of the CQ tail; the shard acquires the CQ tail before it drains the
+  // ring), besides the drain on every loop iteration. Safe from several threads at once (the
+  // admin workers): producers are serialised here, the ring itself has one producer.
   bool post(ControlRequest* request);
   int ring_fd() const { return _ring_fd.load(std::memory_order_acquire); }
   static uint64_t doorbell_user_data();
@@ -77,6 +84,7 @@ class Shard {
   ShardMetrics _metrics;
   std::unique_ptr<spool::ShardSpool> _spool;
   std::unique_ptr<Impl> _impl;
+  std::mutex _post_mutex;  // the admin workers (AdminServer::kWorkerThreads) all post
   io::SpscRing<ControlRequest*> _control{kControlRingEntries};
   std::atomic<int> _ring_fd{-1};
   std::atomic<bool> _ready{false};

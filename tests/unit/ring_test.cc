@@ -69,8 +69,12 @@ TEST(RingTest, DoorbellWakesASleepingThreadAndCarriesSpscWork) {
     std::unique_ptr<Ring> owned(*ring);
     consumer_ring_fd.store(owned->fd());
     while (received < kItems) {
-      consumer_sleeping.store(true);
-      // Re-check after announcing sleep: the producer rings only when it sees us sleeping.
+      consumer_sleeping.store(true, std::memory_order_relaxed);
+      // Store-buffer pattern with the producer's "push; fence; load flag": without a full fence
+      // between our flag store and our queue load on this side and between its tail store and its
+      // flag load on that side, both loads can miss the other's store (on x86 too) and the wake-up
+      // is lost. With both fences one of us sees the other (io::Mailbox does the same).
+      std::atomic_thread_fence(std::memory_order_seq_cst);
       const bool work_waiting = !queue.empty();
       unsigned doorbells = 0;
       if (!work_waiting) {
@@ -80,7 +84,7 @@ TEST(RingTest, DoorbellWakesASleepingThreadAndCarriesSpscWork) {
           ++empty_wakeups;
         }
       }
-      consumer_sleeping.store(false);
+      consumer_sleeping.store(false, std::memory_order_relaxed);
       uint64_t value;
       while (queue.try_pop(value)) {
         in_order &= value == expected_next;
@@ -100,14 +104,14 @@ TEST(RingTest, DoorbellWakesASleepingThreadAndCarriesSpscWork) {
     while (!queue.try_push(i)) {
       std::this_thread::yield();  // bounded: the consumer drains it
     }
-    if (consumer_sleeping.load()) {
+    // The other half of the consumer's fence: the tail store before the flag load. No final
+    // "just in case" doorbell after the loop: it would hide exactly the lost wake-up tested here.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (consumer_sleeping.load(std::memory_order_relaxed)) {
       prep_doorbell(producer->sqe(), consumer_ring_fd.load(), kDoorbell);
       producer->submit();
     }
   }
-  // A final doorbell in case the consumer went to sleep just after our last check.
-  prep_doorbell(producer->sqe(), consumer_ring_fd.load(), kDoorbell);
-  producer->submit();
   consumer.join();
   EXPECT_EQ(received, kItems);
   EXPECT_TRUE(in_order);
