@@ -49,6 +49,7 @@ uint64_t get_u64(const uint8_t* in) {
 class Writer {
  public:
   explicit Writer(std::string& out) : _out(out) {}
+  void u8(uint8_t value) { _out.push_back(static_cast<char>(value)); }
   void u32(uint32_t value) {
     uint8_t bytes[4];
     put_u32(bytes, value);
@@ -85,6 +86,10 @@ class Reader {
     const uint8_t* at = _bytes.data() + _position;
     _position += size;
     return at;
+  }
+  uint8_t u8() {
+    const uint8_t* at = take(1);
+    return at == nullptr ? 0 : *at;
   }
   uint16_t u16() {
     const uint8_t* at = take(2);
@@ -172,9 +177,13 @@ void seal_record_header(RecordHeader header, uint32_t payload_crc, uint8_t* out)
 size_t message_meta_bytes(const Envelope& envelope) {
   size_t size = kQueueIdBytes + 8 + 8 + 4 + 4;
   size += 2 + envelope.sender.size() + 2 + envelope.client_address.size() + 2 + envelope.client_helo.size();
+  size += 1 + 2 + envelope.envid.size();
   size += 4;
   for (const auto& recipient : envelope.recipients) {
-    size += 2 + recipient.size();
+    size += 2 + recipient.size() + 1 + 2;
+  }
+  for (const auto& dsn : envelope.recipient_dsn) {
+    size += dsn.orcpt.size();
   }
   return size;
 }
@@ -183,6 +192,8 @@ std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, 
                                 const Envelope& envelope, uint32_t wire_length) {
   SLUICE_ASSERT(is_queue_id(queue_id));
   SLUICE_ASSERT(envelope.recipients.size() <= kMaxRecipients);
+  SLUICE_ASSERT(envelope.recipient_dsn.size() <= envelope.recipients.size());
+  SLUICE_ASSERT(envelope.ret <= DsnRet::hdrs);
   std::string head;
   head.reserve(kRecordHeaderBytes + message_meta_bytes(envelope));
   head.resize(kRecordHeaderBytes);  // room for the header, sealed when the record is placed
@@ -195,15 +206,23 @@ std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, 
   writer.str(envelope.sender);
   writer.str(envelope.client_address);
   writer.str(envelope.client_helo);
+  writer.u8(static_cast<uint8_t>(envelope.ret));
+  writer.str(envelope.envid);
   writer.u32(static_cast<uint32_t>(envelope.recipients.size()));
-  for (const auto& recipient : envelope.recipients) {
-    writer.str(recipient);
+  for (size_t i = 0; i < envelope.recipients.size(); ++i) {
+    writer.str(envelope.recipients[i]);
+    const RecipientDsn none;
+    const RecipientDsn& dsn = i < envelope.recipient_dsn.size() ? envelope.recipient_dsn[i] : none;
+    SLUICE_ASSERT((dsn.notify & ~kNotifyAll) == 0);
+    writer.u8(dsn.notify);
+    writer.str(dsn.orcpt);
   }
   SLUICE_ASSERT(head.size() == kRecordHeaderBytes + message_meta_bytes(envelope));
   return head;
 }
 
-absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload) {
+absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload, uint16_t version) {
+  SLUICE_ASSERT(version >= kOldestReadableVersion && version <= kFormatVersion);  // scan_records checked it
   Reader reader(payload);
   MessageMeta meta;
   const uint8_t* id = reader.take(kQueueIdBytes);
@@ -219,13 +238,29 @@ absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload
   meta.envelope.sender = reader.str();
   meta.envelope.client_address = reader.str();
   meta.envelope.client_helo = reader.str();
+  const bool dsn = version >= 2;  // v1 has no DSN fields: every one reads as not given
+  const uint8_t ret = dsn ? reader.u8() : 0;
+  if (dsn) {
+    meta.envelope.envid = reader.str();
+  }
   const uint32_t recipients = reader.u32();
-  if (!reader.ok() || recipients > kMaxRecipients || !is_queue_id(meta.queue_id)) {
+  if (!reader.ok() || recipients > kMaxRecipients || !is_queue_id(meta.queue_id) ||
+      ret > static_cast<uint8_t>(DsnRet::hdrs)) {
     return absl::DataLossError("spool: malformed message envelope");
   }
+  meta.envelope.ret = static_cast<DsnRet>(ret);
   meta.envelope.recipients.reserve(recipients);
+  meta.envelope.recipient_dsn.reserve(recipients);
   for (uint32_t i = 0; i < recipients && reader.ok(); ++i) {
     meta.envelope.recipients.push_back(reader.str());
+    RecipientDsn& recipient_dsn = meta.envelope.recipient_dsn.emplace_back();
+    if (dsn) {
+      recipient_dsn.notify = reader.u8();
+      recipient_dsn.orcpt = reader.str();
+      if ((recipient_dsn.notify & ~kNotifyAll) != 0) {
+        return absl::DataLossError("spool: malformed recipient notify");
+      }
+    }
   }
   if (!reader.ok() || payload.size() - reader.position() != meta.wire_length) {
     return absl::DataLossError("spool: message envelope and length disagree");

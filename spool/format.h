@@ -23,11 +23,21 @@
 // Payloads (all integers little endian; strings are u16 length + octets):
 //   file header:  segment_bytes u64 (0 for the journal), shard u32, reserved u32, created_ms u64
 //   message:      queue id 16 octets, arrival_ms u64, rfc_size u64, flags u32 (kFlag*),
-//                 wire_length u32, sender, client_address, client_helo, recipient count u32,
-//                 recipients, then wire_length octets of the message in wire form (CRLF,
-//                 dot-stuffed, our Received: first).
+//                 wire_length u32, sender, client_address, client_helo,
+//                 [v2: ret u8 (DsnRet), envid,]
+//                 recipient count u32, per recipient: the address [v2: then notify u8 (kNotify*
+//                 bits, 0 = not given), orcpt], then wire_length octets of the message in wire
+//                 form (CRLF, dot-stuffed, our Received: first).
+//                 The DSN parameters (RFC 3461) are kept as the client sent them: envid and
+//                 orcpt still xtext-encoded, empty when not given.
 //   journal:      op u16 (JournalOp), reserved u16, queue id 16 octets, argument u32.
 //                 (checkpoint: queue id all '0', argument = the number of snapshot records.)
+//
+// Versions: every record of a file carries the version of its file header. This build writes
+// only kFormatVersion (2) and reads 1 and 2: a v1 segment is read as v1 (no DSN fields) until
+// its last message is gone and it is deleted; a v1 journal is replaced by recovery's compacted
+// one. The journal and file header payloads are the same in both versions: the journal files
+// this build writes are v2 too, differing from v1 in the header's version field only.
 //
 // Journal files are DIR/shard-N/journal-<16 hex digits>, applied in number order; the spool
 // appends to the newest and starts a new one at a size limit or after a failed write or
@@ -46,7 +56,8 @@
 namespace sluice::spool {
 
 inline constexpr uint32_t kRecordMagic = 0x50534C53u;  // octets "SLSP" on disk
-inline constexpr uint16_t kFormatVersion = 1;
+inline constexpr uint16_t kFormatVersion = 2;
+inline constexpr uint16_t kOldestReadableVersion = 1;  // v1: no DSN parameters in the envelope
 inline constexpr size_t kRecordHeaderBytes = 36;
 inline constexpr size_t kRecordCrcOffset = 32;
 inline constexpr uint64_t kJournalFileId = 0;  // segment ids start at 1
@@ -77,6 +88,15 @@ enum class JournalOp : uint16_t {
   checkpoint = 7,
 };
 
+// RET= of MAIL (RFC 3461 4.3), one octet on disk.
+enum class DsnRet : uint8_t { none = 0, full = 1, hdrs = 2 };
+// NOTIFY= of RCPT (RFC 3461 4.1), bits of one octet on disk; 0 means the client gave none.
+inline constexpr uint8_t kNotifyNever = 1u << 0;
+inline constexpr uint8_t kNotifySuccess = 1u << 1;
+inline constexpr uint8_t kNotifyFailure = 1u << 2;
+inline constexpr uint8_t kNotifyDelay = 1u << 3;
+inline constexpr uint8_t kNotifyAll = kNotifyNever | kNotifySuccess | kNotifyFailure | kNotifyDelay;
+
 inline constexpr uint32_t kFlagBody8bit = 1u << 0;
 inline constexpr uint32_t kFlagSmtputf8 = 1u << 1;
 
@@ -91,6 +111,13 @@ struct RecordHeader {
   uint32_t crc = 0;
 };
 
+// The DSN parameters of one recipient, as sent (orcpt still xtext, empty when not given).
+struct RecipientDsn {
+  uint8_t notify = 0;  // kNotify* bits
+  std::string orcpt;
+  bool operator==(const RecipientDsn&) const = default;
+};
+
 struct Envelope {
   std::string sender;
   std::vector<std::string> recipients;
@@ -98,6 +125,11 @@ struct Envelope {
   bool smtputf8 = false;
   std::string client_address;
   std::string client_helo;
+  DsnRet ret = DsnRet::none;
+  std::string envid;  // xtext as sent, or empty
+  // recipient_dsn[i] belongs to recipients[i]; it may be shorter (the rest gave no parameters),
+  // never longer. Decoding fills it to one entry per recipient.
+  std::vector<RecipientDsn> recipient_dsn;
 };
 
 inline constexpr size_t kFileHeaderPayloadBytes = 24;
@@ -136,8 +168,9 @@ void seal_record_header(RecordHeader header, uint32_t payload_crc, uint8_t* out)
 // header, so that one string is the first iovec of the record.
 std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, uint64_t rfc_size,
                                 const Envelope& envelope, uint32_t wire_length);
+// Always in kFormatVersion; decoding takes the version of the file the record was read from.
 size_t message_meta_bytes(const Envelope& envelope);
-absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload);
+absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload, uint16_t version = kFormatVersion);
 
 void encode_file_header_payload(const FileHeaderPayload& payload, uint8_t* out);
 absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uint8_t> payload);

@@ -168,7 +168,11 @@ FileScan scan_records(std::span<const uint8_t> bytes, uint64_t expected_file_id,
     }
     const RecordHeader header = decode_record_header(at);
     const RecordType wanted = expected_sequence == 0 ? RecordType::file_header : body_type;
-    const bool header_ok = header.magic == kRecordMagic && header.version == kFormatVersion && header.type == wanted &&
+    // Record 0 decides the file's version (any this build reads); every later record must match.
+    const bool version_ok = expected_sequence == 0
+                                ? header.version >= kOldestReadableVersion && header.version <= kFormatVersion
+                                : header.version == scan.version;
+    const bool header_ok = header.magic == kRecordMagic && version_ok && header.type == wanted &&
                            header.segment_id == expected_file_id && header.sequence == expected_sequence &&
                            header.payload_length <= kMaxPayloadBytes &&
                            (expected_sequence == 0 || header.generation == scan.generation) &&
@@ -190,6 +194,7 @@ FileScan scan_records(std::span<const uint8_t> bytes, uint64_t expected_file_id,
       }
       scan.has_header = true;
       scan.generation = header.generation;
+      scan.version = header.version;
       scan.header = *file_header;
     } else {
       scan.records.push_back(ScannedRecord{header.type, header.sequence, offset, header.payload_length});
@@ -257,7 +262,8 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     out.torn_tails += scan.torn ? 1 : 0;
     ScannedSegment segment{id, path, scan.end_offset, {}, 0};
     for (const auto& record : scan.records) {
-      auto meta = decode_message_meta(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length));
+      auto meta = decode_message_meta(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length),
+                                      scan.version);
       if (!meta.ok()) {
         break;  // a valid CRC over a malformed envelope: treat as the end, like any bad record
       }
@@ -274,6 +280,9 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       info.smtputf8 = meta->envelope.smtputf8;
       info.client_address = std::move(meta->envelope.client_address);
       info.client_helo = std::move(meta->envelope.client_helo);
+      info.dsn_ret = meta->envelope.ret;
+      info.dsn_envid = std::move(meta->envelope.envid);
+      info.recipient_dsn = std::move(meta->envelope.recipient_dsn);
       info.location =
           MessageLocation{id, record.offset, record.offset + kRecordHeaderBytes + meta->wire_offset, meta->wire_length};
       live.try_emplace(info.id, std::move(info));  // first copy wins if an id ever repeats

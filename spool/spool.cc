@@ -152,12 +152,18 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
                                                     uint64_t rfc_size, std::string trace, std::string body) {
   if (!valid_queue_id(queue_id) || envelope.recipients.size() > kMaxRecipients ||
       envelope.sender.size() > kMaxEnvelopeStringBytes || envelope.client_address.size() > kMaxEnvelopeStringBytes ||
-      envelope.client_helo.size() > kMaxEnvelopeStringBytes) {
+      envelope.client_helo.size() > kMaxEnvelopeStringBytes || envelope.envid.size() > kMaxEnvelopeStringBytes ||
+      envelope.ret > DsnRet::hdrs || envelope.recipient_dsn.size() > envelope.recipients.size()) {
     return absl::InvalidArgumentError("spool: malformed queue id or envelope over limits");
   }
   for (const auto& recipient : envelope.recipients) {
     if (recipient.size() > kMaxEnvelopeStringBytes) {
       return absl::InvalidArgumentError("spool: recipient over limits");
+    }
+  }
+  for (const auto& dsn : envelope.recipient_dsn) {
+    if (dsn.orcpt.size() > kMaxEnvelopeStringBytes || (dsn.notify & ~kNotifyAll) != 0) {
+      return absl::InvalidArgumentError("spool: recipient DSN parameters over limits");
     }
   }
   const uint64_t wire_bytes = trace.size() + body.size();
@@ -185,6 +191,10 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
   info.smtputf8 = envelope.smtputf8;
   info.client_address = std::move(envelope.client_address);
   info.client_helo = std::move(envelope.client_helo);
+  info.dsn_ret = envelope.ret;
+  info.dsn_envid = std::move(envelope.envid);
+  info.recipient_dsn = std::move(envelope.recipient_dsn);
+  info.recipient_dsn.resize(info.recipients.size());  // as recovery has it: one per recipient
   record.ticket = _next_ticket;
   if (auto status = place_message(record); !status.ok()) {
     return status;

@@ -109,6 +109,10 @@ struct MessageInfo {
   bool smtputf8 = false;
   std::string client_address;
   std::string client_helo;
+  // DSN parameters (RFC 3461) as sent; recipient_dsn has one entry per recipient.
+  DsnRet dsn_ret = DsnRet::none;
+  std::string dsn_envid;
+  std::vector<RecipientDsn> recipient_dsn;
   MessageLocation location;
 };
 
@@ -153,6 +157,7 @@ struct ScannedRecord {
 struct FileScan {
   bool has_header = false;  // record 0 was a valid file header for expected_file_id
   uint32_t generation = 0;
+  uint16_t version = 0;  // of record 0, and so of every record in the file
   FileHeaderPayload header;
   std::vector<ScannedRecord> records;  // after the header, all valid, consecutive
   uint64_t end_offset = 0;             // where the next record would go

@@ -122,17 +122,51 @@ std::string rfc3339(uint64_t unix_ms) {
                          parts.tm_hour, parts.tm_min, parts.tm_sec);
 }
 
+// NOTIFY= as the client could have written it: "", "NEVER" or "SUCCESS,FAILURE,DELAY" (a subset).
+std::string notify_text(uint8_t notify) {
+  if ((notify & spool::kNotifyNever) != 0) {
+    return "NEVER";
+  }
+  std::string text;
+  const std::pair<uint8_t, std::string_view> conditions[] = {
+      {spool::kNotifySuccess, "SUCCESS"}, {spool::kNotifyFailure, "FAILURE"}, {spool::kNotifyDelay, "DELAY"}};
+  for (const auto& [bit, name] : conditions) {
+    if ((notify & bit) != 0) {
+      str_append(&text, text.empty() ? "" : ",", name);
+    }
+  }
+  return text;
+}
+
+// The DSN parameters (RFC 3461) as sent, "" when not given: {"ret", "envid", "recipients":
+// [{"notify", "orcpt"}]}, the recipients parallel to the message's "recipients".
+std::string dsn_json(const spool::MessageInfo& message) {
+  const std::string_view ret = message.dsn_ret == spool::DsnRet::full   ? "FULL"
+                               : message.dsn_ret == spool::DsnRet::hdrs ? "HDRS"
+                                                                        : "";
+  std::string recipients;
+  for (size_t i = 0; i < message.recipients.size(); ++i) {
+    const spool::RecipientDsn none;
+    const spool::RecipientDsn& dsn = i < message.recipient_dsn.size() ? message.recipient_dsn[i] : none;
+    str_append(&recipients, i == 0 ? "" : ", ", "{\"notify\": \"", notify_text(dsn.notify), "\", \"orcpt\": \"",
+               json_escape(dsn.orcpt), "\"}");
+  }
+  return str_cat("{\"ret\": \"", ret, "\", \"envid\": \"", json_escape(message.dsn_envid), "\", \"recipients\": [",
+                 recipients, "]}");
+}
+
 std::string message_json(const spool::MessageInfo& message) {
   std::string recipients;
   for (const std::string& rcpt : message.recipients) {
     str_append(&recipients, recipients.empty() ? "" : ", ", "\"", json_escape(rcpt), "\"");
   }
   const uint64_t next_attempt = message.next_attempt_ms != 0 ? message.next_attempt_ms : message.arrival_ms;
+  const std::string dsn = dsn_json(message);
   return str_cat("{\"id\": \"", message.id, "\", \"from\": \"", json_escape(message.sender), "\", \"recipients\": [",
                  recipients, "], \"size\": ", message.rfc_size, ", \"arrived\": \"", rfc3339(message.arrival_ms),
                  "\", \"next_attempt\": \"", rfc3339(next_attempt), "\", \"attempts\": ", message.attempts,
                  ", \"status\": \"", message.status == spool::MessageStatus::held ? "held" : "queued",
-                 "\", \"last_reply\": \"", json_escape(message.last_reply), "\"}");
+                 "\", \"last_reply\": \"", json_escape(message.last_reply), "\", \"dsn\": ", dsn, "}");
 }
 
 bool has_recipient_domain(const spool::MessageInfo& message, std::string_view domain) {

@@ -32,6 +32,12 @@
 namespace sluice::app {
 namespace {
 
+// The session hands DSN parameters to the spool as they are on disk.
+static_assert(static_cast<uint8_t>(smtp::DsnRet::full) == static_cast<uint8_t>(spool::DsnRet::full) &&
+              static_cast<uint8_t>(smtp::DsnRet::hdrs) == static_cast<uint8_t>(spool::DsnRet::hdrs));
+static_assert(smtp::kNotifyNever == spool::kNotifyNever && smtp::kNotifySuccess == spool::kNotifySuccess &&
+              smtp::kNotifyFailure == spool::kNotifyFailure && smtp::kNotifyDelay == spool::kNotifyDelay);
+
 enum Tag : uint8_t {
   kTagIgnore = 0,
   kTagAccept,
@@ -1032,6 +1038,13 @@ struct Shard::Impl : public smtp::SessionHost {
     envelope.smtputf8 = message.smtputf8;
     envelope.client_address = c.peer.ip_string();
     envelope.client_helo = std::move(message.helo);
+    // The session's DSN values are the on-disk ones (checked at the top of this file).
+    envelope.ret = static_cast<spool::DsnRet>(message.ret);
+    envelope.envid = std::move(message.envid);
+    envelope.recipient_dsn.reserve(message.recipient_dsn.size());
+    for (smtp::RecipientDsn& dsn : message.recipient_dsn) {
+      envelope.recipient_dsn.push_back(spool::RecipientDsn{dsn.notify, std::move(dsn.orcpt)});
+    }
     auto ticket = shard->_spool->append_message(std::move(queue_id), arrival_ms, std::move(envelope), rfc_size,
                                                 std::move(head), std::move(message.body));
     if (!ticket.ok()) {

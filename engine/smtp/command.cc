@@ -21,7 +21,8 @@ constexpr ParseError kRcptSyntax{501, "5.5.4", "Syntax: RCPT TO:<address>"};
 constexpr ParseError kBdatSyntax{501, "5.5.4", "Syntax: BDAT chunk-size [LAST]"};
 constexpr ParseError kParamSyntax{501, "5.5.4", "Bad ESMTP parameter syntax"};
 constexpr ParseError kUnsupportedParameter{555, "5.5.4", "Unsupported parameter"};
-constexpr ParseError kDuplicateParameter{555, "5.5.4", "Duplicate parameter"};
+// Recognised but given twice: a syntax error in the parameters (501), not an unknown one (555).
+constexpr ParseError kDuplicateParameter{501, "5.5.4", "Duplicate parameter"};
 constexpr ParseError kBadSize{501, "5.5.4", "Bad SIZE parameter"};
 // A SIZE too large for 64 bits is larger than any limit we could have: the same answer as a SIZE
 // above max_message_size (DESIGN.md section 4).
@@ -355,13 +356,15 @@ std::optional<uint64_t> parse_decimal(std::string_view text, bool& overflowed) {
   return value;
 }
 
-// NOTIFY=NEVER, or a comma list of SUCCESS, FAILURE, DELAY, each at most once (RFC 3461 4.1).
-bool valid_notify(std::string_view value) {
+// NOTIFY=NEVER, or a comma list of SUCCESS, FAILURE, DELAY, each at most once (RFC 3461 4.1):
+// the kNotify* bits, or 0 when invalid.
+uint8_t parse_notify(std::string_view value) {
   if (iequals(value, "NEVER")) {
-    return true;
+    return kNotifyNever;
   }
   constexpr std::array<std::string_view, 3> kConditions = {"SUCCESS", "FAILURE", "DELAY"};
-  unsigned seen = 0;
+  constexpr std::array<uint8_t, 3> kBits = {kNotifySuccess, kNotifyFailure, kNotifyDelay};
+  uint8_t seen = 0;
   size_t start = 0;
   while (true) {
     const size_t comma = value.find(',', start);
@@ -370,18 +373,18 @@ bool valid_notify(std::string_view value) {
     bool matched = false;
     for (size_t i = 0; i < kConditions.size(); ++i) {
       if (iequals(item, kConditions[i])) {
-        if ((seen & (1u << i)) != 0) {
-          return false;
+        if ((seen & kBits[i]) != 0) {
+          return 0;
         }
-        seen |= 1u << i;
+        seen |= kBits[i];
         matched = true;
       }
     }
     if (!matched) {
-      return false;
+      return 0;
     }
     if (comma == std::string_view::npos) {
-      return true;
+      return seen;
     }
     start = comma + 1;
   }
@@ -646,6 +649,7 @@ std::optional<ParseError> apply_mail_param(const EsmtpParam& param, bool smtputf
       return kBadRet;
     }
     mail.ret = param.value;
+    mail.ret_kind = iequals(param.value, "FULL") ? DsnRet::full : DsnRet::hdrs;
     return std::nullopt;
   }
   if (iequals(param.keyword, "ENVID")) {
@@ -676,7 +680,8 @@ std::optional<ParseError> apply_rcpt_param(const EsmtpParam& param, unsigned& se
     if (!first_time(kRcptNotify)) {
       return kDuplicateParameter;
     }
-    if (!valid_notify(param.value)) {
+    rcpt.notify_flags = parse_notify(param.value);
+    if (rcpt.notify_flags == 0) {
       return kBadNotify;
     }
     rcpt.notify = param.value;

@@ -28,6 +28,14 @@ inline constexpr size_t kDomainLabelOctetsMax = 63;
 inline constexpr size_t kEnvidOctetsMax = 100;
 inline constexpr size_t kOrcptOctetsMax = 500;
 
+// DSN parameters decoded (RFC 3461): RET= of MAIL, NOTIFY= of RCPT as bits. The values are the
+// spool's on-disk ones (spool/format.h; the shard checks they agree).
+enum class DsnRet : uint8_t { none = 0, full = 1, hdrs = 2 };
+inline constexpr uint8_t kNotifyNever = 1u << 0;
+inline constexpr uint8_t kNotifySuccess = 1u << 1;
+inline constexpr uint8_t kNotifyFailure = 1u << 2;
+inline constexpr uint8_t kNotifyDelay = 1u << 3;
+
 enum class Verb : uint8_t {
   ehlo,
   helo,
@@ -77,16 +85,18 @@ struct MailFrom {
   enum class Body : uint8_t { unspecified, seven_bit, eight_bit_mime } body = Body::unspecified;
   bool smtputf8 = false;
   // DSN parameters (RFC 3461), validated and kept as sent (ENVID still xtext-encoded).
-  std::string_view ret;    // "FULL" or "HDRS" in the client's case, or empty
-  std::string_view envid;  // xtext, or empty
+  std::string_view ret;            // "FULL" or "HDRS" in the client's case, or empty
+  std::string_view envid;          // xtext, or empty
+  DsnRet ret_kind = DsnRet::none;  // `ret` decoded
 };
 
 struct RcptTo {
   // The mailbox without "<>" and without any source route; may be "postmaster" with no domain.
   std::string_view forward_path;
   // DSN parameters (RFC 3461), validated and kept as sent.
-  std::string_view notify;  // "NEVER" or a comma list of SUCCESS, FAILURE, DELAY; or empty
-  std::string_view orcpt;   // "addr-type;xtext", or empty
+  std::string_view notify;   // "NEVER" or a comma list of SUCCESS, FAILURE, DELAY; or empty
+  std::string_view orcpt;    // "addr-type;xtext", or empty
+  uint8_t notify_flags = 0;  // `notify` decoded: kNotify* bits, 0 when not given
 };
 
 struct BdatArgs {

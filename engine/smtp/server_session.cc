@@ -1,7 +1,7 @@
 // SMTP server protocol (RFC 5321 with PIPELINING, SIZE, 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8,
-// CHUNKING). Owns one connection's protocol state; owns no socket, no file, no clock.
-// Never: acknowledges a message before commit_done(), takes a bare CR/LF as a line end, or
-// lets a HELO name grant anything.
+// CHUNKING, DSN: its parameters are kept for the spool). Owns one connection's protocol state; owns no socket, no file,
+// no clock. Never: acknowledges a message before commit_done(), takes a bare CR/LF as a line end, or lets a HELO name
+// grant anything.
 #include "engine/smtp/server_session.h"
 
 #include <algorithm>
@@ -273,7 +273,7 @@ SessionAction ServerSession::handle_helo(std::string_view argument, bool extende
     return SessionAction::none;
   }
   str_append(&out, "250-", _settings->hostname, "\r\n250-PIPELINING\r\n250-SIZE ", _settings->limits.message_octets_max,
-             "\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n");
+             "\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
   return SessionAction::none;
 }
 
@@ -301,6 +301,8 @@ SessionAction ServerSession::handle_mail(std::string_view argument, std::string&
   _mail_given = true;
   _mail_ms = _host->now_ms();
   _sender.assign(mail.reverse_path);
+  _ret = mail.ret_kind;
+  _envid.assign(mail.envid);
   _smtputf8 = mail.smtputf8;
   _body_8bit_declared = mail.body == MailFrom::Body::eight_bit_mime;
   const uint64_t declared = mail.size.value_or(0);
@@ -351,6 +353,7 @@ SessionAction ServerSession::handle_rcpt(std::string_view argument, std::string&
     return SessionAction::none;
   }
   _recipients.emplace_back(rcpt.forward_path);
+  _recipient_dsn.push_back(RecipientDsn{rcpt.notify_flags, std::string(rcpt.orcpt)});
   out.append(reply::kRecipientOk);
   return SessionAction::none;
 }
@@ -504,6 +507,9 @@ SessionAction ServerSession::finish_message(std::string& out) {
   }
   _ready.sender = std::move(_sender);
   _ready.recipients = std::move(_recipients);
+  _ready.recipient_dsn = std::move(_recipient_dsn);
+  _ready.ret = _ret;
+  _ready.envid = std::move(_envid);
   _ready.helo = _helo;
   _ready.esmtp = _esmtp;
   _ready.body_8bit = _body_8bit_declared || eight_bit;
@@ -553,6 +559,9 @@ void ServerSession::reset_transaction() {
   _body_8bit_declared = false;
   _sender.clear();
   _recipients.clear();
+  _recipient_dsn.clear();
+  _ret = DsnRet::none;
+  _envid.clear();
   if (_body.capacity() > kBodyReserveOctetsDefault) {
     std::string().swap(_body);
   } else {

@@ -44,10 +44,19 @@ struct ClientInfo {
   uint64_t session_serial = 0;  // the owner's number for this session (logs: session=S<shard>-<serial>)
 };
 
+// The DSN parameters of one accepted recipient (RFC 3461), ORCPT as sent (xtext).
+struct RecipientDsn {
+  uint8_t notify = 0;  // kNotify* bits, 0 when not given
+  std::string orcpt;
+};
+
 // A complete message waiting for the spool.
 struct AcceptedMessage {
   std::string sender;
   std::vector<std::string> recipients;
+  std::vector<RecipientDsn> recipient_dsn;  // one per recipient
+  DsnRet ret = DsnRet::none;                // RET= of MAIL
+  std::string envid;                        // ENVID= of MAIL as sent (xtext), or empty
   std::string helo;
   bool esmtp = false;
   bool body_8bit = false;
@@ -117,9 +126,12 @@ class ServerSession {
   // and its envelope as stored (sender, recipients, client details).
   uint64_t message_octets() const { return _ready.body.size(); }
   uint64_t envelope_octets() const {
-    uint64_t octets = _ready.sender.size() + _ready.helo.size() + 64;
+    uint64_t octets = _ready.sender.size() + _ready.helo.size() + _ready.envid.size() + 64;
     for (const std::string& recipient : _ready.recipients) {
       octets += recipient.size() + 8;
+    }
+    for (const RecipientDsn& dsn : _ready.recipient_dsn) {
+      octets += dsn.orcpt.size() + 3;
     }
     return octets;
   }
@@ -192,6 +204,9 @@ class ServerSession {
   std::string _helo;
   std::string _sender;
   std::vector<std::string> _recipients;
+  std::vector<RecipientDsn> _recipient_dsn;  // parallel to _recipients
+  DsnRet _ret = DsnRet::none;
+  std::string _envid;
   std::string _body;
   DataScanState _scan;
   BdatEncodeState _bdat;

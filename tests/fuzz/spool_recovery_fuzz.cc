@@ -32,7 +32,8 @@ void verify(std::span<const uint8_t> bytes, const FileScan& scan, uint64_t file_
     check(record.offset == offset);
     check(record.offset + kRecordHeaderBytes + record.payload_length <= bytes.size());
     const RecordHeader header = decode_record_header(bytes.data() + record.offset);
-    check(header.magic == kRecordMagic && header.version == kFormatVersion);
+    check(header.magic == kRecordMagic && header.version == scan.version);
+    check(scan.version >= kOldestReadableVersion && scan.version <= kFormatVersion);
     check(header.type == type && header.segment_id == file_id && header.generation == scan.generation);
     check(header.sequence == sequence++ && record.sequence == header.sequence);
     const uint8_t* payload = bytes.data() + record.offset + kRecordHeaderBytes;
@@ -43,7 +44,7 @@ void verify(std::span<const uint8_t> bytes, const FileScan& scan, uint64_t file_
         crc32c_extend_table(crc32c_extend_table(0, payload, record.payload_length), zeroed, kRecordHeaderBytes);
     check(crc == header.crc);
     if (type == RecordType::message) {
-      decode_message_meta({payload, record.payload_length}).status().IgnoreError();
+      decode_message_meta({payload, record.payload_length}, scan.version).status().IgnoreError();
     } else {
       decode_journal_payload({payload, record.payload_length}).status().IgnoreError();
     }
@@ -57,6 +58,9 @@ std::string valid_message_record(uint64_t sequence) {
   Envelope envelope;
   envelope.sender = "a@b";
   envelope.recipients = {"c@d"};
+  envelope.ret = DsnRet::hdrs;
+  envelope.envid = "e+2B1";
+  envelope.recipient_dsn = {RecipientDsn{kNotifySuccess | kNotifyDelay, "rfc822;c@d"}};
   const std::string body = "Subject: fuzz\r\n\r\n.\r\n";
   std::string record =
       encode_message_head("0000000000000000", 1, body.size(), envelope, static_cast<uint32_t>(body.size()));
@@ -94,7 +98,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     verify(bytes, scan, kSegmentId, RecordType::message);
   }
   // 3. The payload decoders on raw bytes.
-  decode_message_meta(raw).status().IgnoreError();
+  for (uint16_t version = kOldestReadableVersion; version <= kFormatVersion; ++version) {
+    decode_message_meta(raw, version).status().IgnoreError();
+  }
   decode_journal_payload(raw).status().IgnoreError();
   decode_file_header_payload(raw).status().IgnoreError();
   return 0;

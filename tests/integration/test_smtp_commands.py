@@ -61,7 +61,7 @@ class SmtpCommands(SharedServerTestCase):
         self.assertTrue(r.lines[0].startswith("relay.example.test"), r)
         keywords = [line.upper() for line in r.lines[1:]]
         for ext in ("PIPELINING", "SIZE %d" % MAX_SIZE, "8BITMIME", "ENHANCEDSTATUSCODES",
-                    "SMTPUTF8", "CHUNKING"):
+                    "SMTPUTF8", "CHUNKING", "DSN"):
             self.assertIn(ext, keywords, "EHLO reply lacks %s: %r" % (ext, r))
 
     def test_ehlo_without_name_is_501(self):
@@ -435,6 +435,47 @@ class ErrorLimit(SluiceTestCase):
             self.assertEqual(replies[-1].code, 421, replies)
             self.assertTrue(replies[-1].enhanced.startswith("4."), replies)
             self.assertTrue(c.closed_by_peer)
+
+
+
+class DsnParameters(SluiceTestCase):
+    """RFC 3461: DSN is advertised because its parameters are stored with the message; the queue
+    API shows them as sent, and they survive a restart."""
+
+    def test_dsn_parameters_are_stored_and_survive_a_restart(self):
+        server = self.start_sluice()
+        with server.connect() as c:
+            r = c.cmd("EHLO client.example.org")
+            self.assertReply(r, 250)
+            self.assertIn("DSN", [line.upper() for line in r.lines[1:]], r)
+            self.assertReply(c.cmd("MAIL FROM:<a@example.org> RET=HDRS ENVID=abc+2Bdef"), 250)
+            self.assertReply(c.cmd("RCPT TO:<x@y.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;x+40y.example"),
+                             250)
+            self.assertReply(c.cmd("RCPT TO:<plain@y.example>"), 250)
+            self.assertReply(c.cmd("RCPT TO:<n@y.example> NOTIFY=NEVER,DELAY"), 501, "5.5.4")
+            self.assertReply(c.cmd("RCPT TO:<n@y.example> NOTIFY=NEVER NOTIFY=NEVER"), 501, "5.5.4")
+            self.assertReply(c.cmd("DATA"), 354)
+            c.send(b"Subject: dsn\r\n\r\nhello\r\n.\r\n")
+            r = c.read_reply()
+            self.assertReply(r, 250, "2.0.0")
+            queue_id = r.queue_id
+            # A message without DSN parameters shows them empty.
+            plain = c.transaction(recipients=("p@y.example",))
+            self.assertReply(plain, 250, "2.0.0")
+        expected = {"ret": "HDRS", "envid": "abc+2Bdef",
+                    "recipients": [{"notify": "SUCCESS,FAILURE", "orcpt": "rfc822;x+40y.example"},
+                                   {"notify": "", "orcpt": ""}]}
+        empty = {"ret": "", "envid": "", "recipients": [{"notify": "", "orcpt": ""}]}
+        for when in ("before", "after"):
+            info = server.queued_message(queue_id)
+            self.assertEqual(info["recipients"], ["x@y.example", "plain@y.example"], when)
+            self.assertEqual(info["dsn"], expected, "%s the restart: %r" % (when, info))
+            self.assertEqual(server.queued_message(plain.queue_id)["dsn"], empty, when)
+            listed = {m["id"]: m for m in server.queue()["messages"]}
+            self.assertEqual(listed[queue_id]["dsn"], expected, when)
+            if when == "before":
+                self.assertEqual(server.stop(), 0)
+                server.start()
 
 
 if __name__ == "__main__":

@@ -293,7 +293,7 @@ TEST(MailFromTest, SizeParameter) {
   expect_reply(mail_error("FROM:<a@b.example> SIZE"), 501, "5.5.4");
   expect_reply(mail_error("FROM:<a@b.example> SIZE=12k"), 501, "5.5.4");
   expect_reply(mail_error("FROM:<a@b.example> SIZE=-1"), 501, "5.5.4");
-  expect_reply(mail_error("FROM:<a@b.example> SIZE=1 SIZE=2"), 555, "5.5.4");
+  expect_reply(mail_error("FROM:<a@b.example> SIZE=1 SIZE=2"), 501, "5.5.4");
 }
 
 TEST(MailFromTest, BodyParameter) {
@@ -303,14 +303,14 @@ TEST(MailFromTest, BodyParameter) {
   expect_reply(mail_error("FROM:<a@b.example> BODY=BINARYMIME"), 501, "5.5.4");
   expect_reply(mail_error("FROM:<a@b.example> BODY="), 501, "5.5.4");
   expect_reply(mail_error("FROM:<a@b.example> BODY"), 501, "5.5.4");
-  expect_reply(mail_error("FROM:<a@b.example> BODY=7BIT BODY=7BIT"), 555, "5.5.4");
+  expect_reply(mail_error("FROM:<a@b.example> BODY=7BIT BODY=7BIT"), 501, "5.5.4");
 }
 
 TEST(MailFromTest, Smtputf8Parameter) {
   EXPECT_TRUE(mail_ok("FROM:<a@b.example> SMTPUTF8").smtputf8);
   EXPECT_TRUE(mail_ok("FROM:<a@b.example> smtputf8").smtputf8);
   expect_reply(mail_error("FROM:<a@b.example> SMTPUTF8=yes"), 501, "5.5.4");
-  expect_reply(mail_error("FROM:<a@b.example> SMTPUTF8 SMTPUTF8"), 555, "5.5.4");
+  expect_reply(mail_error("FROM:<a@b.example> SMTPUTF8 SMTPUTF8"), 501, "5.5.4");
   // Not advertised: the parameter is unknown to this session.
   expect_reply(mail_error("FROM:<a@b.example> SMTPUTF8", /*utf8_allowed=*/false), 555, "5.5.4");
 }
@@ -341,9 +341,12 @@ TEST(MailFromTest, NonAsciiSender) {
 TEST(MailFromTest, RetParameter) {
   EXPECT_EQ(mail_ok("FROM:<a@b.example> RET=FULL").ret, "FULL");
   EXPECT_EQ(mail_ok("FROM:<a@b.example> RET=hdrs").ret, "hdrs");
+  EXPECT_EQ(mail_ok("FROM:<a@b.example> RET=FULL").ret_kind, DsnRet::full);
+  EXPECT_EQ(mail_ok("FROM:<a@b.example> RET=hdrs").ret_kind, DsnRet::hdrs);
+  EXPECT_EQ(mail_ok("FROM:<a@b.example>").ret_kind, DsnRet::none);
   expect_reply(mail_error("FROM:<a@b.example> RET=ALL"), 501, "5.5.4");
   expect_reply(mail_error("FROM:<a@b.example> RET"), 501, "5.5.4");
-  expect_reply(mail_error("FROM:<a@b.example> RET=FULL RET=HDRS"), 555, "5.5.4");
+  expect_reply(mail_error("FROM:<a@b.example> RET=FULL RET=HDRS"), 501, "5.5.4");
 }
 
 TEST(MailFromTest, EnvidParameter) {
@@ -357,7 +360,7 @@ TEST(MailFromTest, EnvidParameter) {
   const std::string envid_max(kEnvidOctetsMax, 'x');
   EXPECT_EQ(mail_ok(absl::StrCat("FROM:<a@b.example> ENVID=", envid_max)).envid, envid_max);
   expect_reply(mail_error(absl::StrCat("FROM:<a@b.example> ENVID=", envid_max, "x")), 501, "5.5.4");
-  expect_reply(mail_error("FROM:<a@b.example> ENVID=a ENVID=b"), 555, "5.5.4");
+  expect_reply(mail_error("FROM:<a@b.example> ENVID=a ENVID=b"), 501, "5.5.4");
 }
 
 TEST(MailFromTest, AllParametersTogether) {
@@ -459,13 +462,18 @@ TEST(RcptToTest, NotifyParameter) {
   EXPECT_EQ(rcpt_ok("TO:<b@example.org> NOTIFY=SUCCESS").notify, "SUCCESS");
   EXPECT_EQ(rcpt_ok("TO:<b@example.org> NOTIFY=success,Failure,DELAY").notify, "success,Failure,DELAY");
   EXPECT_EQ(rcpt_ok("TO:<b@example.org> notify=DELAY,FAILURE").notify, "DELAY,FAILURE");
+  EXPECT_EQ(rcpt_ok("TO:<b@example.org> NOTIFY=NEVER").notify_flags, kNotifyNever);
+  EXPECT_EQ(rcpt_ok("TO:<b@example.org> NOTIFY=success,Failure,DELAY").notify_flags,
+            kNotifySuccess | kNotifyFailure | kNotifyDelay);
+  EXPECT_EQ(rcpt_ok("TO:<b@example.org> notify=DELAY,FAILURE").notify_flags, kNotifyFailure | kNotifyDelay);
+  EXPECT_EQ(rcpt_ok("TO:<b@example.org>").notify_flags, 0);
   expect_reply(rcpt_error("TO:<b@example.org> NOTIFY=NEVER,SUCCESS"), 501, "5.5.4");
   expect_reply(rcpt_error("TO:<b@example.org> NOTIFY=SUCCESS,,DELAY"), 501, "5.5.4");
   expect_reply(rcpt_error("TO:<b@example.org> NOTIFY=SUCCESS,"), 501, "5.5.4");
   expect_reply(rcpt_error("TO:<b@example.org> NOTIFY=SUCCESS,SUCCESS"), 501, "5.5.4");
   expect_reply(rcpt_error("TO:<b@example.org> NOTIFY=ALWAYS"), 501, "5.5.4");
   expect_reply(rcpt_error("TO:<b@example.org> NOTIFY"), 501, "5.5.4");
-  expect_reply(rcpt_error("TO:<b@example.org> NOTIFY=NEVER NOTIFY=NEVER"), 555, "5.5.4");
+  expect_reply(rcpt_error("TO:<b@example.org> NOTIFY=NEVER NOTIFY=NEVER"), 501, "5.5.4");
 }
 
 TEST(RcptToTest, OrcptParameter) {
@@ -479,7 +487,7 @@ TEST(RcptToTest, OrcptParameter) {
   expect_reply(rcpt_error("TO:<b@example.org> ORCPT=rf/c;b@example.org"), 501, "5.5.4");
   const std::string long_orcpt = absl::StrCat("rfc822;", std::string(kOrcptOctetsMax, 'x'));
   expect_reply(rcpt_error(absl::StrCat("TO:<b@example.org> ORCPT=", long_orcpt)), 501, "5.5.4");
-  expect_reply(rcpt_error("TO:<b@example.org> ORCPT=rfc822;a ORCPT=rfc822;b"), 555, "5.5.4");
+  expect_reply(rcpt_error("TO:<b@example.org> ORCPT=rfc822;a ORCPT=rfc822;b"), 501, "5.5.4");
 }
 
 TEST(RcptToTest, BothDsnParameters) {

@@ -101,7 +101,7 @@ TEST_F(ServerSessionTest, EhloAdvertisesExtensions) {
   const std::string reply = feed("EHLO client.example\r\n");
   EXPECT_EQ(reply,
             "250-relay.example.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n"
-            "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250 CHUNKING\r\n");
+            "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
   EXPECT_EQ(feed("HELO client.example\r\n"), "250 relay.example.test\r\n");
   EXPECT_EQ(feed("EHLO\r\n").substr(0, 10), "501 5.5.4 ");
 }
@@ -128,6 +128,36 @@ TEST_F(ServerSessionTest, FullTransactionWaitsForCommit) {
   EXPECT_TRUE(message.add_date);
   session->commit_done(true, "0123456789ABCDEF", out);
   EXPECT_EQ(out, "250 2.0.0 Ok: queued as 0123456789ABCDEF\r\n");
+}
+
+// The DSN parameters reach the message with their recipients, and none leak into the next
+// transaction (after RSET, and after a message).
+TEST_F(ServerSessionTest, DsnParametersAreKeptPerTransactionAndRecipient) {
+  feed("EHLO c\r\nMAIL FROM:<a@b.example> RET=HDRS ENVID=abc+2Bdef\r\n");
+  EXPECT_EQ(feed("RCPT TO:<1@y.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;1+40y.example\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(feed("RCPT TO:<2@elsewhere.example> NOTIFY=NEVER\r\n").substr(0, 3), "250");
+  EXPECT_EQ(feed("RCPT TO:<3@y.example>\r\n"), "250 2.1.5 Ok\r\n");
+  EXPECT_EQ(feed("RCPT TO:<4@y.example> NOTIFY=NEVER,DELAY\r\n").substr(0, 9), "501 5.5.4");  // not added
+  feed("DATA\r\nx\r\n.\r\n");
+  ASSERT_EQ(commits, 1);
+  EXPECT_EQ(last.ret, DsnRet::hdrs);
+  EXPECT_EQ(last.envid, "abc+2Bdef");
+  ASSERT_EQ(last.recipients.size(), 3u);
+  ASSERT_EQ(last.recipient_dsn.size(), 3u);
+  EXPECT_EQ(last.recipient_dsn[0].notify, kNotifySuccess | kNotifyFailure);
+  EXPECT_EQ(last.recipient_dsn[0].orcpt, "rfc822;1+40y.example");
+  EXPECT_EQ(last.recipient_dsn[1].notify, kNotifyNever);
+  EXPECT_EQ(last.recipient_dsn[1].orcpt, "");
+  EXPECT_EQ(last.recipient_dsn[2].notify, 0);
+  EXPECT_EQ(last.recipient_dsn[2].orcpt, "");
+  // RSET drops them; the next message has none.
+  feed("MAIL FROM:<a@b.example> RET=FULL ENVID=x\r\nRCPT TO:<1@y.example> NOTIFY=DELAY\r\nRSET\r\n");
+  feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<1@y.example>\r\nDATA\r\nx\r\n.\r\n");
+  ASSERT_EQ(commits, 2);
+  EXPECT_EQ(last.ret, DsnRet::none);
+  EXPECT_EQ(last.envid, "");
+  ASSERT_EQ(last.recipient_dsn.size(), 1u);
+  EXPECT_EQ(last.recipient_dsn[0].notify, 0);
 }
 
 TEST_F(ServerSessionTest, FailedCommitGives451) {

@@ -34,12 +34,94 @@ void write_file(const std::string& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+// The v1 encoding, written out by hand as the previous release wrote it (this build never writes
+// v1): record headers of version 1, and message envelopes without the DSN fields.
+void put_le(std::string& out, uint64_t value, int octets) {
+  for (int i = 0; i < octets; ++i) {
+    out.push_back(static_cast<char>(value >> (8 * i)));
+  }
+}
+void put_v1_str(std::string& out, std::string_view text) {
+  put_le(out, text.size(), 2);
+  out.append(text);
+}
+std::string v1_record(RecordType type, uint64_t file_id, uint32_t generation, uint64_t sequence,
+                      const std::string& payload) {
+  std::string record;
+  put_le(record, kRecordMagic, 4);
+  put_le(record, 1, 2);  // format version 1
+  put_le(record, static_cast<uint16_t>(type), 2);
+  put_le(record, file_id, 8);
+  put_le(record, generation, 4);
+  put_le(record, sequence, 8);
+  put_le(record, payload.size(), 4);
+  put_le(record, 0, 4);  // the crc, filled below
+  const uint32_t crc = record_crc(reinterpret_cast<const uint8_t*>(record.data()), crc32c(payload));
+  record.resize(kRecordCrcOffset);
+  put_le(record, crc, 4);
+  return record + payload;
+}
+std::string v1_file_header(uint64_t file_id, uint32_t generation, uint64_t segment_bytes) {
+  std::string payload;
+  put_le(payload, segment_bytes, 8);
+  put_le(payload, 0, 4);  // shard
+  put_le(payload, 0, 4);  // reserved
+  put_le(payload, 1600000000000, 8);
+  return v1_record(RecordType::file_header, file_id, generation, 0, payload);
+}
+std::string v1_message(uint64_t segment_id, uint32_t generation, uint64_t sequence, const std::string& id,
+                       const std::string& sender, const std::vector<std::string>& recipients, const std::string& wire) {
+  std::string payload = id;
+  put_le(payload, 1600000000000 + sequence, 8);  // arrival_ms
+  put_le(payload, wire.size(), 8);               // rfc_size
+  put_le(payload, kFlagBody8bit, 4);
+  put_le(payload, wire.size(), 4);
+  put_v1_str(payload, sender);
+  put_v1_str(payload, "192.0.2.1");
+  put_v1_str(payload, "old.example");
+  put_le(payload, recipients.size(), 4);
+  for (const auto& recipient : recipients) {
+    put_v1_str(payload, recipient);
+  }
+  return v1_record(RecordType::message, segment_id, generation, sequence, payload + wire);
+}
+std::string v1_journal(uint32_t generation, const std::vector<JournalEntry>& entries) {
+  std::string file = v1_file_header(kJournalFileId, generation, 0);
+  uint64_t sequence = 1;
+  for (const auto& entry : entries) {
+    std::string payload(kJournalPayloadBytes, '\0');
+    encode_journal_payload(entry, reinterpret_cast<uint8_t*>(payload.data()));  // the same in v1
+    file += v1_record(RecordType::journal, kJournalFileId, generation, sequence++, payload);
+  }
+  return file;
+}
+
 struct Written {
   std::string id;
   std::string sender;
   std::vector<std::string> recipients;
   std::string body;
+  DsnRet ret = DsnRet::none;
+  std::string envid;
+  std::vector<RecipientDsn> recipient_dsn;  // one per recipient, as recovery gives them back
 };
+
+// The DSN parameters write_message stores for `seed`: every value of each field, empty ones and
+// a message that gave none at all (recipient_dsn left short) among them.
+void fill_dsn(uint32_t seed, Written& w, Envelope& envelope) {
+  envelope.ret = static_cast<DsnRet>(seed % 3);
+  envelope.envid = seed % 2 == 0 ? "" : "env+2B" + std::to_string(seed);
+  if (seed % 5 != 0) {
+    envelope.recipient_dsn = {RecipientDsn{static_cast<uint8_t>(seed % 16), seed % 3 == 0 ? "" : "rfc822;r1+40x"}};
+    if (seed % 7 != 0) {
+      envelope.recipient_dsn.push_back(RecipientDsn{kNotifyNever, "utf-8;r" + std::to_string(seed)});
+    }
+  }
+  w.ret = envelope.ret;
+  w.envid = envelope.envid;
+  w.recipient_dsn = envelope.recipient_dsn;
+  w.recipient_dsn.resize(w.recipients.size());
+}
 
 class SpoolRecoveryTest : public ::testing::Test {
  protected:
@@ -81,6 +163,7 @@ class SpoolRecoveryTest : public ::testing::Test {
     envelope.smtputf8 = seed % 3 == 0;
     envelope.client_address = "192.0.2.7";
     envelope.client_helo = "helo.example";
+    fill_dsn(seed, w, envelope);
     auto ticket = _spool->append_message(w.id, 1700000000000 + seed, std::move(envelope), body_bytes + 7, w.body);
     EXPECT_TRUE(ticket.ok()) << ticket.status();
     auto done = drain(*_spool, _now);
@@ -126,6 +209,9 @@ TEST_F(SpoolRecoveryTest, EveryMessageComesBackByteExact) {
     EXPECT_EQ(info.smtputf8, i % 3 == 0);
     EXPECT_EQ(info.client_helo, "helo.example");
     EXPECT_EQ(info.status, MessageStatus::queued);
+    EXPECT_EQ(info.dsn_ret, written[i].ret);
+    EXPECT_EQ(info.dsn_envid, written[i].envid);
+    EXPECT_EQ(info.recipient_dsn, written[i].recipient_dsn);
   }
   const uint32_t generation = recovered->generation;
   open_spool(_dir);
@@ -141,6 +227,124 @@ TEST_F(SpoolRecoveryTest, EveryMessageComesBackByteExact) {
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->messages.size(), written.size() + 1);
   EXPECT_GT(again->generation, generation);
+}
+
+// Every DSN field at its limits and empty comes back from the live index and from recovery.
+TEST_F(SpoolRecoveryTest, DsnParametersAtTheirLimitsRoundTrip) {
+  open_spool(_dir);
+  ASSERT_TRUE(wait_for_ready_segments(*_spool, 1));
+  const std::string longest(kMaxEnvelopeStringBytes, 'x');
+  Envelope envelope;
+  envelope.sender = "a@example.test";
+  envelope.recipients = {"r1@example.test", "r2@example.test", "r3@example.test"};
+  envelope.ret = DsnRet::full;
+  envelope.envid = longest;
+  envelope.recipient_dsn = {RecipientDsn{kNotifySuccess | kNotifyFailure | kNotifyDelay, longest}, RecipientDsn{0, ""},
+                            RecipientDsn{kNotifyNever, "rfc822;r3@example.test"}};
+  const std::vector<RecipientDsn> expected = envelope.recipient_dsn;
+  const std::string id = _ids.next(1700000000000);
+  ASSERT_TRUE(_spool->append_message(id, 1700000000000, envelope, 4, "body").ok());
+  ASSERT_TRUE(drain(*_spool, _now).at(0).status.ok());
+  const auto live = _spool->find(id);
+  ASSERT_TRUE(live.has_value());
+  EXPECT_EQ(live->dsn_ret, DsnRet::full);
+  EXPECT_EQ(live->dsn_envid, longest);
+  EXPECT_EQ(live->recipient_dsn, expected);
+  // Over the limit, or more DSN entries than recipients: refused, not written.
+  Envelope too_long = envelope;
+  too_long.recipient_dsn[1].orcpt = longest + "x";
+  EXPECT_FALSE(_spool->append_message(_ids.next(1700000000001), 1700000000001, too_long, 4, "body").ok());
+  Envelope too_many = envelope;
+  too_many.recipient_dsn.push_back(RecipientDsn{});
+  EXPECT_FALSE(_spool->append_message(_ids.next(1700000000002), 1700000000002, too_many, 4, "body").ok());
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  ASSERT_EQ(recovered->messages.size(), 1u);
+  EXPECT_EQ(recovered->messages[0].dsn_ret, DsnRet::full);
+  EXPECT_EQ(recovered->messages[0].dsn_envid, longest);
+  EXPECT_EQ(recovered->messages[0].recipient_dsn, expected);
+}
+
+// A spool of the previous release (v1 segment, v1 journal) is recovered with every message, read
+// back byte-exact, and lives beside the v2 segments this build writes; a v2 record appended to a
+// v1 file is not taken (a file's records are all of its header's version).
+TEST_F(SpoolRecoveryTest, AVersionOneSegmentIsStillRecovered) {
+  std::filesystem::create_directories(_dir + "/shard-0");
+  const std::string ids[3] = {_ids.next(1600000000001), _ids.next(1600000000002), _ids.next(1600000000003)};
+  const std::string wires[3] = {"Subject: one\r\n\r\nfirst\r\n", "", "Subject: three\r\n\r\n\xC3\xA9\r\n"};
+  std::string segment = v1_file_header(5, 1, _options.segment_bytes);
+  for (uint64_t i = 0; i < 3; ++i) {
+    segment += v1_message(5, 1, i + 1, ids[i], "old" + std::to_string(i) + "@example.test",
+                          {"a@example.test", "b" + std::to_string(i) + "@example.test"}, wires[i]);
+  }
+  const size_t v1_end = segment.size();
+  segment.resize(_options.segment_bytes, '\0');
+  write_file(segment_path(_dir, 5), segment);
+  write_file(_dir + "/shard-0/journal",
+             v1_journal(1, {JournalEntry{JournalOp::remove, ids[1], 0}, JournalEntry{JournalOp::hold, ids[2], 0}}));
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ(recovered->torn_tails, 0u);
+  ASSERT_EQ(recovered->messages.size(), 2u);
+  for (const size_t i : {size_t{0}, size_t{2}}) {
+    const MessageInfo& info = recovered->messages[i == 0 ? 0 : 1];
+    EXPECT_EQ(info.id, ids[i]);
+    EXPECT_EQ(info.sender, "old" + std::to_string(i) + "@example.test");
+    EXPECT_EQ(info.recipients, (std::vector<std::string>{"a@example.test", "b" + std::to_string(i) + "@example.test"}));
+    EXPECT_EQ(info.rfc_size, wires[i].size());
+    EXPECT_TRUE(info.body_8bit);
+    EXPECT_EQ(info.client_helo, "old.example");
+    EXPECT_EQ(info.status, i == 2 ? MessageStatus::held : MessageStatus::queued);
+    EXPECT_EQ(info.dsn_ret, DsnRet::none);  // v1 had none
+    EXPECT_EQ(info.dsn_envid, "");
+    EXPECT_EQ(info.recipient_dsn, std::vector<RecipientDsn>(2));
+  }
+  EXPECT_FALSE(std::filesystem::exists(_dir + "/shard-0/journal"));  // replaced by a v2 one
+  // Served by the spool, beside a new v2 message; both survive another restart.
+  auto spool = ShardSpool::open(_options, *std::move(recovered));
+  ASSERT_TRUE(spool.ok()) << spool.status();
+  _spool = *std::move(spool);
+  for (const size_t i : {size_t{0}, size_t{2}}) {
+    auto bytes = _spool->read_message(ids[i]);
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    EXPECT_EQ(*bytes, wires[i]);
+  }
+  const Written fresh = write_message(50, 3);
+  EXPECT_NE(_spool->find(fresh.id)->location.segment_id, 5u);  // never appended to the v1 file
+  _spool.reset();
+  auto again = recover_shard(_dir, 0);
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(again->messages.size(), 3u);
+  EXPECT_EQ(again->messages[2].id, fresh.id);
+  EXPECT_EQ(again->messages[2].recipient_dsn, fresh.recipient_dsn);
+  EXPECT_EQ(again->messages[1].status, MessageStatus::held);
+
+  // A v2 record after v1 ones in the same file ends the file there.
+  std::string mixed = read_file(segment_path(_dir, 5));
+  Envelope envelope;
+  envelope.sender = "x@example.test";
+  envelope.recipients = {"y@example.test"};
+  const std::string new_id = _ids.next(1600000000004);
+  std::string record = encode_message_head(new_id, 1, 0, envelope, 0);
+  RecordHeader header;
+  header.segment_id = 5;
+  header.generation = 1;
+  header.sequence = 4;
+  header.payload_length = static_cast<uint32_t>(record.size() - kRecordHeaderBytes);
+  seal_record_header(header, crc32c(std::string_view(record).substr(kRecordHeaderBytes)),
+                     reinterpret_cast<uint8_t*>(record.data()));
+  mixed.replace(v1_end, record.size(), record);
+  const std::string work = _dir + "/mixed";
+  std::filesystem::create_directories(work + "/shard-0");
+  write_file(segment_path(work, 5), mixed);
+  auto scanned = recover_shard(work, 0);
+  ASSERT_TRUE(scanned.ok()) << scanned.status();
+  EXPECT_EQ(scanned->torn_tails, 1u);
+  ASSERT_EQ(scanned->messages.size(), 3u);  // the three v1 ones (no journal here), not the v2 one
+  for (const auto& message : scanned->messages) {
+    EXPECT_NE(message.id, new_id);
+  }
 }
 
 class TornTailTest : public SpoolRecoveryTest {
@@ -522,12 +726,8 @@ TEST_F(SpoolRecoveryTest, AVersionOneJournalIsRecoveredAndReplaced) {
   for (const auto& file : journal_files(_dir)) {
     std::filesystem::remove(file);
   }
-  FileHeaderPayload header;
-  header.shard = 0;
-  std::string v1 = encode_file_header_record(kJournalFileId, 1, header);
-  v1 += encode_journal_record(JournalEntry{JournalOp::remove, gone.id, 0}, 1, 1);
-  v1 += encode_journal_record(JournalEntry{JournalOp::hold, kept.id, 0}, 1, 2);
-  write_file(_dir + "/shard-0/journal", v1);
+  write_file(_dir + "/shard-0/journal",
+             v1_journal(1, {JournalEntry{JournalOp::remove, gone.id, 0}, JournalEntry{JournalOp::hold, kept.id, 0}}));
   auto recovered = recover_shard(_dir, 0);
   ASSERT_TRUE(recovered.ok()) << recovered.status();
   ASSERT_EQ(recovered->messages.size(), 1u);
