@@ -87,6 +87,7 @@ struct ScannedSegment {
   uint64_t end_offset = 0;
   std::vector<std::string> ids;  // every message id in it, live or not
   uint32_t live = 0;
+  uint16_t version = kFormatVersion;
 };
 
 using io::wall_ms;
@@ -260,7 +261,7 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     }
     max_generation = std::max(max_generation, scan.generation);
     out.torn_tails += scan.torn ? 1 : 0;
-    ScannedSegment segment{id, path, scan.end_offset, {}, 0};
+    ScannedSegment segment{id, path, scan.end_offset, {}, 0, scan.version};
     for (const auto& record : scan.records) {
       auto meta = decode_message_meta(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length),
                                       scan.version);
@@ -351,6 +352,7 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       ++out.segments_deleted;
       continue;
     }
+    out.old_format_segments += segment.version < kFormatVersion ? 1 : 0;
     RecoveredSegment recovered{segment.id, segment.path, segment.end_offset, segment.live, {}};
     for (const auto& id : segment.ids) {
       auto it = live.find(id);

@@ -140,7 +140,8 @@ struct RecoveredShard {
   // What recovery saw, for the start-up log line.
   uint64_t records_recovered = 0;
   uint64_t segments_deleted = 0;
-  uint64_t torn_tails = 0;  // files that ended in a partial or invalid record
+  uint64_t torn_tails = 0;           // files that ended in a partial or invalid record
+  uint64_t old_format_segments = 0;  // kept segments of an older format version (read as such)
 };
 
 // Replays one shard's segments and journal (blocking; before the listener opens), deletes

@@ -579,7 +579,8 @@ int serve(const Arguments& arguments) {
     recovered_messages += recovered->messages.size();
     floors.push_back(std::max(*floor, recovered->max_id_ms + 1));
     log_line(str_cat("event=recovered shard=", shard, " messages=", recovered->messages.size(),
-                     " torn_tails=", recovered->torn_tails, " segments_deleted=", recovered->segments_deleted));
+                     " torn_tails=", recovered->torn_tails, " segments_deleted=", recovered->segments_deleted,
+                     " old_format_segments=", recovered->old_format_segments));
     const spool::SpoolOptions options{
         .dir = config.spool.dir,
         .shard = shard,

@@ -198,6 +198,7 @@ TEST_F(SpoolRecoveryTest, EveryMessageComesBackByteExact) {
   EXPECT_GE(recovered->segments.size(), 3u);
   EXPECT_EQ(recovered->torn_tails, 0u);
   EXPECT_EQ(recovered->max_id_ms, 1700000000000u + 119);
+  EXPECT_EQ(recovered->old_format_segments, 0u);
   for (size_t i = 0; i < written.size(); ++i) {
     const MessageInfo& info = recovered->messages[i];
     EXPECT_EQ(info.id, written[i].id);
@@ -286,6 +287,7 @@ TEST_F(SpoolRecoveryTest, AVersionOneSegmentIsStillRecovered) {
   auto recovered = recover_shard(_dir, 0);
   ASSERT_TRUE(recovered.ok()) << recovered.status();
   EXPECT_EQ(recovered->torn_tails, 0u);
+  EXPECT_EQ(recovered->old_format_segments, 1u);  // said in the start-up log line
   ASSERT_EQ(recovered->messages.size(), 2u);
   for (const size_t i : {size_t{0}, size_t{2}}) {
     const MessageInfo& info = recovered->messages[i == 0 ? 0 : 1];
@@ -316,6 +318,7 @@ TEST_F(SpoolRecoveryTest, AVersionOneSegmentIsStillRecovered) {
   auto again = recover_shard(_dir, 0);
   ASSERT_TRUE(again.ok()) << again.status();
   ASSERT_EQ(again->messages.size(), 3u);
+  EXPECT_EQ(again->old_format_segments, 1u);  // still read as v1, the new one is v2
   EXPECT_EQ(again->messages[2].id, fresh.id);
   EXPECT_EQ(again->messages[2].recipient_dsn, fresh.recipient_dsn);
   EXPECT_EQ(again->messages[1].status, MessageStatus::held);
