@@ -47,11 +47,13 @@ inline int32_t perform(const IoRequest& request, size_t max_write_bytes = SIZE_M
   return -EINVAL;
 }
 
-// Runs the spool until it is idle, jumping the clock to each deadline. Returns what completed.
-inline std::vector<Completed> drain(ShardSpool& spool, uint64_t& now_us, size_t max_write_bytes = SIZE_MAX) {
+// Runs the spool until it is idle, jumping the clock to each deadline; `complete(request)` gives
+// each request's result (performing it, or injecting a fault). Returns what completed.
+template <typename Complete>
+std::vector<Completed> drain_with(ShardSpool& spool, uint64_t& now_us, Complete&& complete, int rounds = 1000000) {
   std::vector<Completed> done;
   std::vector<IoRequest> requests;
-  for (int round = 0; round < 1000000 && !spool.idle(); ++round) {
+  for (int round = 0; round < rounds && !spool.idle(); ++round) {
     requests.clear();
     spool.collect_io(now_us, requests);
     if (requests.empty()) {
@@ -63,10 +65,15 @@ inline std::vector<Completed> drain(ShardSpool& spool, uint64_t& now_us, size_t 
       continue;
     }
     for (const auto& request : requests) {
-      spool.on_io_complete(request.op_id, perform(request, max_write_bytes), done);
+      spool.on_io_complete(request.op_id, complete(request), done);
     }
   }
   return done;
+}
+
+inline std::vector<Completed> drain(ShardSpool& spool, uint64_t& now_us, size_t max_write_bytes = SIZE_MAX) {
+  return drain_with(spool, now_us,
+                    [max_write_bytes](const IoRequest& request) { return perform(request, max_write_bytes); });
 }
 
 // The preallocator works on its own thread: wait until it has `count` segments ready.

@@ -420,29 +420,17 @@ TEST_F(SpoolCommitTest, HoldAndReleaseChangeTheIndexWhenDurable) {
   EXPECT_EQ(_spool->find(id)->status, MessageStatus::queued);
 }
 
-// Runs the spool until idle like testing::drain, but every request goes through `fault` first:
-// it returns the result to report instead (and then the request is not performed), or nullopt.
+// testing::drain, but every request goes through `fault` first: it returns the result to
+// report instead (and then the request is not performed), or nullopt.
 template <typename Fault>
-std::vector<Completed> drain_with_faults(ShardSpool& spool, uint64_t& now_us, Fault&& fault, int rounds = 100000) {
-  std::vector<Completed> done;
-  std::vector<IoRequest> requests;
-  for (int round = 0; round < rounds && !spool.idle(); ++round) {
-    requests.clear();
-    spool.collect_io(now_us, requests);
-    if (requests.empty()) {
-      const uint64_t deadline = spool.next_deadline_us();
-      if (deadline == UINT64_MAX) {
-        break;
-      }
-      now_us = std::max(now_us + 1, deadline);
-      continue;
-    }
-    for (const auto& request : requests) {
-      const std::optional<int32_t> injected = fault(request);
-      spool.on_io_complete(request.op_id, injected ? *injected : perform(request), done);
-    }
-  }
-  return done;
+std::vector<Completed> drain_with_faults(ShardSpool& spool, uint64_t& now_us, Fault&& fault) {
+  return testing::drain_with(
+      spool, now_us,
+      [&fault](const IoRequest& request) {
+        const std::optional<int32_t> injected = fault(request);
+        return injected ? *injected : perform(request);
+      },
+      100000);
 }
 
 size_t journal_file_count(const std::string& dir) {
