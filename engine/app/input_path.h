@@ -1,8 +1,7 @@
 #pragma once
-// The decisions of a shard's input path, kept out of the ring code so they can be tested alone:
-// what to do when a multishot recv ends (backpressure must hold), where parked input is read
-// from (a read offset, so it is copied once, not once per slice), and whether a session may
-// buffer more of a message body within the shard's body memory budget.
+// A decision of a shard's input path, kept out of the ring code so it can be tested alone:
+// whether a session may buffer more of a message body within the shard's body memory budget.
+// (What to do when a recv ends, and parked input, are the stream's: engine/io/stream.h.)
 // Nothing here does I/O or owns a socket.
 #include <algorithm>
 #include <cstdint>
@@ -12,67 +11,6 @@
 #include "engine/io/assert.h"
 
 namespace sluice::app {
-
-// What to do with a connection whose multishot recv has ended (its last CQE, no F_MORE).
-enum class RecvEnd : uint8_t {
-  rearm,        // arm a new recv
-  stay_paused,  // backpressure: leave it disarmed; resume_reading re-arms it
-  half_close,   // the client sent FIN: answer what it sent, then close
-  close,        // an error, or the end of a recv we shut down: close the connection
-};
-
-// res is the CQE's result. cancel_pending: we had asked to cancel this recv for a pause.
-// While the connection is paused nothing re-arms its recv, whatever the reason it ended
-// (-ECANCELED from our cancel, -ENOBUFS from a dry buffer ring, a plain end of multishot):
-// only resume_reading does, once the parked input drained or the body budget freed.
-RecvEnd recv_end_action(int32_t res, bool cancel_pending, bool reading_paused, bool closing);
-
-// Input received but not handed to the session yet. Read from an offset: taking a slice does
-// not move the rest; the consumed front is dropped when it is at least half of the buffer, so
-// every octet is copied O(1) times on average however it is sliced.
-class ParkedInput {
- public:
-  bool empty() const { return _offset == _buffer.size(); }
-  size_t size() const { return _buffer.size() - _offset; }
-  std::string_view view() const { return std::string_view(_buffer).substr(_offset); }
-  void append(std::string_view data) {
-    compact();
-    _buffer.append(data);
-    _copied_octets += data.size();
-  }
-  void consume(size_t octets) {
-    SLUICE_ASSERT(octets <= size());
-    _offset += octets;
-    if (empty()) {
-      clear();
-    }
-  }
-  void clear() {
-    _buffer.clear();
-    _offset = 0;
-  }
-  // Frees a large buffer once it is empty (an idle session keeps no 4 MiB of capacity).
-  void release_if_large(size_t capacity_max) {
-    if (empty() && _buffer.capacity() > capacity_max) {
-      std::string().swap(_buffer);
-      _offset = 0;
-    }
-  }
-  // Octets copied into the buffer so far, compaction included (tests check it is linear).
-  uint64_t copied_octets() const { return _copied_octets; }
-
- private:
-  void compact() {
-    if (_offset > 0 && _offset * 2 >= _buffer.size()) {
-      _copied_octets += _buffer.size() - _offset;
-      _buffer.erase(0, _offset);
-      _offset = 0;
-    }
-  }
-  std::string _buffer;
-  size_t _offset = 0;
-  uint64_t _copied_octets = 0;
-};
 
 // The shard's budget of message body octets in memory: bodies sessions are receiving plus
 // bodies handed to the spool and not yet committed. It must bound memory without deadlock: if

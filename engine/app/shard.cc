@@ -22,6 +22,7 @@
 #include "engine/io/clock.h"
 #include "engine/io/ring.h"
 #include "engine/io/socket.h"
+#include "engine/io/stream.h"
 #include "engine/io/strings.h"
 #include "engine/io/timer_wheel.h"
 #include "engine/smtp/proxy_protocol.h"
@@ -38,25 +39,28 @@ static_assert(static_cast<uint8_t>(smtp::DsnRet::full) == static_cast<uint8_t>(s
 static_assert(smtp::kNotifyNever == spool::kNotifyNever && smtp::kNotifySuccess == spool::kNotifySuccess &&
               smtp::kNotifyFailure == spool::kNotifyFailure && smtp::kNotifyDelay == spool::kNotifyDelay);
 
-enum Tag : uint8_t {
-  kTagIgnore = 0,
-  kTagAccept,
-  kTagRecv,
-  kTagSend,
-  kTagClose,
-  kTagSpool,
-  kTagDoorbell,
-  kTagLog,
+using io::CompletionTag;
+using io::completion_user_data;
+
+// What an expired timer is for: a typed cookie with the slot's generation, so that a timer of a
+// freed slot could never act on the slot's next connection.
+enum class TimerKind : uint8_t { session = 1 };
+struct TimerCookie {
+  TimerKind kind = TimerKind::session;
+  uint32_t index = 0;
+  uint32_t generation = 0;
+  uint64_t encode() const { return io::UserData{static_cast<uint8_t>(kind), index, generation}.encode(); }
+  static TimerCookie decode(uint64_t value) {
+    const io::UserData data = io::UserData::decode(value);
+    return TimerCookie{static_cast<TimerKind>(data.tag), data.index, data.generation};
+  }
 };
 
 constexpr uint16_t kBufferGroup = 1;
 constexpr uint64_t kLoopWaitUsMax = 10'000;            // the timer wheel's tick: sleep while polling
 constexpr uint64_t kIdleWaitUsMax = 100'000;           // nothing to do: the drain flag is seen within this
-constexpr size_t kPendingInputOctetsMax = 4 << 20;     // hard cap on parked input: beyond it, close
-constexpr size_t kPendingInputHighOctets = 256 << 10;  // parked input that pauses the recv...
-constexpr size_t kPendingInputLowOctets = 64 << 10;    // ...until it is drained below this
 constexpr size_t kOutputOctetsMax = 256 << 10;         // replies queued for a client that does not read
-constexpr size_t kIdleBufferCapacity = 1024;           // above this, buffers are released when empty
+constexpr size_t kIdleBufferCapacity = io::Stream::kIdleBufferCapacity;
 constexpr size_t kInputSliceOctets = 16 << 10;         // parked input handed to a session at once
 constexpr uint64_t kCloseLingerMs = 10'000;            // a closing client that reads nothing is cut off
 constexpr uint64_t kDrainForceGraceMs = 1'000;         // after the drain deadline, before cutting off
@@ -66,34 +70,20 @@ constexpr uint64_t kSpoolFullWaitMs = 2'000;           // a message may wait thi
 constexpr uint64_t kSubmitErrorLogMs = 1'000;          // failed submits are logged at most this often
 constexpr uint64_t kTraceOctetsMax = 1024;             // our Received:, Message-ID:, Date: (HELO cut at 255)
 
-void release_if_large(std::string& buffer) {
-  if (buffer.empty() && buffer.capacity() > kIdleBufferCapacity) {
-    std::string().swap(buffer);
-  }
-}
-
 }  // namespace
 
+// An inbound connection: the transport (io::Stream: recv, send, close protocol, parked input)
+// and what the shard adds on top (PROXY header, the SMTP session, deadlines, the body budget).
 struct Connection {
   uint32_t generation = 0;
-  int fd = -1;
   bool in_use = false;
-  bool recv_armed = false;
-  bool send_in_flight = false;
-  bool closing = false;  // no more input is processed; close once output is sent
-  bool shutdown_sent = false;
-  bool close_sent = false;
   bool awaiting_proxy = false;
   bool dirty = false;  // has output to flush this loop iteration
   bool counted_as_client = false;
-  bool read_closed = false;     // the client sent FIN; replies may still go out
-  bool reading_paused = false;  // backpressure: too much input parked
-  bool recv_cancel_pending = false;
   bool budget_paused = false;  // backpressure: its body may not grow until the body budget frees
   uint64_t budget_paused_since_ms = 0;
   uint64_t body_held = 0;  // octets of message body it holds, counted in the shard's budget
   uint64_t body_seq = 0;   // its place among the bodies in memory, oldest first; 0: none held
-  uint32_t out_offset = 0;
   uint64_t started_ms = 0;
   uint64_t serial = 0;            // this shard's number for the session: session=S<shard>-<serial>
   uint64_t line_deadline_ms = 0;  // a command line has begun: it must end by then (0 = none)
@@ -102,9 +92,7 @@ struct Connection {
   bool connect_logged = false;    // a disconnect line is owed
   std::string_view end_reason;    // why it ended, for the disconnect line (static text)
   io::TimerNode timer;
-  std::string out;         // being sent (the kernel reads it until the send CQE)
-  std::string out_next;    // replies gathered meanwhile
-  ParkedInput pending_in;  // received, not yet taken by the session (read from an offset)
+  io::Stream stream;
   io::SocketAddress peer;  // after PROXY: the real client
   std::optional<smtp::ServerSession> session;
 };
@@ -232,7 +220,6 @@ struct Shard::Impl : public smtp::SessionHost {
 
   Connection& slot(uint32_t index) { return chunks[index / kSlotsPerChunk][index % kSlotsPerChunk]; }
 
-  uint64_t user_data(uint8_t tag, uint32_t index) { return io::UserData{tag, index, slot(index).generation}.encode(); }
 
   // ---- set-up -----------------------------------------------------------------------------
   bool start() {
@@ -260,7 +247,7 @@ struct Shard::Impl : public smtp::SessionHost {
   void arm_accept(uint32_t listener) {
     io_uring_sqe* sqe = ring->sqe();
     io_uring_prep_multishot_accept(sqe, listeners[listener], nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, io::UserData{kTagAccept, listener, 0}.encode());
+    io_uring_sqe_set_data64(sqe, completion_user_data(CompletionTag::accept, listener, 0));
   }
 
   // ---- slots ------------------------------------------------------------------------------
@@ -278,13 +265,14 @@ struct Shard::Impl : public smtp::SessionHost {
     free_slots.pop_back();
     Connection& connection = slot(index);
     connection.in_use = true;
-    connection.timer.cookie = index;
+    connection.timer.cookie = TimerCookie{TimerKind::session, index, connection.generation}.encode();
+    connection.stream.bind(ring.get(), buffers.get(), index, connection.generation);
     return index;
   }
 
   void free_slot(uint32_t index) {
     Connection& c = slot(index);
-    SLUICE_ASSERT(c.in_use && c.close_sent && !c.recv_armed && !c.send_in_flight, "slot freed before its last CQE");
+    SLUICE_ASSERT(c.in_use && c.stream.closed() && c.stream.quiescent(), "slot freed before its last CQE");
     if (c.connect_logged) {
       std::string line = str_cat("event=disconnect ", session_tag(c.serial), " client=", c.peer.ip_string(),
                                  " duration_ms=", loop_now_ms - c.started_ms);
@@ -320,9 +308,9 @@ struct Shard::Impl : public smtp::SessionHost {
     auto [send, close] = ring->linked_pair();
     io_uring_prep_send(send, fd, reply.data(), reply.size(), MSG_NOSIGNAL);
     send->flags |= IOSQE_IO_HARDLINK;
-    io_uring_sqe_set_data64(send, 0);
+    io_uring_sqe_set_data64(send, completion_user_data(CompletionTag::ignore, 0, 0));
     io_uring_prep_close(close, fd);
-    io_uring_sqe_set_data64(close, 0);
+    io_uring_sqe_set_data64(close, completion_user_data(CompletionTag::ignore, 0, 0));
   }
 
   void on_accept(const io_uring_cqe& cqe, uint32_t listener) {
@@ -361,11 +349,10 @@ struct Shard::Impl : public smtp::SessionHost {
     ++open_connections;
     shard->_metrics.add(shard->_metrics.connections_current);
     Connection& c = slot(*index);
-    c.fd = fd;
     c.started_ms = loop_now_ms;
     c.serial = ++next_serial;
     c.peer = io::peer_address(fd);
-    arm_recv(*index);
+    c.stream.adopt(fd);
     if (context->proxy_trusted.contains(c.peer)) {
       c.awaiting_proxy = true;
       timers->schedule(c.timer, loop_now_ms + context->proxy_timeout_ms);
@@ -389,7 +376,7 @@ struct Shard::Impl : public smtp::SessionHost {
                                        : admission == ClientAdmission::table_full ? smtp::reply::kTooManyConnections
                                                                                   : smtp::reply::kTooManyFromYou;
         log_rejection(c, rate ? Rejection::rate_limited : Rejection::too_many_from_client, reply);
-        c.out_next.append(reply);
+        c.stream.output().append(reply);
         c.end_reason = "refused";
         begin_close(index);
         return;
@@ -397,73 +384,41 @@ struct Shard::Impl : public smtp::SessionHost {
       c.counted_as_client = true;
     }
     c.session.emplace(&context->settings, this, smtp::ClientInfo{c.peer, relay_allowed, c.serial});
-    c.session->greet(c.out_next);
+    c.session->greet(c.stream.output());
     mark_dirty(index);
     rearm_timer(index);
   }
 
   // ---- receive ----------------------------------------------------------------------------
-  void arm_recv(uint32_t index) {
-    Connection& c = slot(index);
-    SLUICE_ASSERT(c.in_use && !c.recv_armed && !c.close_sent, "one recv per connection, none after close");
-    io_uring_sqe* sqe = ring->sqe();
-    io_uring_prep_recv_multishot(sqe, c.fd, nullptr, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = kBufferGroup;
-    io_uring_sqe_set_data64(sqe, user_data(kTagRecv, index));
-    c.recv_armed = true;
-  }
-
   void on_recv(const io_uring_cqe& cqe, uint32_t index) {
     Connection& c = slot(index);
-    const bool more = cqe.flags & IORING_CQE_F_MORE;
-    if (cqe.res > 0 && (cqe.flags & IORING_CQE_F_BUFFER)) {
-      const uint16_t buffer_id = static_cast<uint16_t>(cqe.flags >> IORING_CQE_BUFFER_SHIFT);
-      const std::span<const char> data = buffers->data(buffer_id, static_cast<uint32_t>(cqe.res));
-      if (!c.closing) {
-        on_bytes(index, std::string_view(data.data(), data.size()));
-      }
-      buffers->recycle(buffer_id);
-    }
-    if (more) {
-      return;
-    }
-    c.recv_armed = false;
-    const bool cancel_pending = c.recv_cancel_pending;
-    c.recv_cancel_pending = false;
-    switch (recv_end_action(cqe.res, cancel_pending, c.reading_paused, c.closing)) {
-      case RecvEnd::rearm:
-        arm_recv(index);
+    const io::RecvEvent event = c.stream.on_recv(cqe, [&](std::string_view data) { on_bytes(index, data); });
+    switch (event) {
+      case io::RecvEvent::more:
         return;
-      case RecvEnd::stay_paused:
-        return;  // resume_reading_if_drained() arms it again
-      case RecvEnd::half_close:
+      case io::RecvEvent::peer_closed:
         // The client half-closed (SHUT_WR): it may still read. Answer what it sent, then close.
-        c.read_closed = true;
         c.end_reason = "client_closed";
         resume_pending(index);
         finish_if_read_closed(index);
         return;
-      case RecvEnd::close:
+      case io::RecvEvent::ended:
+        break;
+      case io::RecvEvent::failed:
+        if (c.stream.last_error() < 0 && c.stream.last_error() != -ECANCELED) {
+          log.line(str_cat("event=recv_error client=", c.peer.ip_string(), " error=", -c.stream.last_error()));
+        }
+        c.end_reason = "client_gone";
         break;
     }
-    // An error, or the end of a recv we shut down or cancelled: nobody is listening any more.
-    if (cqe.res < 0 && cqe.res != -ECANCELED && !c.closing) {
-      log.line(str_cat("event=recv_error client=", c.peer.ip_string(), " error=", -cqe.res));
-    }
-    if (!c.closing) {
-      c.closing = true;
-      c.out_next.clear();
-      c.end_reason = "client_gone";
-    }
-    advance_close(index);
+    c.stream.advance_close();
   }
 
   // After the client's EOF: once nothing it sent is still being processed, close (after the
   // replies are sent).
   void finish_if_read_closed(uint32_t index) {
     Connection& c = slot(index);
-    if (!c.read_closed || c.closing) {
+    if (!c.stream.peer_closed() || c.stream.closing()) {
       return;
     }
     if (c.session && c.session->waiting_for_commit()) {
@@ -484,80 +439,49 @@ struct Shard::Impl : public smtp::SessionHost {
     if (!c.session) {
       return;
     }
-    if (!c.pending_in.empty() || c.session->waiting_for_commit() || c.out_next.size() > kOutputOctetsMax) {
-      if (c.pending_in.size() + data.size() > kPendingInputOctetsMax) {
+    // Backpressure: while input waits (a commit running, or replies the client does not read),
+    // it is parked; the stream stops the recv above its high watermark, so TCP's window holds
+    // the client back instead of our memory. resume_pending() starts it again.
+    if (!c.stream.parked().empty() || c.session->waiting_for_commit() || c.stream.queued_octets() > kOutputOctetsMax) {
+      if (!c.stream.park(data)) {
         log_rejection(c, Rejection::input_overflow, smtp::reply::kTooMuchInput);
-        c.out_next.append(smtp::reply::kTooMuchInput);
+        c.stream.output().append(smtp::reply::kTooMuchInput);
         c.end_reason = "input_overflow";
         begin_close(index);
         return;
       }
-      c.pending_in.append(data);
       sync_body(index);
-      pause_reading_if_full(index);
       return;
     }
     if (!admit_body_input(index, data.size())) {
-      if (!c.closing) {
-        c.pending_in.append(data);  // read when the budget frees
+      if (!c.stream.closing()) {
+        c.stream.parked().append(data);  // read when the budget frees
         sync_body(index);
       }
       return;
     }
     // A recv buffer is at most one slice: its replies are bounded without slicing here.
     run_session(index, data, false);
-    pause_reading_if_full(index);
     rearm_timer(index);
   }
 
-  // Backpressure: while input waits (a commit running, or replies the client does not read),
-  // stop the recv once kPendingInputHighOctets are parked, so TCP's window holds the client
-  // back instead of our memory. resume_pending() starts it again.
-  void pause_reading_if_full(uint32_t index) {
-    if (slot(index).pending_in.size() >= kPendingInputHighOctets) {
-      pause_reading(index);
-    }
-  }
-
-  void pause_reading(uint32_t index) {
-    Connection& c = slot(index);
-    if (c.reading_paused || c.closing) {
-      return;
-    }
-    c.reading_paused = true;
-    if (c.recv_armed && !c.recv_cancel_pending) {
-      c.recv_cancel_pending = true;
-      io_uring_sqe* sqe = ring->sqe();
-      io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
-      io_uring_sqe_set_data64(sqe, 0);
-    }
-  }
-
-  void resume_reading_if_drained(uint32_t index) {
-    Connection& c = slot(index);
-    if (!c.reading_paused || c.closing || c.read_closed || c.budget_paused ||
-        c.pending_in.size() >= kPendingInputLowOctets) {
-      return;
-    }
-    c.reading_paused = false;
-    if (!c.recv_armed) {
-      arm_recv(index);
-    }  // else the cancelled recv's final CQE re-arms it (on_recv)
-  }
-
   // Feeds input to the session. `data` is either new input (nothing parked) or the front of
-  // pending_in (from_parked); what the session does not take stays parked, in order.
+  // the parked input (from_parked); what the session does not take stays parked, in order.
   void run_session(uint32_t index, std::string_view data, bool from_parked) {
     Connection& c = slot(index);
-    const smtp::SessionStep step = c.session->on_input(data, c.out_next);
+    const smtp::SessionStep step = c.session->on_input(data, c.stream.output());
     update_deadlines(index);
     mark_dirty(index);
     // Park (or un-park) before acting: commit_message can answer at once and come back into
     // resume_pending, which must find the input in order.
     if (from_parked) {
-      c.pending_in.consume(step.consumed);
+      c.stream.parked().consume(step.consumed);
     } else if (step.action != smtp::SessionAction::close && step.consumed < data.size()) {
-      c.pending_in.append(data.substr(step.consumed));
+      // A rest of at most one recv buffer: parked whatever the watermarks (never refused).
+      c.stream.parked().append(data.substr(step.consumed));
+      if (c.stream.parked().size() >= io::Stream::kParkedHighOctets) {
+        c.stream.pause_reading();
+      }
     }
     sync_body(index);
     switch (step.action) {
@@ -575,24 +499,25 @@ struct Shard::Impl : public smtp::SessionHost {
 
   // Feeds parked input to the session a slice at a time, so that the replies it produces stay
   // bounded by kOutputOctetsMax (a client that sends many commands and reads nothing). The
-  // slices are views into pending_in: nothing is copied per slice.
+  // slices are views into the parked input: nothing is copied per slice.
   void resume_pending(uint32_t index) {
     Connection& c = slot(index);
-    while (!c.closing && c.session && !c.session->waiting_for_commit() && !c.pending_in.empty() &&
-           c.out_next.size() <= kOutputOctetsMax) {
-      const size_t before = c.pending_in.size();
-      const std::string_view input = c.pending_in.view();
+    io::ParkedInput& parked = c.stream.parked();
+    while (!c.stream.closing() && c.session && !c.session->waiting_for_commit() && !parked.empty() &&
+           c.stream.queued_octets() <= kOutputOctetsMax) {
+      const size_t before = parked.size();
+      const std::string_view input = parked.view();
       const size_t slice = std::min(input.size(), kInputSliceOctets);
       if (!admit_body_input(index, slice)) {
         break;  // waits for the body budget (or was closed)
       }
       run_session(index, input.substr(0, slice), true);
-      if (c.pending_in.size() >= before) {
+      if (parked.size() >= before) {
         break;  // no progress: wait for more input
       }
     }
-    c.pending_in.release_if_large(kIdleBufferCapacity);
-    resume_reading_if_drained(index);
+    parked.release_if_large(kIdleBufferCapacity);
+    c.stream.resume_reading(c.budget_paused);
   }
 
   // ---- message bodies in memory -----------------------------------------------------------
@@ -630,7 +555,7 @@ struct Shard::Impl : public smtp::SessionHost {
     if (is_head && !budget.can_ever_fit(c.session->body_octets() + octets)) {
       log_rejection(c, Rejection::too_big, smtp::reply::kBodyMemoryExceededClosing,
                     str_cat(" limit=body_memory held=", c.body_held, " budget=", budget.budget_octets()));
-      c.out_next.append(smtp::reply::kBodyMemoryExceededClosing);
+      c.stream.output().append(smtp::reply::kBodyMemoryExceededClosing);
       begin_close(index);
       return false;
     }
@@ -639,7 +564,7 @@ struct Shard::Impl : public smtp::SessionHost {
       c.budget_paused_since_ms = loop_now_ms;
       budget_waiters.push_back(BodyHolder{index, c.generation, 0});
     }
-    pause_reading(index);
+    c.stream.pause_reading();
     return false;
   }
 
@@ -650,7 +575,7 @@ struct Shard::Impl : public smtp::SessionHost {
     if (!c.session || !(c.session->transaction_open() || c.session->waiting_for_commit())) {
       return 0;  // no body: what an idle session keeps (a small buffer) is not a body in flight
     }
-    return c.session->body_memory_octets() + (c.session->transaction_open() ? c.pending_in.size() : 0);
+    return c.session->body_memory_octets() + (c.session->transaction_open() ? c.stream.parked().size() : 0);
   }
 
   // Brings the budget up to date with what the session holds (after input, parking, a take).
@@ -713,14 +638,15 @@ struct Shard::Impl : public smtp::SessionHost {
   // ---- PROXY protocol ---------------------------------------------------------------------
   void on_proxy_bytes(uint32_t index, std::string_view data) {
     Connection& c = slot(index);
-    c.pending_in.append(data);
-    const smtp::ProxyParseResult parsed = smtp::parse_proxy_header(c.pending_in.view());
+    io::ParkedInput& parked = c.stream.parked();
+    parked.append(data);
+    const smtp::ProxyParseResult parsed = smtp::parse_proxy_header(parked.view());
     if (parsed.status == smtp::ProxyParseStatus::need_more) {
       return;
     }
     if (parsed.status == smtp::ProxyParseStatus::invalid) {
       log_rejection(c, Rejection::proxy_invalid, "(closed without a reply)");
-      c.pending_in.clear();
+      parked.clear();
       begin_close(index);
       return;
     }
@@ -728,12 +654,12 @@ struct Shard::Impl : public smtp::SessionHost {
     if (!parsed.use_socket_address) {
       c.peer = parsed.source.unmapped();
     }
-    const bool early = c.pending_in.size() > parsed.header_octets;
-    c.pending_in.clear();
+    const bool early = parked.size() > parsed.header_octets;
+    parked.clear();
     if (early) {
       // The client spoke before our greeting: RFC 5321 4.3.1 synchronization error.
       log_rejection(c, Rejection::early_talker, smtp::reply::kEarlyTalker);
-      c.out_next.append(smtp::reply::kEarlyTalker);
+      c.stream.output().append(smtp::reply::kEarlyTalker);
       mark_dirty(index);
       begin_close(index);
       return;
@@ -742,7 +668,7 @@ struct Shard::Impl : public smtp::SessionHost {
     start_session(index);
   }
 
-  // ---- send -------------------------------------------------------------------------------
+  // ---- send and close ---------------------------------------------------------------------
   void mark_dirty(uint32_t index) {
     Connection& c = slot(index);
     if (!c.dirty) {
@@ -751,120 +677,39 @@ struct Shard::Impl : public smtp::SessionHost {
     }
   }
 
-  void flush_output(uint32_t index) {
-    Connection& c = slot(index);
-    if (c.send_in_flight || c.fd < 0 || c.close_sent) {
-      return;
-    }
-    if (c.out_next.empty()) {
-      if (c.closing) {
-        advance_close(index);
-      }
-      return;
-    }
-    c.out.swap(c.out_next);
-    c.out_next.clear();
-    c.out_offset = 0;
-    submit_send(index);
-  }
-
-  void submit_send(uint32_t index) {
-    Connection& c = slot(index);
-    SLUICE_ASSERT(c.in_use && !c.send_in_flight && !c.close_sent && c.out_offset < c.out.size(),
-                  "one send in flight, none after the close was issued");
-    io_uring_sqe* sqe = ring->sqe();
-    io_uring_prep_send(sqe, c.fd, c.out.data() + c.out_offset, c.out.size() - c.out_offset, MSG_NOSIGNAL);
-    io_uring_sqe_set_data64(sqe, user_data(kTagSend, index));
-    c.send_in_flight = true;
-  }
-
   void on_send(const io_uring_cqe& cqe, uint32_t index) {
     Connection& c = slot(index);
-    c.send_in_flight = false;
-    if (cqe.res < 0) {
-      if (!c.closing) {  // else it failed because we shut the socket down ourselves
+    const bool was_closing = c.stream.closing();
+    if (!c.stream.on_send(cqe.res)) {
+      if (!was_closing) {  // else it failed because we shut the socket down ourselves
         c.end_reason = cqe.res == -EPIPE || cqe.res == -ECONNRESET ? "client_reset" : "send_error";
       }
-      c.closing = true;
-      c.out.clear();
-      c.out_next.clear();
-      advance_close(index);
       return;
     }
-    c.out_offset += static_cast<uint32_t>(cqe.res);
-    if (c.out_offset < c.out.size()) {
-      submit_send(index);  // short send: the rest, in order
-      return;
+    if (c.stream.output_in_flight()) {
+      return;  // a short send: the rest is on its way
     }
-    c.out.clear();
-    release_if_large(c.out);
     resume_pending(index);
-    flush_output(index);
+    c.stream.flush();
   }
 
-  // ---- close ------------------------------------------------------------------------------
+  // We read nothing more (the stream stops the recv now rather than draining a client that
+  // keeps sending). The last replies get kCloseLingerMs to leave; a client that does not read is
+  // cut off then.
   void begin_close(uint32_t index) {
     Connection& c = slot(index);
-    if (!c.closing) {
-      // We read nothing more: stop the recv now rather than draining a client that keeps
-      // sending. The last replies get kCloseLingerMs to leave; a client that does not read is
-      // cut off then.
-      shutdown(c.fd, SHUT_RD);
+    if (!c.stream.closing()) {
+      c.stream.begin_close();
+      timers->cancel(c.timer);
       timers->schedule(c.timer, loop_now_ms + kCloseLingerMs);
     }
-    c.closing = true;
     mark_dirty(index);
   }
 
-  // Ends the connection now, even with a send stuck on a client that does not read: shutdown
-  // makes the pending send and the multishot recv complete, and the close follows.
-  void force_close(uint32_t index) {
-    Connection& c = slot(index);
-    c.closing = true;
-    c.out_next.clear();
-    if (!c.close_sent) {
-      shutdown_socket(index);
-    }
-    advance_close(index);
+  void on_close(uint32_t index) {
+    slot(index).stream.on_close();
+    free_slot(index);
   }
-
-  // A plain shutdown(2), not IORING_OP_SHUTDOWN: that op always runs in an io-wq worker, which
-  // looks the fd number up late; by then we may have closed it and another shard may have
-  // accepted a new connection on the same number, which the late shutdown would kill.
-  void shutdown_socket(uint32_t index) {
-    Connection& c = slot(index);
-    if (c.shutdown_sent) {
-      return;
-    }
-    c.shutdown_sent = true;
-    shutdown(c.fd, SHUT_RDWR);
-    if (c.recv_armed) {
-      // Normally the shutdown ends the multishot recv; cancel it too so its final CQE comes.
-      io_uring_sqe* sqe = ring->sqe();
-      io_uring_prep_cancel64(sqe, user_data(kTagRecv, index), 0);
-      io_uring_sqe_set_data64(sqe, 0);
-    }
-  }
-
-  // Close order: replies sent -> shutdown (sends FIN, ends the multishot recv) -> recv's final
-  // CQE -> close -> close CQE -> slot freed. A slot is reused only after its last CQE.
-  void advance_close(uint32_t index) {
-    Connection& c = slot(index);
-    if (c.send_in_flight || !c.out_next.empty() || c.close_sent) {
-      return;
-    }
-    shutdown_socket(index);
-    if (c.recv_armed) {
-      return;
-    }
-    SLUICE_ASSERT(!c.send_in_flight && !c.recv_armed);
-    c.close_sent = true;
-    io_uring_sqe* sqe = ring->sqe();
-    io_uring_prep_close(sqe, c.fd);
-    io_uring_sqe_set_data64(sqe, user_data(kTagClose, index));
-  }
-
-  void on_close(uint32_t index) { free_slot(index); }
 
   // ---- timers -----------------------------------------------------------------------------
   // Besides the idle timeouts (command_timeout / data_timeout since the last input), a unit of
@@ -891,7 +736,7 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void rearm_timer(uint32_t index) {
     Connection& c = slot(index);
-    if (!c.session || c.closing) {
+    if (!c.session || c.stream.closing()) {
       return;
     }
     const uint64_t timeout = c.session->in_data_phase() ? context->data_timeout_ms : context->command_timeout_ms;
@@ -917,14 +762,15 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void on_timer(uint32_t index) {
     Connection& c = slot(index);
-    if (!c.in_use || c.close_sent) {
-      return;
+    SLUICE_ASSERT(c.in_use, "a freed slot's timer is cancelled");
+    if (c.stream.shut_down()) {
+      return;  // the close is on its way
     }
-    if (c.closing) {
+    if (c.stream.closing()) {
       log.line(
           str_cat("event=close_forced ", session_tag(c.serial), " client=", c.peer.ip_string(), " reason=not_reading"));
       c.end_reason = "close_forced";
-      force_close(index);
+      c.stream.force_close();
       return;
     }
     if (c.session && c.session->waiting_for_commit()) {
@@ -942,7 +788,7 @@ struct Shard::Impl : public smtp::SessionHost {
     log_rejection(c, Rejection::timeout, c.session ? smtp::reply::kTimeout : "(closed without a reply)",
                   str_cat(" timeout=", c.session ? expired_deadline(c) : std::string_view("proxy_header")));
     if (c.session) {
-      c.session->on_timeout(c.out_next);
+      c.session->on_timeout(c.stream.output());
     }
     c.end_reason = "timeout";
     begin_close(index);
@@ -966,11 +812,11 @@ struct Shard::Impl : public smtp::SessionHost {
   // with whatever the client pipelined meanwhile. Every commit outcome goes through here.
   void answer_commit(uint32_t index, bool stored, std::string_view queue_id) {
     Connection& c = slot(index);
-    c.session->commit_done(stored, queue_id, c.out_next);
+    c.session->commit_done(stored, queue_id, c.stream.output());
     sync_body(index);  // no longer committing: it holds no body, and is no longer the oldest holder
     mark_dirty(index);
     if (draining && !c.session->transaction_open()) {
-      c.out_next.append(smtp::reply::kShuttingDown);
+      c.stream.output().append(smtp::reply::kShuttingDown);
       begin_close(index);
     }
     resume_pending(index);
@@ -1110,7 +956,9 @@ struct Shard::Impl : public smtp::SessionHost {
           io_uring_prep_fsync(sqe, request.fd, 0);
           break;
       }
-      io_uring_sqe_set_data64(sqe, (uint64_t{kTagSpool} << 56) | request.op_id);
+      // The spool's op ids fit in 56 bits: the tag takes the top octet.
+      SLUICE_ASSERT(request.op_id < (uint64_t{1} << 56));
+      io_uring_sqe_set_data64(sqe, (uint64_t{static_cast<uint8_t>(CompletionTag::spool)} << 56) | request.op_id);
     }
   }
 
@@ -1167,11 +1015,11 @@ struct Shard::Impl : public smtp::SessionHost {
     // Sessions between transactions are told now; those mid-transaction finish it first.
     for (uint32_t index = 0; index < slots_used; ++index) {
       Connection& c = slot(index);
-      if (c.in_use && !c.closing && c.session && !c.session->transaction_open() && !c.session->in_data_phase() &&
-          !c.session->waiting_for_commit()) {
-        c.out_next.append(smtp::reply::kShuttingDown);
+      if (c.in_use && !c.stream.closing() && c.session && !c.session->transaction_open() &&
+          !c.session->in_data_phase() && !c.session->waiting_for_commit()) {
+        c.stream.output().append(smtp::reply::kShuttingDown);
         begin_close(index);
-      } else if (c.in_use && !c.closing && !c.session) {
+      } else if (c.in_use && !c.stream.closing() && !c.session) {
         begin_close(index);
       }
     }
@@ -1180,9 +1028,9 @@ struct Shard::Impl : public smtp::SessionHost {
   void force_close_all() {
     for (uint32_t index = 0; index < slots_used; ++index) {
       Connection& c = slot(index);
-      if (c.in_use && !c.closing) {
+      if (c.in_use && !c.stream.closing()) {
         if (c.session && !c.session->waiting_for_commit()) {
-          c.out_next.append(smtp::reply::kShuttingDown);
+          c.stream.output().append(smtp::reply::kShuttingDown);
         }
         begin_close(index);
       }
@@ -1193,8 +1041,8 @@ struct Shard::Impl : public smtp::SessionHost {
     accepts_cancelled = true;
     for (uint32_t i = 0; i < listeners.size(); ++i) {
       io_uring_sqe* sqe = ring->sqe();
-      io_uring_prep_cancel64(sqe, io::UserData{kTagAccept, i, 0}.encode(), IORING_ASYNC_CANCEL_ALL);
-      io_uring_sqe_set_data64(sqe, 0);
+      io_uring_prep_cancel64(sqe, completion_user_data(CompletionTag::accept, i, 0), IORING_ASYNC_CANCEL_ALL);
+      io_uring_sqe_set_data64(sqe, completion_user_data(CompletionTag::ignore, 0, 0));
     }
   }
 
@@ -1214,40 +1062,46 @@ struct Shard::Impl : public smtp::SessionHost {
 
   void dispatch(const io_uring_cqe& cqe) {
     const io::UserData data = io::UserData::decode(cqe.user_data);
-    switch (data.tag) {
-      case kTagAccept:
+    const CompletionTag tag = io::completion_tag(cqe.user_data);
+    switch (tag) {
+      case CompletionTag::accept:
         on_accept(cqe, data.index);
         return;
-      case kTagSpool:
+      case CompletionTag::spool:
         on_spool(cqe);
         return;
-      case kTagDoorbell:
+      case CompletionTag::doorbell:
         run_control_requests();
         return;
-      case kTagLog:
+      case CompletionTag::log:
         log.on_write_done(cqe.res);
         return;
-      case kTagIgnore:
+      case CompletionTag::ignore:
         return;
-      default:
+      case CompletionTag::stream_recv:
+      case CompletionTag::stream_send:
+      case CompletionTag::stream_read:
+      case CompletionTag::stream_connect:
+      case CompletionTag::stream_close:
         break;
     }
     // A slot is freed only on its close CQE, and the close is issued only after the final CQE
     // of its recv and its send: no CQE can arrive for a freed or reused slot.
     SLUICE_ASSERT(data.index < slots_used && slot(data.index).in_use && slot(data.index).generation == data.generation,
                   "CQE for a freed slot");
-    switch (data.tag) {
-      case kTagRecv:
+    switch (tag) {
+      case CompletionTag::stream_recv:
         on_recv(cqe, data.index);
         return;
-      case kTagSend:
+      case CompletionTag::stream_send:
         on_send(cqe, data.index);
         return;
-      case kTagClose:
+      case CompletionTag::stream_close:
         on_close(data.index);
         return;
       default:
-        return;
+        // Inbound streams never connect nor send file ranges.
+        SLUICE_ASSERT(false, "unexpected completion tag for an inbound connection");
     }
   }
 
@@ -1258,7 +1112,7 @@ struct Shard::Impl : public smtp::SessionHost {
       Connection& c = slot(index);
       c.dirty = false;
       if (c.in_use) {
-        flush_output(index);
+        c.stream.flush();
       }
     }
     dirty.clear();
@@ -1288,7 +1142,10 @@ struct Shard::Impl : public smtp::SessionHost {
       expired.clear();
       timers->advance(loop_now_ms, [this](io::TimerNode& node) { expired.push_back(&node); });
       for (io::TimerNode* node : expired) {
-        on_timer(static_cast<uint32_t>(node->cookie));
+        const TimerCookie cookie = TimerCookie::decode(node->cookie);
+        SLUICE_ASSERT(cookie.kind == TimerKind::session && cookie.generation == slot(cookie.index).generation,
+                      "a timer outlived its slot");
+        on_timer(cookie.index);
       }
       if (!draining && context->draining->load(std::memory_order_relaxed)) {
         start_drain();
@@ -1301,13 +1158,13 @@ struct Shard::Impl : public smtp::SessionHost {
         if (loop_now_ms >= drain_deadline_ms + kDrainForceGraceMs) {
           for (uint32_t index = 0; index < slots_used; ++index) {
             Connection& c = slot(index);
-            if (c.in_use && !c.close_sent) {
-              if (!c.shutdown_sent) {
+            if (c.in_use && c.stream.state() < io::StreamState::close_sent) {
+              if (!c.stream.shut_down()) {
                 log.line(str_cat("event=close_forced ", session_tag(c.serial), " client=", c.peer.ip_string(),
                                  " reason=drain_deadline"));
                 c.end_reason = "close_forced";
               }
-              force_close(index);
+              c.stream.force_close();
             }
           }
         }
@@ -1330,7 +1187,7 @@ struct Shard::Impl : public smtp::SessionHost {
       wake_budget_waiters();
       flush_dirty();
       submit_spool_io();
-      log.flush(*ring, io::UserData{kTagLog, 0, 0}.encode());
+      log.flush(*ring, completion_user_data(CompletionTag::log, 0, 0));
       shard->_metrics.log_lines_dropped.store(log.dropped(), std::memory_order_relaxed);
       ring->submit_wait_and_reap(wait_us(), [this](const io_uring_cqe& cqe) { dispatch(cqe); });
       log_submit_errors();
@@ -1340,7 +1197,7 @@ struct Shard::Impl : public smtp::SessionHost {
     // Let the cancels and the last log write complete, then close the listeners.
     for (int round = 0; round < 100 && (round == 0 || log.in_flight()); ++round) {
       ring->submit_wait_and_reap(10'000, [this](const io_uring_cqe& cqe) {
-        if (io::UserData::decode(cqe.user_data).tag == kTagLog) {
+        if (io::completion_tag(cqe.user_data) == CompletionTag::log) {
           log.on_write_done(cqe.res);
         }
       });
@@ -1389,6 +1246,6 @@ bool Shard::post(ControlRequest* request) {
 
 namespace sluice::app {
 uint64_t Shard::doorbell_user_data() {
-  return io::UserData{kTagDoorbell, 0, 0}.encode();
+  return completion_user_data(CompletionTag::doorbell, 0, 0);
 }
 }  // namespace sluice::app

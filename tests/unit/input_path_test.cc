@@ -2,6 +2,7 @@
 // (whatever ended it), parked input is copied a bounded number of times however it is sliced,
 // and the body budget both bounds memory and always lets the oldest body finish.
 #include "engine/app/input_path.h"
+#include "engine/io/stream.h"
 
 #include <gtest/gtest.h>
 
@@ -10,6 +11,10 @@
 
 namespace sluice::app {
 namespace {
+
+using io::ParkedInput;
+using io::recv_end_action;
+using io::RecvEnd;
 
 // Issue 6 section 3: a multishot recv that ended with -ENOBUFS while its cancel for a pause was
 // pending used to be re-armed, so a paused connection kept being read.
