@@ -938,6 +938,10 @@ struct Shard::Impl : public smtp::SessionHost {
     io_requests.clear();
     shard->_spool->collect_io(io::monotonic_us(), io_requests);
     for (const spool::IoRequest& request : io_requests) {
+      if (context->spool_io != nullptr) {
+        context->spool_io->submit(request);
+        continue;
+      }
       io_uring_sqe* sqe = ring->sqe();
       switch (request.kind) {
         case spool::IoRequest::Kind::write:
@@ -962,10 +966,12 @@ struct Shard::Impl : public smtp::SessionHost {
     }
   }
 
-  void on_spool(const io_uring_cqe& cqe) {
-    const uint64_t op_id = cqe.user_data & ((uint64_t{1} << 56) - 1);
+  void on_spool(const io_uring_cqe& cqe) { on_spool_result(cqe.user_data & ((uint64_t{1} << 56) - 1), cqe.res); }
+
+  // Every spool completion, from the ring or from the test seam, comes through here.
+  void on_spool_result(uint64_t op_id, int32_t result) {
     completed.clear();
-    shard->_spool->on_io_complete(op_id, cqe.res, completed);
+    shard->_spool->on_io_complete(op_id, result, completed);
     for (spool::Completed& done : completed) {
       const auto it = tickets.find(done.ticket);
       if (it == tickets.end()) {
@@ -1235,6 +1241,10 @@ bool Shard::run() {
 
 void Shard::await_ticket(uint64_t ticket, std::function<void(const absl::Status&)> done) {
   _impl->control_tickets.emplace(ticket, std::move(done));
+}
+
+void Shard::complete_spool_io(uint64_t op_id, int32_t result) {
+  _impl->on_spool_result(op_id, result);
 }
 
 bool Shard::post(ControlRequest* request) {

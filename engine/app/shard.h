@@ -22,6 +22,17 @@ namespace sluice::app {
 
 class Shard;
 
+// The seam under the shard's spool I/O. By default the shard submits the spool's requests on its
+// own ring; a test can take them instead (to perform them, hold them or fail them) and give each
+// result back with Shard::complete_spool_io on the shard's thread (e.g. from a ControlRequest),
+// so that the real shard logic runs with injected results.
+class SpoolIoPort {
+ public:
+  virtual ~SpoolIoPort() = default;
+  // On the shard's thread. The request's buffers stay valid until its completion is given back.
+  virtual void submit(const spool::IoRequest& request) = 0;
+};
+
 // Read-only settings shared by every shard, plus the few process-wide cells they share.
 struct ShardContext {
   smtp::ServerSettings settings;
@@ -38,6 +49,7 @@ struct ShardContext {
   ClientLimits* client_limits = nullptr;
   std::atomic<bool>* draining = nullptr;
   std::atomic<int64_t>* sessions_open = nullptr;
+  SpoolIoPort* spool_io = nullptr;  // null: the shard's ring (tests only set it)
 };
 
 // Work the admin thread asks a shard to do on the shard's own thread.
@@ -73,6 +85,8 @@ class Shard {
   // On this shard's own thread only (from a ControlRequest): `done` runs, on this thread, with
   // the outcome of spool ticket `ticket` (a journal record) once it is durable or has failed.
   void await_ticket(uint64_t ticket, std::function<void(const absl::Status&)> done);
+  // On this shard's own thread only: the result of a spool request taken by ShardContext::spool_io.
+  void complete_spool_io(uint64_t op_id, int32_t result);
 
   uint32_t index() const { return _index; }
   const ShardMetrics& metrics() const { return _metrics; }
