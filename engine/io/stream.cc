@@ -59,12 +59,13 @@ void Stream::bind(Ring* ring, BufferRing* buffers, uint32_t index, uint32_t gene
 // shut_down and connecting -> shut_down pass through closing.)
 void Stream::set_state(StreamState next) {
   const StreamState from = _state;
-  const bool allowed = (from == StreamState::idle && (next == StreamState::connecting || next == StreamState::open)) ||
-                       (from == StreamState::connecting && (next == StreamState::open || next == StreamState::closing)) ||
-                       (from == StreamState::open && next == StreamState::closing) ||
-                       (from == StreamState::closing && next == StreamState::shut_down) ||
-                       (from == StreamState::shut_down && next == StreamState::close_sent) ||
-                       (from == StreamState::close_sent && next == StreamState::closed);
+  const bool allowed =
+      (from == StreamState::idle && (next == StreamState::connecting || next == StreamState::open)) ||
+      (from == StreamState::connecting && (next == StreamState::open || next == StreamState::closing)) ||
+      (from == StreamState::open && next == StreamState::closing) ||
+      (from == StreamState::closing && next == StreamState::shut_down) ||
+      (from == StreamState::shut_down && next == StreamState::close_sent) ||
+      (from == StreamState::close_sent && next == StreamState::closed);
   SLUICE_ASSERT(allowed, "stream state transition not allowed");
   _state = next;
 }

@@ -107,7 +107,9 @@ enum class CompletionTag : uint8_t {
 inline uint64_t completion_user_data(CompletionTag tag, uint32_t index, uint32_t generation) {
   return UserData{static_cast<uint8_t>(tag), index, generation}.encode();
 }
-inline CompletionTag completion_tag(uint64_t user_data) { return static_cast<CompletionTag>(user_data >> 56); }
+inline CompletionTag completion_tag(uint64_t user_data) {
+  return static_cast<CompletionTag>(user_data >> 56);
+}
 
 enum class StreamState : uint8_t {
   idle,        // no socket

@@ -113,8 +113,7 @@ class HeldSpoolIo : public SpoolIoPort {
     std::unique_ptr<io::Ring> ring(*created);
     std::unique_lock lock(_mutex);
     while (true) {
-      _changed.wait(lock,
-                    [this] { return _stopping || !_incoming.empty() || !_releases.empty() || !_work.empty(); });
+      _changed.wait(lock, [this] { return _stopping || !_incoming.empty() || !_releases.empty() || !_work.empty(); });
       if (_stopping) {
         return;
       }
@@ -173,7 +172,9 @@ class Client {
     EXPECT_EQ(::connect(_fd, address.get(), address.length), 0);
   }
   ~Client() { ::close(_fd); }
-  void send(std::string_view text) { ASSERT_EQ(::send(_fd, text.data(), text.size(), MSG_NOSIGNAL), static_cast<ssize_t>(text.size())); }
+  void send(std::string_view text) {
+    ASSERT_EQ(::send(_fd, text.data(), text.size(), MSG_NOSIGNAL), static_cast<ssize_t>(text.size()));
+  }
   // One whole reply (its last line "NNN " ...), or "" if none came within timeout_ms.
   std::string reply(int timeout_ms = kReplyWaitMs) {
     while (true) {
