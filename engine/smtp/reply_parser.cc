@@ -1,9 +1,12 @@
 // The SMTP reply parser: see reply_parser.h for the rules and the decisions behind them.
-// It works octet by octet so that every answer (replies, errors, the octet an error is found at)
-// is the same however the stream is split; replies are small and arrive a few per message, so
-// the loop's cost does not matter. It must never hold more than one reply in progress, and never
-// assert on a server's bytes.
+// Lines come from the line reader that the server uses too (line_reader.h), which answers the
+// same however the stream is split and says at which octet a line broke a rule; the parser gives
+// the reader no more than one octet past the reply's budget, so that reply_too_long is found at
+// its octet as well. It must never hold more than one reply in progress, and never assert on a
+// server's bytes.
 #include "engine/smtp/reply_parser.h"
+
+#include <algorithm>
 
 #include "engine/io/assert.h"
 #include "engine/io/strings.h"
@@ -89,10 +92,9 @@ std::string_view reply_error_name(ReplyError error) {
   return "unknown";
 }
 
-ReplyParser::ReplyParser() {
+ReplyParser::ReplyParser() : _lines(LineReaderSettings{kReplyLineOctetsMax, BareLf::ends_line, BareCr::error_at_once}) {
   // The common reply is one short line and an EHLO reply a dozen: room for those up front, so that
   // the usual exchange does not allocate; larger replies grow up to the limits.
-  _line.reserve(kReplyLineOctetsRfc);
   _reply._text.reserve(kReplyLineOctetsRfc);
   _reply._line_ends.reserve(16);
 }
@@ -111,38 +113,39 @@ ReplyFeed ReplyParser::feed(std::string_view bytes) {
     _reply.clear();
     _reply_done = false;
   }
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    const char c = bytes[i];
-    if (_pending_cr && c != '\n') {
-      return fail(ReplyError::bare_cr, i + 1);
+  size_t used = 0;
+  while (true) {
+    // Past the reply's budget the reader gets one octet more: the one that breaks a rule. A
+    // line's rule (bare CR, length) on that octet is reported before the reply's length.
+    const size_t budget = kReplyOctetsMax - _reply._wire_octets;
+    const std::string_view rest = bytes.substr(used);
+    const LineStep step = _lines.read(rest.substr(0, std::min(rest.size(), budget + 1)));
+    used += step.consumed;
+    _reply._wire_octets += step.consumed;
+    if (step.event == LineEvent::bare_cr) {
+      return fail(ReplyError::bare_cr, used);
     }
-    ++_line_octets;
-    ++_reply._wire_octets;
-    if (_line_octets > kReplyLineOctetsMax) {
-      return fail(ReplyError::line_too_long, i + 1);
+    if (step.event == LineEvent::too_long) {
+      return fail(ReplyError::line_too_long, used);
     }
     if (_reply._wire_octets > kReplyOctetsMax) {
-      return fail(ReplyError::reply_too_long, i + 1);
+      return fail(ReplyError::reply_too_long, used);
     }
-    if (c == '\n') {
-      _pending_cr = false;
-      if (!end_line()) {
-        return fail(_error, i + 1);
-      }
-      if (_reply_done) {
-        return ReplyFeed{i + 1, ReplyStop::reply};
-      }
-    } else if (c == '\r') {
-      _pending_cr = true;
-    } else {
-      _line.push_back(c);
+    if (step.event == LineEvent::need_more) {
+      SLUICE_ASSERT(used == bytes.size());
+      return ReplyFeed{used, ReplyStop::need_more};
+    }
+    SLUICE_ASSERT(step.event == LineEvent::line, "the client's line rules end lines or fail");
+    if (!end_line(step.line)) {
+      return fail(_error, used);
+    }
+    if (_reply_done) {
+      return ReplyFeed{used, ReplyStop::reply};
     }
   }
-  return ReplyFeed{bytes.size(), ReplyStop::need_more};
 }
 
-bool ReplyParser::end_line() {
-  const std::string_view line = _line;
+bool ReplyParser::end_line(std::string_view line) {
   // Reply-code = %x32-35 %x30-39 %x30-39, then "-" (more lines follow), SP or nothing (the last).
   if (line.size() < 3 || line[0] < '2' || line[0] > '5' || !is_digit(line[1]) || !is_digit(line[2]) ||
       (line.size() > 3 && line[3] != ' ' && line[3] != '-')) {
@@ -163,8 +166,6 @@ bool ReplyParser::end_line() {
   }
   _reply._text.append(text);
   _reply._line_ends.push_back(static_cast<uint32_t>(_reply._text.size()));
-  _line.clear();
-  _line_octets = 0;
   if (last) {
     _reply_done = true;
   } else if (_reply._line_ends.size() >= kReplyLinesMax) {

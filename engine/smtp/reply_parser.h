@@ -33,6 +33,8 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/smtp/line_reader.h"
+
 namespace sluice::smtp {
 
 // The RFC's reply line limit (RFC 5321 4.5.3.1.5), for reference; see kReplyLineOctetsMax.
@@ -129,18 +131,17 @@ class ReplyParser {
   const Reply& reply() const { return _reply; }
   ReplyError error() const { return _error; }
   // Whether a reply has begun but not ended (a server that closes now cut a reply short).
-  bool in_reply() const { return _line_octets != 0 || (!_reply_done && _reply.line_count() != 0); }
+  bool in_reply() const { return _lines.in_line() || (!_reply_done && _reply.line_count() != 0); }
 
  private:
-  // Returns false (with _error set) when the line breaks a rule; sets _reply_done at its last line.
-  bool end_line();
+  // `line` is without its line end. Returns false (with _error set) when the line breaks a rule;
+  // sets _reply_done at its last line.
+  bool end_line(std::string_view line);
   ReplyFeed fail(ReplyError error, size_t consumed);
 
   Reply _reply;
-  std::string _line;         // the current line so far, line end excluded
-  bool _pending_cr = false;  // the last octet was a CR (in _line's wire count, not in _line)
+  LineReader _lines;         // the client's line rules: bare LF ends a line, bare CR is an error at once
   bool _reply_done = false;  // _reply is complete: clear it before the next octet
-  size_t _line_octets = 0;   // wire octets of the current line so far
   ReplyError _error = ReplyError::none;
 };
 

@@ -69,10 +69,18 @@ std::string_view without_crlf(std::string_view reply) {
   return newline == std::string_view::npos ? reply : reply.substr(0, newline);
 }
 
+// The server's line rules: a bare CR or LF in a command line, or a bare LF ending a dropped long
+// line, closes the session (SMTP smuggling); a line is judged when it has ended, as a whole.
+// MAIL and RCPT may be the longest lines, so the reader stops at their limit and
+// handle_command() applies each verb's own.
+LineReaderSettings server_line_rules(const ServerLimits& limits) {
+  return LineReaderSettings{limits.param_command_line_octets_max, BareLf::error, BareCr::error_at_line_end};
+}
+
 }  // namespace
 
 ServerSession::ServerSession(const ServerSettings* settings, SessionHost* host, const ClientInfo& client)
-    : _settings(settings), _host(host), _client(client) {}
+    : _settings(settings), _host(host), _client(client), _lines(server_line_rules(settings->limits)) {}
 
 void ServerSession::greet(std::string& out) const {
   str_append(&out, "220 ", _settings->hostname, " ESMTP Sluice\r\n");
@@ -107,56 +115,26 @@ SessionStep ServerSession::on_input(std::string_view input, std::string& out) {
   return total;
 }
 
+// One command line at a time: after DATA or BDAT the rest of the input is not commands.
 SessionStep ServerSession::on_command_input(std::string_view input, std::string& out) {
-  const size_t newline = input.find('\n');
-  const uint32_t line_max = _settings->limits.param_command_line_octets_max;
-  if (newline == std::string_view::npos) {
-    if (_discarding_long_line) {
-      _discarded_cr_last = !input.empty() && input.back() == '\r';
-      return {input.size(), SessionAction::none};
-    }
-    if (_line.size() + input.size() > line_max) {
-      _line.clear();
-      _discarding_long_line = true;
-      _discarded_cr_last = !input.empty() && input.back() == '\r';
-      return {input.size(), reject(RejectReason::line_too_long, reply::kLineTooLong, out)};
-    }
-    _line.append(input);
-    return {input.size(), SessionAction::none};
+  const LineStep step = _lines.read(input);
+  if (step.line_ended) {
+    ++_counts.commands;  // every line end, whatever became of the line (the disconnect log counts them)
   }
-  const size_t consumed = newline + 1;
-  ++_counts.commands;
-  if (_discarding_long_line) {
-    _discarding_long_line = false;
-    const bool crlf = newline > 0 ? input[newline - 1] == '\r' : _discarded_cr_last;
-    if (!crlf) {
-      return {consumed, close_bare_newline(out)};  // even a line we drop must end in CRLF
-    }
-    return {consumed, SessionAction::none};
+  switch (step.event) {
+    case LineEvent::need_more:
+    case LineEvent::skipped_end:
+      return {step.consumed, SessionAction::none};
+    case LineEvent::line:
+      return {step.consumed, handle_command(step.line, out)};
+    case LineEvent::too_long:
+      return {step.consumed, reject(RejectReason::line_too_long, reply::kLineTooLong, out)};
+    case LineEvent::bare_cr:
+    case LineEvent::bare_lf:
+      return {step.consumed, close_bare_newline(out)};
   }
-  if (_line.empty()) {
-    return {consumed, handle_line(input.substr(0, consumed), out)};
-  }
-  if (_line.size() + consumed > line_max + 1) {
-    _line.clear();
-    return {consumed, reject(RejectReason::line_too_long, reply::kLineTooLong, out)};
-  }
-  _line.append(input.substr(0, consumed));
-  std::string line = std::move(_line);
-  _line.clear();
-  return {consumed, handle_line(line, out)};
-}
-
-// `line` ends with '\n'. A line must end with CRLF and hold no other CR (smuggling defence).
-SessionAction ServerSession::handle_line(std::string_view line, std::string& out) {
-  if (line.size() < 2 || line[line.size() - 2] != '\r') {
-    return close_bare_newline(out);
-  }
-  const std::string_view text = line.substr(0, line.size() - 2);
-  if (text.find('\r') != std::string_view::npos) {
-    return close_bare_newline(out);
-  }
-  return handle_command(text, out);
+  SLUICE_ASSERT(false, "unknown line event");
+  return {step.consumed, SessionAction::none};
 }
 
 void ServerSession::report(RejectReason reason, std::string_view text, std::string_view address, bool log) {

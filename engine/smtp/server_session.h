@@ -15,6 +15,7 @@
 #include "engine/io/address.h"
 #include "engine/smtp/command.h"
 #include "engine/smtp/data_scanner.h"
+#include "engine/smtp/line_reader.h"
 #include "engine/smtp/replies.h"
 
 namespace sluice::smtp {
@@ -146,7 +147,7 @@ class ServerSession {
   bool waiting_for_commit() const { return _phase == Phase::committing; }
   bool transaction_open() const { return _mail_given; }
   // A command line has begun and not ended yet (its owner bounds how long a line may take).
-  bool command_line_pending() const { return !_line.empty() || _discarding_long_line; }
+  bool command_line_pending() const { return _lines.in_line(); }
   const ClientInfo& client() const { return _client; }
   const SessionCounts& counts() const { return _counts; }
   const std::string& helo() const { return _helo; }
@@ -157,7 +158,6 @@ class ServerSession {
   SessionStep on_command_input(std::string_view input, std::string& out);
   SessionStep on_data_input(std::string_view input, std::string& out);
   SessionStep on_bdat_input(std::string_view input, std::string& out);
-  SessionAction handle_line(std::string_view line, std::string& out);
   SessionAction handle_command(std::string_view line, std::string& out);
   SessionAction handle_helo(std::string_view argument, bool extended, std::string& out);
   SessionAction handle_mail(std::string_view argument, std::string& out);
@@ -194,13 +194,11 @@ class ServerSession {
   bool _excess_rcpt_reported = false;  // RCPTs over recipients_max are logged once per transaction
   bool _smtputf8 = false;
   bool _body_8bit_declared = false;
-  bool _discarding_long_line = false;
-  bool _discarded_cr_last = false;  // the last octet dropped of a long line was CR
   uint32_t _errors = 0;
   SessionCounts _counts;
   uint64_t _mail_ms = 0;
   uint64_t _bdat_remaining = 0;
-  std::string _line;  // a command line split across reads
+  LineReader _lines;  // command lines: CRLF only, at most param_command_line_octets_max
   std::string _helo;
   std::string _sender;
   std::vector<std::string> _recipients;

@@ -472,5 +472,49 @@ TEST_F(ServerSessionTest, PartialCommandLineIsVisibleToTheOwner) {
   EXPECT_FALSE(session->command_line_pending());
 }
 
+// The command phase answers the same whatever the reads are: a long line is refused at the octet
+// that passes the limit and dropped to its end, however it arrives. Before the line reader, a
+// long line that came in one read was judged as a whole (a bare CR in it closed the session)
+// and one split across reads was dropped (the CR was not looked at).
+TEST_F(ServerSessionTest, CommandRepliesDoNotDependOnHowTheInputIsSplit) {
+  const std::string streams[] = {
+      "EHLO c\r\nNOOP " + std::string(3000, 'x') + "\r\nNOOP\r\nRSET " + std::string(2100, 'y') +
+          "\rz\r\nNOOP\r\nQUIT\r\n",
+      "EHLO c\r\nNOOP " + std::string(2043, 'x') + "\r\nNOOP\r\n" + std::string(2047, 'y') + "\n",
+      "EHLO c\r\n" + std::string(2046, 'x') + "\r\r\nNOOP\r\n",
+      "EHLO c\r\n" + std::string(2200, 'x') + "\nNOOP\r\n",
+  };
+  for (const std::string& stream : streams) {
+    SetUp();
+    const std::string whole = feed(stream);
+    const bool whole_closed = closed;
+    const uint32_t whole_commands = session->counts().commands;
+    for (size_t cut = 1; cut < stream.size(); cut += 7) {
+      SetUp();
+      closed = false;
+      std::string split = feed(std::string_view(stream).substr(0, cut));
+      if (!closed) {
+        split += feed(std::string_view(stream).substr(cut));
+      }
+      ASSERT_EQ(split, whole) << "cut " << cut << " of stream " << stream.substr(0, 12);
+      ASSERT_EQ(closed, whole_closed) << cut;
+      ASSERT_EQ(session->counts().commands, whole_commands) << cut;
+    }
+  }
+  // What the answers are: 500 for a long line and on; a bare LF at the end of a dropped line
+  // closes, as anywhere.
+  SetUp();
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed(streams[0].substr(8)),
+            "500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n500 5.5.2 Error: line too long\r\n"
+            "250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n");
+  SetUp();
+  closed = false;
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed(std::string(2200, 'x') + "\nNOOP\r\n"),
+            "500 5.5.2 Error: line too long\r\n521 5.5.2 Error: bare CR or LF is not allowed; closing connection\r\n");
+  EXPECT_TRUE(closed);
+}
+
 }  // namespace
 }  // namespace sluice::smtp
