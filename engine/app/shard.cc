@@ -1091,8 +1091,15 @@ struct Shard::Impl : public smtp::SessionHost {
   void submit_spool_io() {
     io_requests.clear();
     shard->_spool->collect_io(io::monotonic_us(), io_requests);
+    io_uring_sqe* linked_next = nullptr;  // the second entry of a linked pair, taken with the first
     for (const spool::IoRequest& request : io_requests) {
-      io_uring_sqe* sqe = ring->sqe();
+      io_uring_sqe* sqe = linked_next;
+      linked_next = nullptr;
+      if (sqe == nullptr && request.link_next) {
+        std::tie(sqe, linked_next) = ring->linked_pair();  // never split across two submits
+      } else if (sqe == nullptr) {
+        sqe = ring->sqe();
+      }
       switch (request.kind) {
         case spool::IoRequest::Kind::write:
           io_uring_prep_writev(sqe, request.fd, request.iov, request.iov_count, request.offset);
@@ -1111,7 +1118,11 @@ struct Shard::Impl : public smtp::SessionHost {
           break;
       }
       io_uring_sqe_set_data64(sqe, (uint64_t{kTagSpool} << 56) | request.op_id);
+      if (request.link_next) {
+        sqe->flags |= IOSQE_IO_LINK;
+      }
     }
+    SLUICE_ASSERT(linked_next == nullptr, "a linked spool request is followed by the one it links to");
   }
 
   void on_spool(const io_uring_cqe& cqe) {
