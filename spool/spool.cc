@@ -863,8 +863,9 @@ void ShardSpool::on_sync_complete(size_t index, int32_t result, std::vector<Comp
     write.needs_sync = write.bytes_left == 0;
     return;
   }
-  SLUICE_ASSERT(write.bytes_left == 0, "an fdatasync that covers the records follows all of their writes");
+  SLUICE_ASSERT(result < 0 || write.bytes_left == 0, "an fdatasync that covers the records follows all of their writes");
   write.finished = true;
+  write.needs_submit = false;  // a failed fdatasync (even after a short write) ends the file's part
   const uint64_t latency_us =
       (_options.clock_us ? _options.clock_us() : io::monotonic_us()) - write.sync_started_us;
   note_sync_latency(latency_us);

@@ -338,6 +338,30 @@ TEST_F(SpoolCommitTest, ALinkedSyncAfterAShortWriteReleasesNothing) {
   EXPECT_TRUE(done[0].status.ok());
 }
 
+// A linked fdatasync that ran after a short write and failed fails the records like any failed
+// fdatasync: the rest is never written, and the next batch goes to a new segment.
+TEST_F(SpoolCommitTest, ALinkedSyncThatFailsAfterAShortWriteFailsItsRecords) {
+  _options.link_fdatasync = true;
+  open_spool();
+  const uint64_t lost = append(std::string(3000, 'a') + "\r\n");
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 2u);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0], 1000), done);
+  _spool->on_io_complete(requests[1].op_id, -EIO, done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, lost);
+  EXPECT_FALSE(done[0].status.ok());
+  EXPECT_EQ(_spool->metrics().fsync_errors, 1u);
+  EXPECT_EQ(count_kind(collect(1), IoRequest::Kind::write), 0u) << "the rest is never written";
+  const uint64_t next = append("next\r\n");
+  uint64_t now = 2;
+  auto rest = drain(*_spool, now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, next);
+  EXPECT_TRUE(rest[0].status.ok());
+}
+
 // CQEs are not ordered: the fdatasync's may come before its write's. Nothing is decided until
 // the write's has come; a write error then fails the records whatever the sync said.
 TEST_F(SpoolCommitTest, LinkedSyncCompletionBeforeItsWritesIsHandledAfterIt) {
