@@ -301,8 +301,8 @@ class Sluice(SingleProcessServer):
             "[server]\n"
             'hostname = "sluice-bench.invalid"\n'
             f'listen = ["127.0.0.1:{port}"]\n'
-            f"threads = {self.threads_n}\n"
-            "[spool]\n"
+            + (f"threads = {self.threads_n}\n" if self.threads_n is not None else "")
+            + "[spool]\n"
             f'dir = "{spool}"\n'
             "min_free_bytes = 0\n"
         )
@@ -568,7 +568,8 @@ def main():
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--threads", type=int, default=2, help="sluice [server] threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="sluice [server] threads (default: not set, Sluice's own default)")
     parser.add_argument("--large-messages", type=int, default=3000,
                         help="messages for the 100 KiB case (sluice vs sink); 0 skips it")
     parser.add_argument("--large-size", type=int, default=102400)

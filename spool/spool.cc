@@ -1,7 +1,8 @@
 // The shard's spool: record placement in segments and the journal, the group-commit state
 // machine, and the queue index. Sans-I/O on the data path: it only returns IoRequests and reacts
 // to their completions. Must never report a ticket OK before an fdatasync covering its record
-// completed OK, never issue a file's fdatasync before the CQEs of the writes it covers, never
+// completed OK, never issue a file's fdatasync before the CQEs of the writes it covers unless
+// linked to them (IOSQE_IO_LINK: it then counts only if they completed in full), never
 // have two fdatasyncs of one file in flight (the files of one batch sync concurrently), never
 // start a batch before the previous one ended, and never append to a segment after a hole (a
 // failed write seals it).
@@ -614,24 +615,41 @@ void ShardSpool::collect_io(uint64_t now_us, std::vector<IoRequest>& out) {
 
   if (_batch_state == BatchState::active) {
     for (auto& write : _batch) {
-      if (write.needs_submit) {
-        emit_write(write, out);  // the rest of a short write
+      if (write.needs_submit && !write.sync_in_flight) {
+        emit_write(write, out);  // the rest of a short write, once its linked fdatasync is back
       }
       if (write.needs_sync) {
-        emit_sync(write, now_us, out);  // its own writes are all complete
+        emit_sync(write, false, out);  // its own writes are all complete
       }
     }
   }
-  if (_batch_state == BatchState::idle && _open_records > 0) {
-    const bool batch_full = _open_bytes >= _options.commit_batch_bytes || 2 * _open_records >= kMaxIovPerWrite;
-    if (batch_full || !_synced_once || now_us >= _last_sync_issue_us + _options.commit_interval_us) {
-      close_batch(out);
-    }
+  if (_batch_state == BatchState::idle && _open_records > 0 && now_us >= commit_deadline_us()) {
+    close_batch(now_us, out);
   }
 }
 
-void ShardSpool::close_batch(std::vector<IoRequest>& out) {
+uint64_t ShardSpool::commit_pace_us() const {
+  const uint64_t average = sync_latency_average_us();
+  if (_options.commit_interval_us == 0 || average * kCheapSyncDivisor <= _options.commit_interval_us) {
+    return 0;
+  }
+  return std::min(_options.commit_interval_us, kPaceSyncMultiple * average);
+}
+
+void ShardSpool::note_sync_latency(uint64_t latency_us) {
+  const uint64_t sample = latency_us * kSyncAverageScale;
+  if (_metrics.fsyncs == 0) {
+    _sync_average_scaled = sample;  // the first one: nothing to average with yet
+  } else if (sample >= _sync_average_scaled) {
+    _sync_average_scaled += (sample - _sync_average_scaled) / kSyncAverageWeight;
+  } else {
+    _sync_average_scaled -= (_sync_average_scaled - sample) / kSyncAverageWeight;
+  }
+}
+
+void ShardSpool::close_batch(uint64_t now_us, std::vector<IoRequest>& out) {
   SLUICE_ASSERT(_batch.empty());
+  _last_batch_start_us = now_us;
   std::vector<SpoolFile*> still_dirty;
   for (SpoolFile* file : _dirty) {
     FileWrite write;
@@ -697,9 +715,13 @@ void ShardSpool::emit_write(FileWrite& write, std::vector<IoRequest>& out) {
   request.iov = write.iov.data() + write.iov_first;
   request.iov_count = static_cast<uint32_t>(write.iov.size() - write.iov_first);
   request.op_id = op_id;
+  request.link_next = _options.link_fdatasync;
   out.push_back(request);
   write.in_flight = true;
   write.needs_submit = false;
+  if (_options.link_fdatasync) {
+    emit_sync(write, true, out);  // runs when this write completed in full, cancelled otherwise
+  }
 }
 
 void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Completed>& done) {
@@ -739,9 +761,11 @@ void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Comp
   }
 }
 
-void ShardSpool::emit_sync(FileWrite& write, uint64_t now_us, std::vector<IoRequest>& out) {
-  SLUICE_ASSERT(!write.in_flight && !write.needs_submit && !write.sync_in_flight && !write.failed,
-                "an fdatasync only after every write it covers completed");
+void ShardSpool::emit_sync(FileWrite& write, bool linked, std::vector<IoRequest>& out) {
+  SLUICE_ASSERT(!write.needs_submit && !write.sync_in_flight && !write.failed,
+                "one fdatasync of a file at a time, never for a failed write");
+  SLUICE_ASSERT(linked ? write.in_flight && !out.empty() && out.back().link_next : !write.in_flight,
+                "an fdatasync only linked to the write before it, or after every write it covers completed");
   const uint64_t op_id = _next_op_id++;
   const size_t index = static_cast<size_t>(&write - _batch.data());
   _ops.emplace(op_id, Op{IoRequest::Kind::fdatasync, index, write.file->id, {}});
@@ -752,9 +776,8 @@ void ShardSpool::emit_sync(FileWrite& write, uint64_t now_us, std::vector<IoRequ
   out.push_back(request);
   write.needs_sync = false;
   write.sync_in_flight = true;
-  write.sync_started_us = io::monotonic_us();
-  _last_sync_issue_us = now_us;
-  _synced_once = true;
+  write.sync_linked = linked;
+  write.sync_started_us = _options.clock_us ? _options.clock_us() : io::monotonic_us();
 }
 
 void ShardSpool::on_write_complete(size_t index, int32_t result, std::vector<Completed>& done) {
@@ -766,7 +789,7 @@ void ShardSpool::on_write_complete(size_t index, int32_t result, std::vector<Com
     // 0 for a non-empty write means no progress: treat as an error rather than loop.
     ++_metrics.write_errors;
     write.failed = true;
-    write.finished = true;
+    write.finished = !write.sync_in_flight;  // a linked fdatasync still owes its CQE
     fail_records(*write.file, write.records, io_error(result, "spool write"), done);
     if (write.file->is_journal) {
       seal_journal();
@@ -791,7 +814,13 @@ void ShardSpool::on_write_complete(size_t index, int32_t result, std::vector<Com
       }
     }
     write.needs_submit = write.bytes_left > 0;
-    write.needs_sync = write.bytes_left == 0;  // issued by collect_io, with the other files' own
+    // Issued by collect_io, with the other files' own, unless it went out linked to this write.
+    write.needs_sync = write.bytes_left == 0 && !write.sync_in_flight;
+  }
+  if (write.sync_result_waiting) {
+    write.sync_result_waiting = false;
+    on_sync_complete(index, write.sync_result, done);  // its CQE came first
+    return;
   }
   finish_batch_if_done();
 }
@@ -811,9 +840,35 @@ void ShardSpool::on_sync_complete(size_t index, int32_t result, std::vector<Comp
   SLUICE_ASSERT(_batch_state == BatchState::active && index < _batch.size());
   FileWrite& write = _batch[index];
   SLUICE_ASSERT(write.sync_in_flight);
+  if (write.in_flight) {
+    // Linked, and the kernel posted its CQE before the write's: nothing is known until that one.
+    SLUICE_ASSERT(write.sync_linked && !write.sync_result_waiting);
+    write.sync_result_waiting = true;
+    write.sync_result = result;
+    return;
+  }
   write.sync_in_flight = false;
+  const bool linked = write.sync_linked;
+  write.sync_linked = false;
+  if (write.failed) {
+    // Its write failed and the records with it; the linked fdatasync was cancelled (or ran).
+    write.finished = true;
+    finish_batch_if_done();
+    return;
+  }
+  if (linked && (result == -ECANCELED || (result == 0 && write.bytes_left > 0))) {
+    // It never ran (the link broke on a short write), or it covered only the part written: the
+    // rest goes out with an fdatasync of its own (collect_io). Cancelled though the write was
+    // complete (nothing else cancels it): issued once more, after the write.
+    write.needs_sync = write.bytes_left == 0;
+    return;
+  }
+  SLUICE_ASSERT(result < 0 || write.bytes_left == 0, "an fdatasync that covers the records follows all of their writes");
   write.finished = true;
-  const uint64_t latency_us = io::monotonic_us() - write.sync_started_us;
+  write.needs_submit = false;  // a failed fdatasync (even after a short write) ends the file's part
+  const uint64_t latency_us =
+      (_options.clock_us ? _options.clock_us() : io::monotonic_us()) - write.sync_started_us;
+  note_sync_latency(latency_us);
   size_t bucket = 0;
   while (bucket < kFsyncLatencyBoundsUs.size() && latency_us > kFsyncLatencyBoundsUs[bucket]) {
     ++bucket;
@@ -877,7 +932,7 @@ uint64_t ShardSpool::next_deadline_us() const {
 uint64_t ShardSpool::commit_deadline_us() const {
   if (_batch_state == BatchState::active) {
     for (const auto& write : _batch) {
-      if (write.needs_submit || write.needs_sync) {
+      if ((write.needs_submit && !write.sync_in_flight) || write.needs_sync) {
         return 0;
       }
     }
@@ -886,10 +941,10 @@ uint64_t ShardSpool::commit_deadline_us() const {
   if (_open_records == 0) {
     return UINT64_MAX;
   }
-  if (!_synced_once || _open_bytes >= _options.commit_batch_bytes || 2 * _open_records >= kMaxIovPerWrite) {
+  if (_open_bytes >= _options.commit_batch_bytes || 2 * _open_records >= kMaxIovPerWrite) {
     return 0;
   }
-  return _last_sync_issue_us + _options.commit_interval_us;
+  return _last_batch_start_us + commit_pace_us();  // 0 before the first batch
 }
 
 bool ShardSpool::idle() const {

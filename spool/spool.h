@@ -35,8 +35,14 @@ namespace sluice::spool {
 struct SpoolOptions {
   std::string dir;
   uint32_t shard = 0;
+  // Group commit pacing (commit_pace_us): the longest the start of a batch waits after the start
+  // of the one before, when fdatasyncs are costly; with cheap ones the next batch starts as soon
+  // as the previous one finished. 0: never wait.
   uint64_t commit_interval_us = 500;
   uint64_t commit_batch_bytes = 1 << 20;
+  // Each fdatasync goes out linked to the write it covers (IoRequest::link_next), so the kernel
+  // starts it as soon as the write completed in full; false: issued after the write's CQE.
+  bool link_fdatasync = true;
   uint64_t segment_bytes = 64 << 20;
   uint64_t min_free_bytes = 0;
   // At this size the journal starts a new file with a snapshot of the live state (then the older
@@ -47,6 +53,9 @@ struct SpoolOptions {
   // the descriptors that sessions need. The current and the preallocated ones are always open.
   uint32_t open_sealed_segments_max = 64;
   std::function<void(std::string_view fields)> background_log;  // the preallocator's failures
+  // Where fdatasync latencies are read from; empty: io::monotonic_us. Tests give a fake clock,
+  // so that the pacing decision can be driven with the values they choose.
+  std::function<uint64_t()> clock_us;
 };
 
 // Descriptors one shard's spool holds at most: the sealed cache, the current segment, the ready
@@ -62,6 +71,13 @@ inline constexpr uint64_t kIdFloorPersistMs = 1000;
 // Failed attempts in a row at making the next journal file (kPreallocRetryMs apart) before the
 // records waiting for it fail.
 inline constexpr uint32_t kSpareFailuresMax = 10;
+// Group-commit pacing (ShardSpool::commit_pace_us): the moving average of fdatasync latency
+// weighs each new sample 1/kSyncAverageWeight; syncs are cheap up to commit_interval_us /
+// kCheapSyncDivisor; costly ones pace batches kPaceSyncMultiple times their latency apart.
+inline constexpr uint64_t kSyncAverageScale = 16;
+inline constexpr uint64_t kSyncAverageWeight = 8;
+inline constexpr uint64_t kCheapSyncDivisor = 4;
+inline constexpr uint64_t kPaceSyncMultiple = 2;
 
 struct IoRequest {
   // open: openat(AT_FDCWD, path, open_flags, open_mode), the result is the new fd. fsync: a full
@@ -76,6 +92,10 @@ struct IoRequest {
   int open_flags = 0;          // open
   uint32_t open_mode = 0;      // open
   uint64_t op_id = 0;
+  // The next request in the same collect_io output is linked to this one (IOSQE_IO_LINK): it
+  // starts only after this one completed in full, and completes with -ECANCELED, never having
+  // run, if this one failed or was short. Submit the two together, in order.
+  bool link_next = false;
 };
 
 struct Completed {
@@ -232,6 +252,15 @@ class ShardSpool {
   uint64_t next_deadline_us() const;
   bool idle() const;  // nothing waiting, nothing in flight
 
+  // Group-commit pacing: the least time from the start of one batch to the start of the next.
+  // 0 while fdatasyncs are cheap (their moving average at most commit_interval_us /
+  // kCheapSyncDivisor): the next batch starts as soon as the previous one finished, since a sync
+  // costs less than what waiting would add to every record's answer. When they are costly, a
+  // multiple of their latency (so that a batch gathers what arrives meanwhile), capped at
+  // commit_interval_us. 0 too when commit_interval_us is 0.
+  uint64_t commit_pace_us() const;
+  uint64_t sync_latency_average_us() const { return _sync_average_scaled / kSyncAverageScale; }
+
   // Whether a message of this many wire octets can be placed now (the current segment has room,
   // or a fresh one is ready); when false, append_message would fail with UNAVAILABLE.
   bool has_room_for(uint64_t wire_octets, uint64_t envelope_octets) const;
@@ -339,8 +368,11 @@ class ShardSpool {
     bool needs_submit = false;  // the rest of a short write
     bool needs_sync = false;    // written in full: its fdatasync is next
     bool sync_in_flight = false;
+    bool sync_linked = false;         // the fdatasync in flight went out linked to a write
+    bool sync_result_waiting = false;  // its CQE came before the write's: handled after it
+    int32_t sync_result = 0;
     bool failed = false;
-    bool finished = false;  // failed, or its fdatasync completed
+    bool finished = false;  // failed (and no fdatasync of it in flight), or its fdatasync completed
     uint64_t sync_started_us = 0;
   };
   struct Op {
@@ -372,12 +404,13 @@ class ShardSpool {
   bool rotation_due() const;
   void remove_from_dirty(SpoolFile& file);
   void maybe_unlink(SpoolFile& file);
-  void close_batch(std::vector<IoRequest>& out);
+  void close_batch(uint64_t now_us, std::vector<IoRequest>& out);
   void emit_write(FileWrite& write, std::vector<IoRequest>& out);
   void on_write_complete(size_t index, int32_t result, std::vector<Completed>& done);
   void on_sync_complete(size_t index, int32_t result, std::vector<Completed>& done);
-  void emit_sync(FileWrite& write, uint64_t now_us, std::vector<IoRequest>& out);
+  void emit_sync(FileWrite& write, bool linked, std::vector<IoRequest>& out);
   void finish_batch_if_done();
+  void note_sync_latency(uint64_t latency_us);
 
   SpoolOptions _options;
   std::string _shard_dir;
@@ -405,8 +438,10 @@ class ShardSpool {
   enum class BatchState : uint8_t { idle, active };
   BatchState _batch_state = BatchState::idle;
   std::vector<FileWrite> _batch;
-  uint64_t _last_sync_issue_us = 0;
-  bool _synced_once = false;
+  uint64_t _last_batch_start_us = 0;
+  // Moving average of fdatasync latency (issue to CQE), in 1/kSyncAverageScale µs: the pacing
+  // decision's measure of what a commit costs.
+  uint64_t _sync_average_scaled = 0;
 
   std::unordered_map<uint64_t, Op> _ops;  // node-based: unlink paths stay put
   std::vector<uint64_t> _unlinks_to_submit;

@@ -47,8 +47,19 @@ inline int32_t perform(const IoRequest& request, size_t max_write_bytes = SIZE_M
   return -EINVAL;
 }
 
+// The octets a write request asks for (what a linked request's start depends on).
+inline uint64_t request_bytes(const IoRequest& request) {
+  uint64_t bytes = 0;
+  for (uint32_t i = 0; i < request.iov_count; ++i) {
+    bytes += request.iov[i].iov_len;
+  }
+  return bytes;
+}
+
 // Runs the spool until it is idle, jumping the clock to each deadline; `complete(request)` gives
-// each request's result (performing it, or injecting a fault). Returns what completed.
+// each request's result (performing it, or injecting a fault). A request linked to the one
+// before it (link_next) is not performed, and completes with -ECANCELED, when that one failed
+// or was short, as io_uring does. Returns what completed.
 template <typename Complete>
 std::vector<Completed> drain_with(ShardSpool& spool, uint64_t& now_us, Complete&& complete, int rounds = 1000000) {
   std::vector<Completed> done;
@@ -64,8 +75,14 @@ std::vector<Completed> drain_with(ShardSpool& spool, uint64_t& now_us, Complete&
       now_us = std::max(now_us + 1, deadline);
       continue;
     }
-    for (const auto& request : requests) {
-      spool.on_io_complete(request.op_id, complete(request), done);
+    bool link_broken = false;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      const IoRequest& request = requests[i];
+      const bool linked = i > 0 && requests[i - 1].link_next;
+      const int32_t result = linked && link_broken ? -ECANCELED : complete(request);
+      link_broken = request.link_next && (result < 0 || (request.kind == IoRequest::Kind::write &&
+                                                         static_cast<uint64_t>(result) != request_bytes(request)));
+      spool.on_io_complete(request.op_id, result, done);
     }
   }
   return done;

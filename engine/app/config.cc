@@ -920,7 +920,7 @@ absl::Status apply_cli_overrides(Config& config, const CliOverrides& overrides) 
   if (overrides.threads) {
     if (!parse_cli_count(*overrides.threads, kThreadsMax, updated.server.threads)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--threads: ", quote(*overrides.threads), " is not a number from 0 to ", kThreadsMax, " (0 = one per core)"));
+          "--threads: ", quote(*overrides.threads), " is not a number from 0 to ", kThreadsMax, " (0 = one per usable core but one)"));
     }
   }
   if (overrides.admin) {
@@ -973,6 +973,14 @@ std::vector<std::string> config_warnings(const Config& config) {
   return warnings;
 }
 
+uint32_t default_threads(uint32_t usable_cores) {
+  // One core is left to the work a shard hands to the kernel and to helper threads: io_uring's
+  // workers (every spool write and fdatasync), the network stack's softirqs, the preallocators.
+  // Shards on every core preempt those and each other: on a 2-core box one shard relays about
+  // twice as fast as two (bench/RESULTS.md, issue 7).
+  return std::clamp<uint32_t>(usable_cores > 1 ? usable_cores - 1 : 1, 1, kThreadsMax);
+}
+
 uint32_t effective_threads(const Config& config) {
   if (config.server.threads != 0) {
     return config.server.threads;
@@ -981,9 +989,9 @@ uint32_t effective_threads(const Config& config) {
   cpu_set_t cpus;
   CPU_ZERO(&cpus);
   if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0 && CPU_COUNT(&cpus) > 0) {
-    return std::min<uint32_t>(static_cast<uint32_t>(CPU_COUNT(&cpus)), kThreadsMax);
+    return default_threads(static_cast<uint32_t>(CPU_COUNT(&cpus)));
   }
-  return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, kThreadsMax);
+  return default_threads(std::thread::hardware_concurrency());
 }
 
 std::string config_to_string(const Config& config) {

@@ -49,7 +49,7 @@ inline constexpr uint16_t kDnsDefaultPort = 53;
 struct ServerConfig {
   std::string hostname;  // EHLO name, Received:, Message-ID; default gethostname()
   std::vector<io::SocketAddress> listen;
-  uint32_t threads = 0;                         // 0 = one per core
+  uint32_t threads = 0;                         // 0 = one per usable core but one (default_threads)
   uint64_t max_message_size = 52428800;         // bytes, advertised in SIZE
   uint32_t max_recipients = 1000;               // per transaction
   uint32_t max_sessions = 0;                    // 0 = derived from the open-file limit
@@ -75,7 +75,7 @@ struct ServerConfig {
 
 struct SpoolConfig {
   std::string dir = "./var/spool";
-  uint32_t commit_interval_us = 500;      // group commit pacing, microseconds
+  uint32_t commit_interval_us = 500;      // group commit: longest wait between batches when syncs are costly
   uint64_t commit_batch_bytes = 1048576;  // commit at once when this much is waiting
   uint64_t min_free_bytes = 1073741824;   // below this, MAIL gets 452 4.3.1
   uint64_t segment_bytes = 75497472;      // >= segment_bytes_needed(): 72 MiB for the defaults
@@ -192,8 +192,11 @@ std::string admin_token_path(const Config& config);
 // which can read and delete mail, bound outside loopback). check-config prints them, serve logs them.
 std::vector<std::string> config_warnings(const Config& config);
 
-// Worker threads to start: server.threads, or the number of cores when it is 0.
+// Worker threads to start: server.threads, or default_threads(the cores this process may use)
+// when it is 0.
 uint32_t effective_threads(const Config& config);
+// One shard per usable core but one (at least one, at most kThreadsMax).
+uint32_t default_threads(uint32_t usable_cores);
 
 // The config as TOML that load_config_text reads back to an equal Config.
 std::string config_to_string(const Config& config);

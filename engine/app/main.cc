@@ -591,6 +591,7 @@ int serve(const Arguments& arguments) {
         .open_sealed_segments_max = config.spool.max_open_segments,
         // The preallocator's failures, from its own thread: log_line is one write(2).
         .background_log = [](std::string_view fields) { log_line(fields); },
+        .clock_us = {},  // io::monotonic_us
     };
     auto opened = spool::ShardSpool::open(options, std::move(*recovered));
     if (!opened.ok()) {

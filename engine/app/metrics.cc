@@ -88,7 +88,7 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
   counter(out, "sluice_spool_write_errors_total", "Spool writes that failed.", "counter", total.write_errors);
   counter(out, "sluice_spool_unavailable_total", "Messages refused: no spool segment was ready.", "counter",
           total.unavailable);
-  str_append(&out, "# HELP sluice_spool_fsync_seconds Latency of spool fdatasync.\n",
+  str_append(&out, "# HELP sluice_spool_fsync_seconds Latency of spool fdatasync, from the issue of its linked write.\n",
              "# TYPE sluice_spool_fsync_seconds histogram\n");
   uint64_t cumulative = 0;
   for (size_t bucket = 0; bucket < total.fsync_latency_bucket.size(); ++bucket) {

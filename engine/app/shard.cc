@@ -45,12 +45,19 @@ void Shard::Impl::arm_accept(uint32_t listener) {
 void Shard::Impl::submit_spool_io() {
   io_requests.clear();
   shard->_spool->collect_io(io::monotonic_us(), io_requests);
+  io_uring_sqe* linked_next = nullptr;  // the second entry of a linked pair, taken with the first
   for (const spool::IoRequest& request : io_requests) {
     if (context->spool_io != nullptr) {
       context->spool_io->submit(request);
       continue;
     }
-    io_uring_sqe* sqe = ring->sqe();
+    io_uring_sqe* sqe = linked_next;
+    linked_next = nullptr;
+    if (sqe == nullptr && request.link_next) {
+      std::tie(sqe, linked_next) = ring->linked_pair();  // never split across two submits
+    } else if (sqe == nullptr) {
+      sqe = ring->sqe();
+    }
     switch (request.kind) {
       case spool::IoRequest::Kind::write:
         io_uring_prep_writev(sqe, request.fd, request.iov, request.iov_count, request.offset);
@@ -71,7 +78,11 @@ void Shard::Impl::submit_spool_io() {
     // The spool's op ids fit in 56 bits: the tag takes the top octet.
     SLUICE_ASSERT(request.op_id < (uint64_t{1} << 56));
     io_uring_sqe_set_data64(sqe, (uint64_t{static_cast<uint8_t>(CompletionTag::spool)} << 56) | request.op_id);
+    if (request.link_next) {
+      sqe->flags |= IOSQE_IO_LINK;
+    }
   }
+  SLUICE_ASSERT(linked_next == nullptr, "a linked spool request is followed by the one it links to");
 }
 
 // ---- control and drain ------------------------------------------------------------------

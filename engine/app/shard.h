@@ -30,6 +30,8 @@ class SpoolIoPort {
  public:
   virtual ~SpoolIoPort() = default;
   // On the shard's thread. The request's buffers stay valid until its completion is given back.
+  // A request with link_next is followed by the one it links to, which must then run only if
+  // this one completed in full, else complete with -ECANCELED (io_uring's IOSQE_IO_LINK).
   virtual void submit(const spool::IoRequest& request) = 0;
 };
 

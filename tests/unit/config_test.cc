@@ -634,15 +634,20 @@ TEST(ConfigOverrides, BadValuesAreRejectedAndLeaveTheConfigAlone) {
   }
 }
 
-TEST(ConfigThreads, ZeroMeansEveryUsableCore) {
+TEST(ConfigThreads, ZeroMeansEveryUsableCoreButOne) {
   Config config = default_config();
-  const uint32_t cores = effective_threads(config);
-  EXPECT_GE(cores, 1u);
-  EXPECT_LE(cores, kThreadsMax);
+  const uint32_t threads = effective_threads(config);
+  EXPECT_GE(threads, 1u);
+  EXPECT_LE(threads, kThreadsMax);
   cpu_set_t cpus;
   CPU_ZERO(&cpus);
   ASSERT_EQ(sched_getaffinity(0, sizeof(cpus), &cpus), 0);
-  EXPECT_EQ(cores, static_cast<uint32_t>(CPU_COUNT(&cpus)));
+  EXPECT_EQ(threads, default_threads(static_cast<uint32_t>(CPU_COUNT(&cpus))));
+  EXPECT_EQ(default_threads(0), 1u);
+  EXPECT_EQ(default_threads(1), 1u);
+  EXPECT_EQ(default_threads(2), 1u);
+  EXPECT_EQ(default_threads(8), 7u);
+  EXPECT_EQ(default_threads(100000), kThreadsMax);
 }
 
 TEST(ConfigToString, RoundTrips) {

@@ -31,6 +31,11 @@ class SpoolCommitTest : public ::testing::Test {
     _options.segment_bytes = 256 << 10;
     _options.commit_interval_us = 1000;
     _options.commit_batch_bytes = 64 << 10;
+    // The step-by-step tests below follow the unlinked protocol (an fdatasync after its write's
+    // CQE); the Linked* tests set it back to the relay's default.
+    _options.link_fdatasync = false;
+    // fdatasync latencies as the tests choose them (0 unless a test advances _clock_us).
+    _options.clock_us = [this] { return _clock_us; };
   }
   void TearDown() override {
     _spool.reset();
@@ -72,6 +77,7 @@ class SpoolCommitTest : public ::testing::Test {
   }
 
   std::string _dir;
+  uint64_t _clock_us = 0;
   SpoolOptions _options;
   std::unique_ptr<ShardSpool> _spool;
   IdGenerator _ids{0, 1700000000000};
@@ -141,22 +147,100 @@ TEST_F(SpoolCommitTest, OneFdatasyncInFlightAndLateMessagesJoinTheNextOne) {
   EXPECT_EQ(_spool->metrics().messages_per_fsync_count, 2u);
 }
 
-TEST_F(SpoolCommitTest, PacedByCommitInterval) {
-  open_spool();
-  append("one\r\n");
-  uint64_t now = 5000;
-  auto done = drain(*_spool, now);  // first commit at once: nothing was synced before
-  ASSERT_EQ(done.size(), 1u);
-  const uint64_t first_sync_us = 5000;
-  EXPECT_EQ(now, first_sync_us);
+// Runs one whole batch that starts at `now_us`, each fdatasync taking `sync_us` on the fake
+// clock the spool reads latencies from; returns what completed.
+std::vector<Completed> commit_once(ShardSpool& spool, uint64_t now_us, uint64_t& clock_us, uint64_t sync_us) {
+  std::vector<Completed> done;
+  for (int round = 0; round < 100 && !spool.idle(); ++round) {
+    std::vector<IoRequest> requests;
+    spool.collect_io(now_us, requests);
+    if (requests.empty()) {
+      break;
+    }
+    for (const auto& request : requests) {
+      if (request.kind == IoRequest::Kind::fdatasync) {
+        clock_us += sync_us;
+      }
+      spool.on_io_complete(request.op_id, perform(request), done);
+    }
+  }
+  return done;
+}
 
+TEST_F(SpoolCommitTest, WhileSyncsAreCheapTheNextBatchStartsAsSoonAsThePreviousEnded) {
+  open_spool();  // commit_interval_us = 1000: cheap up to 250 µs
+  uint64_t now = 5000;
+  append("one\r\n");
+  ASSERT_EQ(commit_once(*_spool, now, _clock_us, 100).size(), 1u);
+  EXPECT_EQ(_spool->sync_latency_average_us(), 100u);
+  EXPECT_EQ(_spool->commit_pace_us(), 0u);
   append("two\r\n");
-  EXPECT_EQ(_spool->next_deadline_us(), first_sync_us + _options.commit_interval_us);
-  EXPECT_TRUE(collect(first_sync_us + 1).empty());
-  EXPECT_TRUE(collect(first_sync_us + _options.commit_interval_us - 1).empty());
-  auto requests = collect(first_sync_us + _options.commit_interval_us);
+  EXPECT_LE(_spool->next_deadline_us(), now + 1) << "no floor after a cheap sync";
+  auto requests = collect(now + 1);
   ASSERT_EQ(requests.size(), 1u);
   EXPECT_EQ(requests[0].kind, IoRequest::Kind::write);
+}
+
+TEST_F(SpoolCommitTest, CostlySyncsPaceBatchesByTheirLatencyUpToTheInterval) {
+  open_spool();
+  uint64_t now = 5000;
+  append("one\r\n");
+  ASSERT_EQ(commit_once(*_spool, now, _clock_us, 400).size(), 1u);
+  EXPECT_EQ(_spool->commit_pace_us(), 2 * 400u) << "kPaceSyncMultiple times the latency";
+  append("two\r\n");
+  EXPECT_EQ(_spool->next_deadline_us(), now + 800) << "from the start of the last batch";
+  EXPECT_TRUE(collect(now + 1).empty());
+  EXPECT_TRUE(collect(now + 799).empty());
+  ASSERT_EQ(commit_once(*_spool, now + 800, _clock_us, 400).size(), 1u);
+
+  // Much slower syncs: the wait never goes past commit_interval_us.
+  _options.commit_interval_us = 1000;
+  _spool.reset();
+  _clock_us = 0;
+  open_spool();
+  append("three\r\n");
+  ASSERT_EQ(commit_once(*_spool, now, _clock_us, 50000).size(), 1u);
+  EXPECT_EQ(_spool->commit_pace_us(), _options.commit_interval_us);
+  append("four\r\n");
+  EXPECT_EQ(_spool->next_deadline_us(), now + _options.commit_interval_us);
+  EXPECT_TRUE(collect(now + _options.commit_interval_us - 1).empty());
+  EXPECT_EQ(collect(now + _options.commit_interval_us).size(), 1u);
+}
+
+// The decision follows a moving average: one slow sync among cheap ones does not start pacing,
+// a run of them does, and cheap ones bring the spool back to no floor.
+TEST_F(SpoolCommitTest, PacingFollowsTheMovingAverageOfSyncLatency) {
+  open_spool();
+  uint64_t now = 0;
+  auto commit = [&](uint64_t sync_us) {
+    append("m\r\n");
+    now = std::max(now + 1, _spool->next_deadline_us());
+    ASSERT_EQ(commit_once(*_spool, now, _clock_us, sync_us).size(), 1u);
+  };
+  commit(100);
+  commit(1000);  // average 100 + 900/8 = 212: still cheap
+  EXPECT_EQ(_spool->sync_latency_average_us(), 212u);
+  EXPECT_EQ(_spool->commit_pace_us(), 0u);
+  commit(1000);  // 212 + 788/8 = 310: costly
+  EXPECT_EQ(_spool->sync_latency_average_us(), 310u);
+  EXPECT_EQ(_spool->commit_pace_us(), 620u);
+  for (int i = 0; i < 3; ++i) {
+    commit(50);
+  }
+  EXPECT_LE(_spool->sync_latency_average_us(), 250u);
+  EXPECT_EQ(_spool->commit_pace_us(), 0u);
+}
+
+TEST_F(SpoolCommitTest, ZeroCommitIntervalNeverWaitsHoweverCostlyTheSyncs) {
+  _options.commit_interval_us = 0;
+  open_spool();
+  uint64_t now = 100;
+  append("one\r\n");
+  ASSERT_EQ(commit_once(*_spool, now, _clock_us, 100000).size(), 1u);
+  EXPECT_EQ(_spool->commit_pace_us(), 0u);
+  append("two\r\n");
+  EXPECT_LE(_spool->next_deadline_us(), now);
+  EXPECT_EQ(collect(now).size(), 1u);
 }
 
 TEST_F(SpoolCommitTest, CommitsAtOnceWhenBatchBytesAreWaiting) {
@@ -164,7 +248,7 @@ TEST_F(SpoolCommitTest, CommitsAtOnceWhenBatchBytesAreWaiting) {
   open_spool();
   append("one\r\n");
   uint64_t now = 100;
-  ASSERT_EQ(drain(*_spool, now).size(), 1u);
+  ASSERT_EQ(commit_once(*_spool, now, _clock_us, 5000000).size(), 1u);  // costly: paced 10 s
   append("small\r\n");
   EXPECT_TRUE(collect(now + 10).empty());
   EXPECT_GT(_spool->next_deadline_us(), now + 10);
@@ -173,6 +257,195 @@ TEST_F(SpoolCommitTest, CommitsAtOnceWhenBatchBytesAreWaiting) {
   auto requests = collect(now + 20);
   ASSERT_EQ(requests.size(), 1u);
   EXPECT_EQ(requests[0].kind, IoRequest::Kind::write);
+}
+
+// ---- the linked protocol: each fdatasync goes out linked to its write (IOSQE_IO_LINK) --------
+
+TEST_F(SpoolCommitTest, LinkedFdatasyncGoesOutWithItsWriteAndTheTicketWaitsForIt) {
+  _options.link_fdatasync = true;
+  open_spool();
+  std::string id;
+  const uint64_t ticket = append("Subject: x\r\n\r\nhello\r\n", &id);
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 2u);
+  EXPECT_EQ(requests[0].kind, IoRequest::Kind::write);
+  EXPECT_TRUE(requests[0].link_next);
+  EXPECT_EQ(requests[1].kind, IoRequest::Kind::fdatasync);
+  EXPECT_FALSE(requests[1].link_next);
+  EXPECT_EQ(requests[1].fd, requests[0].fd);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0]), done);
+  EXPECT_TRUE(done.empty()) << "a write completion must not release the ticket";
+  EXPECT_TRUE(collect(1).empty()) << "its fdatasync is already in flight: no second one";
+  _clock_us += 80;
+  _spool->on_io_complete(requests[1].op_id, perform(requests[1]), done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, ticket);
+  EXPECT_TRUE(done[0].status.ok());
+  EXPECT_TRUE(_spool->find(id).has_value());
+  EXPECT_EQ(_spool->metrics().fsyncs, 1u);
+  EXPECT_EQ(_spool->sync_latency_average_us(), 80u);
+  EXPECT_TRUE(_spool->idle());
+}
+
+// io_uring breaks the link on a short write: the fdatasync completes -ECANCELED without having
+// run. Nothing is reported; the rest goes out with an fdatasync of its own, and only that one
+// releases the tickets.
+TEST_F(SpoolCommitTest, LinkedShortWriteCancelsItsSyncAndTheRestGetsItsOwn) {
+  _options.link_fdatasync = true;
+  open_spool();
+  const uint64_t ticket = append(std::string(3000, 'a') + "\r\n");
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 2u);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0], 1000), done);
+  EXPECT_TRUE(collect(1).empty()) << "the rest waits for the cancelled fdatasync's CQE";
+  _spool->on_io_complete(requests[1].op_id, -ECANCELED, done);
+  EXPECT_TRUE(done.empty());
+  EXPECT_EQ(_spool->metrics().fsync_errors, 0u) << "a cancelled fdatasync is no failure";
+  auto rest = collect(2);
+  ASSERT_EQ(rest.size(), 2u);
+  EXPECT_EQ(rest[0].kind, IoRequest::Kind::write);
+  EXPECT_EQ(rest[0].offset, requests[0].offset + 1000);
+  EXPECT_TRUE(rest[0].link_next);
+  EXPECT_EQ(rest[1].kind, IoRequest::Kind::fdatasync);
+  _spool->on_io_complete(rest[0].op_id, perform(rest[0]), done);
+  EXPECT_TRUE(done.empty());
+  _spool->on_io_complete(rest[1].op_id, perform(rest[1]), done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, ticket);
+  EXPECT_TRUE(done[0].status.ok());
+  EXPECT_EQ(_spool->metrics().fsyncs, 1u);
+  EXPECT_TRUE(_spool->idle());
+}
+
+// Should a kernel run the linked fdatasync after a short write all the same, that sync covers
+// only part of the records: it releases nothing.
+TEST_F(SpoolCommitTest, ALinkedSyncAfterAShortWriteReleasesNothing) {
+  _options.link_fdatasync = true;
+  open_spool();
+  const uint64_t ticket = append(std::string(3000, 'a') + "\r\n");
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 2u);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0], 1000), done);
+  _spool->on_io_complete(requests[1].op_id, perform(requests[1]), done);
+  EXPECT_TRUE(done.empty());
+  uint64_t now = 2;
+  done = drain(*_spool, now);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, ticket);
+  EXPECT_TRUE(done[0].status.ok());
+}
+
+// A linked fdatasync that ran after a short write and failed fails the records like any failed
+// fdatasync: the rest is never written, and the next batch goes to a new segment.
+TEST_F(SpoolCommitTest, ALinkedSyncThatFailsAfterAShortWriteFailsItsRecords) {
+  _options.link_fdatasync = true;
+  open_spool();
+  const uint64_t lost = append(std::string(3000, 'a') + "\r\n");
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 2u);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, perform(requests[0], 1000), done);
+  _spool->on_io_complete(requests[1].op_id, -EIO, done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, lost);
+  EXPECT_FALSE(done[0].status.ok());
+  EXPECT_EQ(_spool->metrics().fsync_errors, 1u);
+  EXPECT_EQ(count_kind(collect(1), IoRequest::Kind::write), 0u) << "the rest is never written";
+  const uint64_t next = append("next\r\n");
+  uint64_t now = 2;
+  auto rest = drain(*_spool, now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, next);
+  EXPECT_TRUE(rest[0].status.ok());
+}
+
+// CQEs are not ordered: the fdatasync's may come before its write's. Nothing is decided until
+// the write's has come; a write error then fails the records whatever the sync said.
+TEST_F(SpoolCommitTest, LinkedSyncCompletionBeforeItsWritesIsHandledAfterIt) {
+  _options.link_fdatasync = true;
+  open_spool();
+  const uint64_t first = append("first\r\n");
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 2u);
+  ASSERT_EQ(perform(requests[0]), static_cast<int32_t>(testing::request_bytes(requests[0])));
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[1].op_id, perform(requests[1]), done);
+  EXPECT_TRUE(done.empty()) << "the write's CQE has not come";
+  _spool->on_io_complete(requests[0].op_id, static_cast<int32_t>(testing::request_bytes(requests[0])), done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, first);
+  EXPECT_TRUE(done[0].status.ok());
+
+  const uint64_t second = append("second\r\n");
+  requests = collect(1);
+  ASSERT_EQ(requests.size(), 2u);
+  done.clear();
+  _spool->on_io_complete(requests[1].op_id, -ECANCELED, done);
+  _spool->on_io_complete(requests[0].op_id, -EIO, done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, second);
+  EXPECT_FALSE(done[0].status.ok());
+  EXPECT_TRUE(_spool->idle());
+}
+
+// A failed write fails its records at once; the batch ends only when the cancelled fdatasync's
+// CQE is back (its op refers to the batch), and the next batch goes to a new segment.
+TEST_F(SpoolCommitTest, LinkedWriteErrorFailsAtOnceAndTheBatchWaitsForTheCancelledSync) {
+  _options.link_fdatasync = true;
+  open_spool();
+  const uint64_t lost = append("lost\r\n");
+  auto requests = collect(0);
+  ASSERT_EQ(requests.size(), 2u);
+  std::vector<Completed> done;
+  _spool->on_io_complete(requests[0].op_id, -ENOSPC, done);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_EQ(done[0].ticket, lost);
+  EXPECT_FALSE(done[0].status.ok());
+  const uint64_t next = append("next\r\n");
+  // (The emptied segment's unlink may go out; no write does.)
+  EXPECT_EQ(count_kind(collect(1'000'000), IoRequest::Kind::write), 0u)
+      << "no new batch before the cancelled fdatasync's CQE";
+  EXPECT_FALSE(_spool->idle());
+  _spool->on_io_complete(requests[1].op_id, -ECANCELED, done);
+  EXPECT_EQ(_spool->metrics().fsync_errors, 0u);
+  uint64_t now = 1'000'001;
+  auto rest = drain(*_spool, now);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0].ticket, next);
+  EXPECT_TRUE(rest[0].status.ok());
+}
+
+// The whole format through the linked protocol, short writes included (drain emulates the
+// kernel's link: a short write cancels the fdatasync linked to it); recovery finds everything.
+TEST_F(SpoolCommitTest, LinkedCommitsWithShortWritesRecoverEveryMessage) {
+  _options.link_fdatasync = true;
+  open_spool();
+  std::vector<std::string> ids(40);
+  uint64_t now = 0;
+  size_t completed = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    append(std::string(500 + 97 * i, static_cast<char>('a' + i % 26)) + "\r\n", &ids[i]);
+    if (i % 7 == 6) {
+      for (const auto& c : drain(*_spool, now, 777)) {
+        EXPECT_TRUE(c.status.ok());
+        ++completed;
+      }
+    }
+  }
+  for (const auto& c : drain(*_spool, now, 777)) {
+    EXPECT_TRUE(c.status.ok());
+    ++completed;
+  }
+  EXPECT_EQ(completed, ids.size());
+  EXPECT_EQ(_spool->metrics().fsync_errors, 0u);
+  _spool.reset();
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok());
+  ASSERT_EQ(recovered->messages.size(), ids.size());
+  EXPECT_EQ(recovered->torn_tails, 0u);
 }
 
 // Each file's fdatasync waits for its own writes only, and the files of one batch sync

@@ -631,13 +631,15 @@ TEST_F(SpoolRecoveryTest, AFailedJournalWriteThatReachedTheDiskIsNotRevived) {
   const uint64_t hold_b = _spool->hold(b.id).value();
   std::vector<IoRequest> requests;
   _spool->collect_io(_now + 1'000'000, requests);
-  ASSERT_EQ(requests.size(), 1u);
+  ASSERT_EQ(requests.size(), 2u);  // the write and the fdatasync linked to it
   ASSERT_EQ(requests[0].kind, IoRequest::Kind::write);
+  ASSERT_TRUE(requests[0].link_next);
   const std::vector<std::string> before = journal_files(_dir);
   ASSERT_GT(testing::perform(requests[0]), 0);  // the bytes are on disk...
   const std::string failed_journal_bytes = read_file(before.front());
   std::vector<Completed> done;
   _spool->on_io_complete(requests[0].op_id, -EIO, done);  // ...but the write reports an error
+  _spool->on_io_complete(requests[1].op_id, -ECANCELED, done);  // so the link broke
   ASSERT_EQ(done.size(), 2u);
   EXPECT_EQ(done[0].ticket, hold_a);
   EXPECT_EQ(done[1].ticket, hold_b);
