@@ -1109,6 +1109,10 @@ struct Shard::Impl : public smtp::SessionHost {
         case spool::IoRequest::Kind::fsync:
           io_uring_prep_fsync(sqe, request.fd, 0);
           break;
+        case spool::IoRequest::Kind::fallocate:
+          io_uring_prep_fallocate(sqe, request.fd, 0, static_cast<off_t>(request.offset),
+                                  static_cast<off_t>(request.length));
+          break;
       }
       io_uring_sqe_set_data64(sqe, (uint64_t{kTagSpool} << 56) | request.op_id);
     }
