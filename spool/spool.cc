@@ -55,9 +55,25 @@ void undo_preallocation(int fd, uint64_t header_bytes, int error) {
   }
 }
 
+// A zeroing write of the journal spare failed: fallocate's extents stay (reading as zeros).
+std::string zeroing_failure_line(uint32_t shard, const std::string& path, int error) {
+  const char* name = strerrorname_np(error);
+  return absl::StrCat("event=spool_error shard=", shard, " op=journal_preallocate errno=",
+                      name != nullptr ? name : std::to_string(error), " error=\"write zeros ", path, ": ",
+                      std::strerror(error), "\" fallback=unwritten_extents");
+}
+
+// Zeros to write from, allocated once (the spare's writes point into it, never write to it).
+constexpr size_t kZeroChunkBytes = 1 << 20;
+std::span<const uint8_t> zero_chunk() {
+  static const std::vector<uint8_t> zeros(kZeroChunkBytes, 0);
+  return zeros;
+}
+
 struct CreatedJournal {
   int fd = -1;
   int prealloc_error = 0;  // not preallocated (the file works without)
+  bool zeroing_failed = false;
 };
 
 // The first spare journal, at start-up (blocking is fine there): created, header, preallocated,
@@ -71,10 +87,19 @@ absl::StatusOr<CreatedJournal> create_journal_file(const std::string& path, cons
   }
   created.fd = fd;
   absl::Status status = write_all(fd, header.data(), header.size());
-  if (status.ok() && preallocate_bytes > header.size() &&
-      ::fallocate(fd, 0, 0, static_cast<off_t>(preallocate_bytes)) != 0) {
-    created.prealloc_error = errno;
-    undo_preallocation(fd, header.size(), created.prealloc_error);
+  if (status.ok() && preallocate_bytes > header.size()) {
+    if (::fallocate(fd, 0, 0, static_cast<off_t>(preallocate_bytes)) != 0) {
+      created.prealloc_error = errno;
+      undo_preallocation(fd, header.size(), created.prealloc_error);
+    }
+    for (uint64_t at = header.size(); created.prealloc_error == 0 && at < preallocate_bytes;) {
+      const size_t length = static_cast<size_t>(std::min<uint64_t>(kZeroChunkBytes, preallocate_bytes - at));
+      if (!write_all(fd, zero_chunk().data(), length).ok()) {
+        created.prealloc_error = errno;  // the allocated extents stay: still zeros, still its size
+        created.zeroing_failed = true;
+      }
+      at += length;
+    }
   }
   if (status.ok() && ::fdatasync(fd) != 0) {
     status = errno_status(errno, absl::StrCat("fdatasync ", path));
@@ -175,7 +200,9 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
   if (created->prealloc_error != 0) {
     ++spool->_metrics.journal_prealloc_failures;
     if (options.background_log) {
-      options.background_log(prealloc_failure_line(options.shard, spare.path, created->prealloc_error));
+      options.background_log(created->zeroing_failed
+                                 ? zeroing_failure_line(options.shard, spare.path, created->prealloc_error)
+                                 : prealloc_failure_line(options.shard, spare.path, created->prealloc_error));
     }
   }
   spare.phase = JournalSpare::Phase::ready;
@@ -670,22 +697,53 @@ void ShardSpool::spare_failed(uint64_t now_us, int error, std::vector<Completed>
   }
 }
 
-void ShardSpool::spare_prealloc_failed(int error) {
-  undo_preallocation(_spare.fd, _spare.header.size(), error);
+void ShardSpool::spare_prealloc_failed(int error, bool allocated) {
+  if (!allocated) {
+    undo_preallocation(_spare.fd, _spare.header.size(), error);
+  }
   ++_metrics.journal_prealloc_failures;
   if (_options.background_log) {
-    _options.background_log(prealloc_failure_line(_options.shard, _spare.path, error));
+    _options.background_log(allocated ? zeroing_failure_line(_options.shard, _spare.path, error)
+                                      : prealloc_failure_line(_options.shard, _spare.path, error));
   }
 }
 
-void ShardSpool::on_spare_complete(IoRequest::Kind kind, int32_t result, std::vector<Completed>& done) {
+// The zeros from _spare.zero_offset to the rotation size, as one gathered write (or the first
+// kMaxIovPerWrite MiB of them: the next write goes on from where it ended).
+IoRequest ShardSpool::spare_zero_write() {
+  const std::span<const uint8_t> zeros = zero_chunk();
+  _spare.zero_iov.clear();
+  for (uint64_t at = _spare.zero_offset; at < _options.journal_rotate_bytes && _spare.zero_iov.size() < kMaxIovPerWrite;) {
+    const size_t length = static_cast<size_t>(std::min<uint64_t>(zeros.size(), _options.journal_rotate_bytes - at));
+    _spare.zero_iov.push_back(iovec{const_cast<uint8_t*>(zeros.data()), length});  // only read
+    at += length;
+  }
+  SLUICE_ASSERT(!_spare.zero_iov.empty());
+  IoRequest request;
+  request.kind = IoRequest::Kind::write;
+  request.fd = _spare.fd;
+  request.offset = _spare.zero_offset;
+  request.iov = _spare.zero_iov.data();
+  request.iov_count = static_cast<uint32_t>(_spare.zero_iov.size());
+  return request;
+}
+
+void ShardSpool::on_spare_complete(int32_t result, std::vector<Completed>& done) {
   using Phase = JournalSpare::Phase;
   const uint64_t now_us = io::monotonic_us();
-  if (kind == IoRequest::Kind::fallocate && result < 0) {
-    spare_prealloc_failed(-result);  // not fatal: the file works unpreallocated
+  // Preallocation is an optimisation: when it fails the file works without it.
+  if (_spare.phase == Phase::allocating && result < 0) {
+    spare_prealloc_failed(-result, false);  // unpreallocated
+    _spare.zero_offset = _options.journal_rotate_bytes;
     result = 0;
+  } else if (_spare.phase == Phase::zeroing && result <= 0) {
+    spare_prealloc_failed(result < 0 ? -result : EIO, true);  // allocated, zeros not all written
+    _spare.zero_offset = _options.journal_rotate_bytes;
+    result = 0;
+  } else if (_spare.phase == Phase::zeroing) {
+    _spare.zero_offset += static_cast<uint64_t>(result);
   }
-  if (result < 0 || (kind == IoRequest::Kind::write && static_cast<size_t>(result) != _spare.header.size())) {
+  if (result < 0 || (_spare.phase == Phase::writing && static_cast<size_t>(result) != _spare.header.size())) {
     spare_failed(now_us, result < 0 ? -result : EIO, done);
     return;
   }
@@ -705,15 +763,27 @@ void ShardSpool::on_spare_complete(IoRequest::Kind kind, int32_t result, std::ve
       break;
     case Phase::writing:
       if (_options.journal_rotate_bytes > _spare.header.size()) {
+        // fallocate first: a full disk says so at once, before any zero is written.
         request.kind = IoRequest::Kind::fallocate;
         request.fd = _spare.fd;
         request.offset = 0;
         request.length = _options.journal_rotate_bytes;
+        _spare.zero_offset = _spare.header.size();
         _spare.phase = Phase::allocating;
         break;
       }
       [[fallthrough]];
     case Phase::allocating:
+    case Phase::zeroing:
+      if (_spare.zero_offset < _options.journal_rotate_bytes) {
+        // Real zeros over fallocate's unwritten extents, as the segments have them: otherwise
+        // the first write to each extent costs its conversion in the append's fdatasync.
+        const uint64_t op_id = request.op_id;
+        request = spare_zero_write();
+        request.op_id = op_id;
+        _spare.phase = Phase::zeroing;
+        break;
+      }
       request.kind = IoRequest::Kind::fdatasync;
       request.fd = _spare.fd;
       _spare.phase = Phase::syncing;
@@ -895,7 +965,7 @@ void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Comp
   const Op op = std::move(it->second);
   _ops.erase(it);
   if (op.spare) {
-    on_spare_complete(op.kind, result, done);
+    on_spare_complete(result, done);
     return;
   }
   switch (op.kind) {

@@ -355,17 +355,20 @@ class ShardSpool {
     std::vector<std::string> removed_ids;  // segments: messages gone from it (for journal snapshots)
     uint64_t last_read = 0;                // sealed segments: for closing the least recently read
   };
-  // The next journal file, made ready ahead of need: created, header written, preallocated
-  // zero-filled to journal_rotate_bytes (so that appends do not change its size and their
-  // fdatasync need not write the inode; a failure keeps the file as it is, logged), synced, and
-  // the directory synced, all through IoRequests (the first one at open(), blocking, at start-up).
+  // The next journal file, made ready ahead of need: created, header written, preallocated to
+  // journal_rotate_bytes (fallocate, then real zeros over it, as the segments are: appends then
+  // change neither its size nor its extents, so their fdatasync need not write metadata; a
+  // failure keeps the file as it is, logged), synced, and the directory synced, all through
+  // IoRequests (the first one at open(), blocking, at start-up).
   struct JournalSpare {
-    enum class Phase : uint8_t { none, opening, writing, allocating, syncing, syncing_dir, ready };
+    enum class Phase : uint8_t { none, opening, writing, allocating, zeroing, syncing, syncing_dir, ready };
     Phase phase = Phase::none;
     uint64_t number = 0;
     std::string path;
     std::string header;
     iovec iov{};
+    uint64_t zero_offset = 0;      // the next zero to write (zeroing)
+    std::vector<iovec> zero_iov;  // into one shared chunk of zeros
     int fd = -1;
     uint64_t retry_at_us = 0;
     uint32_t failures_in_a_row = 0;
@@ -418,9 +421,10 @@ class ShardSpool {
   void apply_journal_record(PendingRecord& record);
   absl::StatusOr<uint64_t> append_journal_entry(JournalEntry entry);
   void outcome_settled(const PendingRecord& record);
-  void spare_prealloc_failed(int error);
+  void spare_prealloc_failed(int error, bool allocated);
+  IoRequest spare_zero_write();
   void start_spare(uint64_t now_us, std::vector<IoRequest>& out);
-  void on_spare_complete(IoRequest::Kind kind, int32_t result, std::vector<Completed>& done);
+  void on_spare_complete(int32_t result, std::vector<Completed>& done);
   void spare_failed(uint64_t now_us, int error, std::vector<Completed>& done);
   uint64_t commit_deadline_us() const;
   bool rotation_due() const;

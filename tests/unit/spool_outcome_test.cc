@@ -5,6 +5,9 @@
 // record ending the journal like any other; and the next journal file preallocated to its
 // rotation size, with the unpreallocated file as the fallback.
 #include <fcntl.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -47,6 +50,46 @@ std::vector<std::string> journal_files(const std::string& dir) {
   }
   std::sort(files.begin(), files.end());
   return files;
+}
+
+// Whether any extent of the file is unwritten (fallocate's, whose first write costs a metadata
+// commit); nullopt where the file system cannot say (no FIEMAP).
+std::optional<bool> has_unwritten_extents(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return std::nullopt;
+  }
+  constexpr uint32_t kExtents = 256;
+  std::vector<uint8_t> buffer(sizeof(fiemap) + kExtents * sizeof(fiemap_extent));
+  auto* map = reinterpret_cast<fiemap*>(buffer.data());
+  map->fm_start = 0;
+  map->fm_length = FIEMAP_MAX_OFFSET;
+  map->fm_flags = FIEMAP_FLAG_SYNC;
+  map->fm_extent_count = kExtents;
+  const int result = ::ioctl(fd, FS_IOC_FIEMAP, map);
+  ::close(fd);
+  if (result != 0) {
+    return std::nullopt;
+  }
+  for (uint32_t i = 0; i < map->fm_mapped_extents; ++i) {
+    if ((map->fm_extents[i].fe_flags & FIEMAP_EXTENT_UNWRITTEN) != 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// The spare as it must be: its header, then zeros up to the rotation size.
+void expect_zero_filled(const std::string& path, uint64_t size) {
+  const std::string bytes = read_file(path);
+  ASSERT_EQ(bytes.size(), size) << path;
+  const FileScan scan =
+      scan_records({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}, kJournalFileId, RecordType::journal);
+  EXPECT_TRUE(scan.has_header);
+  EXPECT_EQ(bytes.find_first_not_of('\0', kFileHeaderRecordBytes), std::string::npos) << path;
+  if (const auto unwritten = has_unwritten_extents(path); unwritten.has_value()) {
+    EXPECT_FALSE(*unwritten) << path << ": real zeros, not only fallocate's extents";
+  }
 }
 
 std::string payload_of(const JournalEntry& entry) {
@@ -526,7 +569,7 @@ TEST_F(SpoolOutcomeTest, TheNextJournalFileIsPreallocatedAndItsZeroTailEndsIt) {
   open_spool();
   std::vector<std::string> files = journal_files(_dir);
   ASSERT_EQ(files.size(), 2u);  // recovery's, and the spare made at open (blocking)
-  EXPECT_EQ(std::filesystem::file_size(files[1]), _options.journal_rotate_bytes);
+  expect_zero_filled(files[1], _options.journal_rotate_bytes);
   const std::string id = add_message(4);
   int round = 0;
   while (_spool->metrics().journal_rotations == 0) {
@@ -550,7 +593,7 @@ TEST_F(SpoolOutcomeTest, TheNextJournalFileIsPreallocatedAndItsZeroTailEndsIt) {
   EXPECT_EQ(std::filesystem::file_size(current), _options.journal_rotate_bytes) << "appends kept its size";
   files = journal_files(_dir);
   ASSERT_EQ(files.size(), 2u);
-  EXPECT_EQ(std::filesystem::file_size(files[1]), _options.journal_rotate_bytes) << "the new spare";
+  expect_zero_filled(files[1], _options.journal_rotate_bytes);  // the new spare, through the IoRequests
   EXPECT_EQ(_spool->metrics().journal_prealloc_failures, 0u);
   _spool.reset();
   const std::string bytes = read_file(current);
@@ -559,6 +602,57 @@ TEST_F(SpoolOutcomeTest, TheNextJournalFileIsPreallocatedAndItsZeroTailEndsIt) {
   EXPECT_FALSE(scan.torn) << "the zeros are a clean end";
   EXPECT_GT(scan.records.size(), 20u);
   EXPECT_LT(scan.end_offset, bytes.size());
+  EXPECT_EQ(recover(), _model);
+}
+
+// The zeros go in as few writes as the iovec limit allows; a short one is continued where it
+// ended, and a failed one leaves fallocate's extents (zeros too), logged.
+TEST_F(SpoolOutcomeTest, TheSparesZerosSurviveShortAndFailedWrites) {
+  _options.journal_rotate_bytes = (3 << 20) + 12345;  // not a whole number of zero chunks
+  open_spool();
+  const std::string id = add_message(1);
+  for (const bool fail : {false, true}) {
+    const uint64_t rotations = _spool->metrics().journal_rotations;
+    uint64_t zero_writes = 0;
+    auto short_zero_writes = [&](const IoRequest& request) -> int32_t {
+      const bool zeros = request.kind == IoRequest::Kind::write && request.offset >= kFileHeaderRecordBytes &&
+                         request.iov_count > 0 &&
+                         std::string_view(static_cast<const char*>(request.iov[0].iov_base), request.iov[0].iov_len)
+                                 .find_first_not_of('\0') == std::string_view::npos;
+      if (!zeros) {
+        return perform(request);
+      }
+      ++zero_writes;
+      if (request.offset == kFileHeaderRecordBytes) {
+        EXPECT_EQ(request.iov_count, 4u) << "one gathered write, not one per chunk";
+      }
+      return fail ? -EIO : perform(request, 999999);  // every one short
+    };
+    _log.clear();
+    // Batches of large outcome records (rotation counts octets): few drains to the next file.
+    for (int batch = 0; _spool->metrics().journal_rotations < rotations + 1; ++batch) {
+      ASSERT_LT(batch, 1000);
+      for (int i = 0; i < 400; ++i) {
+        outcome(id, 0, DeliveryState::deferred, 1700000000000 + i, std::string(kMaxReplyBytes, 'd'));
+      }
+      for (const auto& completed : testing::drain_with(*_spool, _now, short_zero_writes)) {
+        ASSERT_TRUE(completed.status.ok()) << completed.status;
+      }
+    }
+    const std::vector<std::string> files = journal_files(_dir);
+    ASSERT_EQ(files.size(), 2u);
+    EXPECT_EQ(read_file(files[1]).size(), _options.journal_rotate_bytes);
+    if (fail) {
+      EXPECT_EQ(zero_writes, 1u) << "a failed zero write is not retried";
+      ASSERT_FALSE(_log.empty());
+      EXPECT_NE(_log.back().find("fallback=unwritten_extents"), std::string::npos) << _log.back();
+      EXPECT_EQ(read_file(files[1]).find_first_not_of('\0', kFileHeaderRecordBytes), std::string::npos);
+    } else {
+      EXPECT_EQ(zero_writes, 4u) << "999999 octets a time";
+      EXPECT_TRUE(_log.empty());
+      expect_zero_filled(files[1], _options.journal_rotate_bytes);
+    }
+  }
   EXPECT_EQ(recover(), _model);
 }
 
