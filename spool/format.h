@@ -18,7 +18,9 @@
 // another segment (after a write error) gets a new header without a second pass over the body.
 //
 // Record 0 of every file is a file header (RecordType::file_header). Segments are preallocated
-// zero-filled to `segment_bytes`; the first all-zero or invalid header ends a file.
+// zero-filled to `segment_bytes`, and the journal files the spool makes ahead of need to its
+// rotation size where the file system allows (recovery's compacted one is not); the first
+// all-zero or invalid header ends a file.
 //
 // Payloads (all integers little endian; strings are u16 length + octets):
 //   file header:  segment_bytes u64 (0 for the journal), shard u32, reserved u32, created_ms u64
