@@ -287,18 +287,34 @@ absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uin
   return header;
 }
 
+size_t journal_payload_bytes(const JournalEntry& entry) {
+  return is_outcome(entry.op) ? kJournalPayloadBytes + kJournalOutcomeBytes + entry.reply.size() : kJournalPayloadBytes;
+}
+
 void encode_journal_payload(const JournalEntry& entry, uint8_t* out) {
   SLUICE_ASSERT(is_queue_id(entry.queue_id));
   put_u16(out + 0, static_cast<uint16_t>(entry.op));
   put_u16(out + 2, 0);
   std::memcpy(out + 4, entry.queue_id.data(), kQueueIdBytes);
   put_u32(out + 4 + kQueueIdBytes, entry.argument);
-  SLUICE_DEBUG_ASSERT(decode_journal_payload(std::span<const uint8_t>(out, kJournalPayloadBytes)).ok(),
+  if (is_outcome(entry.op)) {
+    SLUICE_ASSERT(entry.reply.size() <= kMaxReplyBytes, "the spool cuts replies to the limit");
+    SLUICE_ASSERT(entry.op == JournalOp::deferred || entry.next_attempt_ms == 0);
+    uint8_t* extension = out + kJournalPayloadBytes;
+    put_u64(extension + 0, entry.next_attempt_ms);
+    put_u32(extension + 8, entry.attempts);
+    put_u16(extension + 12, static_cast<uint16_t>(entry.reply.size()));
+    std::memcpy(extension + kJournalOutcomeBytes, entry.reply.data(), entry.reply.size());
+  } else {
+    SLUICE_ASSERT(entry.next_attempt_ms == 0 && entry.attempts == 0 && entry.reply.empty(),
+                  "only outcomes carry an outcome");
+  }
+  SLUICE_DEBUG_ASSERT(decode_journal_payload(std::span<const uint8_t>(out, journal_payload_bytes(entry))).ok(),
                       "a journal entry reads back as written");
 }
 
 absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload) {
-  if (payload.size() != kJournalPayloadBytes) {
+  if (payload.size() < kJournalPayloadBytes) {
     return absl::DataLossError("spool: malformed journal entry");
   }
   JournalEntry entry;
@@ -310,6 +326,26 @@ absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> pay
     return absl::DataLossError("spool: malformed journal entry");
   }
   entry.op = static_cast<JournalOp>(op);
+  if (!is_outcome(entry.op)) {
+    if (payload.size() != kJournalPayloadBytes) {
+      return absl::DataLossError("spool: journal entry of the wrong length");
+    }
+    return entry;
+  }
+  // An outcome: the extension must be there in full, its reply within the limit, and the payload
+  // must end where the reply does.
+  if (payload.size() < kJournalPayloadBytes + kJournalOutcomeBytes) {
+    return absl::DataLossError("spool: outcome record cut short");
+  }
+  const uint8_t* extension = payload.data() + kJournalPayloadBytes;
+  entry.next_attempt_ms = get_u64(extension + 0);
+  entry.attempts = get_u32(extension + 8);
+  const size_t reply_bytes = get_u16(extension + 12);
+  if (reply_bytes > kMaxReplyBytes || payload.size() != kJournalPayloadBytes + kJournalOutcomeBytes + reply_bytes ||
+      (entry.op != JournalOp::deferred && entry.next_attempt_ms != 0)) {
+    return absl::DataLossError("spool: malformed outcome record");
+  }
+  entry.reply.assign(reinterpret_cast<const char*>(extension + kJournalOutcomeBytes), reply_bytes);
   return entry;
 }
 
@@ -352,7 +388,7 @@ std::optional<uint64_t> parse_hex_suffix(std::string_view name, std::string_view
 }  // namespace
 
 std::string encode_journal_record(const JournalEntry& entry, uint32_t generation, uint64_t sequence) {
-  std::string record(kRecordHeaderBytes + kJournalPayloadBytes, '\0');
+  std::string record(kRecordHeaderBytes + journal_payload_bytes(entry), '\0');
   encode_journal_payload(entry, reinterpret_cast<uint8_t*>(record.data()) + kRecordHeaderBytes);
   return seal_small_record(RecordType::journal, kJournalFileId, generation, sequence, std::move(record));
 }

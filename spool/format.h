@@ -18,7 +18,9 @@
 // another segment (after a write error) gets a new header without a second pass over the body.
 //
 // Record 0 of every file is a file header (RecordType::file_header). Segments are preallocated
-// zero-filled to `segment_bytes`; the first all-zero or invalid header ends a file.
+// zero-filled to `segment_bytes`, and the journal files the spool makes ahead of need to its
+// rotation size where the file system allows (recovery's compacted one is not); the first
+// all-zero or invalid header ends a file.
 //
 // Payloads (all integers little endian; strings are u16 length + octets):
 //   file header:  segment_bytes u64 (0 for the journal), shard u32, reserved u32, created_ms u64
@@ -30,14 +32,24 @@
 //                 form (CRLF, dot-stuffed, our Received: first).
 //                 The DSN parameters (RFC 3461) are kept as the client sent them: envid and
 //                 orcpt still xtext-encoded, empty when not given.
-//   journal:      op u16 (JournalOp), reserved u16, queue id 16 octets, argument u32.
+//   journal:      op u16 (JournalOp), reserved u16, queue id 16 octets, argument u32: 24 octets,
+//                 the whole payload of every op but the three outcomes.
 //                 (checkpoint: queue id all '0', argument = the number of snapshot records.)
+//                 delivered, deferred, bounced (argument = the recipient's index in the message
+//                 record) go on after those 24: next_attempt_ms u64 (deferred only, else 0),
+//                 attempts u32 (the recipient's attempts so far, this one included: a record
+//                 states the recipient's whole state, so replaying it twice changes nothing),
+//                 last reply (u16 length + octets, at most kMaxReplyBytes). The payload length
+//                 must be exactly 24 + 14 + the reply's length; anything else is corruption.
 //
 // Versions: every record of a file carries the version of its file header. This build writes
 // only kFormatVersion (2) and reads 1 and 2: a v1 segment is read as v1 (no DSN fields) until
 // its last message is gone and it is deleted; a v1 journal is replaced by recovery's compacted
 // one. The journal and file header payloads are the same in both versions: the journal files
-// this build writes are v2 too, differing from v1 in the header's version field only.
+// this build writes are v2 too, differing from v1 in the header's version field only. The outcome
+// records came later within v2 (no build wrote these ops before): a v2 journal of the previous
+// build reads unchanged, and a previous build reading one of this build's would stop at the
+// first outcome record as at a corrupt one (it refuses any journal payload but 24 octets).
 //
 // Journal files are DIR/shard-N/journal-<16 hex digits>, applied in number order; the spool
 // appends to the newest and starts a new one at a size limit or after a failed write or
@@ -49,6 +61,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -67,6 +80,9 @@ inline constexpr size_t kQueueIdBytes = 16;
 inline constexpr uint32_t kMaxPayloadBytes = 1u << 30;
 inline constexpr size_t kMaxEnvelopeStringBytes = 4096;  // u16 on disk; SMTP paths are <= 256
 inline constexpr uint32_t kMaxRecipients = 100000;
+// A delivery outcome's last reply: longer ones are cut here when written (the start of a reply
+// says what happened), and a longer one on disk is corruption.
+inline constexpr size_t kMaxReplyBytes = 1024;
 
 enum class RecordType : uint16_t {
   file_header = 1,
@@ -139,11 +155,24 @@ struct FileHeaderPayload {
   uint64_t created_ms = 0;
 };
 
-inline constexpr size_t kJournalPayloadBytes = 24;
+inline constexpr size_t kJournalPayloadBytes = 24;  // every op; the outcomes then extend it
+inline constexpr size_t kJournalOutcomeBytes = 8 + 4 + 2;  // next_attempt_ms, attempts, reply length
+inline constexpr size_t kMaxJournalPayloadBytes = kJournalPayloadBytes + kJournalOutcomeBytes + kMaxReplyBytes;
+constexpr bool is_outcome(JournalOp op) {
+  return op == JournalOp::delivered || op == JournalOp::deferred || op == JournalOp::bounced;
+}
 struct JournalEntry {
+  JournalEntry() = default;
+  JournalEntry(JournalOp op_, std::string queue_id_, uint32_t argument_)
+      : op(op_), queue_id(std::move(queue_id_)), argument(argument_) {}
   JournalOp op = JournalOp::remove;
   std::string queue_id;
   uint32_t argument = 0;
+  // Outcomes only (is_outcome(op)); zero and empty for every other op.
+  uint64_t next_attempt_ms = 0;  // deferred only
+  uint32_t attempts = 0;
+  std::string reply;  // at most kMaxReplyBytes
+  bool operator==(const JournalEntry&) const = default;
 };
 
 struct MessageMeta {
@@ -175,6 +204,9 @@ absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload
 void encode_file_header_payload(const FileHeaderPayload& payload, uint8_t* out);
 absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uint8_t> payload);
 
+// The payload's size on disk: kJournalPayloadBytes, more for an outcome.
+size_t journal_payload_bytes(const JournalEntry& entry);
+// Writes journal_payload_bytes(entry) octets.
 void encode_journal_payload(const JournalEntry& entry, uint8_t* out);
 absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload);
 

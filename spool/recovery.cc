@@ -134,8 +134,9 @@ absl::Status write_journal(const std::string& shard_dir, uint32_t shard, uint32_
 struct JournalState {
   absl::flat_hash_map<std::string, bool> held;  // id -> held (true) or released (false)
   absl::flat_hash_map<std::string, bool> removed;
+  std::vector<JournalEntry> outcomes;  // in journal order: applied to the live messages at the end
 
-  void apply(const JournalEntry& entry) {
+  void apply(JournalEntry entry) {
     switch (entry.op) {
       case JournalOp::remove:
         removed[entry.queue_id] = true;
@@ -146,8 +147,13 @@ struct JournalState {
       case JournalOp::release:
         held[entry.queue_id] = false;
         break;
+      case JournalOp::delivered:
+      case JournalOp::deferred:
+      case JournalOp::bounced:
+        outcomes.push_back(std::move(entry));
+        break;
       default:
-        break;  // per-recipient outcomes: not written by this version
+        break;
     }
   }
 };
@@ -284,6 +290,7 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       info.dsn_ret = meta->envelope.ret;
       info.dsn_envid = std::move(meta->envelope.envid);
       info.recipient_dsn = std::move(meta->envelope.recipient_dsn);
+      info.recipient_states.resize(info.recipients.size());
       info.location =
           MessageLocation{id, record.offset, record.offset + kRecordHeaderBytes + meta->wire_offset, meta->wire_length};
       live.try_emplace(info.id, std::move(info));  // first copy wins if an id ever repeats
@@ -316,7 +323,7 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
         continue;
       }
       ++records_before_checkpoint;
-      (checkpointed ? journal : in_file).apply(*entry);
+      (checkpointed ? journal : in_file).apply(*std::move(entry));
     }
     if (!checkpointed) {
       for (const auto& [id, removed] : in_file.removed) {
@@ -324,6 +331,9 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       }
       for (const auto& [id, held] : in_file.held) {
         journal.held[id] = held;
+      }
+      for (auto& outcome : in_file.outcomes) {
+        journal.outcomes.push_back(std::move(outcome));
       }
     }
   }
@@ -334,6 +344,16 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     if (auto it = live.find(id); it != live.end()) {
       it->second.status = held ? MessageStatus::held : MessageStatus::queued;
     }
+  }
+  // Outcomes in the order they were written (a removal won already: its message is not live).
+  for (const auto& outcome : journal.outcomes) {
+    if (auto it = live.find(outcome.queue_id); it != live.end()) {
+      apply_outcome(it->second, outcome);
+    }
+  }
+  journal.outcomes.clear();
+  for (auto& [id, info] : live) {
+    derive_next_attempt(info);
   }
   out.generation = max_generation + 1;
 
@@ -359,8 +379,13 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       if (it == live.end()) {
         keep.push_back(JournalEntry{JournalOp::remove, id, 0});
         recovered.removed_ids.push_back(id);
-      } else if (it->second.location.segment_id == segment.id && it->second.status == MessageStatus::held) {
-        keep.push_back(JournalEntry{JournalOp::hold, id, 0});
+      } else if (it->second.location.segment_id == segment.id) {
+        if (it->second.status == MessageStatus::held) {
+          keep.push_back(JournalEntry{JournalOp::hold, id, 0});
+        }
+        for (auto& outcome : outcome_snapshot(it->second)) {
+          keep.push_back(std::move(outcome));
+        }
       }
     }
     out.segments.push_back(std::move(recovered));

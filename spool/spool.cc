@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <ctime>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "engine/io/assert.h"
@@ -37,14 +39,69 @@ absl::Status io_error(int32_t result, std::string_view what) {
 constexpr int kJournalOpenFlags = O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC;
 constexpr uint32_t kJournalFileMode = 0640;
 
-// The first spare journal, at start-up (blocking is fine there): created, header, fsync, and the
-// directory fsync'd, exactly what the asynchronous spare does later.
-absl::StatusOr<int> create_journal_file(const std::string& path, const std::string& header, const std::string& dir) {
+// The log line of a journal file left unpreallocated: the spool goes on with it.
+std::string prealloc_failure_line(uint32_t shard, const std::string& path, int error) {
+  const char* name = strerrorname_np(error);
+  return absl::StrCat("event=spool_error shard=", shard, " op=journal_preallocate errno=",
+                      name != nullptr ? name : std::to_string(error), " error=\"fallocate ", path, ": ",
+                      std::strerror(error), "\" fallback=unpreallocated");
+}
+
+// A failed fallocate may have allocated part of the range (ext4 keeps what it got): give it back,
+// so that a full disk is not made fuller by a file that no longer needs it. Blocking, but only on
+// this failure path; nothing was appended yet.
+void undo_preallocation(int fd, uint64_t header_bytes, int error) {
+  if (error != EOPNOTSUPP) {
+    (void)::ftruncate(fd, static_cast<off_t>(header_bytes));
+  }
+}
+
+// A zeroing write of the journal spare failed: fallocate's extents stay (reading as zeros).
+std::string zeroing_failure_line(uint32_t shard, const std::string& path, int error) {
+  const char* name = strerrorname_np(error);
+  return absl::StrCat("event=spool_error shard=", shard, " op=journal_preallocate errno=",
+                      name != nullptr ? name : std::to_string(error), " error=\"write zeros ", path, ": ",
+                      std::strerror(error), "\" fallback=unwritten_extents");
+}
+
+// Zeros to write from, allocated once (the spare's writes point into it, never write to it).
+constexpr size_t kZeroChunkBytes = 1 << 20;
+std::span<const uint8_t> zero_chunk() {
+  static const std::vector<uint8_t> zeros(kZeroChunkBytes, 0);
+  return zeros;
+}
+
+struct CreatedJournal {
+  int fd = -1;
+  int prealloc_error = 0;  // not preallocated (the file works without)
+  bool zeroing_failed = false;
+};
+
+// The first spare journal, at start-up (blocking is fine there): created, header, preallocated,
+// fsync, and the directory fsync'd, exactly what the asynchronous spare does later.
+absl::StatusOr<CreatedJournal> create_journal_file(const std::string& path, const std::string& header,
+                                                   const std::string& dir, uint64_t preallocate_bytes) {
+  CreatedJournal created;
   const int fd = ::open(path.c_str(), kJournalOpenFlags, kJournalFileMode);
   if (fd < 0) {
     return errno_status(errno, absl::StrCat("create ", path));
   }
+  created.fd = fd;
   absl::Status status = write_all(fd, header.data(), header.size());
+  if (status.ok() && preallocate_bytes > header.size()) {
+    if (::fallocate(fd, 0, 0, static_cast<off_t>(preallocate_bytes)) != 0) {
+      created.prealloc_error = errno;
+      undo_preallocation(fd, header.size(), created.prealloc_error);
+    }
+    for (uint64_t at = header.size(); created.prealloc_error == 0 && at < preallocate_bytes;) {
+      const size_t length = static_cast<size_t>(std::min<uint64_t>(kZeroChunkBytes, preallocate_bytes - at));
+      if (!write_all(fd, zero_chunk().data(), length).ok()) {
+        created.prealloc_error = errno;  // the allocated extents stay: still zeros, still its size
+        created.zeroing_failed = true;
+      }
+      at += length;
+    }
+  }
   if (status.ok() && ::fdatasync(fd) != 0) {
     status = errno_status(errno, absl::StrCat("fdatasync ", path));
   }
@@ -55,7 +112,42 @@ absl::StatusOr<int> create_journal_file(const std::string& path, const std::stri
     ::close(fd);
     return status;
   }
-  return fd;
+  return created;
+}
+
+// Cuts a reply to kMaxReplyBytes without splitting a UTF-8 sequence.
+std::string bounded_reply(std::string reply) {
+  if (reply.size() <= kMaxReplyBytes) {
+    return reply;
+  }
+  size_t end = kMaxReplyBytes;
+  while (end > 0 && (static_cast<uint8_t>(reply[end]) & 0xC0) == 0x80) {
+    --end;  // reply[end] continues a sequence that started before it
+  }
+  reply.resize(end);
+  return reply;
+}
+
+JournalOp outcome_op(DeliveryState state) {
+  switch (state) {
+    case DeliveryState::delivered:
+      return JournalOp::delivered;
+    case DeliveryState::deferred:
+      return JournalOp::deferred;
+    case DeliveryState::bounced:
+      return JournalOp::bounced;
+    case DeliveryState::pending:
+      break;
+  }
+  SLUICE_ASSERT(false, "pending is not an outcome");
+  return JournalOp::deferred;
+}
+
+DeliveryState outcome_state(JournalOp op) {
+  SLUICE_ASSERT(is_outcome(op));
+  return op == JournalOp::delivered ? DeliveryState::delivered
+         : op == JournalOp::bounced ? DeliveryState::bounced
+                                    : DeliveryState::deferred;
 }
 
 }  // namespace
@@ -101,11 +193,19 @@ absl::StatusOr<std::unique_ptr<ShardSpool>> ShardSpool::open(const SpoolOptions&
   spare.path = journal_path(recovered.shard_dir, spare.number);
   spare.header = encode_file_header_record(kJournalFileId, recovered.generation,
                                            FileHeaderPayload{0, options.shard, io::wall_ms()});
-  auto spare_fd = create_journal_file(spare.path, spare.header, recovered.shard_dir);
-  if (!spare_fd.ok()) {
-    return spare_fd.status();
+  auto created = create_journal_file(spare.path, spare.header, recovered.shard_dir, options.journal_rotate_bytes);
+  if (!created.ok()) {
+    return created.status();
   }
-  spare.fd = *spare_fd;
+  spare.fd = created->fd;
+  if (created->prealloc_error != 0) {
+    ++spool->_metrics.journal_prealloc_failures;
+    if (options.background_log) {
+      options.background_log(created->zeroing_failed
+                                 ? zeroing_failure_line(options.shard, spare.path, created->prealloc_error)
+                                 : prealloc_failure_line(options.shard, spare.path, created->prealloc_error));
+    }
+  }
   spare.phase = JournalSpare::Phase::ready;
   const std::string idfloor = recovered.shard_dir + "/idfloor";
   const int idfloor_fd = ::open(idfloor.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
@@ -196,6 +296,7 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
   info.dsn_envid = std::move(envelope.envid);
   info.recipient_dsn = std::move(envelope.recipient_dsn);
   info.recipient_dsn.resize(info.recipients.size());  // as recovery has it: one per recipient
+  info.recipient_states.resize(info.recipients.size());
   record.ticket = _next_ticket;
   if (auto status = place_message(record); !status.ok()) {
     return status;
@@ -205,17 +306,28 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
 }
 
 absl::StatusOr<uint64_t> ShardSpool::append_journal(JournalOp op, std::string_view queue_id, uint32_t argument) {
-  if (!valid_queue_id(queue_id)) {
+  if (is_outcome(op) || op == JournalOp::checkpoint) {
+    return absl::InvalidArgumentError("spool: outcomes go through record_outcome, checkpoints are the spool's");
+  }
+  return append_journal_entry(JournalEntry{op, std::string(queue_id), argument});
+}
+
+absl::StatusOr<uint64_t> ShardSpool::append_journal_entry(JournalEntry entry) {
+  if (!valid_queue_id(entry.queue_id)) {
     return absl::InvalidArgumentError("spool: malformed queue id");
   }
   PendingRecord record;
   record.type = RecordType::journal;
-  record.op = op;
-  record.head.resize(kRecordHeaderBytes + kJournalPayloadBytes);
-  record.info.id = std::string(queue_id);
+  record.op = entry.op;
+  const size_t payload_bytes = journal_payload_bytes(entry);
+  record.head.resize(kRecordHeaderBytes + payload_bytes);
+  record.info.id = entry.queue_id;
   auto* payload = reinterpret_cast<uint8_t*>(record.head.data()) + kRecordHeaderBytes;
-  encode_journal_payload(JournalEntry{op, record.info.id, argument}, payload);
-  record.payload_crc = crc32c(payload, kJournalPayloadBytes);
+  encode_journal_payload(entry, payload);
+  record.payload_crc = crc32c(payload, payload_bytes);
+  if (is_outcome(entry.op)) {
+    record.outcome = std::move(entry);
+  }
   record.ticket = _next_ticket++;
   const uint64_t ticket = record.ticket;
   if (_journal->sealed) {
@@ -402,16 +514,21 @@ void ShardSpool::place_snapshot() {
       entries.push_back(JournalEntry{JournalOp::remove, removed, 0});
     }
   }
+  size_t bytes = 0;
   for (const auto& [id, info] : _index) {
     if (info.status == MessageStatus::held) {
       entries.push_back(JournalEntry{JournalOp::hold, id, 0});
+    }
+    for (auto& outcome : outcome_snapshot(info)) {  // or the new file would forget them
+      bytes += outcome.reply.size() + kJournalOutcomeBytes;
+      entries.push_back(std::move(outcome));
     }
   }
   PendingRecord snapshot;
   snapshot.type = RecordType::journal;
   snapshot.snapshot = true;
   snapshot.snapshot_records = static_cast<uint32_t>(entries.size() + 1);
-  snapshot.head.reserve((entries.size() + 1) * (kRecordHeaderBytes + kJournalPayloadBytes));
+  snapshot.head.reserve((entries.size() + 1) * (kRecordHeaderBytes + kJournalPayloadBytes) + bytes);
   uint64_t sequence = _journal->next_sequence;
   for (const auto& entry : entries) {
     snapshot.head += encode_journal_record(entry, _journal->generation, sequence++);
@@ -438,6 +555,12 @@ void ShardSpool::apply_journal_record(PendingRecord& record) {
   if (it == _index.end()) {
     return;
   }
+  if (is_outcome(record.op)) {
+    outcome_settled(record);
+    apply_outcome(it->second, record.outcome);
+    derive_next_attempt(it->second);
+    return;
+  }
   switch (record.op) {
     case JournalOp::remove: {
       const uint64_t segment_id = it->second.location.segment_id;
@@ -459,6 +582,72 @@ void ShardSpool::apply_journal_record(PendingRecord& record) {
     default:
       break;
   }
+}
+
+// An outcome record is durable or failed: it no longer counts as on its way.
+void ShardSpool::outcome_settled(const PendingRecord& record) {
+  auto it = _index.find(record.info.id);
+  if (it == _index.end()) {
+    return;
+  }
+  SLUICE_ASSERT(record.outcome.argument < it->second.recipient_states.size(), "record_outcome checked it");
+  RecipientDelivery& recipient = it->second.recipient_states[record.outcome.argument];
+  SLUICE_ASSERT(recipient.outcomes_in_flight > 0);
+  --recipient.outcomes_in_flight;
+  if (is_final(outcome_state(record.op))) {
+    recipient.final_in_flight = false;  // durable: the state says final now; failed: may try again
+  }
+}
+
+void apply_outcome(MessageInfo& info, const JournalEntry& entry) {
+  SLUICE_ASSERT(is_outcome(entry.op));
+  if (entry.argument >= info.recipient_states.size() || is_final(info.recipient_states[entry.argument].state)) {
+    return;  // never written so by this spool; on disk it is ignored rather than trusted
+  }
+  RecipientDelivery& recipient = info.recipient_states[entry.argument];
+  recipient.state = outcome_state(entry.op);
+  recipient.attempts = entry.attempts;
+  recipient.next_attempt_ms = entry.op == JournalOp::deferred ? entry.next_attempt_ms : 0;
+  recipient.last_reply = entry.reply;
+  info.attempts = std::max(info.attempts, entry.attempts);
+  info.last_reply = entry.reply;
+}
+
+void derive_next_attempt(MessageInfo& info) {
+  std::optional<uint64_t> earliest;
+  for (const RecipientDelivery& recipient : info.recipient_states) {
+    if (recipient.state == DeliveryState::deferred) {
+      earliest = std::min(earliest.value_or(UINT64_MAX), recipient.next_attempt_ms);
+    }
+  }
+  info.next_attempt_ms = earliest.value_or(0);
+}
+
+std::vector<JournalEntry> outcome_snapshot(const MessageInfo& info) {
+  std::vector<JournalEntry> entries;
+  std::optional<size_t> latest;  // a recipient whose reply is the message's: it goes last
+  for (size_t i = 0; i < info.recipient_states.size(); ++i) {
+    const RecipientDelivery& recipient = info.recipient_states[i];
+    if (recipient.state == DeliveryState::pending) {
+      continue;
+    }
+    JournalEntry entry;
+    entry.op = outcome_op(recipient.state);
+    entry.queue_id = info.id;
+    entry.argument = static_cast<uint32_t>(i);
+    entry.next_attempt_ms = recipient.state == DeliveryState::deferred ? recipient.next_attempt_ms : 0;
+    entry.attempts = recipient.attempts;
+    entry.reply = recipient.last_reply;
+    if (recipient.last_reply == info.last_reply) {
+      latest = entries.size();
+    }
+    entries.push_back(std::move(entry));
+  }
+  if (latest.has_value()) {
+    std::rotate(entries.begin() + static_cast<ptrdiff_t>(*latest), entries.begin() + static_cast<ptrdiff_t>(*latest) + 1,
+                entries.end());
+  }
+  return entries;
 }
 
 void ShardSpool::start_spare(uint64_t now_us, std::vector<IoRequest>& out) {
@@ -509,10 +698,53 @@ void ShardSpool::spare_failed(uint64_t now_us, int error, std::vector<Completed>
   }
 }
 
-void ShardSpool::on_spare_complete(IoRequest::Kind kind, int32_t result, std::vector<Completed>& done) {
+void ShardSpool::spare_prealloc_failed(int error, bool allocated) {
+  if (!allocated) {
+    undo_preallocation(_spare.fd, _spare.header.size(), error);
+  }
+  ++_metrics.journal_prealloc_failures;
+  if (_options.background_log) {
+    _options.background_log(allocated ? zeroing_failure_line(_options.shard, _spare.path, error)
+                                      : prealloc_failure_line(_options.shard, _spare.path, error));
+  }
+}
+
+// The zeros from _spare.zero_offset to the rotation size, as one gathered write (or the first
+// kMaxIovPerWrite MiB of them: the next write goes on from where it ended).
+IoRequest ShardSpool::spare_zero_write() {
+  const std::span<const uint8_t> zeros = zero_chunk();
+  _spare.zero_iov.clear();
+  for (uint64_t at = _spare.zero_offset; at < _options.journal_rotate_bytes && _spare.zero_iov.size() < kMaxIovPerWrite;) {
+    const size_t length = static_cast<size_t>(std::min<uint64_t>(zeros.size(), _options.journal_rotate_bytes - at));
+    _spare.zero_iov.push_back(iovec{const_cast<uint8_t*>(zeros.data()), length});  // only read
+    at += length;
+  }
+  SLUICE_ASSERT(!_spare.zero_iov.empty());
+  IoRequest request;
+  request.kind = IoRequest::Kind::write;
+  request.fd = _spare.fd;
+  request.offset = _spare.zero_offset;
+  request.iov = _spare.zero_iov.data();
+  request.iov_count = static_cast<uint32_t>(_spare.zero_iov.size());
+  return request;
+}
+
+void ShardSpool::on_spare_complete(int32_t result, std::vector<Completed>& done) {
   using Phase = JournalSpare::Phase;
   const uint64_t now_us = io::monotonic_us();
-  if (result < 0 || (kind == IoRequest::Kind::write && static_cast<size_t>(result) != _spare.header.size())) {
+  // Preallocation is an optimisation: when it fails the file works without it.
+  if (_spare.phase == Phase::allocating && result < 0) {
+    spare_prealloc_failed(-result, false);  // unpreallocated
+    _spare.zero_offset = _options.journal_rotate_bytes;
+    result = 0;
+  } else if (_spare.phase == Phase::zeroing && result <= 0) {
+    spare_prealloc_failed(result < 0 ? -result : EIO, true);  // allocated, zeros not all written
+    _spare.zero_offset = _options.journal_rotate_bytes;
+    result = 0;
+  } else if (_spare.phase == Phase::zeroing) {
+    _spare.zero_offset += static_cast<uint64_t>(result);
+  }
+  if (result < 0 || (_spare.phase == Phase::writing && static_cast<size_t>(result) != _spare.header.size())) {
     spare_failed(now_us, result < 0 ? -result : EIO, done);
     return;
   }
@@ -531,6 +763,28 @@ void ShardSpool::on_spare_complete(IoRequest::Kind kind, int32_t result, std::ve
       _spare.phase = Phase::writing;
       break;
     case Phase::writing:
+      if (_options.journal_rotate_bytes > _spare.header.size()) {
+        // fallocate first: a full disk says so at once, before any zero is written.
+        request.kind = IoRequest::Kind::fallocate;
+        request.fd = _spare.fd;
+        request.offset = 0;
+        request.length = _options.journal_rotate_bytes;
+        _spare.zero_offset = _spare.header.size();
+        _spare.phase = Phase::allocating;
+        break;
+      }
+      [[fallthrough]];
+    case Phase::allocating:
+    case Phase::zeroing:
+      if (_spare.zero_offset < _options.journal_rotate_bytes) {
+        // Real zeros over fallocate's unwritten extents, as the segments have them: otherwise
+        // the first write to each extent costs its conversion in the append's fdatasync.
+        const uint64_t op_id = request.op_id;
+        request = spare_zero_write();
+        request.op_id = op_id;
+        _spare.phase = Phase::zeroing;
+        break;
+      }
       request.kind = IoRequest::Kind::fdatasync;
       request.fd = _spare.fd;
       _spare.phase = Phase::syncing;
@@ -567,6 +821,9 @@ void ShardSpool::fail_records(SpoolFile& file, std::vector<PendingRecord>& recor
       if (auto it = _index.find(record.info.id); it != _index.end()) {
         it->second.removal_pending = false;  // not removed: a later remove may try again
       }
+    }
+    if (record.type == RecordType::journal && is_outcome(record.op) && !record.snapshot) {
+      outcome_settled(record);  // not recorded: the index stays as it was
     }
     if (record.ticket != 0) {
       done.push_back(Completed{record.ticket, status, record.info.id});
@@ -730,7 +987,7 @@ void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Comp
   const Op op = std::move(it->second);
   _ops.erase(it);
   if (op.spare) {
-    on_spare_complete(op.kind, result, done);
+    on_spare_complete(result, done);
     return;
   }
   switch (op.kind) {
@@ -757,7 +1014,8 @@ void ShardSpool::on_io_complete(uint64_t op_id, int32_t result, std::vector<Comp
       break;
     case IoRequest::Kind::open:
     case IoRequest::Kind::fsync:
-      SLUICE_ASSERT(false, "open and fsync are issued only for the journal spare");
+    case IoRequest::Kind::fallocate:
+      SLUICE_ASSERT(false, "open, fsync and fallocate are issued only for the journal spare");
   }
 }
 
@@ -1085,6 +1343,38 @@ absl::StatusOr<uint64_t> ShardSpool::release(std::string_view id) {
     return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
   }
   return append_journal(JournalOp::release, id);
+}
+
+absl::StatusOr<uint64_t> ShardSpool::record_outcome(std::string_view id, uint32_t recipient, RecipientOutcome outcome) {
+  auto it = _index.find(to_absl(id));
+  if (it == _index.end() || it->second.removal_pending) {
+    return absl::NotFoundError(absl::StrCat("no message ", to_absl(id)));
+  }
+  if (outcome.state == DeliveryState::pending) {
+    return absl::InvalidArgumentError("spool: pending is not an outcome");
+  }
+  if (recipient >= it->second.recipient_states.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("spool: message ", to_absl(id), " has no recipient ", recipient));
+  }
+  RecipientDelivery& state = it->second.recipient_states[recipient];
+  if (is_final(state.state) || state.final_in_flight) {
+    return absl::InvalidArgumentError(absl::StrCat("spool: recipient ", recipient, " of ", to_absl(id), " is final"));
+  }
+  JournalEntry entry;
+  entry.op = outcome_op(outcome.state);
+  entry.queue_id = std::string(id);
+  entry.argument = recipient;
+  entry.next_attempt_ms = outcome.state == DeliveryState::deferred ? outcome.next_attempt_ms : 0;
+  // This attempt, after the durable ones and those on their way (a failed one leaves a gap).
+  const uint64_t attempts = uint64_t{state.attempts} + state.outcomes_in_flight + 1;
+  entry.attempts = static_cast<uint32_t>(std::min<uint64_t>(attempts, UINT32_MAX));
+  entry.reply = bounded_reply(std::move(outcome.last_reply));
+  auto ticket = append_journal_entry(std::move(entry));
+  if (ticket.ok()) {
+    ++state.outcomes_in_flight;
+    state.final_in_flight = is_final(outcome.state);
+  }
+  return ticket;
 }
 
 }  // namespace sluice::spool

@@ -81,11 +81,13 @@ inline constexpr uint64_t kPaceSyncMultiple = 2;
 
 struct IoRequest {
   // open: openat(AT_FDCWD, path, open_flags, open_mode), the result is the new fd. fsync: a full
-  // fsync (used on the shard directory, so that a new file's name is durable).
-  enum class Kind : uint8_t { write, fdatasync, unlink, open, fsync };
+  // fsync (used on the shard directory, so that a new file's name is durable). fallocate:
+  // fallocate(fd, 0, offset, length), zero-filled blocks for the next journal file.
+  enum class Kind : uint8_t { write, fdatasync, unlink, open, fsync, fallocate };
   Kind kind = Kind::write;
-  int fd = -1;                 // write, fdatasync
-  uint64_t offset = 0;         // write: pwritev semantics
+  int fd = -1;                 // write, fdatasync, fsync, fallocate
+  uint64_t offset = 0;         // write: pwritev semantics; fallocate
+  uint64_t length = 0;         // fallocate
   const iovec* iov = nullptr;  // write; owned by the spool until on_io_complete(op_id)
   uint32_t iov_count = 0;
   const char* path = nullptr;  // unlink, open (absolute or relative to the cwd); owned like iov
@@ -106,6 +108,30 @@ struct Completed {
 
 enum class MessageStatus : uint8_t { queued, held };
 
+// Where delivery stands for one recipient; delivered and bounced are final. The spool records
+// outcomes (record_outcome) but never removes a message by itself when every recipient is final:
+// the delivery side writes the remove (after any DSN it owes is queued).
+enum class DeliveryState : uint8_t { pending, delivered, deferred, bounced };
+constexpr bool is_final(DeliveryState state) {
+  return state == DeliveryState::delivered || state == DeliveryState::bounced;
+}
+struct RecipientDelivery {
+  DeliveryState state = DeliveryState::pending;
+  uint32_t attempts = 0;
+  uint64_t next_attempt_ms = 0;  // deferred: when to try again
+  std::string last_reply;
+  // The spool's bookkeeping, never on disk: outcome records of this recipient on their way (the
+  // next one counts them into its attempts), and whether one of them is final (nothing may follow).
+  uint32_t outcomes_in_flight = 0;
+  bool final_in_flight = false;
+};
+// What one delivery attempt to one recipient came to (record_outcome).
+struct RecipientOutcome {
+  DeliveryState state = DeliveryState::deferred;  // never pending
+  uint64_t next_attempt_ms = 0;                   // deferred only
+  std::string last_reply;                         // cut to kMaxReplyBytes
+};
+
 struct MessageLocation {
   uint64_t segment_id = 0;
   uint64_t record_offset = 0;
@@ -122,9 +148,13 @@ struct MessageInfo {
   uint64_t arrival_ms = 0;
   MessageStatus status = MessageStatus::queued;
   bool removal_pending = false;  // a remove record is on its way: gone from the index once durable
+  // Derived from recipient_states: the most attempts of any recipient, the earliest retry of the
+  // deferred ones (0 if none is deferred), the reply of the most recent outcome.
   uint32_t attempts = 0;
   uint64_t next_attempt_ms = 0;
   std::string last_reply;
+  // One per recipient, parallel to `recipients`: what the durable outcome records say.
+  std::vector<RecipientDelivery> recipient_states;
   bool body_8bit = false;
   bool smtputf8 = false;
   std::string client_address;
@@ -163,6 +193,16 @@ struct RecoveredShard {
   uint64_t torn_tails = 0;           // files that ended in a partial or invalid record
   uint64_t old_format_segments = 0;  // kept segments of an older format version (read as such)
 };
+
+// A durable outcome record (is_outcome(entry.op)) applied to its message: the recipient takes
+// the record's state, and attempts and last_reply follow; ignored for a recipient index out of
+// range or a recipient already final. next_attempt_ms is left to derive_next_attempt.
+void apply_outcome(MessageInfo& info, const JournalEntry& entry);
+// info.next_attempt_ms from the recipients (O(recipients)).
+void derive_next_attempt(MessageInfo& info);
+// The outcome records that restate every recipient's state (none for a pending one), ordered so
+// that applying them in order gives back info's last_reply too: for journal snapshots.
+std::vector<JournalEntry> outcome_snapshot(const MessageInfo& info);
 
 // Replays one shard's segments and journal (blocking; before the listener opens), deletes
 // segments that hold nothing live or were half created, and rewrites the journal compacted.
@@ -219,6 +259,7 @@ struct SpoolMetrics {
   uint64_t segments_unlinked = 0;
   uint64_t journal_rotations = 0;       // new journal files started (size limit or after a failure)
   uint64_t journal_spare_failures = 0;  // a next journal file could not be made (retried)
+  uint64_t journal_prealloc_failures = 0;  // a next journal file kept unpreallocated (logged)
   uint64_t unavailable = 0;             // appends refused because no segment was ready
 };
 
@@ -244,7 +285,8 @@ class ShardSpool {
   absl::StatusOr<uint64_t> append_message(std::string queue_id, uint64_t arrival_ms, Envelope envelope,
                                           uint64_t rfc_size, std::string trace, std::string body);
   // A state change; durable (ticket completes) with the next commit. Its effect on the index
-  // (remove, hold, release) is applied when it is durable, never before.
+  // (remove, hold, release) is applied when it is durable, never before. INVALID_ARGUMENT for the
+  // outcomes (record_outcome writes those) and checkpoints (the spool's own).
   absl::StatusOr<uint64_t> append_journal(JournalOp op, std::string_view queue_id, uint32_t argument = 0);
 
   void collect_io(uint64_t now_us, std::vector<IoRequest>& out);
@@ -293,6 +335,12 @@ class ShardSpool {
   absl::StatusOr<uint64_t> remove(std::string_view id);
   absl::StatusOr<uint64_t> hold(std::string_view id);
   absl::StatusOr<uint64_t> release(std::string_view id);
+  // One recipient's delivery outcome, an outcome record stating its whole state (attempts
+  // counted here). Like remove: the ticket completes when the record is durable, and only then
+  // does the index change. NOT_FOUND for an unknown id or a removal on its way; INVALID_ARGUMENT
+  // for a recipient index out of range, a recipient already final (or with a final outcome on
+  // its way), or a pending state. A reply over kMaxReplyBytes is cut (at a UTF-8 boundary).
+  absl::StatusOr<uint64_t> record_outcome(std::string_view id, uint32_t recipient, RecipientOutcome outcome);
 
   const SpoolMetrics& metrics() const { return _metrics; }
 
@@ -310,6 +358,7 @@ class ShardSpool {
     std::string body;                  // the client's message: the rest, never copied
     MessageInfo info;                  // the index entry once durable (journal records: info.id only)
     JournalOp op = JournalOp::remove;  // journal records
+    JournalEntry outcome;              // outcome records: what apply_outcome applies once durable
     bool snapshot = false;             // a journal snapshot (many records, sealed, ending in a checkpoint)
     uint32_t snapshot_records = 0;
     uint64_t wire_length() const { return trace.size() + body.size(); }
@@ -335,15 +384,20 @@ class ShardSpool {
     std::vector<std::string> removed_ids;  // segments: messages gone from it (for journal snapshots)
     uint64_t last_read = 0;                // sealed segments: for closing the least recently read
   };
-  // The next journal file, made ready ahead of need: created, header written and synced, and the
-  // directory synced, all through IoRequests (the first one at open(), blocking, at start-up).
+  // The next journal file, made ready ahead of need: created, header written, preallocated to
+  // journal_rotate_bytes (fallocate, then real zeros over it, as the segments are: appends then
+  // change neither its size nor its extents, so their fdatasync need not write metadata; a
+  // failure keeps the file as it is, logged), synced, and the directory synced, all through
+  // IoRequests (the first one at open(), blocking, at start-up).
   struct JournalSpare {
-    enum class Phase : uint8_t { none, opening, writing, syncing, syncing_dir, ready };
+    enum class Phase : uint8_t { none, opening, writing, allocating, zeroing, syncing, syncing_dir, ready };
     Phase phase = Phase::none;
     uint64_t number = 0;
     std::string path;
     std::string header;
     iovec iov{};
+    uint64_t zero_offset = 0;      // the next zero to write (zeroing)
+    std::vector<iovec> zero_iov;  // into one shared chunk of zeros
     int fd = -1;
     uint64_t retry_at_us = 0;
     uint32_t failures_in_a_row = 0;
@@ -397,8 +451,12 @@ class ShardSpool {
   void rotate_journal();
   void place_snapshot();
   void apply_journal_record(PendingRecord& record);
+  absl::StatusOr<uint64_t> append_journal_entry(JournalEntry entry);
+  void outcome_settled(const PendingRecord& record);
+  void spare_prealloc_failed(int error, bool allocated);
+  IoRequest spare_zero_write();
   void start_spare(uint64_t now_us, std::vector<IoRequest>& out);
-  void on_spare_complete(IoRequest::Kind kind, int32_t result, std::vector<Completed>& done);
+  void on_spare_complete(int32_t result, std::vector<Completed>& done);
   void spare_failed(uint64_t now_us, int error, std::vector<Completed>& done);
   uint64_t commit_deadline_us() const;
   bool rotation_due() const;

@@ -1,7 +1,7 @@
 #pragma once
 // Test support (header only, not part of the library): a synchronous executor that performs the
-// spool's IoRequests with pwritev / fdatasync / unlink, so tests run the real format end to end
-// without a ring. Never used by the relay itself.
+// spool's IoRequests with pwritev / fdatasync / unlink / fallocate, so tests run the real format
+// end to end without a ring. Never used by the relay itself.
 #include <fcntl.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -43,6 +43,10 @@ inline int32_t perform(const IoRequest& request, size_t max_write_bytes = SIZE_M
     }
     case IoRequest::Kind::fsync:
       return ::fsync(request.fd) == 0 ? 0 : -errno;
+    case IoRequest::Kind::fallocate:
+      return ::fallocate(request.fd, 0, static_cast<off_t>(request.offset), static_cast<off_t>(request.length)) == 0
+                 ? 0
+                 : -errno;
   }
   return -EINVAL;
 }

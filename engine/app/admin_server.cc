@@ -166,7 +166,8 @@ std::string message_json(const spool::MessageInfo& message) {
                  recipients, "], \"size\": ", message.rfc_size, ", \"arrived\": \"", rfc3339(message.arrival_ms),
                  "\", \"next_attempt\": \"", rfc3339(next_attempt), "\", \"attempts\": ", message.attempts,
                  ", \"status\": \"", message.status == spool::MessageStatus::held ? "held" : "queued",
-                 "\", \"last_reply\": \"", json_escape(message.last_reply), "\", \"dsn\": ", dsn, "}");
+                 "\", \"last_reply\": \"", json_escape(message.last_reply), "\", \"dsn\": ", dsn,
+                 ", \"recipient_states\": ", recipient_states_json(message), "}");
 }
 
 bool has_recipient_domain(const spool::MessageInfo& message, std::string_view domain) {

@@ -130,6 +130,22 @@ std::string queue_summary_json(const QueueSummary& summary) {
                  domains, "]}\n");
 }
 
+std::string recipient_states_json(const spool::MessageInfo& message) {
+  std::string items;
+  for (size_t i = 0; i < message.recipients.size(); ++i) {
+    const spool::RecipientDelivery pending;
+    const spool::RecipientDelivery& state = i < message.recipient_states.size() ? message.recipient_states[i] : pending;
+    const std::string_view name = state.state == spool::DeliveryState::delivered ? "delivered"
+                                  : state.state == spool::DeliveryState::deferred ? "deferred"
+                                  : state.state == spool::DeliveryState::bounced  ? "bounced"
+                                                                                  : "pending";
+    str_append(&items, i == 0 ? "" : ", ", "{\"address\": \"", json_escape(message.recipients[i]), "\", \"state\": \"",
+               name, "\", \"attempts\": ", state.attempts, ", \"next_attempt_ms\": ", state.next_attempt_ms,
+               ", \"last_reply\": \"", json_escape(state.last_reply), "\"}");
+  }
+  return str_cat("[", items, "]");
+}
+
 std::string remove_dot_stuffing(std::string_view wire) {
   std::string out;
   out.reserve(wire.size());

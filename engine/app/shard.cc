@@ -74,6 +74,10 @@ void Shard::Impl::submit_spool_io() {
       case spool::IoRequest::Kind::fsync:
         io_uring_prep_fsync(sqe, request.fd, 0);
         break;
+      case spool::IoRequest::Kind::fallocate:
+        io_uring_prep_fallocate(sqe, request.fd, 0, static_cast<off_t>(request.offset),
+                                static_cast<off_t>(request.length));
+        break;
     }
     // The spool's op ids fit in 56 bits: the tag takes the top octet.
     SLUICE_ASSERT(request.op_id < (uint64_t{1} << 56));

@@ -1,6 +1,7 @@
 // Recovery of arbitrary segment and journal bytes never crashes and never returns a record that
 // fails any check. The input is put after a valid file header (and sometimes a valid record), so
-// the fuzzer spends its time on the records rather than on the first header.
+// the fuzzer spends its time on the records rather than on the first header; for the journal,
+// after valid outcome records too, and as the tail of an outcome payload (the variable part).
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -76,6 +77,21 @@ std::string valid_message_record(uint64_t sequence) {
   return record;
 }
 
+// Seeds for the journal: one outcome record of each kind, the last with the longest reply.
+std::string valid_outcome_records() {
+  std::string records;
+  uint64_t sequence = 1;
+  for (const JournalOp op : {JournalOp::deferred, JournalOp::delivered, JournalOp::bounced}) {
+    JournalEntry entry(op, "0000000000000000", static_cast<uint32_t>(sequence));
+    entry.next_attempt_ms = op == JournalOp::deferred ? 1700000000000 : 0;
+    entry.attempts = 2;
+    entry.reply = op == JournalOp::bounced ? std::string(kMaxReplyBytes, 'r') : "451 4.7.1 later";
+    records += encode_journal_record(entry, kGeneration, sequence++);
+  }
+  records += encode_journal_record(JournalEntry(JournalOp::hold, "0000000000000000", 0), kGeneration, sequence++);
+  return records;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -96,6 +112,40 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const FileScan scan = scan_records(bytes, kSegmentId, RecordType::message);
     check(scan.has_header && scan.records.size() >= static_cast<size_t>(prefix_records));
     verify(bytes, scan, kSegmentId, RecordType::message);
+  }
+  // 2b. A journal: after a valid header, and after valid outcome records.
+  for (int prefix_records = 0; prefix_records < 2; ++prefix_records) {
+    std::string file = encode_file_header_record(kJournalFileId, kGeneration, FileHeaderPayload{});
+    static const std::string outcomes = valid_outcome_records();
+    if (prefix_records == 1) {
+      file += outcomes;
+    }
+    file.append(reinterpret_cast<const char*>(data), size);
+    const std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(file.data()), file.size());
+    const FileScan scan = scan_records(bytes, kJournalFileId, RecordType::journal);
+    check(scan.has_header && scan.records.size() >= static_cast<size_t>(prefix_records * 4));
+    verify(bytes, scan, kJournalFileId, RecordType::journal);
+    for (const auto& record : scan.records) {
+      auto entry = decode_journal_payload(bytes.subspan(record.offset + kRecordHeaderBytes, record.payload_length));
+      if (entry.ok()) {  // whatever decodes is within the limits, and encodes back to the same
+        check(entry->reply.size() <= kMaxReplyBytes && journal_payload_bytes(*entry) == record.payload_length);
+        check(is_outcome(entry->op) || (entry->reply.empty() && entry->attempts == 0));
+      }
+    }
+  }
+  // 2c. The input as the tail of an outcome payload: its fixed 24 octets valid, the rest fuzzed.
+  for (const JournalOp op : {JournalOp::deferred, JournalOp::bounced}) {
+    std::string payload(kJournalPayloadBytes, '\0');
+    encode_journal_payload(JournalEntry(JournalOp::hold, "0000000000000000", 3),
+                           reinterpret_cast<uint8_t*>(payload.data()));
+    payload[0] = static_cast<char>(op);
+    payload.append(reinterpret_cast<const char*>(data), size);
+    auto entry = decode_journal_payload({reinterpret_cast<const uint8_t*>(payload.data()), payload.size()});
+    if (entry.ok()) {
+      check(entry->op == op && entry->reply.size() <= kMaxReplyBytes);
+      check(payload.size() == kJournalPayloadBytes + kJournalOutcomeBytes + entry->reply.size());
+      check(op == JournalOp::deferred || entry->next_attempt_ms == 0);
+    }
   }
   // 3. The payload decoders on raw bytes.
   for (uint16_t version = kOldestReadableVersion; version <= kFormatVersion; ++version) {

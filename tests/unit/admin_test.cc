@@ -129,6 +129,24 @@ TEST(QueueReportTest, SummaryJsonMergesShards) {
   EXPECT_NE(json.find("\"total\": {\"total\": 3,"), std::string::npos) << json;
 }
 
+TEST(QueueReportTest, RecipientStatesJsonHasOneEntryPerRecipient) {
+  spool::MessageInfo info = message("A", 1000, {"a@x.test", "b\"q@y.test", "c@z.test"});
+  info.recipient_states.resize(2);  // shorter than the recipients: the rest read as pending
+  info.recipient_states[0] = spool::RecipientDelivery{spool::DeliveryState::deferred, 2, 1700000000123, "451 \"busy\"\r\n",
+                                                      0, false};
+  info.recipient_states[1] = spool::RecipientDelivery{spool::DeliveryState::bounced, 1, 0, "550 no", 0, false};
+  EXPECT_EQ(recipient_states_json(info),
+            "[{\"address\": \"a@x.test\", \"state\": \"deferred\", \"attempts\": 2, \"next_attempt_ms\": "
+            "1700000000123, \"last_reply\": \"451 \\\"busy\\\"\\r\\n\"}, "
+            "{\"address\": \"b\\\"q@y.test\", \"state\": \"bounced\", \"attempts\": 1, \"next_attempt_ms\": 0, "
+            "\"last_reply\": \"550 no\"}, "
+            "{\"address\": \"c@z.test\", \"state\": \"pending\", \"attempts\": 0, \"next_attempt_ms\": 0, "
+            "\"last_reply\": \"\"}]");
+  info.recipient_states[1].state = spool::DeliveryState::delivered;
+  EXPECT_NE(recipient_states_json(info).find("\"state\": \"delivered\""), std::string::npos);
+  EXPECT_EQ(recipient_states_json(message("B", 1, {})), "[]");
+}
+
 TEST(ClientLimitsTest, ConcurrentConnectionsPerAddress) {
   ClientLimits limits(2, 0);
   EXPECT_EQ(limits.admit("192.0.2.1", 0), ClientAdmission::admitted);
