@@ -242,6 +242,9 @@ class SpoolOutcomeTest : public ::testing::Test {
     _options.segment_bytes = 64 << 10;
     _options.journal_rotate_bytes = 64 << 10;
     _options.background_log = [this](std::string_view fields) { _log.emplace_back(fields); };
+    // Step-by-step tests look at the write and its fdatasync one at a time (as the commit tests
+    // do); the linked pair is covered in spool_commit_test.
+    _options.link_fdatasync = false;
   }
   void TearDown() override {
     _spool.reset();
