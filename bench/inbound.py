@@ -39,10 +39,12 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 60.0
 # smtp-sink's listen backlog, as in the issue's command.
 SINK_BACKLOG = 1000
-# Targets from issue 3 section 9.
-TARGET_VS_SINK_RATE = 0.7
+# Targets: issue 7 section 3 (msg/s and CPU per message against smtp-sink), issue 3 section 9
+# (against Postfix).
+TARGET_VS_SINK_RATE = 0.8
+TARGET_VS_SINK_RATE_NO_DATA = 0.7  # -d: one connection per message
 TARGET_VS_POSTFIX_RATE = 8.0
-TARGET_VS_SINK_CPU = 1.5
+TARGET_VS_SINK_CPU = 1.2
 
 
 def log(*parts):
@@ -655,7 +657,7 @@ def main():
         ("sluice/sink msg/s", ratio(rate("sluice"), rate("sink")), ">=", TARGET_VS_SINK_RATE),
         ("sluice/postfix msg/s", ratio(rate("sluice"), rate("postfix")), ">=", TARGET_VS_POSTFIX_RATE),
         ("sluice/sink CPU per msg", ratio(cpu("sluice"), cpu("sink")), "<=", TARGET_VS_SINK_CPU),
-        ("sluice/sink msg/s (-d)", ratio(rate("sluice -d"), rate("sink -d")), ">=", TARGET_VS_SINK_RATE),
+        ("sluice/sink msg/s (-d)", ratio(rate("sluice -d"), rate("sink -d")), ">=", TARGET_VS_SINK_RATE_NO_DATA),
         ("sluice/sink CPU per msg (-d)", ratio(cpu("sluice -d"), cpu("sink -d")), "<=", TARGET_VS_SINK_CPU),
         ("sluice/sink msg/s (100K)", ratio(rate("sluice 100K"), rate("sink 100K")), None, None),
         ("sluice/sink CPU per msg (100K)", ratio(cpu("sluice 100K"), cpu("sink 100K")), None, None),
