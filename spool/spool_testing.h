@@ -9,6 +9,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
+#include <iterator>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -98,6 +101,18 @@ inline std::vector<Completed> drain(ShardSpool& spool, uint64_t& now_us, size_t 
 }
 
 // The preallocator works on its own thread: wait until it has `count` segments ready.
+// A whole file's bytes ("" if it cannot be read), and a file replaced by `bytes`: for tests that
+// look at or damage what the spool wrote.
+inline std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+inline void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
 inline bool wait_for_ready_segments(const ShardSpool& spool, uint64_t count = kReadySegmentsTarget) {
   for (int i = 0; i < 2000; ++i) {
     if (spool.ready_segments() >= count) {

@@ -55,17 +55,26 @@ void line(std::string& out, std::string_view text) {
   out.append("\r\n");
 }
 
-std::string_view subject_for(const DsnReport& report) {
-  bool any_failed = false;
-  bool any_delayed = false;
+// The gravest action among the recipients: failed, else delayed, else delivered/relayed.
+DsnAction gravest(const DsnReport& report) {
+  DsnAction worst = DsnAction::delivered;
   for (const DsnRecipient& r : report.recipients) {
-    any_failed |= r.action == DsnAction::failed;
-    any_delayed |= r.action == DsnAction::delayed;
+    if (r.action == DsnAction::failed) {
+      return DsnAction::failed;
+    }
+    if (r.action == DsnAction::delayed) {
+      worst = DsnAction::delayed;
+    }
   }
-  if (any_failed) {
+  return worst;
+}
+
+std::string_view subject_for(const DsnReport& report) {
+  const DsnAction worst = gravest(report);
+  if (worst == DsnAction::failed) {
     return "Undelivered Mail Returned to Sender";
   }
-  if (any_delayed) {
+  if (worst == DsnAction::delayed) {
     return "Delayed Mail (still being retried)";
   }
   return "Successful Mail Delivery Report";
@@ -74,16 +83,11 @@ std::string_view subject_for(const DsnReport& report) {
 void human_readable(const DsnReport& report, std::string& out) {
   line(out, str_cat("This is the mail system at host ", one_line(report.reporting_mta), "."));
   line(out, "");
-  bool any_failed = false;
-  bool any_delayed = false;
-  for (const DsnRecipient& r : report.recipients) {
-    any_failed |= r.action == DsnAction::failed;
-    any_delayed |= r.action == DsnAction::delayed;
-  }
-  if (any_failed) {
+  const DsnAction worst = gravest(report);
+  if (worst == DsnAction::failed) {
     line(out, "Your message could not be delivered to one or more recipients.");
     line(out, "It is attached below. The reasons are given for each recipient.");
-  } else if (any_delayed) {
+  } else if (worst == DsnAction::delayed) {
     line(out, "Your message could not be delivered yet to one or more recipients.");
     line(out, "The mail system will keep trying; you need not send it again.");
   } else {

@@ -28,18 +28,10 @@ namespace sluice::spool {
 namespace {
 
 using testing::drain;
+using testing::read_file;
+using testing::write_file;
 using testing::perform;
 using testing::wait_for_ready_segments;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 std::vector<std::string> journal_files(const std::string& dir) {
   std::vector<std::string> files;

@@ -22,17 +22,9 @@ namespace sluice::spool {
 namespace {
 
 using testing::drain;
+using testing::read_file;
+using testing::write_file;
 using testing::wait_for_ready_segments;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_file(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 // The v1 encoding, written out by hand as the previous release wrote it (this build never writes
 // v1): record headers of version 1, and message envelopes without the DSN fields.

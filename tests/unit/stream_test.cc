@@ -149,6 +149,21 @@ std::string pattern(size_t octets, char seed) {
   return out;
 }
 
+// A temporary file (already unlinked) holding `contents`; -1 on failure.
+int unlinked_file_with(std::string_view contents) {
+  char path[] = "/tmp/sluice-stream-test-XXXXXX";
+  const int file = ::mkstemp(path);
+  if (file < 0) {
+    return -1;
+  }
+  ::unlink(path);
+  if (::pwrite(file, contents.data(), contents.size(), 0) != static_cast<ssize_t>(contents.size())) {
+    ::close(file);
+    return -1;
+  }
+  return file;
+}
+
 // Reads from a blocking socket until EOF; returns everything.
 std::string read_to_eof(int fd, size_t read_size = 65536, int pause_us = 0) {
   std::string all;
@@ -192,12 +207,9 @@ TEST(StreamTest, OutputOfChunksAndFileRangesLeavesInOrderThenFin) {
   StreamHarness h;
   Pair pair;
   h.stream.adopt(pair.accepted);
-  char path[] = "/tmp/sluice-stream-test-XXXXXX";
-  const int file = ::mkstemp(path);
-  ASSERT_GE(file, 0);
-  ::unlink(path);
   const std::string contents = pattern(3'000'000, 'F');  // several kFileChunkOctets reads
-  ASSERT_EQ(::pwrite(file, contents.data(), contents.size(), 0), static_cast<ssize_t>(contents.size()));
+  const int file = unlinked_file_with(contents);
+  ASSERT_GE(file, 0);
 
   std::string expected;
   h.stream.output().append("HEAD\r\n");
@@ -231,11 +243,8 @@ TEST(StreamTest, FileRangePastTheEndClosesTheStream) {
   StreamHarness h;
   Pair pair;
   h.stream.adopt(pair.accepted);
-  char path[] = "/tmp/sluice-stream-test-XXXXXX";
-  const int file = ::mkstemp(path);
+  const int file = unlinked_file_with("abc");
   ASSERT_GE(file, 0);
-  ::unlink(path);
-  ASSERT_EQ(::pwrite(file, "abc", 3, 0), 3);
   h.stream.queue_file_range(file, 0, 10);
   h.stream.output().append("AFTER");
   std::string got;
