@@ -7,8 +7,8 @@
 
 #include <utility>
 
-#include "engine/io/strings.h"
 #include "engine/io/assert.h"
+#include "engine/io/strings.h"
 
 namespace sluice::smtp {
 namespace {
@@ -21,7 +21,9 @@ uint8_t reply_class(const Reply& reply) {
 RecipientResult from_reply(ClientCommand command, const Reply& reply) {
   RecipientResult result;
   const uint8_t klass = reply_class(reply);
-  result.status = klass == 2 ? DeliveryStatus::delivered : klass == 5 ? DeliveryStatus::bounced : DeliveryStatus::deferred;
+  result.status = klass == 2   ? DeliveryStatus::delivered
+                  : klass == 5 ? DeliveryStatus::bounced
+                               : DeliveryStatus::deferred;
   result.cause = ResultCause::reply;
   result.command = command;
   result.code = reply.code();
@@ -60,8 +62,8 @@ void append_notify(uint8_t notify, std::string& out) {
   }
   out += " NOTIFY=";
   bool first = true;
-  for (const auto& [bit, name] : {std::pair{kNotifySuccess, "SUCCESS"}, std::pair{kNotifyFailure, "FAILURE"},
-                                  std::pair{kNotifyDelay, "DELAY"}}) {
+  for (const auto& [bit, name] :
+       {std::pair{kNotifySuccess, "SUCCESS"}, std::pair{kNotifyFailure, "FAILURE"}, std::pair{kNotifyDelay, "DELAY"}}) {
     if ((notify & bit) != 0) {
       out += first ? "" : ",";
       out += name;
@@ -187,12 +189,14 @@ ClientStep ClientSession::on_input(std::string_view input, uint64_t now_ms, std:
       break;
     }
     if (feed.stop == ReplyStop::error) {
-      const ClientCommand command =
-          _pending_head < _pending.size() ? _pending[_pending_head].command : ClientCommand::quit;
+      // Nothing awaited (an idle connection): the garbage stands where the next MAIL would be answered.
+      const bool awaited = _pending_head < _pending.size();
+      const ClientCommand command = awaited ? _pending[_pending_head].command : ClientCommand::mail;
       return ClientStep{input.size(),
                         fail_and_close(ours(DeliveryStatus::deferred, ResultCause::protocol_error, command, {4, 5, 0},
-                                            str_cat("protocol error in the reply to ", client_command_name(command),
-                                                         ": ", reply_error_name(_parser.error()))))};
+                                            str_cat("protocol error in the reply", awaited ? " to " : "",
+                                                    awaited ? client_command_name(command) : "", ": ",
+                                                    reply_error_name(_parser.error()))))};
     }
     const ClientAction action = on_reply(_parser.reply(), now_ms, out);
     if (action == ClientAction::close) {
@@ -206,8 +210,7 @@ ClientStep ClientSession::on_input(std::string_view input, uint64_t now_ms, std:
 }
 
 bool ClientSession::can_start() const {
-  return !_has_transaction && !_results_ready &&
-         (_state == ClientState::handshake || _state == ClientState::idle);
+  return !_has_transaction && !_results_ready && (_state == ClientState::handshake || _state == ClientState::idle);
 }
 
 ClientAction ClientSession::start_transaction(ClientTransaction transaction, uint64_t now_ms, std::string& out) {
@@ -309,11 +312,9 @@ ClientAction ClientSession::on_close() {
     }
     return ClientAction::close;
   }
-  const ClientCommand command =
-      _pending_head < _pending.size() ? _pending[_pending_head].command : ClientCommand::data;
+  const ClientCommand command = _pending_head < _pending.size() ? _pending[_pending_head].command : ClientCommand::data;
   return fail_and_close(ours(DeliveryStatus::deferred, ResultCause::connection_lost, command, {4, 4, 2},
-                             str_cat("lost connection while waiting for the reply to ",
-                                          client_command_name(command))));
+                             str_cat("lost connection while waiting for the reply to ", client_command_name(command))));
 }
 
 std::optional<uint64_t> ClientSession::next_deadline_ms() const {
@@ -413,9 +414,9 @@ ClientAction ClientSession::on_transaction_reply(const Pending& pending, const R
     return on_data_end_reply(reply);
   }
   if (klass == 3) {
-    return fail_and_close(ours(DeliveryStatus::deferred, ResultCause::protocol_error, pending.command, {4, 5, 0},
-                               str_cat("unexpected reply to ", client_command_name(pending.command), ": ",
-                                            reply.code())));
+    return fail_and_close(
+        ours(DeliveryStatus::deferred, ResultCause::protocol_error, pending.command, {4, 5, 0},
+             str_cat("unexpected reply to ", client_command_name(pending.command), ": ", reply.code())));
   }
   const bool pipelined = _caps.pipelining;
   switch (pending.command) {
@@ -525,8 +526,8 @@ std::optional<RecipientResult> ClientSession::refusal_before_sending() const {
   }
   if (_caps.size && _caps.size_octets_max != 0 && _transaction.size_octets > _caps.size_octets_max) {
     return ours(DeliveryStatus::bounced, ResultCause::message_too_big, ClientCommand::mail, {5, 3, 4},
-                str_cat("message size ", _transaction.size_octets, " exceeds the size limit ",
-                             _caps.size_octets_max, " of the host"));
+                str_cat("message size ", _transaction.size_octets, " exceeds the size limit ", _caps.size_octets_max,
+                        " of the host"));
   }
   if (_transaction.body_8bit && !_caps.eight_bit_mime) {
     return ours(DeliveryStatus::bounced, ResultCause::eight_bit_refused, ClientCommand::mail, {5, 6, 3},

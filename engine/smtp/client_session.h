@@ -94,7 +94,7 @@ struct ClientRecipient {
 
 // One transaction as the owner hands it in: the envelope and facts about the stored body.
 struct ClientTransaction {
-  std::string sender;  // the reverse-path without <>; empty for the null sender
+  std::string sender;                       // the reverse-path without <>; empty for the null sender
   std::vector<ClientRecipient> recipients;  // 1 to kClientRecipientsMax
   DsnRet ret = DsnRet::none;                // RET= (sent only when the server offers DSN)
   std::string envid;                        // ENVID= as received (xtext), or empty
@@ -130,7 +130,7 @@ struct RecipientResult {
   DeliveryStatus status = DeliveryStatus::deferred;
   ResultCause cause = ResultCause::reply;
   ClientCommand command = ClientCommand::greeting;  // in reply to (or waiting for) this
-  uint16_t code = 0;        // the server's reply code; 0 unless cause == reply
+  uint16_t code = 0;                                // the server's reply code; 0 unless cause == reply
   EnhancedStatus enhanced;  // the server's enhanced code, or class.0.0 when it sent none; ours otherwise
   // The reply's lines joined with one space (enhanced code included as sent), at most
   // kResultTextOctetsMax octets; or the session's own words for the other causes.
@@ -241,13 +241,13 @@ class ClientSession {
   ReplyParser _parser;
   EhloCapabilities _caps;
   bool _esmtp = false;
-  bool _needs_rset = false;   // the last transaction did not end with the reply to the end of data
+  bool _needs_rset = false;  // the last transaction did not end with the reply to the end of data
   bool _has_transaction = false;
   bool _results_ready = false;
-  bool _mail_failed = false;  // MAIL refused: the pipelined RCPT replies are ignored
-  bool _empty_body = false;   // ".\r\n" sent after a stray 354: its reply is ignored
-  bool _awaiting_body = false;  // send_body given, body_queued() not yet called
-  bool _body_sending = false;   // from body_queued() to body_sent(): the data block timeout applies
+  bool _mail_failed = false;      // MAIL refused: the pipelined RCPT replies are ignored
+  bool _empty_body = false;       // ".\r\n" sent after a stray 354: its reply is ignored
+  bool _awaiting_body = false;    // send_body given, body_queued() not yet called
+  bool _body_sending = false;     // from body_queued() to body_sent(): the data block timeout applies
   std::vector<Pending> _pending;  // replies awaited, oldest first from _pending_head
   size_t _pending_head = 0;
   std::optional<uint64_t> _deadline_ms;

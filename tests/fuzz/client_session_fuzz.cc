@@ -65,11 +65,16 @@ ClientTransaction make_transaction(const Choice& choice, size_t serial) {
 
 // Each line the client wrote is one of its own.
 void check_written(std::string_view written) {
-  static constexpr std::string_view kPrefixes[] = {"EHLO relay.example.test", "HELO relay.example.test",
-                                                   "MAIL FROM:<",             "RCPT TO:<r",
-                                                   "DATA",                    "RSET",
-                                                   "QUIT",                    ".",
-                                                   "Subject: x",              "",
+  static constexpr std::string_view kPrefixes[] = {"EHLO relay.example.test",
+                                                   "HELO relay.example.test",
+                                                   "MAIL FROM:<",
+                                                   "RCPT TO:<r",
+                                                   "DATA",
+                                                   "RSET",
+                                                   "QUIT",
+                                                   ".",
+                                                   "Subject: x",
+                                                   "",
                                                    "body"};
   size_t at = 0;
   while (at < written.size()) {
@@ -173,14 +178,14 @@ Outcome run(std::string_view input, size_t piece, const Choice& choice) {
 // that random input gets through whole transactions and on to the next one.
 std::string shaped(std::string_view input) {
   static constexpr std::string_view kReplies[] = {
-      "250 ok\r\n",          "250 2.1.5 ok\r\n",    "250 2.0.0 queued\r\n", "250 ok\n",
-      "250 ok\r\n",          "250 2.1.0 ok\r\n",    "250 ok\r\n",           "250 ok\r\n",
-      "250 ok\r\n",          "250 ok\r\n",          "354 go\r\n",           "354 go\r\n",
-      "354 go\r\n",          "220 mx ESMTP\r\n",    "451 4.3.0 later\r\n",  "550 5.1.1 no\r\n",
-      "421 4.3.2 bye\r\n",   "221 bye\r\n",         "502 5.5.1 no\r\n",     "503 5.5.1 seq\r\n",
-      "554 5.7.1 no\r\n",    "250-mx\r\n",          "250-PIPELINING\r\n",   "250-SIZE 6000\r\n",
-      "250-8BITMIME\r\n",    "250-SMTPUTF8\r\n",    "250-DSN\r\n",          "452 4.5.3 full\r\n",
-      "250-x\r\n550 y\r\n", "garbage\r\n",         "334 what\r\n",         "250-",
+      "250 ok\r\n",         "250 2.1.5 ok\r\n", "250 2.0.0 queued\r\n", "250 ok\n",
+      "250 ok\r\n",         "250 2.1.0 ok\r\n", "250 ok\r\n",           "250 ok\r\n",
+      "250 ok\r\n",         "250 ok\r\n",       "354 go\r\n",           "354 go\r\n",
+      "354 go\r\n",         "220 mx ESMTP\r\n", "451 4.3.0 later\r\n",  "550 5.1.1 no\r\n",
+      "421 4.3.2 bye\r\n",  "221 bye\r\n",      "502 5.5.1 no\r\n",     "503 5.5.1 seq\r\n",
+      "554 5.7.1 no\r\n",   "250-mx\r\n",       "250-PIPELINING\r\n",   "250-SIZE 6000\r\n",
+      "250-8BITMIME\r\n",   "250-SMTPUTF8\r\n", "250-DSN\r\n",          "452 4.5.3 full\r\n",
+      "250-x\r\n550 y\r\n", "garbage\r\n",      "334 what\r\n",         "250-",
   };
   std::string out;
   for (const char c : input) {

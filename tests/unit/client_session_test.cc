@@ -7,12 +7,12 @@
 
 #include <gtest/gtest.h>
 
-#include "engine/smtp/server_session.h"
-
 #include <deque>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "engine/smtp/server_session.h"
 
 namespace sluice::smtp {
 namespace {
@@ -214,13 +214,12 @@ TEST(ClientSession, ExtensionParametersOnlyWhenOffered) {
   plain.server(kGreeting);
   plain.take_written();
   plain.server("250-mx\r\n250 PIPELINING\r\n");
-  EXPECT_EQ(plain.take_written(),
-            "MAIL FROM:<>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n");
+  EXPECT_EQ(plain.take_written(), "MAIL FROM:<>\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n");
 }
 
 TEST(ClientSession, HeloFallbackUsesNoExtension) {
-  for (const std::string_view refusal : {"502 5.5.1 Error: command not implemented\r\n", "500 unknown\r\n",
-                                         "550 no ESMTP here\r\n"}) {
+  for (const std::string_view refusal :
+       {"502 5.5.1 Error: command not implemented\r\n", "500 unknown\r\n", "550 no ESMTP here\r\n"}) {
     Owner o({transaction({"b@example.net"})});
     o.server(kGreeting);
     EXPECT_EQ(o.take_written(), "EHLO relay.example.test\r\n");
@@ -298,7 +297,7 @@ TEST(ClientSession, RefusalsBeforeSendingAnything) {
     EXPECT_EQ(o.results[0][0].enhanced, c.enhanced);
     EXPECT_EQ(o.results[0][0].code, 0);
     // Nothing of the refused one was sent, and no RSET before the next.
-    EXPECT_TRUE(o.take_written().starts_with("MAIL FROM:<a@example.org>")) ;
+    EXPECT_TRUE(o.take_written().starts_with("MAIL FROM:<a@example.org>"));
   }
   // Exactly the advertised limit is allowed.
   ClientTransaction t = transaction({"b@example.net"});
@@ -586,7 +585,6 @@ TEST(ClientSession, TimeoutInTheGreetingAndInQuit) {
   EXPECT_FALSE(quitter.failure().has_value());
 }
 
-
 // --- every split of the server's stream -----------------------------------------------------------
 
 struct Transcript {
@@ -740,14 +738,14 @@ TEST(ClientSession, RsetRefusedDefersAndCloses) {
   o.server(kGreeting);
   o.server(kEhloPipelining);
   o.server("250 ok\r\n550 no\r\n554 no valid recipients\r\n");
-  EXPECT_TRUE(o.take_written().ends_with("RSET\r\nMAIL FROM:<a@example.org> SIZE=1000\r\nRCPT TO:<y@example.net>\r\nDATA\r\n"));
+  EXPECT_TRUE(
+      o.take_written().ends_with("RSET\r\nMAIL FROM:<a@example.org> SIZE=1000\r\nRCPT TO:<y@example.net>\r\nDATA\r\n"));
   o.server("500 5.5.1 what\r\n");
   ASSERT_EQ(o.results.size(), 2u);
   EXPECT_EQ(statuses(o.results[1]), (std::vector{deferred}));
   EXPECT_EQ(o.results[1][0].command, ClientCommand::rset);
   EXPECT_TRUE(o.closed);
 }
-
 
 // --- against our own server session ---------------------------------------------------------------
 
