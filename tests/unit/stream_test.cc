@@ -379,3 +379,59 @@ TEST(StreamTest, ForceCloseEndsAStuckSend) {
 
 }  // namespace
 }  // namespace sluice::io
+
+namespace sluice::io {
+namespace {
+
+// Review: drop_output() while a file range's read is in flight resets the range; on_read then
+// subtracts from the reset length (underflow) and the next flush reads "the rest" from fd -1:
+// EBADF, a forced close, and the output queued after the drop is lost.
+TEST(StreamReviewTest, DropOutputDuringAFileReadKeepsLaterOutput) {
+  StreamHarness h;
+  Pair pair;
+  h.stream.adopt(pair.accepted);
+  const int file = unlinked_file_with(pattern(1000, 'f'));
+  ASSERT_GE(file, 0);
+  h.stream.queue_file_range(file, 0, 1000);
+  h.stream.flush();  // the read is prepared (in flight from the stream's view)
+  ASSERT_TRUE(h.stream.output_in_flight());
+  h.stream.drop_output();
+  h.stream.output().append("NEXT");
+  ASSERT_TRUE(h.run_until([&] { return !h.stream.output_in_flight() && h.stream.output_idle(); }) ||
+              h.stream.closing());
+  EXPECT_EQ(h.stream.last_error(), 0) << "forced close after drop_output: " << h.stream.last_error();
+  EXPECT_FALSE(h.stream.closing());
+  std::string got;
+  std::thread reader([&] { got = read_to_eof(pair.peer); });
+  if (!h.stream.closing()) {
+    h.stream.begin_close();
+    h.stream.flush();
+  }
+  ASSERT_TRUE(h.run_until([&] { return h.stream.closed(); }));
+  reader.join();
+  ::close(file);
+  EXPECT_TRUE(got.size() >= 4 && got.substr(got.size() - 4) == "NEXT") << "got " << got.size() << " octets";
+}
+
+// Review: the documented contract after a failed connect is "call advance_close()"; with
+// output queued meanwhile (e.g. a pipelined greeting reply), advance_close waits for a flush()
+// that nobody owes, and the stream never closes.
+TEST(StreamReviewTest, FailedConnectWithQueuedOutputCloses) {
+  StreamHarness h;
+  auto opened = open_listener(loopback(0));
+  ASSERT_TRUE(opened.ok());
+  const uint16_t port = local_address(*opened)->port();
+  ::close(*opened);
+  ASSERT_EQ(h.stream.connect(loopback(port), 5'000), 0);
+  h.stream.output().append("EHLO x\r\n");
+  ASSERT_TRUE(h.run_until([&] { return h.connect_done; }));
+  EXPECT_EQ(h.connect_result, -ECONNREFUSED);
+  const uint64_t start = StreamHarness::monotonic_now_us();
+  while (!h.stream.closed() && StreamHarness::monotonic_now_us() - start < 2'000'000) {
+    h.ring->submit_wait_and_reap(10'000, [&](const io_uring_cqe& cqe) { h.route(cqe); });
+  }
+  EXPECT_TRUE(h.stream.closed()) << "stuck in " << stream_state_name(h.stream.state());
+}
+
+}  // namespace
+}  // namespace sluice::io
