@@ -104,13 +104,16 @@ int32_t Stream::on_connect(int32_t res) {
   SLUICE_ASSERT(_connect_in_flight);
   _connect_in_flight = false;
   if (_state != StreamState::connecting) {
-    advance_close();  // force_close() ran meanwhile
+    // begin_close() or force_close() ran meanwhile: whatever the connect did, nothing is sent.
+    drop_output();
+    advance_close();
     return res < 0 ? res : -ECANCELED;
   }
   if (res < 0) {
     // The link timeout cancels the connect: -ECANCELED means it took too long.
     _last_error = res == -ECANCELED ? -ETIMEDOUT : res;
     set_state(StreamState::closing);
+    drop_output();  // queued meanwhile (e.g. a pipelined first command): it has nowhere to go
     return _last_error;
   }
   set_state(StreamState::open);
@@ -189,10 +192,13 @@ void Stream::resume_reading(bool hold) {
   }  // else the cancelled recv's final CQE re-arms it (on_recv_end)
 }
 
-void Stream::queue_file_range(int fd, uint64_t offset, uint64_t length) {
-  SLUICE_ASSERT(fd >= 0 && !closing());
+bool Stream::queue_file_range(int fd, uint64_t offset, uint64_t length) {
+  SLUICE_ASSERT(fd >= 0);
+  if (closing() || _state == StreamState::idle) {
+    return false;  // e.g. the peer reset the connection in this same batch of completions
+  }
   if (length == 0) {
-    return;
+    return true;
   }
   if (!_open.empty()) {
     _queued_chunk_octets += _open.size();
@@ -200,6 +206,7 @@ void Stream::queue_file_range(int fd, uint64_t offset, uint64_t length) {
     _open.clear();
   }
   _queue.push_back(Chunk{std::string(), FileRange{fd, offset, length}});
+  return true;
 }
 
 // Takes the next thing to send into _sending (or starts reading it from its file). False when
@@ -231,7 +238,8 @@ bool Stream::next_send_source() {
 }
 
 void Stream::flush() {
-  if (_send_in_flight || _read_in_flight || _state < StreamState::open || _state >= StreamState::shut_down) {
+  if (_send_in_flight || _read_in_flight || _connect_in_flight || _state < StreamState::open ||
+      _state >= StreamState::shut_down) {
     return;
   }
   if (!next_send_source() && closing()) {
@@ -263,6 +271,18 @@ void Stream::submit_read() {
 bool Stream::on_read(int32_t res) {
   SLUICE_ASSERT(_read_in_flight);
   _read_in_flight = false;
+  if (_read_dropped) {
+    // drop_output() ran while this read was in flight: its octets are not sent.
+    _read_dropped = false;
+    _sending.clear();
+    release_idle_buffers();
+    if (closing()) {
+      advance_close();
+    } else {
+      flush();
+    }
+    return true;
+  }
   if (res <= 0) {
     // A file that ends before its range, or a read error: what follows cannot be sent in order.
     _last_error = res < 0 ? res : -EIO;
@@ -301,9 +321,7 @@ bool Stream::on_send(int32_t res) {
   }
   _sending.clear();
   _sending_offset = 0;
-  if (_sending.capacity() > kFileChunkOctets) {
-    std::string().swap(_sending);
-  }
+  release_idle_buffers();
   if (_state >= StreamState::shut_down) {
     advance_close();
   }
@@ -315,9 +333,27 @@ void Stream::drop_output() {
   _queue.clear();
   _queued_chunk_octets = 0;
   _reading = FileRange{};
+  _read_dropped = _read_in_flight;  // its CQE must not send what it read
+}
+
+// An idle connection keeps no large buffers: the one just sent and the open one are released
+// above kIdleBufferCapacity, except between the chunks of a file range (reused for each).
+void Stream::release_idle_buffers() {
+  if (_reading.length > 0) {
+    return;
+  }
+  if (_sending.empty() && _sending.capacity() > kIdleBufferCapacity) {
+    std::string().swap(_sending);
+  }
+  if (_open.empty() && _open.capacity() > kIdleBufferCapacity) {
+    std::string().swap(_open);
+  }
 }
 
 void Stream::begin_close() {
+  if (_state == StreamState::idle) {
+    return;  // never opened (connect() failed at socket(2)): nothing to close
+  }
   if (_state == StreamState::open) {
     // We read nothing more: stop the recv now rather than draining a peer that keeps sending.
     shutdown(_fd, SHUT_RD);
@@ -325,7 +361,6 @@ void Stream::begin_close() {
   } else if (_state == StreamState::connecting) {
     set_state(StreamState::closing);  // the connect's CQE comes first, then the close
   }
-  SLUICE_ASSERT(closing(), "begin_close on a stream that never opened");
 }
 
 void Stream::force_close() {

@@ -151,7 +151,8 @@ class Stream {
   // returned at once (the stream stays idle); the outcome comes to on_connect().
   int connect(const SocketAddress& peer, uint64_t timeout_ms);
   // The connect's CQE: 0 when connected (reading armed), else -errno (-ETIMEDOUT for the
-  // timeout); after a failure the stream is closing: call advance_close().
+  // timeout; -ECANCELED when the owner closed the stream before it connected). After a failure
+  // the stream is closing with its output dropped: call advance_close().
   int32_t on_connect(int32_t res);
 
   // ---- input ----
@@ -190,7 +191,8 @@ class Stream {
   // Where the owner appends octets to send; they follow everything queued before.
   std::string& output() { return _open; }
   // A range of a file, sent after everything queued before; fd must stay open until it is sent.
-  void queue_file_range(int fd, uint64_t offset, uint64_t length);
+  // False (nothing queued) once the stream is closing: the peer is gone or the owner closed it.
+  bool queue_file_range(int fd, uint64_t offset, uint64_t length);
   // Octets queued in memory and not yet handed to the kernel (file ranges excluded).
   size_t queued_octets() const { return _open.size() + _queued_chunk_octets; }
   bool output_in_flight() const { return _send_in_flight || _read_in_flight; }
@@ -199,7 +201,9 @@ class Stream {
   // continues the close.
   void flush();
   // The send CQE: false when the send failed (the stream is then closing, its output dropped:
-  // call advance_close()), else true (the rest is sent next).
+  // call advance_close()), else true. A short send is continued by the stream itself; after a
+  // complete one the stream waits for the owner's next flush() (so that the owner can add to
+  // the output first).
   bool on_send(int32_t res);
   bool on_read(int32_t res);  // the read of a file range: as on_send
   int32_t last_error() const { return _last_error; }
@@ -210,7 +214,8 @@ class Stream {
   void begin_close();
   // Ends it now, dropping queued output: shutdown makes a pending send and the recv complete.
   void force_close();
-  // Drops the output not yet handed to the kernel (the peer is gone).
+  // Drops the output not yet handed to the kernel (the peer is gone); a file read in flight
+  // completes without being sent.
   void drop_output();
   // Issues the next close step when the previous ones completed; idempotent.
   void advance_close();
@@ -237,6 +242,7 @@ class Stream {
   void submit_send();
   void submit_read();
   void shutdown_socket();
+  void release_idle_buffers();
   bool next_send_source();
   uint64_t user_data(CompletionTag tag) const { return completion_user_data(tag, _index, _generation); }
 
@@ -253,6 +259,7 @@ class Stream {
   bool _send_in_flight = false;
   bool _read_in_flight = false;
   bool _connect_in_flight = false;
+  bool _read_dropped = false;  // drop_output() while a file read was in flight
   int32_t _last_error = 0;
   ParkedInput _parked;
   // Output: _sending is in the kernel's hands (or being read into from a file); _queue holds

@@ -377,16 +377,10 @@ TEST(StreamTest, ForceCloseEndsAStuckSend) {
   EXPECT_TRUE(h.stream.quiescent());
 }
 
-}  // namespace
-}  // namespace sluice::io
-
-namespace sluice::io {
-namespace {
-
-// Review: drop_output() while a file range's read is in flight resets the range; on_read then
+// drop_output() while a file range's read is in flight resets the range; on_read then
 // subtracts from the reset length (underflow) and the next flush reads "the rest" from fd -1:
 // EBADF, a forced close, and the output queued after the drop is lost.
-TEST(StreamReviewTest, DropOutputDuringAFileReadKeepsLaterOutput) {
+TEST(StreamTest, DropOutputDuringAFileReadKeepsLaterOutput) {
   StreamHarness h;
   Pair pair;
   h.stream.adopt(pair.accepted);
@@ -413,10 +407,10 @@ TEST(StreamReviewTest, DropOutputDuringAFileReadKeepsLaterOutput) {
   EXPECT_TRUE(got.size() >= 4 && got.substr(got.size() - 4) == "NEXT") << "got " << got.size() << " octets";
 }
 
-// Review: the documented contract after a failed connect is "call advance_close()"; with
+// The documented contract after a failed connect is "call advance_close()"; with
 // output queued meanwhile (e.g. a pipelined greeting reply), advance_close waits for a flush()
 // that nobody owes, and the stream never closes.
-TEST(StreamReviewTest, FailedConnectWithQueuedOutputCloses) {
+TEST(StreamTest, FailedConnectWithQueuedOutputCloses) {
   StreamHarness h;
   auto opened = open_listener(loopback(0));
   ASSERT_TRUE(opened.ok());
@@ -431,6 +425,23 @@ TEST(StreamReviewTest, FailedConnectWithQueuedOutputCloses) {
     h.ring->submit_wait_and_reap(10'000, [&](const io_uring_cqe& cqe) { h.route(cqe); });
   }
   EXPECT_TRUE(h.stream.closed()) << "stuck in " << stream_state_name(h.stream.state());
+}
+
+// What a peer can cause must not reach an assertion: a body queued after the stream closed
+// itself (a reset seen in the same batch), a close of a stream whose socket(2) failed.
+TEST(StreamTest, QueueingOnAClosingStreamOrClosingAnIdleOneIsRefusedQuietly) {
+  StreamHarness h;
+  h.stream.begin_close();  // idle: never opened
+  EXPECT_EQ(h.stream.state(), StreamState::idle);
+  Pair pair;
+  h.stream.adopt(pair.accepted);
+  h.stream.begin_close();
+  const int file = unlinked_file_with("body");
+  ASSERT_GE(file, 0);
+  EXPECT_FALSE(h.stream.queue_file_range(file, 0, 4));
+  h.stream.flush();
+  ASSERT_TRUE(h.run_until([&] { return h.stream.closed(); }));
+  ::close(file);
 }
 
 }  // namespace
