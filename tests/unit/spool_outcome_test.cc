@@ -28,21 +28,11 @@ namespace sluice::spool {
 namespace {
 
 using testing::drain;
-using testing::read_file;
-using testing::write_file;
+using testing::journal_files;
 using testing::perform;
+using testing::read_file;
 using testing::wait_for_ready_segments;
-
-std::vector<std::string> journal_files(const std::string& dir) {
-  std::vector<std::string> files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir + "/shard-0")) {
-    if (parse_journal_name(entry.path().filename().string()).has_value()) {
-      files.push_back(entry.path().string());
-    }
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
+using testing::write_file;
 
 // Whether any extent of the file is unwritten (fallocate's, whose first write costs a metadata
 // commit); nullopt where the file system cannot say (no FIEMAP).
@@ -107,11 +97,10 @@ constexpr char kId[] = "0123456789ABCDEF";
 
 TEST(OutcomeFormatTest, OutcomesRoundTripAndOtherOpsKeepTheirTwentyFourOctets) {
   const std::string longest(kMaxReplyBytes, 'r');
-  for (const JournalEntry& entry :
-       {outcome_entry(JournalOp::deferred, kId, 7, 1700000000123, 3, "451 4.7.1 try later"),
-        outcome_entry(JournalOp::delivered, kId, 0, 0, 1, "250 2.0.0 ok"),
-        outcome_entry(JournalOp::bounced, kId, kMaxRecipients - 1, 0, UINT32_MAX, longest),
-        outcome_entry(JournalOp::deferred, kId, 1, 0, 2, "")}) {
+  for (const JournalEntry& entry : {outcome_entry(JournalOp::deferred, kId, 7, 1700000000123, 3, "451 4.7.1 try later"),
+                                    outcome_entry(JournalOp::delivered, kId, 0, 0, 1, "250 2.0.0 ok"),
+                                    outcome_entry(JournalOp::bounced, kId, kMaxRecipients - 1, 0, UINT32_MAX, longest),
+                                    outcome_entry(JournalOp::deferred, kId, 1, 0, 2, "")}) {
     const std::string payload = payload_of(entry);
     EXPECT_EQ(payload.size(), kJournalPayloadBytes + kJournalOutcomeBytes + entry.reply.size());
     auto decoded = decode(payload);
@@ -486,8 +475,8 @@ TEST_F(SpoolOutcomeTest, ADamagedOutcomeRecordEndsTheJournal) {
     RecipientOutcome outcome;
   };
   const std::vector<Step> steps = {
-      {a, 0, {DeliveryState::deferred, 1000, "451 a"}},  {a, 1, {DeliveryState::deferred, 500, "451 bb"}},
-      {b, 0, {DeliveryState::bounced, 0, "550 gone"}},    {a, 0, {DeliveryState::delivered, 0, ""}},
+      {a, 0, {DeliveryState::deferred, 1000, "451 a"}}, {a, 1, {DeliveryState::deferred, 500, "451 bb"}},
+      {b, 0, {DeliveryState::bounced, 0, "550 gone"}},  {a, 0, {DeliveryState::delivered, 0, ""}},
       {a, 2, {DeliveryState::deferred, 2000, "4xx c"}},
   };
   for (const Step& step : steps) {

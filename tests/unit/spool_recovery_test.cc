@@ -22,9 +22,10 @@ namespace sluice::spool {
 namespace {
 
 using testing::drain;
+using testing::journal_files;
 using testing::read_file;
-using testing::write_file;
 using testing::wait_for_ready_segments;
+using testing::write_file;
 
 // The v1 encoding, written out by hand as the previous release wrote it (this build never writes
 // v1): record headers of version 1, and message envelopes without the DSN fields.
@@ -520,18 +521,6 @@ TEST_F(SpoolRecoveryTest, JournalDeleteHoldAndReleaseAreApplied) {
   EXPECT_TRUE(recovered->segments.empty());
 }
 
-// The journal files of shard 0, by number.
-std::vector<std::string> journal_files(const std::string& dir) {
-  std::vector<std::string> files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir + "/shard-0")) {
-    if (parse_journal_name(entry.path().filename().string()).has_value()) {
-      files.push_back(entry.path().string());
-    }
-  }
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
 // What a journal of single records says, applied to a model: id -> held; removed ids absent.
 using JournalModel = std::map<std::string, bool>;
 
@@ -630,7 +619,7 @@ TEST_F(SpoolRecoveryTest, AFailedJournalWriteThatReachedTheDiskIsNotRevived) {
   ASSERT_GT(testing::perform(requests[0]), 0);  // the bytes are on disk...
   const std::string failed_journal_bytes = read_file(before.front());
   std::vector<Completed> done;
-  _spool->on_io_complete(requests[0].op_id, -EIO, done);  // ...but the write reports an error
+  _spool->on_io_complete(requests[0].op_id, -EIO, done);        // ...but the write reports an error
   _spool->on_io_complete(requests[1].op_id, -ECANCELED, done);  // so the link broke
   ASSERT_EQ(done.size(), 2u);
   EXPECT_EQ(done[0].ticket, hold_a);
