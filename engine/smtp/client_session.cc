@@ -128,6 +128,10 @@ std::string_view result_cause_name(ResultCause cause) {
       return "timeout";
     case ResultCause::connection_lost:
       return "connection_lost";
+    case ResultCause::unroutable:
+      return "unroutable";
+    case ResultCause::connect_failed:
+      return "connect_failed";
   }
   return "unknown";
 }

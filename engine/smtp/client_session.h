@@ -123,6 +123,9 @@ enum class ResultCause : uint8_t {
   protocol_error,     // the server broke the protocol (4.5.0)
   timeout,            // no reply in time (4.4.2)
   connection_lost,    // closed before the reply (4.4.2)
+  // Set by the delivery code, never by the session: no connection was made.
+  unroutable,      // DNS or the route gave no host to try (the enhanced code says why)
+  connect_failed,  // no address of any host took a connection (4.4.1)
 };
 std::string_view result_cause_name(ResultCause cause);
 
