@@ -833,7 +833,8 @@ void ShardSpool::fail_records(SpoolFile& file, std::vector<PendingRecord>& recor
 }
 
 void ShardSpool::maybe_unlink(SpoolFile& file) {
-  if (file.is_journal || !file.sealed || file.unlinked || file.live > 0 || file.in_flight > 0 || !file.open.empty()) {
+  if (file.is_journal || !file.sealed || file.unlinked || file.live > 0 || file.in_flight > 0 || !file.open.empty() ||
+      file.pins > 0) {
     return;
   }
   // Close while the file is still linked (cheap), then unlink through the ring: freeing 64 MiB
@@ -1261,6 +1262,7 @@ void ShardSpool::close_idle_sealed(const SpoolFile* keep) {
     SpoolFile* oldest = nullptr;
     for (auto& [id, file] : _segments) {
       if (file.get() != keep && holds_sealed_descriptor(*file) && file->in_flight == 0 && file->open.empty() &&
+          file->pins == 0 &&
           (oldest == nullptr || file->last_read < oldest->last_read)) {
         oldest = file.get();
       }
@@ -1271,6 +1273,25 @@ void ShardSpool::close_idle_sealed(const SpoolFile* keep) {
     ::close(oldest->fd);
     oldest->fd = -1;
     --_open_sealed;
+  }
+}
+
+int ShardSpool::pin_segment(uint64_t segment_id) {
+  const int fd = segment_fd(segment_id);
+  if (fd >= 0) {
+    ++_segments.at(segment_id)->pins;
+  }
+  return fd;
+}
+
+void ShardSpool::unpin_segment(uint64_t segment_id) {
+  auto it = _segments.find(segment_id);
+  SLUICE_ASSERT(it != _segments.end() && it->second->pins > 0, "unpin of a segment not pinned");
+  SpoolFile& file = *it->second;
+  --file.pins;
+  if (file.pins == 0) {
+    maybe_unlink(file);
+    close_idle_sealed(nullptr);
   }
 }
 

@@ -871,8 +871,7 @@ class Handler {
       if (method != "POST") {
         return method_not_allowed("POST");
       }
-      // Delivery is a later issue: nothing is scheduled yet, so there is nothing to hurry.
-      return json_response(202, "{\"flushed\": 0, \"note\": \"delivery is not running in this version\"}");
+      return flush(request, peer);
     }
     if (path.starts_with("/api/queue/")) {
       std::vector<std::string> parts = absl::StrSplit(path.substr(strlen("/api/queue/")), '/');
@@ -1049,6 +1048,27 @@ class Handler {
     return error_response(404, "no such message");
   }
 
+  // POST /api/queue/flush[?domain=D]: deferred mail (of D) is tried now; sites backed off are up.
+  HttpResponse flush(const HttpRequest& request, const std::string& peer) {
+    std::string domain;
+    if (const auto it = request.query.find("domain"); it != request.query.end()) {
+      domain = absl::AsciiStrToLower(it->second);
+    }
+    auto answers = _caller.call<uint64_t>(
+        [domain](Shard& shard, std::function<void(uint64_t)> reply) { reply(shard.flush_queue(domain)); },
+        kShardAnswerTimeout);
+    uint64_t flushed = 0;
+    for (const uint64_t count : answers.values) {
+      flushed += count;
+    }
+    if (answers.outcome != CallOutcome::answered && answers.values.empty()) {
+      return shards_did_not_answer(answers.outcome);
+    }
+    log_line(str_cat("event=admin action=flush domain=", domain.empty() ? std::string("-") : logfmt_quote(domain),
+                     " flushed=", flushed, " client=", peer));
+    return json_response(202, str_cat("{\"flushed\": ", flushed, "}"));
+  }
+
   // DELETE, hold, release: answered once the journal record is durable (or failed).
   HttpResponse change(const std::string& id, const std::string& action, const std::string& peer) {
     auto answers = _caller.call<ChangeAnswer>(
@@ -1066,7 +1086,10 @@ class Handler {
                                std::string(ticket.status().message())});
             return;
           }
-          shard.await_ticket(*ticket, [reply](const absl::Status& status) {
+          shard.await_ticket(*ticket, [reply, id, &shard](const absl::Status& status) {
+            if (status.ok()) {
+              shard.queue_changed(id);  // delivery forgets it (delete, hold) or takes it up (release)
+            }
             reply(status.ok() ? ChangeAnswer{200, ""} : ChangeAnswer{500, std::string(status.message())});
           });
         },

@@ -68,9 +68,12 @@ constexpr std::array<std::string_view, 6> kSpoolKeys = {
     "dir", "commit_interval_us", "commit_batch_bytes", "min_free_bytes", "segment_bytes", "max_open_segments"};
 constexpr std::array<std::string_view, 2> kRelayKeys = {"networks", "domains"};
 constexpr std::array<std::string_view, 2> kProxyKeys = {"trusted", "timeout"};
-constexpr std::array<std::string_view, 1> kDnsKeys = {"servers"};
-constexpr std::array<std::string_view, 5> kDeliveryKeys = {"port", "retry_initial", "retry_max", "lifetime",
-                                                           "connections_per_host"};
+constexpr std::array<std::string_view, 5> kDnsKeys = {"servers", "ttl_floor", "ttl_ceiling", "cache_entries",
+                                                      "timeout"};
+constexpr std::array<std::string_view, 10> kDeliveryKeys = {
+    "port",         "retry_initial",           "retry_max",      "lifetime",
+    "connections_per_host", "messages_per_connection", "recipients_per_transaction",
+    "connect_timeout", "idle_timeout", "site_backoff"};
 constexpr std::array<std::string_view, 2> kRouteKeys = {"domain", "next_hop"};
 constexpr std::array<std::string_view, 2> kAdminKeys = {"listen", "token_file"};
 constexpr std::array<std::string_view, 2> kLoopbackNetworks = {"127.0.0.0/8", "::1/128"};
@@ -658,6 +661,14 @@ class Reader {
         dns.servers = std::move(servers);
       }
     }
+    duration(section, "ttl_floor", milliseconds(0), dns.ttl_floor);
+    duration(section, "ttl_ceiling", std::chrono::seconds(1), dns.ttl_ceiling);
+    integer(section, "cache_entries", 16, kDnsCacheEntriesMax, dns.cache_entries);
+    duration(section, "timeout", std::chrono::seconds(1), dns.timeout);
+    if (dns.ttl_ceiling < dns.ttl_floor) {
+      const toml::node* node = find(section, "ttl_ceiling");
+      error(node != nullptr ? line_of(*node) : 0, "dns.ttl_ceiling must be at least dns.ttl_floor");
+    }
   }
 
   void read_delivery(Section section, DeliveryConfig& delivery) {
@@ -666,6 +677,12 @@ class Reader {
     duration(section, "retry_max", std::chrono::seconds(1), delivery.retry_max);
     duration(section, "lifetime", milliseconds(0), delivery.lifetime);
     integer(section, "connections_per_host", 1, kConnectionsPerHostMax, delivery.connections_per_host);
+    integer(section, "messages_per_connection", 1, kMessagesPerConnectionMax, delivery.messages_per_connection);
+    integer(section, "recipients_per_transaction", 1, kRecipientsPerTransactionMax,
+            delivery.recipients_per_transaction);
+    duration(section, "connect_timeout", std::chrono::seconds(1), delivery.connect_timeout);
+    duration(section, "idle_timeout", milliseconds(0), delivery.idle_timeout);
+    duration(section, "site_backoff", std::chrono::seconds(1), delivery.site_backoff);
     if (delivery.retry_max < delivery.retry_initial) {
       const toml::node* node = find(section, "retry_max");
       node = node != nullptr ? node : find(section, "retry_initial");
@@ -705,8 +722,10 @@ class Reader {
       if (const toml::node* domain = find(section, "domain")) {
         if (const std::string* text = string_node(*domain, "route.domain")) {
           const std::string name = absl::AsciiStrToLower(*text);
-          if (name != "*" && !is_domain_name(name)) {
-            error(line_of(*domain), absl::StrCat("route.domain: ", quote(*text), " is not \"*\" or a domain"));
+          const bool subdomains = name.size() > 1 && name.front() == '.';
+          if (name != "*" && !is_domain_name(subdomains ? std::string_view(name).substr(1) : name)) {
+            error(line_of(*domain),
+                  absl::StrCat("route.domain: ", quote(*text), " is not \"*\", a domain or .domain"));
             route_ok = false;
           } else if (!seen.insert(name).second) {
             error(line_of(*domain), absl::StrCat("route.domain: ", quote(*text), " has more than one route"));

@@ -99,8 +99,18 @@ struct ProxyProtocolConfig {
   friend bool operator==(const ProxyProtocolConfig&, const ProxyProtocolConfig&) = default;
 };
 
+inline constexpr uint32_t kDnsCacheEntriesMax = 1 << 22;
+inline constexpr uint32_t kMessagesPerConnectionMax = 1'000'000;
+inline constexpr uint32_t kRecipientsPerTransactionMax = 1000;  // smtp::kClientRecipientsMax
+
 struct DnsConfig {
   std::vector<io::SocketAddress> servers;  // empty = /etc/resolv.conf
+  // Answers are kept at least ttl_floor (a TTL of 0 would mean a query per message) and at most
+  // ttl_ceiling (a changed MX is followed within it), negative answers too (RFC 2308).
+  std::chrono::milliseconds ttl_floor = std::chrono::seconds(5);
+  std::chrono::milliseconds ttl_ceiling = std::chrono::hours(1);
+  uint32_t cache_entries = 100'000;
+  std::chrono::milliseconds timeout = std::chrono::seconds(5);  // per query, over every try
 
   friend bool operator==(const DnsConfig&, const DnsConfig&) = default;
 };
@@ -110,7 +120,13 @@ struct DeliveryConfig {
   std::chrono::milliseconds retry_initial = std::chrono::minutes(5);
   std::chrono::milliseconds retry_max = std::chrono::hours(1);
   std::chrono::milliseconds lifetime = std::chrono::hours(24 * 5);
-  uint32_t connections_per_host = 20;
+  uint32_t connections_per_host = 20;  // per site: the domains that share a set of MX hosts
+  uint32_t messages_per_connection = 100;
+  uint32_t recipients_per_transaction = 100;
+  std::chrono::milliseconds connect_timeout = std::chrono::seconds(30);
+  std::chrono::milliseconds idle_timeout = std::chrono::seconds(2);  // an idle connection is closed then
+  // A site whose every connection fails waits this long before the next try, doubling to retry_max.
+  std::chrono::milliseconds site_backoff = std::chrono::seconds(60);
 
   friend bool operator==(const DeliveryConfig&, const DeliveryConfig&) = default;
 };

@@ -71,7 +71,7 @@ std::string Shard::Impl::transaction_fields(const Connection& c, const smtp::Acc
 // ---- slots ------------------------------------------------------------------------------
 std::optional<uint32_t> Shard::Impl::allocate_slot() {
   if (free_slots.empty()) {
-    if (slots_used >= io::UserData::kIndexMax) {
+    if (slots_used >= kInboundSlotsMax) {
       return std::nullopt;
     }
     if (slots_used % kSlotsPerChunk == 0) {
@@ -781,6 +781,7 @@ void Shard::Impl::on_spool_result(uint64_t op_id, int32_t result) {
       shard->_metrics.add(shard->_metrics.bytes_accepted, pending.rfc_size);
       log_transaction(done.queue_id, pending.fields, pending.transaction_started_ms, duration_us, true, {},
                       client_present);
+      delivery_message_stored(done.queue_id);
     }
     if (!client_present) {
       continue;  // the client left before the answer; the message is stored (if ok) all the same

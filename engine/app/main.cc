@@ -243,6 +243,38 @@ absl::StatusOr<Config> load_config(const Arguments& arguments) {
   return config;
 }
 
+// [delivery], [dns] and [[route]] as the shards use them.
+absl::Status configure_delivery(const Config& config, ShardContext& context) {
+  const auto ms = [](std::chrono::milliseconds value) { return static_cast<uint64_t>(value.count()); };
+  context.client.hostname = config.server.hostname;
+  relay::SchedulerSettings& scheduler = context.scheduler;
+  scheduler.retry.initial_ms = ms(config.delivery.retry_initial);
+  scheduler.retry.max_ms = ms(config.delivery.retry_max);
+  scheduler.retry.lifetime_ms = ms(config.delivery.lifetime);
+  scheduler.connections_per_site = config.delivery.connections_per_host;
+  scheduler.recipients_per_transaction = config.delivery.recipients_per_transaction;
+  scheduler.site_backoff_initial_ms = ms(config.delivery.site_backoff);
+  context.connect_timeout_ms = ms(config.delivery.connect_timeout);
+  context.idle_timeout_ms = ms(config.delivery.idle_timeout);
+  context.messages_per_connection = config.delivery.messages_per_connection;
+  context.mx_port = config.delivery.port;
+  context.dns_servers = config.dns.servers;
+  context.dns_ttl_floor_ms = ms(config.dns.ttl_floor);
+  context.dns_ttl_ceiling_ms = ms(config.dns.ttl_ceiling);
+  context.dns_cache_entries = config.dns.cache_entries;
+  context.dns_timeout_ms = ms(config.dns.timeout);
+  std::vector<resolver::Route> routes;
+  for (const RouteConfig& route : config.routes) {
+    routes.push_back(resolver::Route{route.domain, route.next_hop});
+  }
+  absl::StatusOr<resolver::RouteTable> table = resolver::RouteTable::build(std::move(routes));
+  if (!table.ok()) {
+    return table.status();
+  }
+  context.routes = std::move(*table);
+  return absl::OkStatus();
+}
+
 int check_config(const Arguments& arguments) {
   if (!arguments.config_path) {
     std::cerr << "sluice check-config: --config FILE is required\n";
@@ -635,6 +667,10 @@ int serve(const Arguments& arguments) {
   context.data_phase_timeout_ms = static_cast<uint64_t>(config.server.data_phase_timeout.count());
   context.proxy_timeout_ms = static_cast<uint64_t>(config.proxy_protocol.timeout.count());
   context.drain_timeout_ms = static_cast<uint64_t>(config.server.drain_timeout.count());
+  if (absl::Status delivery = configure_delivery(config, context); !delivery.ok()) {
+    std::cerr << "sluice: " << delivery.message() << "\n";
+    return kExitUsage;
+  }
   DescriptorDemand demand;
   demand.limit = fd_limit;
   demand.shards = shards;

@@ -37,6 +37,18 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
           sum(shards, &ShardMetrics::bytes_accepted));
   counter(out, "sluice_log_lines_dropped_total", "Log lines dropped: log output too slow, or stderr failing.",
           "counter", sum(shards, &ShardMetrics::log_lines_dropped));
+  counter(out, "sluice_outbound_connections", "Delivery connections open now.", "gauge",
+          sum(shards, &ShardMetrics::outbound_connections));
+  str_append(&out, "# HELP sluice_delivery_recipients_total Delivery attempts per recipient, by outcome.\n",
+             "# TYPE sluice_delivery_recipients_total counter\n");
+  str_append(&out, "sluice_delivery_recipients_total{outcome=\"delivered\"} ",
+             sum(shards, &ShardMetrics::recipients_delivered), "\n");
+  str_append(&out, "sluice_delivery_recipients_total{outcome=\"deferred\"} ",
+             sum(shards, &ShardMetrics::recipients_deferred), "\n");
+  str_append(&out, "sluice_delivery_recipients_total{outcome=\"bounced\"} ",
+             sum(shards, &ShardMetrics::recipients_bounced), "\n");
+  counter(out, "sluice_messages_finished_total", "Messages removed from the queue with every recipient final.",
+          "counter", sum(shards, &ShardMetrics::messages_finished));
   str_append(&out, "# HELP sluice_rejections_total SMTP rejections by reason.\n",
              "# TYPE sluice_rejections_total counter\n");
   for (size_t reason = 0; reason < static_cast<size_t>(Rejection::count_); ++reason) {

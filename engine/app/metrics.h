@@ -21,7 +21,13 @@ struct ShardMetrics {
   std::atomic<uint64_t> transactions_total{0};
   std::atomic<uint64_t> messages_accepted{0};
   std::atomic<uint64_t> bytes_accepted{0};
-  std::atomic<uint64_t> log_lines_dropped{0};  // LogBuffer over its bound, or stderr broken
+  std::atomic<uint64_t> log_lines_dropped{0};
+  // Delivery.
+  std::atomic<uint64_t> outbound_connections{0};  // open now
+  std::atomic<uint64_t> recipients_delivered{0};
+  std::atomic<uint64_t> recipients_deferred{0};
+  std::atomic<uint64_t> recipients_bounced{0};
+  std::atomic<uint64_t> messages_finished{0};  // removed from the queue, every recipient final  // LogBuffer over its bound, or stderr broken
   std::array<std::atomic<uint64_t>, static_cast<size_t>(Rejection::count_)> rejections{};
 
   void add(std::atomic<uint64_t>& counter, uint64_t amount = 1) {

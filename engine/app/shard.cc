@@ -33,6 +33,7 @@ bool Shard::Impl::start() {
   for (size_t i = 0; i < listeners.size(); ++i) {
     arm_accept(static_cast<uint32_t>(i));
   }
+  start_delivery();
   return true;
 }
 
@@ -101,7 +102,9 @@ void Shard::Impl::run_control_requests() {
 void Shard::Impl::start_drain() {
   draining = true;
   drain_deadline_ms = loop_now_ms + context->drain_timeout_ms;
-  log.line(str_cat("event=drain shard=", shard->_index, " sessions=", open_connections));
+  log.line(str_cat("event=drain shard=", shard->_index, " sessions=", open_connections,
+                   " outbound=", outbound_open));
+  outbound_drain();
   // Sessions between transactions are told now; those mid-transaction finish it first.
   for (uint32_t index = 0; index < slots_used; ++index) {
     Connection& c = slot(index);
@@ -177,6 +180,13 @@ void Shard::Impl::dispatch(const io_uring_cqe& cqe) {
   }
   // A slot is freed only on its close CQE, and the close is issued only after the final CQE
   // of its recv and its send: no CQE can arrive for a freed or reused slot.
+  if (data.index >= kOutboundIndexBase) {
+    const uint32_t index = data.index - kOutboundIndexBase;
+    SLUICE_ASSERT(index < outbound_used && outbound(index).in_use && outbound(index).generation == data.generation,
+                  "CQE for a freed outbound slot");
+    outbound_dispatch(cqe, tag, index);
+    return;
+  }
   SLUICE_ASSERT(data.index < slots_used && slot(data.index).in_use && slot(data.index).generation == data.generation,
                 "CQE for a freed slot");
   switch (tag) {
@@ -214,6 +224,10 @@ void Shard::Impl::flush_dirty() {
 uint64_t Shard::Impl::wait_us() const {
   const bool polling = draining || !waiting_for_space.empty() || !accepts_to_rearm.empty() || budget_freed;
   uint64_t wait = polling ? kLoopWaitUsMax : kIdleWaitUsMax;
+  if (scheduler_deadline_ms != 0) {
+    const uint64_t wall = io::wall_ms();
+    wait = std::min(wait, scheduler_deadline_ms > wall ? (scheduler_deadline_ms - wall) * 1000 : 0);
+  }
   const uint64_t now = io::monotonic_us();
   if (const std::optional<uint64_t> timer_ms = timers->next_deadline_ms()) {
     const uint64_t timer_us = *timer_ms * 1000;
@@ -233,9 +247,17 @@ void Shard::Impl::loop() {
     timers->advance(loop_now_ms, [this](io::TimerNode& node) { expired.push_back(&node); });
     for (io::TimerNode* node : expired) {
       const TimerCookie cookie = TimerCookie::decode(node->cookie);
+      if (cookie.kind == TimerKind::outbound) {
+        SLUICE_ASSERT(cookie.generation == outbound(cookie.index).generation, "a timer outlived its slot");
+        outbound_on_timer(cookie.index);
+        continue;
+      }
       SLUICE_ASSERT(cookie.kind == TimerKind::session && cookie.generation == slot(cookie.index).generation,
                     "a timer outlived its slot");
       on_timer(cookie.index);
+    }
+    if (scheduler_deadline_ms != 0 && io::wall_ms() >= scheduler_deadline_ms) {
+      run_scheduler();
     }
     if (!draining && context->draining->load(std::memory_order_relaxed)) {
       start_drain();
@@ -246,6 +268,12 @@ void Shard::Impl::loop() {
         force_close_all();
       }
       if (loop_now_ms >= drain_deadline_ms + kDrainForceGraceMs) {
+        for (uint32_t index = 0; index < outbound_used; ++index) {
+          OutboundConnection& c = outbound(index);
+          if (c.in_use && c.stream.state() != io::StreamState::idle && c.stream.state() < io::StreamState::close_sent) {
+            c.stream.force_close();
+          }
+        }
         for (uint32_t index = 0; index < slots_used; ++index) {
           Connection& c = slot(index);
           if (c.in_use && c.stream.state() < io::StreamState::close_sent) {
@@ -258,7 +286,8 @@ void Shard::Impl::loop() {
           }
         }
       }
-      if (open_connections == 0 && tickets.empty() && waiting_for_space.empty() && shard->_spool->idle()) {
+      if (open_connections == 0 && outbound_open == 0 && tickets.empty() && waiting_for_space.empty() &&
+          shard->_spool->idle()) {
         if (!accepts_cancelled) {
           cancel_accepts();
         } else {
@@ -276,6 +305,7 @@ void Shard::Impl::loop() {
     retry_waiting_for_space();
     wake_budget_waiters();
     flush_dirty();
+    flush_outbound_dirty();
     submit_spool_io();
     log.flush(*ring, completion_user_data(CompletionTag::log, 0, 0));
     shard->_metrics.log_lines_dropped.store(log.dropped(), std::memory_order_relaxed);
@@ -283,6 +313,7 @@ void Shard::Impl::loop() {
     log_submit_errors();
     buffers->publish();
     flush_dirty();
+    flush_outbound_dirty();
   }
   // Let the cancels and the last log write complete, then close the listeners.
   for (int round = 0; round < 100 && (round == 0 || log.in_flight()); ++round) {

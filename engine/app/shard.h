@@ -15,7 +15,10 @@
 #include "engine/app/metrics.h"
 #include "engine/io/address.h"
 #include "engine/io/spsc_ring.h"
+#include "engine/relay/scheduler.h"
+#include "engine/smtp/client_session.h"
 #include "engine/smtp/server_session.h"
+#include "resolver/mx_plan.h"
 #include "spool/spool.h"
 
 namespace sluice::app {
@@ -52,6 +55,20 @@ struct ShardContext {
   std::atomic<bool>* draining = nullptr;
   std::atomic<int64_t>* sessions_open = nullptr;
   SpoolIoPort* spool_io = nullptr;  // null: the shard's ring (tests only set it)
+  // Delivery ([delivery], [[route]], [dns]).
+  bool delivery_enabled = true;  // false: accepted mail stays queued (tests of the inbound side)
+  smtp::ClientSettings client;
+  relay::SchedulerSettings scheduler;  // scheduler.routes points at `routes`
+  resolver::RouteTable routes;
+  std::vector<io::SocketAddress> dns_servers;
+  uint16_t mx_port = 25;
+  uint64_t dns_ttl_floor_ms = 5'000;
+  uint64_t dns_ttl_ceiling_ms = 3'600'000;
+  uint32_t dns_cache_entries = 100'000;
+  uint64_t dns_timeout_ms = 5'000;
+  uint64_t connect_timeout_ms = 30'000;
+  uint64_t idle_timeout_ms = 2'000;
+  uint32_t messages_per_connection = 100;
 };
 
 // Work the admin thread asks a shard to do on the shard's own thread.
@@ -89,6 +106,12 @@ class Shard {
   void await_ticket(uint64_t ticket, std::function<void(const absl::Status&)> done);
   // On this shard's own thread only: the result of a spool request taken by ShardContext::spool_io.
   void complete_spool_io(uint64_t op_id, int32_t result);
+
+  // On this shard's own thread only: a message's queue state changed durably (deleted, held,
+  // released): delivery drops its work, or takes it up.
+  void queue_changed(std::string_view id);
+  // On this shard's own thread only: deferred mail (of `domain`, or all with "") is due now.
+  uint64_t flush_queue(std::string_view domain);
 
   uint32_t index() const { return _index; }
   const ShardMetrics& metrics() const { return _metrics; }

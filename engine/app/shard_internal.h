@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "engine/app/input_path.h"
 #include "engine/app/log.h"
@@ -20,6 +21,8 @@
 #include "engine/io/stream.h"
 #include "engine/io/strings.h"
 #include "engine/io/timer_wheel.h"
+#include "engine/relay/scheduler.h"
+#include "engine/smtp/client_session.h"
 #include "engine/smtp/proxy_protocol.h"
 #include "engine/smtp/replies.h"
 #include "engine/smtp/trace_header.h"
@@ -29,7 +32,7 @@ namespace sluice::app {
 
 // What an expired timer is for: a typed cookie with the slot's generation, so that a timer of a
 // freed slot could never act on the slot's next connection.
-enum class TimerKind : uint8_t { session = 1 };
+enum class TimerKind : uint8_t { session = 1, outbound = 2 };
 struct TimerCookie {
   TimerKind kind = TimerKind::session;
   uint32_t index = 0;
@@ -78,6 +81,38 @@ struct Connection {
   io::Stream stream;
   io::SocketAddress peer;  // after PROXY: the real client
   std::optional<smtp::ServerSession> session;
+};
+
+// Outbound connections live in their own slot table; their stream CQEs carry an index from
+// kOutboundIndexBase up, so one dispatch tells them from inbound ones.
+inline constexpr uint32_t kOutboundIndexBase = 1u << 23;
+inline constexpr uint32_t kInboundSlotsMax = kOutboundIndexBase;
+
+// A delivery connection: the stream, the SMTP client session on it, the targets it tries in
+// order (every address of a host, then the next host), and the job in flight.
+struct OutboundConnection {
+  uint32_t generation = 0;
+  bool in_use = false;
+  bool dirty = false;
+  uint32_t site = 0;
+  std::string site_name;
+  std::vector<resolver::PlanTarget> targets;
+  size_t target = 0;         // the one being tried, or connected to
+  bool reported_up = false;  // the scheduler was told connection_up
+  bool idle = false;         // in the scheduler's idle list
+  bool left = false;         // told connection_leaves / connection_closed: no more work
+  bool session_over = false;  // on_close given to the session, in-flight results taken
+  bool body_sending = false;  // end of data queued, not yet all sent
+  uint64_t pinned_segment = 0;  // the spool segment whose fd a body send uses (0: none)
+  uint64_t serial = 0;
+  uint64_t started_ms = 0;
+  uint64_t idle_since_ms = 0;
+  uint64_t job_started_ms = 0;
+  std::optional<relay::Job> job;
+  std::optional<smtp::ClientSession> session;
+  smtp::RecipientResult last_failure;  // why the last target did not work out
+  io::TimerNode timer;
+  io::Stream stream;
 };
 
 struct Shard::Impl : public smtp::SessionHost {
@@ -165,6 +200,51 @@ struct Shard::Impl : public smtp::SessionHost {
   void flush_dirty();
   uint64_t wait_us() const;
   void loop();
+
+  // ---- outbound.cc: delivery ------------------------------------------------------------------
+  std::unique_ptr<relay::Scheduler> scheduler;
+  std::vector<std::unique_ptr<OutboundConnection[]>> outbound_chunks;
+  std::vector<uint32_t> outbound_free;
+  uint32_t outbound_used = 0;
+  uint32_t outbound_open = 0;
+  std::vector<uint32_t> outbound_dirty;
+  absl::flat_hash_set<std::string> finalizing;  // messages whose bounce or removal is on its way
+  uint64_t random_state = 0;
+  uint64_t next_outbound_serial = 0;
+  uint64_t scheduler_deadline_ms = 0;  // wall clock; 0: none
+
+  OutboundConnection& outbound(uint32_t index) {
+    return outbound_chunks[index / kSlotsPerChunk][index % kSlotsPerChunk];
+  }
+  uint64_t random();
+  void start_delivery();
+  void delivery_message_stored(std::string_view queue_id);
+  void run_scheduler();
+  void resolve_domain(const std::string& domain);
+  void open_outbound(relay::ConnectRequest request);
+  void connect_target(uint32_t index);
+  void outbound_dispatch(const io_uring_cqe& cqe, io::CompletionTag tag, uint32_t index);
+  void outbound_on_connect(uint32_t index, int32_t res);
+  void outbound_on_recv(const io_uring_cqe& cqe, uint32_t index);
+  void outbound_on_send(uint32_t index, int32_t res, bool file_read);
+  void outbound_act(uint32_t index, smtp::ClientAction action);
+  void outbound_input(uint32_t index, std::string_view data);
+  void outbound_next_job(uint32_t index);
+  void outbound_job_done(uint32_t index);
+  void outbound_session_over(uint32_t index);
+  void outbound_close(uint32_t index);
+  void outbound_on_close(uint32_t index);
+  void outbound_on_timer(uint32_t index);
+  void outbound_rearm(uint32_t index);
+  void outbound_mark_dirty(uint32_t index);
+  void flush_outbound_dirty();
+  void outbound_drain();
+  void unpin_body(OutboundConnection& c);
+  void record_outcomes();
+  void check_final(const std::string& id);
+  void finalize_message(const spool::MessageInfo& info);
+  void remove_message(const std::string& id);
+  void log_attempt(const OutboundConnection& c, const relay::Job& job, const std::vector<smtp::RecipientResult>& results);
 
   // ---- inbound.cc: connections and their sessions -------------------------------------------
   // logging

@@ -1,0 +1,670 @@
+// Delivery on the shard: the relay::Scheduler's requests carried out on the ring. Each delivery
+// connection is an OutboundConnection (its own slot table, indices from kOutboundIndexBase): an
+// io::Stream that connects to the targets of its site in order, and an smtp::ClientSession on it;
+// the body goes from the spool segment with the stream's file ranges. Results go back to the
+// scheduler, its outcomes to the journal (record_outcome); once every recipient of a message is
+// final its bounce (a DSN, stored like any message) is made durable, and only then is the
+// original removed.
+//
+// What it never does: send a body from a segment that could be closed under it (the segment is
+// pinned while a send is queued), lose a result (every job taken from the scheduler is given back
+// with one result per recipient, even when the connection dies), or remove a message before
+// its bounce is durable.
+#include <unistd.h>
+
+#include <cstring>
+
+#include "engine/app/shard_internal.h"
+#include "engine/relay/dsn.h"
+
+namespace sluice::app {
+
+using io::CompletionTag;
+
+namespace {
+
+smtp::RecipientResult connect_failure(const resolver::PlanTarget& target, int error) {
+  smtp::RecipientResult result;
+  result.status = smtp::DeliveryStatus::deferred;
+  result.cause = smtp::ResultCause::connect_failed;
+  result.enhanced = smtp::EnhancedStatus{4, 4, 1};
+  result.text = str_cat("connect to ", target.host, "[", target.address.to_string(), "]: ",
+                        error == ETIMEDOUT ? std::string("timed out") : std::string(std::strerror(error)));
+  return result;
+}
+
+}  // namespace
+
+// splitmix64: the scheduler's and the resolver's randomness (retry jitter, rotation start).
+uint64_t Shard::Impl::random() {
+  uint64_t z = (random_state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// ---- set-up and new messages --------------------------------------------------------------
+void Shard::Impl::start_delivery() {
+  random_state = io::wall_ms() ^ (uint64_t{shard->_index} << 48) ^ reinterpret_cast<uintptr_t>(this);
+  relay::SchedulerSettings settings = context->scheduler;
+  settings.routes = &context->routes;
+  scheduler = std::make_unique<relay::Scheduler>(settings);
+  if (!context->delivery_enabled) {
+    return;
+  }
+  // What recovery found: every message not final is taken up, and one that is final (a crash
+  // between its last outcome and its removal) is finished now.
+  const uint64_t now = io::wall_ms();
+  std::vector<std::string> final_ids;
+  shard->_spool->for_each_message([&](const spool::MessageInfo& info) {
+    bool all_final = true;
+    for (size_t i = 0; i < info.recipients.size(); ++i) {
+      all_final = all_final && i < info.recipient_states.size() && spool::is_final(info.recipient_states[i].state);
+    }
+    if (all_final) {
+      final_ids.push_back(info.id);
+    } else {
+      scheduler->add_message(info, now, random());
+    }
+  });
+  for (const std::string& id : final_ids) {
+    check_final(id);
+  }
+  run_scheduler();
+}
+
+void Shard::Impl::delivery_message_stored(std::string_view queue_id) {
+  if (!context->delivery_enabled) {
+    return;
+  }
+  if (std::optional<spool::MessageInfo> info = shard->_spool->find(queue_id)) {
+    scheduler->add_message(*info, io::wall_ms(), random());
+    run_scheduler();
+  }
+}
+
+void Shard::queue_changed(std::string_view id) {
+  Impl& impl = *_impl;
+  impl.scheduler->drop_message(id);
+  if (std::optional<spool::MessageInfo> info = _spool->find(id); info && impl.context->delivery_enabled) {
+    impl.scheduler->add_message(*info, io::wall_ms(), impl.random());
+  }
+  impl.run_scheduler();
+}
+
+uint64_t Shard::flush_queue(std::string_view domain) {
+  const uint64_t flushed = _impl->scheduler->flush(domain, io::wall_ms());
+  _impl->run_scheduler();
+  return flushed;
+}
+
+// ---- the scheduler's requests ---------------------------------------------------------------
+// Called after anything that may have given the scheduler work: carries out what it asks for.
+void Shard::Impl::run_scheduler() {
+  const uint64_t now = io::wall_ms();
+  scheduler->tick(now, random());
+  for (const std::string& domain : scheduler->take_resolve_requests()) {
+    resolve_domain(domain);
+  }
+  for (relay::ConnectRequest& request : scheduler->take_connect_requests()) {
+    if (draining) {
+      // No new connections while draining: the scheduler is told it failed, which defers.
+      smtp::RecipientResult reason;
+      reason.status = smtp::DeliveryStatus::deferred;
+      reason.cause = smtp::ResultCause::connect_failed;
+      reason.enhanced = smtp::EnhancedStatus{4, 3, 2};
+      reason.text = "the relay is shutting down";
+      scheduler->connection_failed(request.site, reason, now, random());
+      continue;
+    }
+    open_outbound(std::move(request));
+  }
+  for (const uint64_t connection : scheduler->take_wakes()) {
+    // A wake for a connection that left meanwhile (its idle timeout) is stale: it told the
+    // scheduler when it left.
+    const io::UserData who = io::UserData::decode(connection);
+    OutboundConnection& c = outbound(who.index);
+    if (!c.in_use || c.generation != who.generation || !c.idle) {
+      continue;
+    }
+    c.idle = false;
+    outbound_next_job(who.index);
+  }
+  record_outcomes();
+  scheduler_deadline_ms = scheduler->next_deadline_ms().value_or(0);
+}
+
+// Until the resolver is on the ring, a domain without a [[route]] cannot be resolved: its mail
+// is deferred (4.4.3), never lost.
+void Shard::Impl::resolve_domain(const std::string& domain) {
+  resolver::DeliveryPlan plan;
+  plan.failure = resolver::PlanFailure::dns_temporary;
+  scheduler->on_plan(domain, plan, io::wall_ms(), random());
+}
+
+// ---- outcomes, bounces, removal -----------------------------------------------------------
+void Shard::Impl::record_outcomes() {
+  for (relay::Outcome& out : scheduler->take_outcomes()) {
+    const std::string id = out.message_id;
+    absl::StatusOr<uint64_t> ticket = shard->_spool->record_outcome(id, out.recipient, std::move(out.outcome));
+    if (!ticket.ok()) {
+      // A message deleted meanwhile (NOT_FOUND) has nothing to record; anything else is ours.
+      if (ticket.status().code() != absl::StatusCode::kNotFound) {
+        log.line(str_cat("event=outcome_error id=", id, " recipient=", out.recipient, " error=\"",
+                         to_std(ticket.status().message()), "\""));
+      }
+      continue;
+    }
+    control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
+      if (!status.ok()) {
+        log.line(str_cat("event=outcome_error id=", id, " error=\"", to_std(status.message()), "\""));
+        return;
+      }
+      check_final(id);
+    });
+  }
+}
+
+// Once every recipient's outcome is durable and final, the message is finished.
+void Shard::Impl::check_final(const std::string& id) {
+  if (finalizing.contains(id)) {
+    return;
+  }
+  std::optional<spool::MessageInfo> info = shard->_spool->find(id);
+  if (!info || info->removal_pending) {
+    return;
+  }
+  for (size_t i = 0; i < info->recipients.size(); ++i) {
+    if (i >= info->recipient_states.size() || !spool::is_final(info->recipient_states[i].state) ||
+        info->recipient_states[i].outcomes_in_flight > 0) {
+      return;
+    }
+  }
+  finalize_message(*info);
+}
+
+// A DSN for the bounced recipients that want one, durable before the original is removed.
+void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
+  relay::DsnReport report;
+  for (size_t i = 0; i < info.recipients.size(); ++i) {
+    const spool::RecipientDelivery& state = info.recipient_states[i];
+    const uint8_t notify = i < info.recipient_dsn.size() ? info.recipient_dsn[i].notify : 0;
+    if (state.state != spool::DeliveryState::bounced ||
+        !relay::dsn_wanted(info.sender, notify, relay::DsnAction::failed)) {
+      continue;
+    }
+    relay::DsnRecipient recipient;
+    recipient.final_recipient = info.recipients[i];
+    recipient.orcpt = i < info.recipient_dsn.size() ? info.recipient_dsn[i].orcpt : std::string();
+    recipient.action = relay::DsnAction::failed;
+    // last_reply is "550 5.1.1 text" or "5.4.4 text": the enhanced code is the first x.y.z in it.
+    recipient.status = "5.0.0";
+    std::string_view rest = state.last_reply;
+    while (!rest.empty()) {
+      const size_t space = rest.find(' ');
+      const std::string_view word = rest.substr(0, space);
+      if (auto parsed = smtp::parse_enhanced_status(word)) {
+        recipient.status = parsed->status.to_string();
+        recipient.status[0] = '5';  // a temporary failure past the lifetime is final too
+        break;
+      }
+      rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
+    }
+    recipient.diagnostic = state.last_reply;
+    recipient.last_attempt_s = static_cast<int64_t>(io::wall_ms() / 1000);
+    report.recipients.push_back(std::move(recipient));
+  }
+  finalizing.insert(info.id);
+  if (report.recipients.empty()) {
+    remove_message(info.id);
+    return;
+  }
+  absl::StatusOr<std::string> original = shard->_spool->read_message(info.id);
+  if (!original.ok()) {
+    finalizing.erase(info.id);
+    log.line(str_cat("event=bounce_error id=", info.id, " error=\"", to_std(original.status().message()), "\""));
+    return;  // kept: a restart tries again
+  }
+  const uint64_t now = io::wall_ms();
+  std::string bounce_id = ids->next(now);
+  report.reporting_mta = context->client.hostname;
+  report.original_sender = info.sender;
+  report.queue_id = info.id;
+  report.envid = info.dsn_envid;
+  report.ret = static_cast<relay::DsnReturn>(info.dsn_ret);
+  report.arrival_s = static_cast<int64_t>(info.arrival_ms / 1000);
+  report.now_s = static_cast<int64_t>(now / 1000);
+  report.boundary = str_cat(bounce_id, "/", context->client.hostname);
+  report.message_id = str_cat(bounce_id, "@", context->client.hostname);
+  relay::BuiltDsn dsn = relay::build_dsn(report, *original);
+  spool::Envelope envelope;
+  envelope.recipients.push_back(info.sender);
+  envelope.body_8bit = dsn.body_8bit;
+  const uint64_t size = dsn.wire.size();
+  auto ticket = shard->_spool->append_message(bounce_id, now, std::move(envelope), size, std::move(dsn.wire));
+  if (!ticket.ok()) {
+    finalizing.erase(info.id);
+    log.line(str_cat("event=bounce_error id=", info.id, " error=\"", to_std(ticket.status().message()), "\""));
+    return;
+  }
+  log.line(str_cat("event=bounce id=", info.id, " bounce_id=", bounce_id, " to=", info.sender,
+                   " recipients=", report.recipients.size()));
+  const std::string original_id = info.id;
+  control_tickets.emplace(*ticket, [this, original_id, bounce_id](const absl::Status& status) {
+    if (!status.ok()) {
+      finalizing.erase(original_id);
+      log.line(str_cat("event=bounce_error id=", original_id, " error=\"", to_std(status.message()), "\""));
+      return;
+    }
+    delivery_message_stored(bounce_id);
+    remove_message(original_id);
+  });
+}
+
+void Shard::Impl::remove_message(const std::string& id) {
+  absl::StatusOr<uint64_t> ticket = shard->_spool->remove(id);
+  if (!ticket.ok()) {
+    finalizing.erase(id);
+    if (ticket.status().code() != absl::StatusCode::kNotFound) {
+      log.line(str_cat("event=remove_error id=", id, " error=\"", to_std(ticket.status().message()), "\""));
+    }
+    return;
+  }
+  control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
+    finalizing.erase(id);
+    if (!status.ok()) {
+      log.line(str_cat("event=remove_error id=", id, " error=\"", to_std(status.message()), "\""));
+      return;
+    }
+    shard->_metrics.add(shard->_metrics.messages_finished);
+  });
+}
+
+// ---- connections ----------------------------------------------------------------------------
+void Shard::Impl::open_outbound(relay::ConnectRequest request) {
+  if (outbound_free.empty()) {
+    if (outbound_used % kSlotsPerChunk == 0) {
+      outbound_chunks.push_back(std::make_unique<OutboundConnection[]>(kSlotsPerChunk));
+    }
+    outbound_free.push_back(outbound_used++);
+  }
+  const uint32_t index = outbound_free.back();
+  outbound_free.pop_back();
+  OutboundConnection& c = outbound(index);
+  c.in_use = true;
+  c.site = request.site;
+  c.site_name = std::move(request.site_name);
+  c.targets = std::move(request.targets);
+  c.target = 0;
+  c.serial = ++next_outbound_serial;
+  c.started_ms = loop_now_ms;
+  c.timer.cookie = TimerCookie{TimerKind::outbound, index, c.generation}.encode();
+  ++outbound_open;
+  shard->_metrics.add(shard->_metrics.outbound_connections);
+  connect_target(index);
+}
+
+// Connects to the current target, or (when the socket cannot even be made) goes on to the next.
+void Shard::Impl::connect_target(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  while (c.target < c.targets.size()) {
+    c.stream.~Stream();
+    new (&c.stream) io::Stream();
+    c.stream.bind(ring.get(), buffers.get(), kOutboundIndexBase + index, c.generation);
+    const int error = c.stream.connect(c.targets[c.target].address, context->connect_timeout_ms);
+    if (error == 0) {
+      return;
+    }
+    c.last_failure = connect_failure(c.targets[c.target], -error);
+    ++c.target;
+  }
+  // Nothing to connect to: the stream is idle, nothing in the kernel.
+  outbound_on_close(index);
+}
+
+void Shard::Impl::outbound_dispatch(const io_uring_cqe& cqe, CompletionTag tag, uint32_t index) {
+  switch (tag) {
+    case CompletionTag::stream_connect:
+      outbound_on_connect(index, cqe.res);
+      return;
+    case CompletionTag::stream_recv:
+      outbound_on_recv(cqe, index);
+      return;
+    case CompletionTag::stream_send:
+      outbound_on_send(index, cqe.res, false);
+      return;
+    case CompletionTag::stream_read:
+      outbound_on_send(index, cqe.res, true);
+      return;
+    case CompletionTag::stream_close:
+      outbound(index).stream.on_close();
+      outbound_on_close(index);
+      return;
+    default:
+      SLUICE_ASSERT(false, "unexpected completion tag for an outbound connection");
+  }
+}
+
+void Shard::Impl::outbound_on_connect(uint32_t index, int32_t res) {
+  OutboundConnection& c = outbound(index);
+  const int32_t result = c.stream.on_connect(res);
+  if (result != 0) {
+    if (result != -ECANCELED) {
+      c.last_failure = connect_failure(c.targets[c.target], -result);
+    }
+    c.stream.advance_close();
+    return;
+  }
+  c.session.emplace(&context->client, loop_now_ms);
+  outbound_rearm(index);
+}
+
+void Shard::Impl::outbound_on_recv(const io_uring_cqe& cqe, uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  const io::RecvEvent event = c.stream.on_recv(cqe, [&](std::string_view data) { outbound_input(index, data); });
+  switch (event) {
+    case io::RecvEvent::more:
+      return;
+    case io::RecvEvent::peer_closed:
+      outbound_session_over(index);
+      outbound_close(index);
+      return;
+    case io::RecvEvent::ended:
+    case io::RecvEvent::failed:
+      outbound_session_over(index);
+      c.stream.advance_close();
+      return;
+  }
+}
+
+void Shard::Impl::outbound_input(uint32_t index, std::string_view data) {
+  OutboundConnection& c = outbound(index);
+  while (c.session && !c.session_over && !c.stream.closing()) {
+    const smtp::ClientStep step = c.session->on_input(data, loop_now_ms, c.stream.output());
+    data.remove_prefix(step.consumed);
+    outbound_act(index, step.action);
+    if (data.empty() && step.action == smtp::ClientAction::none) {
+      break;
+    }
+    if (step.consumed == 0 && step.action == smtp::ClientAction::none) {
+      break;
+    }
+  }
+  outbound_rearm(index);
+}
+
+void Shard::Impl::outbound_act(uint32_t index, smtp::ClientAction action) {
+  OutboundConnection& c = outbound(index);
+  switch (action) {
+    case smtp::ClientAction::none:
+      break;
+    case smtp::ClientAction::ready:
+      if (!c.reported_up) {
+        c.reported_up = true;
+        scheduler->connection_up(c.site);
+      }
+      outbound_next_job(index);
+      break;
+    case smtp::ClientAction::send_body: {
+      SLUICE_ASSERT(c.job.has_value(), "a body is sent for the job in flight");
+      const spool::MessageLocation& location = c.job->location;
+      const int fd = shard->_spool->pin_segment(location.segment_id);
+      if (fd < 0) {
+        // The segment is gone (the message was deleted): the transaction cannot complete.
+        log.line(str_cat("event=delivery_error id=", c.job->message_id, " error=\"segment not readable\""));
+        outbound_session_over(index);
+        outbound_close(index);
+        return;
+      }
+      c.pinned_segment = location.segment_id;
+      c.stream.queue_file_range(fd, location.wire_offset, location.wire_length);
+      // The wire form always ends with CRLF (DATA keeps the CRLF before the dot; BDAT LAST adds one).
+      c.session->body_queued(true, loop_now_ms, c.stream.output());
+      c.body_sending = true;
+      break;
+    }
+    case smtp::ClientAction::transaction_done:
+      outbound_job_done(index);
+      break;
+    case smtp::ClientAction::close:
+      outbound_session_over(index);
+      outbound_close(index);
+      return;
+  }
+  outbound_mark_dirty(index);
+}
+
+// The session is ready for a transaction: the next job, QUIT at the connection's message limit
+// or while draining, or idle (the scheduler wakes it).
+void Shard::Impl::outbound_next_job(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  if (c.session->transactions() >= context->messages_per_connection || draining) {
+    if (!c.left) {
+      c.left = true;
+      scheduler->connection_closed(c.site);
+    }
+    outbound_act(index, c.session->finish(loop_now_ms, c.stream.output()));
+    return;
+  }
+  const uint64_t id = io::UserData{0, index, c.generation}.encode();
+  std::optional<relay::Job> job = scheduler->next_job(c.site, id);
+  if (!job) {
+    c.idle = true;
+    c.idle_since_ms = loop_now_ms;
+    outbound_rearm(index);
+    return;
+  }
+  c.job = std::move(*job);
+  c.job_started_ms = loop_now_ms;
+  outbound_act(index, c.session->start_transaction(c.job->transaction, loop_now_ms, c.stream.output()));
+}
+
+void Shard::Impl::outbound_job_done(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  SLUICE_ASSERT(c.job.has_value(), "a transaction ends for the job in flight");
+  unpin_body(c);
+  c.body_sending = false;
+  const std::vector<smtp::RecipientResult> results = c.session->take_results();
+  log_attempt(c, *c.job, results);
+  for (const smtp::RecipientResult& result : results) {
+    shard->_metrics.add(result.status == smtp::DeliveryStatus::delivered  ? shard->_metrics.recipients_delivered
+                        : result.status == smtp::DeliveryStatus::bounced ? shard->_metrics.recipients_bounced
+                                                                          : shard->_metrics.recipients_deferred);
+  }
+  relay::Job job = std::move(*c.job);
+  c.job.reset();
+  scheduler->on_job_done(std::move(job), results, c.targets[c.target].host, io::wall_ms(), random());
+  if (c.session->state() == smtp::ClientState::idle && !c.stream.closing()) {
+    outbound_next_job(index);
+  }
+  run_scheduler();
+}
+
+// The connection can carry nothing more: the session's results for what was in flight are
+// taken (once), and the scheduler is told.
+void Shard::Impl::outbound_session_over(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  if (c.session_over || !c.session) {
+    return;
+  }
+  if (c.session->state() != smtp::ClientState::closed) {
+    const smtp::ClientAction action = c.session->on_close();
+    if (action == smtp::ClientAction::transaction_done) {
+      outbound_job_done(index);
+    }
+  } else if (c.job) {
+    outbound_job_done(index);
+  }
+  c.session_over = true;
+  if (!c.reported_up && c.session->failure()) {
+    c.last_failure = *c.session->failure();
+  }
+}
+
+void Shard::Impl::outbound_close(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  if (!c.stream.closing()) {
+    c.stream.begin_close();
+  }
+  timers->cancel(c.timer);
+  timers->schedule(c.timer, loop_now_ms + kCloseLingerMs);
+  outbound_mark_dirty(index);
+}
+
+void Shard::Impl::outbound_on_send(uint32_t index, int32_t res, bool file_read) {
+  OutboundConnection& c = outbound(index);
+  const bool ok = file_read ? c.stream.on_read(res) : c.stream.on_send(res);
+  if (!ok) {
+    outbound_session_over(index);
+    c.stream.advance_close();
+    return;
+  }
+  if (c.stream.output_in_flight()) {
+    if (c.body_sending && c.session) {
+      c.session->body_progress(loop_now_ms);
+    }
+    return;
+  }
+  if (c.body_sending && c.stream.output_idle() && c.session) {
+    c.body_sending = false;
+    unpin_body(c);
+    c.session->body_sent(loop_now_ms);
+    outbound_rearm(index);
+  }
+  c.stream.flush();
+}
+
+void Shard::Impl::unpin_body(OutboundConnection& c) {
+  if (c.pinned_segment != 0) {
+    shard->_spool->unpin_segment(c.pinned_segment);
+    c.pinned_segment = 0;
+  }
+}
+
+// The close CQE (or a connection that never got a socket): the slot is free, unless another
+// target is left to try for a connection that never became ready.
+void Shard::Impl::outbound_on_close(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  outbound_session_over(index);
+  unpin_body(c);
+  if (!c.reported_up) {
+    if (c.target + 1 < c.targets.size() && !draining) {
+      ++c.target;
+      c.session.reset();
+      c.session_over = false;
+      connect_target(index);
+      return;
+    }
+    scheduler->connection_failed(c.site, c.last_failure, io::wall_ms(), random());
+  } else if (c.idle) {
+    scheduler->connection_leaves(c.site, io::UserData{0, index, c.generation}.encode());
+  } else if (!c.left) {
+    scheduler->connection_closed(c.site);
+  }
+  timers->cancel(c.timer);
+  const uint32_t generation = c.generation + 1;
+  c.~OutboundConnection();
+  new (&c) OutboundConnection();
+  c.generation = generation;
+  outbound_free.push_back(index);
+  --outbound_open;
+  shard->_metrics.add(shard->_metrics.outbound_connections, static_cast<uint64_t>(-1));
+  run_scheduler();
+}
+
+// ---- timers ---------------------------------------------------------------------------------
+void Shard::Impl::outbound_rearm(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  if (c.stream.closing()) {
+    return;
+  }
+  std::optional<uint64_t> deadline;
+  if (c.session) {
+    deadline = c.session->next_deadline_ms();
+  }
+  if (c.idle) {
+    deadline = c.idle_since_ms + context->idle_timeout_ms;
+  }
+  timers->cancel(c.timer);
+  if (deadline) {
+    timers->schedule(c.timer, *deadline);
+  }
+}
+
+void Shard::Impl::outbound_on_timer(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  SLUICE_ASSERT(c.in_use, "a freed outbound slot's timer is cancelled");
+  if (c.stream.shut_down()) {
+    return;
+  }
+  if (c.stream.closing()) {
+    c.stream.force_close();
+    return;
+  }
+  if (!c.session) {
+    return;  // connecting: the linked timeout ends it
+  }
+  if (c.idle) {
+    c.idle = false;
+    c.left = true;
+    scheduler->connection_leaves(c.site, io::UserData{0, index, c.generation}.encode());
+    outbound_act(index, c.session->finish(loop_now_ms, c.stream.output()));
+    outbound_rearm(index);
+    return;
+  }
+  outbound_act(index, c.session->on_timeout(loop_now_ms, c.stream.output()));
+  outbound_rearm(index);
+}
+
+void Shard::Impl::outbound_mark_dirty(uint32_t index) {
+  OutboundConnection& c = outbound(index);
+  if (!c.dirty) {
+    c.dirty = true;
+    outbound_dirty.push_back(index);
+  }
+}
+
+void Shard::Impl::flush_outbound_dirty() {
+  for (size_t i = 0; i < outbound_dirty.size(); ++i) {
+    OutboundConnection& c = outbound(outbound_dirty[i]);
+    c.dirty = false;
+    if (c.in_use && c.stream.state() != io::StreamState::idle && c.stream.state() != io::StreamState::connecting) {
+      c.stream.flush();
+    }
+  }
+  outbound_dirty.clear();
+}
+
+// The drain: idle connections say QUIT now, busy ones after their transaction.
+void Shard::Impl::outbound_drain() {
+  for (uint32_t index = 0; index < outbound_used; ++index) {
+    OutboundConnection& c = outbound(index);
+    if (c.in_use && c.idle && c.session && !c.stream.closing()) {
+      c.idle = false;
+      c.left = true;
+      scheduler->connection_leaves(c.site, io::UserData{0, index, c.generation}.encode());
+      outbound_act(index, c.session->finish(loop_now_ms, c.stream.output()));
+    }
+  }
+}
+
+// ---- the log --------------------------------------------------------------------------------
+void Shard::Impl::log_attempt(const OutboundConnection& c, const relay::Job& job,
+                              const std::vector<smtp::RecipientResult>& results) {
+  const resolver::PlanTarget& target = c.targets[c.target];
+  for (size_t i = 0; i < results.size(); ++i) {
+    const smtp::RecipientResult& result = results[i];
+    std::string line = str_cat("event=delivery id=", job.message_id);
+    append_log_field(line, "site", c.site_name);
+    append_log_field(line, "host", target.host);
+    str_append(&line, " address=", target.address.to_string());
+    append_log_field(line, "to", job.transaction.recipients[i].address);
+    str_append(&line, " outcome=", smtp::delivery_status_name(result.status), " code=", result.code,
+               " status=", result.enhanced.to_string(), " duration_ms=", loop_now_ms - c.job_started_ms,
+               " connection=O", shard->_index, "-", c.serial);
+    append_log_field(line, "reply", result.text);
+    log.line(line);
+  }
+}
+
+}  // namespace sluice::app
