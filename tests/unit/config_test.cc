@@ -451,7 +451,7 @@ TEST(ConfigErrors, RouteProblems) {
   expect_one_error("[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.1\"\n", 3,
                    "route.next_hop: '127.0.0.1': missing port");
   expect_one_error("[[route]]\ndomain = \"*.example.test\"\nnext_hop = \"127.0.0.1:25\"\n", 2,
-                   "is not \"*\" or a domain");
+                   "is not \"*\", a domain or .domain");
   expect_one_error("[[route]]\ndomain = 5\nnext_hop = \"127.0.0.1:25\"\n", 2,
                    "route.domain: expected a string, got an integer");
   expect_one_error(
