@@ -749,13 +749,13 @@ class DeliveryTestCase(SluiceTestCase):
         self.fixtures = []
 
     def _cleanup(self):
-        failed = self._failed()
+        if self._failed():  # before the temp dir (smtp-sink's counters and dumps) goes
+            for fixture in self.fixtures:
+                sys.stderr.write("\n%s\n" % describe_fixture(fixture))
         try:
             super()._cleanup()
         finally:
             for fixture in reversed(self.fixtures):
-                if failed:
-                    sys.stderr.write("\n%s\n" % describe_fixture(fixture))
                 fixture.stop()
 
     def start_dns(self, zone=None, **kwargs):
