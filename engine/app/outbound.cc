@@ -52,6 +52,23 @@ void Shard::Impl::start_delivery() {
   if (!context->delivery_enabled) {
     return;
   }
+  resolver::ResolverOptions options;
+  options.servers = context->dns_servers;
+  options.own_hostname = context->client.hostname;
+  options.port = context->mx_port;
+  options.ttl_floor_ms = context->dns_ttl_floor_ms;
+  options.ttl_ceiling_ms = context->dns_ttl_ceiling_ms;
+  options.cache_entries_max = context->dns_cache_entries;
+  // c-ares doubles the timeout each round over the servers: three tries fit in [dns] timeout.
+  options.query_tries = 3;
+  options.query_timeout_ms = static_cast<uint32_t>(std::max<uint64_t>(context->dns_timeout_ms / 7, 100));
+  auto created = resolver::Resolver::create(options);
+  if (created.ok()) {
+    dns = std::move(*created);
+  } else {
+    log.line(str_cat("event=resolver_error error=\"", to_std(created.status().message()),
+                     "\" effect=\"mail without a [[route]] is deferred\""));
+  }
   // What recovery found: every message not final is taken up, and one that is final (a crash
   // between its last outcome and its removal) is finished now.
   const uint64_t now = io::wall_ms();
@@ -90,6 +107,17 @@ void Shard::queue_changed(std::string_view id) {
     impl.scheduler->add_message(*info, io::wall_ms(), impl.random());
   }
   impl.run_scheduler();
+}
+
+void Shard::delivery_snapshot(SpoolSnapshot& snapshot) const {
+  const Impl& impl = *_impl;
+  snapshot.sites = impl.scheduler->sites();
+  if (impl.dns) {
+    snapshot.dns = impl.dns->metrics();
+  }
+  snapshot.jobs = impl.scheduler->jobs();
+  snapshot.jobs_scheduled = impl.scheduler->scheduled();
+  snapshot.jobs_in_flight = impl.scheduler->jobs_in_flight();
 }
 
 uint64_t Shard::flush_queue(std::string_view domain) {
@@ -134,12 +162,54 @@ void Shard::Impl::run_scheduler() {
   scheduler_deadline_ms = scheduler->next_deadline_ms().value_or(0);
 }
 
-// Until the resolver is on the ring, a domain without a [[route]] cannot be resolved: its mail
-// is deferred (4.4.3), never lost.
+// ---- the resolver on the ring ------------------------------------------------------------
+// Without a resolver (c-ares could not start: logged at start) a domain without a [[route]]
+// cannot be resolved: its mail is deferred (4.4.3), never lost.
 void Shard::Impl::resolve_domain(const std::string& domain) {
-  resolver::DeliveryPlan plan;
-  plan.failure = resolver::PlanFailure::dns_temporary;
-  scheduler->on_plan(domain, plan, io::wall_ms(), random());
+  if (!dns) {
+    resolver::DeliveryPlan plan;
+    plan.failure = resolver::PlanFailure::dns_temporary;
+    scheduler->on_plan(domain, plan, io::wall_ms(), random());
+    return;
+  }
+  const uint64_t id = next_dns_request++;
+  dns_requests.emplace(id, domain);
+  dns->request_plan(id, domain, loop_now_ms);
+  run_resolver();
+}
+
+// After anything that may have moved the resolver: its polls on the ring, its deadline, and
+// the plans it finished, to the scheduler.
+void Shard::Impl::run_resolver() {
+  for (const resolver::PollRequest& request : dns->poll_requests()) {
+    io_uring_sqe* sqe = ring->sqe();
+    const uint64_t user_data = io::completion_user_data(CompletionTag::dns_poll, static_cast<uint32_t>(request.fd),
+                                                        request.generation);
+    if (request.op == resolver::PollRequest::Op::arm) {
+      io_uring_prep_poll_add(sqe, request.fd, request.events);
+      io_uring_sqe_set_data64(sqe, user_data);
+    } else {
+      io_uring_prep_poll_remove(sqe, user_data);
+      io_uring_sqe_set_data64(sqe, io::completion_user_data(CompletionTag::ignore, 0, 0));
+    }
+  }
+  dns_deadline_ms = dns->next_deadline_ms(loop_now_ms).value_or(0);
+  bool planned = false;
+  for (resolver::PlanResult& result : dns->take_completed()) {
+    auto request = dns_requests.extract(result.request_id);
+    SLUICE_ASSERT(!request.empty(), "a plan the shard asked for");
+    scheduler->on_plan(request.mapped(), result.plan, io::wall_ms(), random());
+    planned = true;
+  }
+  if (planned) {
+    run_scheduler();
+  }
+}
+
+void Shard::Impl::on_dns_poll(const io_uring_cqe& cqe) {
+  const io::UserData data = io::UserData::decode(cqe.user_data);
+  dns->on_poll_ready(static_cast<int>(data.index), data.generation, cqe.res, loop_now_ms);
+  run_resolver();
 }
 
 // ---- outcomes, bounces, removal -----------------------------------------------------------
@@ -466,10 +536,29 @@ void Shard::Impl::outbound_job_done(uint32_t index) {
   c.body_sending = false;
   const std::vector<smtp::RecipientResult> results = c.session->take_results();
   log_attempt(c, *c.job, results);
+  ShardMetrics& metrics = shard->_metrics;
+  const uint64_t now_wall = io::wall_ms();
   for (const smtp::RecipientResult& result : results) {
-    shard->_metrics.add(result.status == smtp::DeliveryStatus::delivered  ? shard->_metrics.recipients_delivered
-                        : result.status == smtp::DeliveryStatus::bounced ? shard->_metrics.recipients_bounced
-                                                                          : shard->_metrics.recipients_deferred);
+    switch (result.status) {
+      case smtp::DeliveryStatus::delivered: {
+        metrics.add(metrics.recipients_delivered);
+        const uint64_t latency = now_wall > c.job->arrival_ms ? now_wall - c.job->arrival_ms : 0;
+        size_t bucket = 0;
+        while (bucket < kDeliveryLatencyBoundsMs.size() && latency > kDeliveryLatencyBoundsMs[bucket]) {
+          ++bucket;
+        }
+        metrics.add(metrics.delivery_latency_bucket[bucket]);
+        metrics.add(metrics.delivery_latency_sum_ms, latency);
+        break;
+      }
+      case smtp::DeliveryStatus::bounced:
+        metrics.add(metrics.recipients_bounced);
+        break;
+      case smtp::DeliveryStatus::deferred:
+        metrics.add(metrics.recipients_deferred);
+        metrics.add(result.cause == smtp::ResultCause::reply ? metrics.deferrals_4xx : metrics.deferrals_network);
+        break;
+    }
   }
   relay::Job job = std::move(*c.job);
   c.job.reset();
@@ -562,6 +651,20 @@ void Shard::Impl::outbound_on_close(uint32_t index) {
     scheduler->connection_closed(c.site);
   }
   timers->cancel(c.timer);
+  std::string line = str_cat("event=outbound_close connection=O", shard->_index, "-", c.serial);
+  append_log_field(line, "site", c.site_name);
+  if (c.target < c.targets.size()) {
+    append_log_field(line, "host", c.targets[c.target].host);
+    str_append(&line, " address=", c.targets[c.target].address.to_string());
+  }
+  str_append(&line, " transactions=", c.session ? c.session->transactions() : 0,
+             " duration_ms=", loop_now_ms - c.started_ms, " ready=", c.reported_up ? "yes" : "no");
+  if (!c.reported_up || (c.session && c.session->failure())) {
+    const smtp::RecipientResult& failure =
+        c.session && c.session->failure() ? *c.session->failure() : c.last_failure;
+    append_log_field(line, "reason", failure.text);
+  }
+  log.line(line);
   const uint32_t generation = c.generation + 1;
   c.~OutboundConnection();
   new (&c) OutboundConnection();

@@ -169,6 +169,9 @@ void Shard::Impl::dispatch(const io_uring_cqe& cqe) {
     case CompletionTag::log:
       log.on_write_done(cqe.res);
       return;
+    case CompletionTag::dns_poll:
+      on_dns_poll(cqe);
+      return;
     case CompletionTag::ignore:
       return;
     case CompletionTag::stream_recv:
@@ -228,6 +231,10 @@ uint64_t Shard::Impl::wait_us() const {
     const uint64_t wall = io::wall_ms();
     wait = std::min(wait, scheduler_deadline_ms > wall ? (scheduler_deadline_ms - wall) * 1000 : 0);
   }
+  if (dns_deadline_ms != 0) {
+    const uint64_t now_ms = io::monotonic_ms();
+    wait = std::min(wait, dns_deadline_ms > now_ms ? (dns_deadline_ms - now_ms) * 1000 : 0);
+  }
   const uint64_t now = io::monotonic_us();
   if (const std::optional<uint64_t> timer_ms = timers->next_deadline_ms()) {
     const uint64_t timer_us = *timer_ms * 1000;
@@ -258,6 +265,10 @@ void Shard::Impl::loop() {
     }
     if (scheduler_deadline_ms != 0 && io::wall_ms() >= scheduler_deadline_ms) {
       run_scheduler();
+    }
+    if (dns_deadline_ms != 0 && loop_now_ms >= dns_deadline_ms) {
+      dns->on_tick(loop_now_ms);
+      run_resolver();
     }
     if (!draining && context->draining->load(std::memory_order_relaxed)) {
       start_drain();

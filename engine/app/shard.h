@@ -112,6 +112,8 @@ class Shard {
   void queue_changed(std::string_view id);
   // On this shard's own thread only: deferred mail (of `domain`, or all with "") is due now.
   uint64_t flush_queue(std::string_view domain);
+  // On this shard's own thread only: the delivery figures of /metrics.
+  void delivery_snapshot(SpoolSnapshot& snapshot) const;
 
   uint32_t index() const { return _index; }
   const ShardMetrics& metrics() const { return _metrics; }

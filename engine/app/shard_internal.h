@@ -24,6 +24,7 @@
 #include "engine/relay/scheduler.h"
 #include "engine/smtp/client_session.h"
 #include "engine/smtp/proxy_protocol.h"
+#include "resolver/resolver.h"
 #include "engine/smtp/replies.h"
 #include "engine/smtp/trace_header.h"
 #include "spool/message_id.h"
@@ -203,6 +204,10 @@ struct Shard::Impl : public smtp::SessionHost {
 
   // ---- outbound.cc: delivery ------------------------------------------------------------------
   std::unique_ptr<relay::Scheduler> scheduler;
+  std::unique_ptr<resolver::Resolver> dns;  // null when delivery is off or c-ares failed to start
+  absl::flat_hash_map<uint64_t, std::string> dns_requests;  // request id -> domain
+  uint64_t next_dns_request = 1;
+  uint64_t dns_deadline_ms = 0;  // monotonic; 0: none
   std::vector<std::unique_ptr<OutboundConnection[]>> outbound_chunks;
   std::vector<uint32_t> outbound_free;
   uint32_t outbound_used = 0;
@@ -221,6 +226,8 @@ struct Shard::Impl : public smtp::SessionHost {
   void delivery_message_stored(std::string_view queue_id);
   void run_scheduler();
   void resolve_domain(const std::string& domain);
+  void run_resolver();
+  void on_dns_poll(const io_uring_cqe& cqe);
   void open_outbound(relay::ConnectRequest request);
   void connect_target(uint32_t index);
   void outbound_dispatch(const io_uring_cqe& cqe, io::CompletionTag tag, uint32_t index);
