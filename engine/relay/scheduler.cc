@@ -63,7 +63,12 @@ void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uin
     if (spool::is_final(state.state) || state.final_in_flight) {
       continue;
     }
-    const uint64_t due = state.state == spool::DeliveryState::deferred ? state.next_attempt_ms : 0;
+    // Every recipient due by now is "due now" (0), whatever its recorded time: recipients
+    // deferred at different times (say, in an earlier run) share a transaction again.
+    uint64_t due = state.state == spool::DeliveryState::deferred ? state.next_attempt_ms : 0;
+    if (due <= now_ms) {
+      due = 0;
+    }
     std::string domain = recipient_domain(info.recipients[i]);
     auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
       return g.domain == domain && g.due_ms == due && g.recipients.size() < _settings.recipients_per_transaction;
@@ -125,6 +130,13 @@ size_t Scheduler::drop_message(std::string_view message_id) {
     dropped += std::erase_if(site->ready, matches);
   }
   _jobs_total -= dropped;
+  // Without this, what a job in flight defers would be scheduled again after a hold or a delete
+  // and sent at its retry time.
+  for (auto& [id, in_flight] : _in_flight) {
+    if (in_flight.message_id == message_id) {
+      in_flight.dropped = true;
+    }
+  }
   return dropped;
 }
 
@@ -155,6 +167,14 @@ void Scheduler::schedule(Job job, uint64_t at_ms) {
 }
 
 void Scheduler::tick(uint64_t now_ms, uint64_t random) {
+  // A backoff that is over ends here (to_site already ignores it, but sites() would still say
+  // "down" until the next connection got through); `failures` stays, so that the next failure
+  // doubles the backoff.
+  for (auto& site : _sites) {
+    if (site->down_until_ms != 0 && site->down_until_ms <= now_ms) {
+      site->down_until_ms = 0;
+    }
+  }
   while (!_scheduled.empty() && _scheduled.begin()->first <= now_ms) {
     Job job = std::move(_scheduled.begin()->second);
     _scheduled.erase(_scheduled.begin());
@@ -194,8 +214,7 @@ std::vector<std::string> Scheduler::take_resolve_requests() {
   return std::exchange(_resolve_requests, {});
 }
 
-void Scheduler::on_plan(std::string_view name, const resolver::DeliveryPlan& plan, uint64_t now_ms,
-                        uint64_t random) {
+void Scheduler::on_plan(std::string_view name, const resolver::DeliveryPlan& plan, uint64_t now_ms, uint64_t random) {
   auto it = _domains.find(std::string(name));
   if (it == _domains.end()) {
     return;  // not asked for (or forgotten): nothing waits
@@ -264,10 +283,15 @@ void Scheduler::to_site(uint32_t index, Job job, uint64_t now_ms, uint64_t rando
 
 void Scheduler::pump(uint32_t index) {
   Site& site = *_sites[index];
+  // Ready jobs that no woken connection is about to take (each takes one). Counting only the
+  // ready queue here asked for a new connection for every job after the first that arrived
+  // before the woken connections had asked (a batch released by tick, n idle connections:
+  // n - 1 extra connections).
+  size_t unclaimed = site.ready.size() - std::min(site.ready.size(), site.woken.size());
   // Idle connections take work first.
-  size_t unclaimed = site.ready.size();
   while (unclaimed > 0 && !site.idle.empty()) {
     _wakes.push_back(site.idle.back());
+    site.woken.push_back(site.idle.back());
     site.idle.pop_back();
     ++site.busy;  // until next_job says otherwise
     --unclaimed;
@@ -315,6 +339,7 @@ std::optional<Job> Scheduler::next_job(uint32_t index, uint64_t connection) {
   Site& site = *_sites[index];
   // A woken connection was counted busy by pump; a fresh one is counted starting; one that just
   // finished a job is busy.
+  std::erase(site.woken, connection);  // it asks now
   if (site.ready.empty()) {
     site.idle.push_back(connection);
     SLUICE_ASSERT(site.busy > 0);
@@ -323,7 +348,8 @@ std::optional<Job> Scheduler::next_job(uint32_t index, uint64_t connection) {
   }
   Job job = std::move(site.ready.front());
   site.ready.pop_front();
-  ++_in_flight;
+  const bool inserted = _in_flight.try_emplace(job.id, InFlight{job.message_id, false}).second;
+  SLUICE_ASSERT(inserted, "a job is in flight once");
   return job;
 }
 
@@ -342,8 +368,10 @@ void Scheduler::connection_leaves(uint32_t index, uint64_t connection) {
   if (it != site.idle.end()) {
     site.idle.erase(it);
   } else {
+    // Woken for work it will not take, or done with its last job.
+    std::erase(site.woken, connection);
     SLUICE_ASSERT(site.busy > 0);
-    --site.busy;  // it was woken for work it will not take
+    --site.busy;
     pump(index);
   }
 }
@@ -352,6 +380,9 @@ void Scheduler::connection_closed(uint32_t index) {
   Site& site = *_sites[index];
   SLUICE_ASSERT(site.busy > 0);
   --site.busy;
+  // Woken connections are counted busy; one closed here (it should have left) would leave a
+  // stale entry that keeps the pump from asking for a connection.
+  SLUICE_ASSERT(site.woken.size() <= site.busy, "a woken connection is reported by connection_leaves");
   pump(index);
 }
 
@@ -364,33 +395,41 @@ void Scheduler::connection_failed(uint32_t index, const smtp::RecipientResult& r
     pump(index);  // others get through: the queue is theirs
     return;
   }
+  if (site.starting > 0) {
+    return;  // another attempt may still get through: not down yet
+  }
+  // Every connection failed: one failure of the site, however many connections failed in
+  // parallel (counting each would start the first outage at 2^(n-1) x the initial backoff).
   ++site.failures;
   uint64_t backoff = _settings.site_backoff_initial_ms;
   for (uint32_t i = 1; i < site.failures && backoff < _settings.retry.max_ms; ++i) {
     backoff *= 2;
   }
   backoff = std::min(backoff, _settings.retry.max_ms);
-  if (site.starting == 0) {
-    site.down_until_ms = now_ms + backoff;
-    site.down_reason = reason;
-    std::deque<Job> ready = std::exchange(site.ready, {});
-    for (Job& job : ready) {
-      defer(std::move(job), reason, {}, site.down_until_ms, now_ms, random);
-    }
+  site.down_until_ms = now_ms + backoff;
+  site.down_reason = reason;
+  std::deque<Job> ready = std::exchange(site.ready, {});
+  for (Job& job : ready) {
+    defer(std::move(job), reason, {}, site.down_until_ms, now_ms, random);
   }
 }
 
 // ---- results ------------------------------------------------------------------------------
 void Scheduler::on_job_done(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
                             uint64_t now_ms, uint64_t random) {
-  SLUICE_ASSERT(_in_flight > 0);
-  --_in_flight;
-  settle(std::move(job), results, remote_mta, 0, now_ms, random);
+  const auto it = _in_flight.find(job.id);
+  SLUICE_ASSERT(it != _in_flight.end(), "on_job_done for a job next_job handed out");
+  const bool dropped = it->second.dropped;
+  _in_flight.erase(it);
+  settle(std::move(job), results, remote_mta, 0, now_ms, random, !dropped);
 }
 
 void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
-                       uint64_t not_before_ms, uint64_t now_ms, uint64_t random) {
+                       uint64_t not_before_ms, uint64_t now_ms, uint64_t random, bool keep_retry) {
   SLUICE_ASSERT(results.size() == job.recipients.size(), "one result per recipient");
+  // The retry job is built from the job handed back: its transaction must be intact (not moved
+  // into the client session).
+  SLUICE_ASSERT(job.transaction.recipients.size() == job.recipients.size(), "the job comes back whole");
   Job retry = job;
   retry.recipients.clear();
   retry.attempts.clear();
@@ -427,15 +466,15 @@ void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& result
     }
     _outcomes.push_back(std::move(out));
   }
-  if (retry.recipients.empty()) {
+  if (retry.recipients.empty() || !keep_retry) {
     --_jobs_total;
     return;
   }
   schedule(std::move(retry), retry_at_ms);
 }
 
-void Scheduler::defer(Job job, const smtp::RecipientResult& reason, std::string_view remote_mta,
-                      uint64_t not_before_ms, uint64_t now_ms, uint64_t random) {
+void Scheduler::defer(Job job, const smtp::RecipientResult& reason, std::string_view remote_mta, uint64_t not_before_ms,
+                      uint64_t now_ms, uint64_t random) {
   smtp::RecipientResult result = reason;
   result.status = smtp::DeliveryStatus::deferred;
   const std::vector<smtp::RecipientResult> results(job.recipients.size(), result);
