@@ -511,7 +511,7 @@ void Shard::Impl::outbound_next_job(uint32_t index) {
   if (c.session->transactions() >= context->messages_per_connection || draining) {
     if (!c.left) {
       c.left = true;
-      scheduler->connection_closed(c.site);
+      scheduler->connection_leaves(c.site, io::UserData{0, index, c.generation}.encode());
     }
     outbound_act(index, c.session->finish(loop_now_ms, c.stream.output()));
     return;

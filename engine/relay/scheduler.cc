@@ -288,11 +288,13 @@ void Scheduler::pump(uint32_t index) {
   // before the woken connections had asked (a batch released by tick, n idle connections:
   // n - 1 extra connections).
   size_t unclaimed = site.ready.size() - std::min(site.ready.size(), site.woken.size());
-  // Idle connections take work first.
+  // Idle connections take work first, the longest idle first: the connections take turns, so
+  // equal-preference hosts share the load as they share the connections (with the most
+  // recently idle first, the first host's connections kept every job and the others timed out).
   while (unclaimed > 0 && !site.idle.empty()) {
-    _wakes.push_back(site.idle.back());
-    site.woken.push_back(site.idle.back());
-    site.idle.pop_back();
+    _wakes.push_back(site.idle.front());
+    site.woken.push_back(site.idle.front());
+    site.idle.erase(site.idle.begin());
     ++site.busy;  // until next_job says otherwise
     --unclaimed;
   }
