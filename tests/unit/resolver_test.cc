@@ -99,6 +99,16 @@ class FakeDnsServer {
     }
     return total;
   }
+  // Every query unanswered, whatever the zone says.
+  void set_silent() {
+    std::lock_guard lock(_mutex);
+    _silent = true;
+  }
+  // The query ids seen, each once.
+  std::set<uint16_t> ids() const {
+    std::lock_guard lock(_mutex);
+    return _ids;
+  }
   size_t tcp_queries() const {
     std::lock_guard lock(_mutex);
     return _tcp_count;
@@ -144,7 +154,11 @@ class FakeDnsServer {
     std::lock_guard lock(_mutex);
     const std::pair<std::string, DnsType> key{query->question->name, query->question->type};
     ++_counts[key];
+    _ids.insert(query->header.id);
     _tcp_count += over_tcp ? 1 : 0;
+    if (_silent) {
+      return "";
+    }
     DnsMessage response;
     const auto it = _zone.find(key);
     if (it != _zone.end()) {
@@ -254,6 +268,8 @@ class FakeDnsServer {
   std::set<std::string> _names;
   std::map<std::pair<std::string, DnsType>, size_t> _counts;
   size_t _tcp_count = 0;
+  std::set<uint16_t> _ids;
+  bool _silent = false;
 };
 
 // The shard's part, with poll(2) instead of the ring: one-shot polls as the resolver asks.
@@ -618,6 +634,7 @@ TEST_F(ResolverTest, ConcurrentPlansOfOneDomainShareTheirQueries) {
   EXPECT_EQ(ids, (std::set<uint64_t>{1, 2, 3}));
   EXPECT_EQ(server.queries("example.test", DnsType::mx), 1u);
   EXPECT_EQ(server.queries_total(), 7u);
+  EXPECT_EQ(server.ids().size(), 7u);  // c-ares gave each query its own id (we encode 0)
   EXPECT_EQ(resolver->metrics().queries_sent, 7u);
   EXPECT_EQ(resolver->metrics().lookups_merged, 14u);  // two plans' MX and six address lookups
 }
@@ -653,6 +670,17 @@ TEST_F(ResolverTest, AnUnaskableDomainIsNoSuchDomain) {
   EXPECT_EQ(server.queries_total(), 0u);
 }
 
+TEST_F(ResolverTest, AnMxHostThatCannotBeAskedForHasNoAddress) {
+  // c-ares's encoder does not know \DDD: such a host is skipped, not asked for under another name.
+  server.set("odd.test", DnsType::mx,
+             mx_answer({mx("odd.test", 10, "bad\\032name.test"), mx("odd.test", 20, "good.test")}));
+  server.set("good.test", DnsType::a, address_answer("good.test", {"192.0.2.40"}));
+  std::unique_ptr<Resolver> resolver = make(options());
+  ASSERT_NE(resolver, nullptr);
+  EXPECT_EQ(targets_of(plan(*resolver, "odd.test")), std::vector<std::string>{"good.test=192.0.2.40:2525"});
+  EXPECT_EQ(server.queries_total(), 3u);  // MX, and good.test's A and AAAA
+}
+
 TEST_F(ResolverTest, TooManyPlansInFlightAreTemporary) {
   server.set("silent.test", DnsType::mx, silent_answer());
   ResolverOptions o = options();
@@ -668,6 +696,37 @@ TEST_F(ResolverTest, TooManyPlansInFlightAreTemporary) {
   EXPECT_EQ(early[0].request_id, 3u);
   EXPECT_EQ(early[0].plan.failure, PlanFailure::dns_temporary);
   EXPECT_EQ(shard.run_until(2).size(), 2u);
+}
+
+TEST_F(ResolverTest, ASilentFirstServerIsPassedOver) {
+  FakeDnsServer dead;
+  dead.set_silent();
+  server.set("plain.test", DnsType::a, address_answer("plain.test", {"192.0.2.9"}));
+  ResolverOptions o = options();
+  o.servers = {dead.address(), server.address()};
+  std::unique_ptr<Resolver> resolver = make(o);
+  ASSERT_NE(resolver, nullptr);
+  EXPECT_EQ(targets_of(plan(*resolver, "plain.test")), std::vector<std::string>{"plain.test=192.0.2.9:2525"});
+  EXPECT_GE(dead.queries("plain.test", DnsType::mx), 1u);
+  EXPECT_EQ(server.queries("plain.test", DnsType::mx), 1u);
+}
+
+TEST_F(ResolverTest, DestroyedWithQueriesInFlight) {
+  server.set("silent.test", DnsType::mx, silent_answer());
+  std::unique_ptr<Resolver> resolver = make(options());
+  ASSERT_NE(resolver, nullptr);
+  Shard shard(*resolver);
+  resolver->request_plan(1, "silent.test", io::monotonic_ms());
+  shard.take_poll_requests();
+  EXPECT_GE(shard.armed(), 1u);
+  EXPECT_FALSE(resolver->idle());
+  resolver.reset();  // c-ares ends the query: nothing leaks (the sanitizer build checks), nothing runs
+}
+
+TEST_F(ResolverTest, NoServersMeansResolvConf) {
+  ResolverOptions o = options();
+  o.servers.clear();
+  EXPECT_TRUE(Resolver::create(o).ok());
 }
 
 TEST_F(ResolverTest, RefusesBadOptions) {
