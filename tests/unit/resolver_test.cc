@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "engine/io/clock.h"
+#include "engine/io/ring.h"
 #include "engine/io/strings.h"
 #include "resolver/dns_testing.h"
 
@@ -357,6 +358,97 @@ class Shard {
 
   Resolver& _resolver;
   std::map<std::pair<int, uint32_t>, uint32_t> _armed;  // (fd, generation) -> events
+  std::vector<PlanResult> _results;
+};
+
+// The shard's part as the shard will do it: on an io_uring, one-shot POLL_ADD per arm with the
+// (fd, generation) in its user_data, POLL_REMOVE by that user_data per cancel.
+class RingShard {
+ public:
+  static constexpr uint8_t kTagPoll = 1;
+  static constexpr uint8_t kTagPollRemove = 2;
+
+  RingShard(Resolver& resolver, io::Ring& ring) : _resolver(resolver), _ring(ring) {}
+
+  std::vector<PlanResult> run_until(size_t count) {
+    const uint64_t give_up_ms = io::monotonic_ms() + 60'000;
+    collect();
+    while (_results.size() < count) {
+      if (io::monotonic_ms() > give_up_ms) {
+        ADD_FAILURE() << "no plan after 60 s";
+        break;
+      }
+      turn(1'000'000);
+    }
+    std::vector<PlanResult> out;
+    out.swap(_results);
+    return out;
+  }
+
+  // Submits what the resolver asked and reaps until every poll it cancelled has completed.
+  void settle() {
+    for (int round = 0; round < 100 && (_polls_out > 0 || _removes_out > 0); ++round) {
+      turn(100'000);
+    }
+  }
+
+  size_t polls_out() const { return _polls_out; }
+  size_t cancels() const { return _cancels; }
+
+ private:
+  void submit_poll_requests() {
+    for (const PollRequest& request : _resolver.poll_requests()) {
+      const uint64_t user_data = io::UserData{kTagPoll, static_cast<uint32_t>(request.fd), request.generation}.encode();
+      io_uring_sqe* sqe = _ring.sqe();
+      if (request.op == PollRequest::Op::arm) {
+        io_uring_prep_poll_add(sqe, request.fd, request.events);
+        io_uring_sqe_set_data64(sqe, user_data);
+        ++_polls_out;
+      } else {
+        io_uring_prep_poll_remove(sqe, user_data);
+        io_uring_sqe_set_data64(sqe, io::UserData{kTagPollRemove, 0, 0}.encode());
+        ++_removes_out;
+        ++_cancels;
+      }
+    }
+  }
+
+  void turn(uint64_t wait_us_max) {
+    submit_poll_requests();
+    uint64_t now = io::monotonic_ms();
+    const std::optional<uint64_t> deadline = _resolver.next_deadline_ms(now);
+    uint64_t wait_us = wait_us_max;
+    if (deadline) {
+      wait_us = *deadline > now ? std::min<uint64_t>((*deadline - now) * 1000, wait_us_max) : 0;
+    }
+    _ring.submit_wait_and_reap(std::max<uint64_t>(wait_us, 1), [&](const io_uring_cqe& cqe) {
+      const io::UserData tag = io::UserData::decode(cqe.user_data);
+      if (tag.tag == kTagPollRemove) {
+        --_removes_out;
+        return;
+      }
+      ASSERT_EQ(tag.tag, kTagPoll);
+      --_polls_out;
+      _resolver.on_poll_ready(static_cast<int>(tag.index), tag.generation, cqe.res, io::monotonic_ms());
+    });
+    now = io::monotonic_ms();
+    if (deadline && now >= *deadline) {
+      _resolver.on_tick(now);
+    }
+    collect();
+  }
+
+  void collect() {
+    for (PlanResult& result : _resolver.take_completed()) {
+      _results.push_back(std::move(result));
+    }
+  }
+
+  Resolver& _resolver;
+  io::Ring& _ring;
+  size_t _polls_out = 0;  // POLL_ADDs whose CQE has not come
+  size_t _removes_out = 0;
+  size_t _cancels = 0;
   std::vector<PlanResult> _results;
 };
 
@@ -727,6 +819,45 @@ TEST_F(ResolverTest, NoServersMeansResolvConf) {
   ResolverOptions o = options();
   o.servers.clear();
   EXPECT_TRUE(Resolver::create(o).ok());
+}
+
+// The same resolver driven from an io_uring, as the shard will: plans come out, a truncated
+// answer goes over TCP, a silent server times out, and once idle no poll is left in the kernel
+// (a poll left armed would keep a socket c-ares closed open).
+TEST_F(ResolverTest, DrivenFromAnIoUring) {
+  set_two_primaries_and_a_backup();
+  ZoneAnswer big = mx_answer({mx("big.test", 10, "mx.big.test")});
+  big.truncate_udp = true;
+  server.set("big.test", DnsType::mx, big);
+  server.set("mx.big.test", DnsType::a, address_answer("mx.big.test", {"192.0.2.30"}));
+  server.set("silent.test", DnsType::mx, silent_answer());
+  absl::StatusOr<io::Ring*> created = io::Ring::create_for_this_thread(io::RingOptions{64, 256});
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<io::Ring> ring(*created);
+  std::unique_ptr<Resolver> resolver = make(options());
+  ASSERT_NE(resolver, nullptr);
+  RingShard shard(*resolver, *ring);
+
+  resolver->request_plan(1, "example.test", io::monotonic_ms());
+  resolver->request_plan(2, "example.test", io::monotonic_ms());
+  resolver->request_plan(3, "big.test", io::monotonic_ms());
+  resolver->request_plan(4, "silent.test", io::monotonic_ms());
+  std::map<uint64_t, DeliveryPlan> plans;
+  for (PlanResult& result : shard.run_until(4)) {
+    plans[result.request_id] = std::move(result.plan);
+  }
+  ASSERT_EQ(plans.size(), 4u);
+  EXPECT_EQ(targets_of(plans[1]).front(), "mx-a.example.test=192.0.2.1:2525");
+  EXPECT_EQ(targets_of(plans[2]).front(), "mx-b.example.test=192.0.2.3:2525");
+  EXPECT_EQ(targets_of(plans[3]), std::vector<std::string>{"mx.big.test=192.0.2.30:2525"});
+  EXPECT_EQ(plans[4].failure, PlanFailure::dns_temporary);
+  EXPECT_EQ(server.tcp_queries(), 1u);
+  EXPECT_EQ(server.queries("example.test", DnsType::mx), 1u);
+  EXPECT_TRUE(resolver->idle());
+  shard.settle();
+  EXPECT_EQ(shard.polls_out(), 0u);
+  EXPECT_GE(shard.cancels(), 1u);
+  EXPECT_GE(resolver->metrics().stale_polls, 1u);  // the cancelled polls' own CQEs
 }
 
 TEST_F(ResolverTest, RefusesBadOptions) {
