@@ -63,6 +63,7 @@ struct Resolver::Impl {
     uint64_t sent_ms;
     int ares_status;
     InterpretedAnswer interpreted;
+    bool sent;  // false: not asked for (the name cannot be), answered no_records at once
   };
 
   // One plan being made. `pending` counts its lookups not yet answered.
@@ -123,7 +124,13 @@ struct Resolver::Impl {
         return absl::InvalidArgumentError(str_cat("c-ares: servers: ", ares_strerror(status)));
       }
     }
-    rotation = options.rotation_start ? *options.rotation_start : (uint64_t{std::random_device()()} << 32);
+    if (options.rotation_start) {
+      rotation = *options.rotation_start;
+    } else {
+      // All 64 bits random: the rotation is taken modulo small counts (2, 3 hosts).
+      std::random_device random;
+      rotation = uint64_t{random()} << 32 | random();
+    }
     return absl::OkStatus();
   }
 
@@ -155,7 +162,7 @@ struct Resolver::Impl {
     if (status == ARES_EDESTRUCTION || query->impl->destroying) {
       return;
     }
-    Arrival arrival{std::move(query->name), query->type, query->sent_ms, status, {}};
+    Arrival arrival{std::move(query->name), query->type, query->sent_ms, status, {}, true};
     arrival.interpreted.answer.status = LookupStatus::temporary;
     // ares_query hands over the answer whatever its rcode (NXDOMAIN is ARES_ENOTFOUND, NODATA
     // ARES_ENODATA); our parser reads the rcode and the SOA itself. The buffer is valid only
@@ -221,7 +228,7 @@ struct Resolver::Impl {
   void send_query(const std::string& name, DnsType type, uint64_t now_ms) {
     if (!askable(name)) {
       // A name from an MX answer that cannot be asked for (the domain was checked): no address.
-      Arrival arrival{name, type, now_ms, ARES_EBADNAME, {}};
+      Arrival arrival{name, type, now_ms, ARES_EBADNAME, {}, false};
       arrival.interpreted.answer.status = LookupStatus::no_records;
       arrived.push_back(std::move(arrival));
       return;
@@ -241,7 +248,10 @@ struct Resolver::Impl {
       std::vector<Arrival> batch;
       batch.swap(arrived);
       for (Arrival& arrival : batch) {
-        metrics.query_latency_ms_sum += now_ms >= arrival.sent_ms ? now_ms - arrival.sent_ms : 0;
+        if (arrival.sent) {
+          metrics.query_latency_ms_sum += now_ms >= arrival.sent_ms ? now_ms - arrival.sent_ms : 0;
+          ++metrics.queries_ended;
+        }
         const DnsAnswer& answer = arrival.interpreted.answer;
         if (answer.status == LookupStatus::temporary) {
           ++metrics.query_failures;

@@ -726,8 +726,9 @@ TEST_F(ResolverTest, ConcurrentPlansOfOneDomainShareTheirQueries) {
   EXPECT_EQ(ids, (std::set<uint64_t>{1, 2, 3}));
   EXPECT_EQ(server.queries("example.test", DnsType::mx), 1u);
   EXPECT_EQ(server.queries_total(), 7u);
-  EXPECT_EQ(server.ids().size(), 7u);  // c-ares gave each query its own id (we encode 0)
+  EXPECT_EQ(server.ids().size(), 7u);  // c-ares gave each query its own id
   EXPECT_EQ(resolver->metrics().queries_sent, 7u);
+  EXPECT_EQ(resolver->metrics().queries_ended, 7u);
   EXPECT_EQ(resolver->metrics().lookups_merged, 14u);  // two plans' MX and six address lookups
 }
 
@@ -771,6 +772,8 @@ TEST_F(ResolverTest, AnMxHostThatCannotBeAskedForHasNoAddress) {
   ASSERT_NE(resolver, nullptr);
   EXPECT_EQ(targets_of(plan(*resolver, "odd.test")), std::vector<std::string>{"good.test=192.0.2.40:2525"});
   EXPECT_EQ(server.queries_total(), 3u);  // MX, and good.test's A and AAAA
+  EXPECT_EQ(resolver->metrics().queries_sent, 3u);
+  EXPECT_EQ(resolver->metrics().queries_ended, 3u);
 }
 
 TEST_F(ResolverTest, TooManyPlansInFlightAreTemporary) {
