@@ -43,6 +43,7 @@ struct ZoneAnswer {
   std::vector<AddressRecord> addresses;
   bool silent = false;        // no answer at all
   bool truncate_udp = false;  // over UDP only the header with TC; over TCP the whole answer
+  bool overcount = false;     // ANCOUNT one more than the records sent: malformed for our parser
 };
 
 // A DNS server on 127.0.0.1 in its own thread. A name in the zone without records of the type
@@ -184,7 +185,11 @@ class FakeDnsServer {
     response.header.recursion_desired = query->header.recursion_desired;
     response.header.recursion_available = true;
     response.question = query->question;
-    return testing::encode_dns_response(response);
+    std::string wire = testing::encode_dns_response(response);
+    if (it != _zone.end() && it->second.overcount) {
+      wire[7] = static_cast<char>(wire[7] + 1);  // ANCOUNT's low octet (c-ares checks only the question)
+    }
+    return wire;
   }
 
   void run() {
@@ -636,6 +641,33 @@ TEST_F(ResolverTest, SilentServerIsTemporaryAfterTheTimeout) {
   EXPECT_EQ(*got.failure, PlanFailure::dns_temporary);
   EXPECT_EQ(server.queries("silent.test", DnsType::mx), 2u);  // query_tries
   EXPECT_EQ(resolver->metrics().query_timeouts, 1u);
+}
+
+TEST_F(ResolverTest, MalformedAnswerIsTemporary) {
+  ZoneAnswer bad = mx_answer({mx("bad.test", 10, "mx.bad.test")});
+  bad.overcount = true;
+  server.set("bad.test", DnsType::mx, bad);
+  std::unique_ptr<Resolver> resolver = make(options());
+  ASSERT_NE(resolver, nullptr);
+  EXPECT_EQ(plan(*resolver, "bad.test").failure, PlanFailure::dns_temporary);
+  EXPECT_EQ(server.queries_total(), 1u);
+  EXPECT_EQ(resolver->metrics().query_failures, 1u);
+}
+
+TEST_F(ResolverTest, TtlsReachTheCache) {
+  // TTL 0 and no floor: expired at once, so the next plan asks again; TTL 300: it does not.
+  ZoneAnswer zero;
+  zero.mx = {MxRecord{"zero.test", 0, 10, "mx.zero.test"}};
+  server.set("zero.test", DnsType::mx, zero);
+  server.set("mx.zero.test", DnsType::a, address_answer("mx.zero.test", {"192.0.2.50"}));
+  ResolverOptions o = options();
+  o.ttl_floor_ms = 0;
+  std::unique_ptr<Resolver> resolver = make(o);
+  ASSERT_NE(resolver, nullptr);
+  EXPECT_FALSE(plan(*resolver, "zero.test").failure);
+  EXPECT_FALSE(plan(*resolver, "zero.test").failure);
+  EXPECT_EQ(server.queries("zero.test", DnsType::mx), 2u);
+  EXPECT_EQ(server.queries("mx.zero.test", DnsType::a), 1u);
 }
 
 TEST_F(ResolverTest, AliasDomainIsFollowedToItsCanonicalName) {
