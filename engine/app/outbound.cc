@@ -135,18 +135,9 @@ void Shard::Impl::run_scheduler() {
     resolve_domain(domain);
   }
   for (relay::ConnectRequest& request : scheduler->take_connect_requests()) {
-    if (draining) {
-      // No new connections while draining: the scheduler is told it failed, which defers.
-      smtp::RecipientResult reason;
-      reason.status = smtp::DeliveryStatus::deferred;
-      reason.cause = smtp::ResultCause::connect_failed;
-      reason.enhanced = smtp::EnhancedStatus{4, 3, 2};
-      reason.text = "the relay is shutting down";
-      scheduler->connection_failed(request.site, reason, now, random());
-      continue;
-    }
-    open_outbound(std::move(request));
+    connects_waiting.push_back(std::move(request));
   }
+  open_waiting_outbound();
   for (const uint64_t connection : scheduler->take_wakes()) {
     // A wake for a connection that left meanwhile (its idle timeout) is stale: it told the
     // scheduler when it left.
@@ -351,6 +342,27 @@ void Shard::Impl::remove_message(const std::string& id) {
 }
 
 // ---- connections ----------------------------------------------------------------------------
+// Connections the scheduler asked for, within this shard's share of [delivery] max_connections
+// (the descriptor plan counts on it); the rest wait, counted as starting by the scheduler.
+void Shard::Impl::open_waiting_outbound() {
+  while (draining && !connects_waiting.empty()) {
+    // No new connections while draining: the scheduler is told they failed, which defers.
+    const uint32_t site = connects_waiting.front().site;
+    connects_waiting.pop_front();
+    smtp::RecipientResult reason;
+    reason.status = smtp::DeliveryStatus::deferred;
+    reason.cause = smtp::ResultCause::connect_failed;
+    reason.enhanced = smtp::EnhancedStatus{4, 3, 2};
+    reason.text = "the relay is shutting down";
+    scheduler->connection_failed(site, reason, io::wall_ms(), random());
+  }
+  while (!connects_waiting.empty() && outbound_open < context->outbound_connections_max) {
+    relay::ConnectRequest request = std::move(connects_waiting.front());
+    connects_waiting.pop_front();
+    open_outbound(std::move(request));
+  }
+}
+
 void Shard::Impl::open_outbound(relay::ConnectRequest request) {
   if (outbound_free.empty()) {
     if (outbound_used % kSlotsPerChunk == 0) {

@@ -69,6 +69,7 @@ struct ShardContext {
   uint64_t connect_timeout_ms = 30'000;
   uint64_t idle_timeout_ms = 2'000;
   uint32_t messages_per_connection = 100;
+  uint32_t outbound_connections_max = 1000;  // this shard's share of [delivery] max_connections
 };
 
 // Work the admin thread asks a shard to do on the shard's own thread.

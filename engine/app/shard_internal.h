@@ -212,6 +212,7 @@ struct Shard::Impl : public smtp::SessionHost {
   std::vector<uint32_t> outbound_free;
   uint32_t outbound_used = 0;
   uint32_t outbound_open = 0;
+  std::deque<relay::ConnectRequest> connects_waiting;  // over outbound_connections_max: opened as others close
   std::vector<uint32_t> outbound_dirty;
   absl::flat_hash_set<std::string> finalizing;  // messages whose bounce or removal is on its way
   uint64_t random_state = 0;
@@ -229,6 +230,7 @@ struct Shard::Impl : public smtp::SessionHost {
   void run_resolver();
   void on_dns_poll(const io_uring_cqe& cqe);
   void open_outbound(relay::ConnectRequest request);
+  void open_waiting_outbound();
   void connect_target(uint32_t index);
   void outbound_dispatch(const io_uring_cqe& cqe, io::CompletionTag tag, uint32_t index);
   void outbound_on_connect(uint32_t index, int32_t res);
