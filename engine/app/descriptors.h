@@ -14,6 +14,9 @@ inline constexpr uint64_t kDescriptorReserve = 256;
 // c-ares sockets a shard's resolver may hold: a UDP and a TCP one (after truncation) for each of
 // at most 16 servers ([dns] servers, config.h kDnsServersMax; asserted in main.cc).
 inline constexpr uint64_t kDnsDescriptorsPerShard = 32;
+// Segment files a shard's delivery keeps open for reading bodies when not sending from them
+// (engine/app/segment_reader.h); those it sends from are bounded by its connections.
+inline constexpr uint64_t kSegmentReadersPerShard = 32;
 // Fewer inbound sessions than this and the relay cannot work: start-up fails with a message.
 inline constexpr uint64_t kInboundSessionsMin = 16;
 
@@ -33,7 +36,7 @@ struct DescriptorBudget {
   uint64_t spool = 0;
   uint64_t dns = 0;
   uint64_t engine = 0;  // listeners and rings
-  uint64_t outbound = 0;
+  uint64_t outbound = 0;  // connections, and the segment readers of delivery
   uint64_t inbound = 0;  // concurrent inbound sessions, over all shards
   bool fits = false;     // the limit covers the fixed parts and kInboundSessionsMin sessions
   uint64_t needed = 0;   // the smallest limit that fits

@@ -71,7 +71,11 @@ void Shard::Impl::start_delivery() {
   }
   // What recovery found: every message not final is taken up, and one that is final (a crash
   // between its last outcome and its removal) is finished now.
-  const uint64_t now = io::wall_ms();
+  outbox.resize(context->shards);
+  outcome_batches.resize(context->shards);
+  if (context->mailbox != nullptr) {
+    context->mailbox->attach(shard->_index, ring->fd());
+  }
   std::vector<std::string> final_ids;
   shard->_spool->for_each_message([&](const spool::MessageInfo& info) {
     bool all_final = true;
@@ -81,7 +85,7 @@ void Shard::Impl::start_delivery() {
     if (all_final) {
       final_ids.push_back(info.id);
     } else {
-      scheduler->add_message(info, now, random());
+      route_jobs(info);
     }
   });
   for (const std::string& id : final_ids) {
@@ -95,16 +99,146 @@ void Shard::Impl::delivery_message_stored(std::string_view queue_id) {
     return;
   }
   if (std::optional<spool::MessageInfo> info = shard->_spool->find(queue_id)) {
-    scheduler->add_message(*info, io::wall_ms(), random());
+    route_jobs(*info);
     run_scheduler();
   }
+}
+
+// ---- ownership: jobs to their domain's shard, outcomes back ---------------------------------
+uint32_t Shard::Impl::owner_of(std::string_view domain) const {
+  if (context->mailbox == nullptr || draining) {
+    return shard->_index;  // while draining nothing new crosses: a shard that finished may be gone
+  }
+  // FNV-1a: the same on every thread and in every run (absl's hash is seeded per process).
+  uint64_t hash = 14695981039346656037ull;
+  for (const char c : domain) {
+    hash = (hash ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+  }
+  return static_cast<uint32_t>(hash % context->shards);
+}
+
+void Shard::Impl::route_jobs(const spool::MessageInfo& info) {
+  const uint64_t now = io::wall_ms();
+  const std::string path = shard->_spool->segment_path(info.location.segment_id);
+  for (relay::Job& job : relay::make_jobs(info, now, context->scheduler.recipients_per_transaction)) {
+    job.origin = shard->_index;
+    job.segment_path = path;
+    ++jobs_outstanding;
+    const uint32_t owner = owner_of(job.domain);
+    if (owner == shard->_index) {
+      scheduler->add_job(std::move(job), now, random());
+    } else {
+      DeliveryMail mail;
+      mail.kind = DeliveryMail::Kind::job;
+      mail.payload = new relay::Job(std::move(job));
+      send_mail(owner, mail);
+    }
+  }
+}
+
+void Shard::Impl::send_mail(uint32_t target, const DeliveryMail& mail) {
+  SLUICE_ASSERT(target != shard->_index && context->mailbox != nullptr, "mail crosses shards");
+  std::deque<DeliveryMail>& waiting = outbox[target];
+  if (!waiting.empty() || !context->mailbox->try_request(shard->_index, target, mail)) {
+    waiting.push_back(mail);  // no credit left: sent when the target's acks return them
+  }
+}
+
+void Shard::Impl::on_mail(uint32_t source, const DeliveryMail& mail) {
+  switch (mail.kind) {
+    case DeliveryMail::Kind::job: {
+      std::unique_ptr<relay::Job> job(static_cast<relay::Job*>(mail.payload));
+      if (draining) {
+        // Sent before the sender saw the drain: not taken up (its spool keeps its state).
+        ++outcome_batches[source].jobs_ended;
+        return;
+      }
+      scheduler->add_job(std::move(*job), io::wall_ms(), random());
+      return;
+    }
+    case DeliveryMail::Kind::outcomes: {
+      std::unique_ptr<OutcomeBatch> batch(static_cast<OutcomeBatch*>(mail.payload));
+      for (relay::Outcome& out : batch->outcomes) {
+        record_outcome_here(std::move(out));
+      }
+      jobs_ended(batch->jobs_ended);
+      return;
+    }
+    case DeliveryMail::Kind::drop:
+      scheduler->drop_message(std::string_view(mail.queue_id, sizeof(mail.queue_id)));
+      return;
+  }
+}
+
+// Once per loop iteration and after a doorbell: mail in, acks in, outcome batches and waiting
+// mail out, doorbells. Nothing here blocks.
+void Shard::Impl::exchange_mail() {
+  DeliveryMailbox* mailbox = context->mailbox;
+  if (mailbox == nullptr) {
+    return;
+  }
+  const uint32_t self = shard->_index;
+  bool received = false;
+  mailbox->drain_requests(self, [&](uint32_t source, const DeliveryMail& mail) {
+    on_mail(source, mail);
+    mailbox->reply(self, source, DeliveryAck{});
+    received = true;
+  });
+  mailbox->drain_replies(self, [](uint32_t, const DeliveryAck&) {});
+  if (received) {
+    run_scheduler();  // takes the new jobs up, and batches their outcomes
+  }
+  for (uint32_t target = 0; target < context->shards; ++target) {
+    OutcomeBatch& batch = outcome_batches[target];
+    if (target != self && (!batch.outcomes.empty() || batch.jobs_ended > 0)) {
+      DeliveryMail mail;
+      mail.kind = DeliveryMail::Kind::outcomes;
+      mail.payload = new OutcomeBatch(std::move(batch));
+      batch = OutcomeBatch{};
+      send_mail(target, mail);
+    }
+    std::deque<DeliveryMail>& waiting = outbox[target];
+    while (!waiting.empty() && mailbox->try_request(self, target, waiting.front())) {
+      waiting.pop_front();
+    }
+  }
+  mailbox->flush_doorbells(self, *ring);
+}
+
+// Nothing of ours on its way to another shard, and nothing for us that we have not taken.
+bool Shard::Impl::mail_idle() const {
+  if (context->mailbox == nullptr) {
+    return true;
+  }
+  for (uint32_t target = 0; target < context->shards; ++target) {
+    if (!outbox[target].empty() || !outcome_batches[target].outcomes.empty() ||
+        outcome_batches[target].jobs_ended > 0) {
+      return false;
+    }
+  }
+  return !context->mailbox->has_incoming(shard->_index);
+}
+
+void Shard::Impl::jobs_ended(uint32_t count) {
+  SLUICE_ASSERT(jobs_outstanding >= count, "a job of ours ends once");
+  jobs_outstanding -= count;
 }
 
 void Shard::queue_changed(std::string_view id) {
   Impl& impl = *_impl;
   impl.scheduler->drop_message(id);
+  if (impl.context->mailbox != nullptr && id.size() == sizeof(DeliveryMail::queue_id)) {
+    DeliveryMail mail;
+    mail.kind = DeliveryMail::Kind::drop;
+    std::memcpy(mail.queue_id, id.data(), id.size());
+    for (uint32_t target = 0; target < impl.context->shards; ++target) {
+      if (target != _index) {
+        impl.send_mail(target, mail);
+      }
+    }
+  }
   if (std::optional<spool::MessageInfo> info = _spool->find(id); info && impl.context->delivery_enabled) {
-    impl.scheduler->add_message(*info, io::wall_ms(), impl.random());
+    impl.route_jobs(*info);
   }
   impl.run_scheduler();
 }
@@ -206,24 +340,40 @@ void Shard::Impl::on_dns_poll(const io_uring_cqe& cqe) {
 // ---- outcomes, bounces, removal -----------------------------------------------------------
 void Shard::Impl::record_outcomes() {
   for (relay::Outcome& out : scheduler->take_outcomes()) {
-    const std::string id = out.message_id;
-    absl::StatusOr<uint64_t> ticket = shard->_spool->record_outcome(id, out.recipient, std::move(out.outcome));
-    if (!ticket.ok()) {
-      // A message deleted meanwhile (NOT_FOUND) has nothing to record; anything else is ours.
-      if (ticket.status().code() != absl::StatusCode::kNotFound) {
-        log.line(str_cat("event=outcome_error id=", id, " recipient=", out.recipient, " error=\"",
-                         to_std(ticket.status().message()), "\""));
-      }
-      continue;
+    if (out.origin == shard->_index) {
+      record_outcome_here(std::move(out));
+    } else {
+      outcome_batches[out.origin].outcomes.push_back(std::move(out));
     }
-    control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
-      if (!status.ok()) {
-        log.line(str_cat("event=outcome_error id=", id, " error=\"", to_std(status.message()), "\""));
-        return;
-      }
-      check_final(id);
-    });
   }
+  for (const uint32_t origin : scheduler->take_ended()) {
+    if (origin == shard->_index) {
+      jobs_ended(1);
+    } else {
+      ++outcome_batches[origin].jobs_ended;
+    }
+  }
+}
+
+// An outcome of one of this shard's messages: journaled, and the message finished once final.
+void Shard::Impl::record_outcome_here(relay::Outcome out) {
+  const std::string id = out.message_id;
+  absl::StatusOr<uint64_t> ticket = shard->_spool->record_outcome(id, out.recipient, std::move(out.outcome));
+  if (!ticket.ok()) {
+    // A message deleted meanwhile (NOT_FOUND) has nothing to record; anything else is ours.
+    if (ticket.status().code() != absl::StatusCode::kNotFound) {
+      log.line(str_cat("event=outcome_error id=", id, " recipient=", out.recipient, " error=\"",
+                       to_std(ticket.status().message()), "\""));
+    }
+    return;
+  }
+  control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
+    if (!status.ok()) {
+      log.line(str_cat("event=outcome_error id=", id, " error=\"", to_std(status.message()), "\""));
+      return;
+    }
+    check_final(id);
+  });
 }
 
 // Once every recipient's outcome is durable and final, the message is finished.
@@ -490,15 +640,16 @@ void Shard::Impl::outbound_act(uint32_t index, smtp::ClientAction action) {
     case smtp::ClientAction::send_body: {
       SLUICE_ASSERT(c.job.has_value(), "a body is sent for the job in flight");
       const spool::MessageLocation& location = c.job->location;
-      const int fd = shard->_spool->pin_segment(location.segment_id);
+      const int fd = segments.pin(c.job->segment_path);
       if (fd < 0) {
         // The segment is gone (the message was deleted): the transaction cannot complete.
-        log.line(str_cat("event=delivery_error id=", c.job->message_id, " error=\"segment not readable\""));
+        log.line(str_cat("event=delivery_error id=", c.job->message_id, " path=", c.job->segment_path,
+                         " error=\"", std::strerror(-fd), "\""));
         outbound_session_over(index);
         outbound_close(index);
         return;
       }
-      c.pinned_segment = location.segment_id;
+      c.pinned_segment = c.job->segment_path;
       c.stream.queue_file_range(fd, location.wire_offset, location.wire_length);
       // The wire form always ends with CRLF (DATA keeps the CRLF before the dot; BDAT LAST adds one).
       c.session->body_queued(true, loop_now_ms, c.stream.output());
@@ -636,9 +787,9 @@ void Shard::Impl::outbound_on_send(uint32_t index, int32_t res, bool file_read) 
 }
 
 void Shard::Impl::unpin_body(OutboundConnection& c) {
-  if (c.pinned_segment != 0) {
-    shard->_spool->unpin_segment(c.pinned_segment);
-    c.pinned_segment = 0;
+  if (!c.pinned_segment.empty()) {
+    segments.unpin(c.pinned_segment);
+    c.pinned_segment.clear();
   }
 }
 

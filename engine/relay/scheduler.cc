@@ -47,8 +47,27 @@ std::string recipient_domain(std::string_view address) {
 
 // ---- jobs in --------------------------------------------------------------------------------
 void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uint64_t random) {
+  for (Job& job : make_jobs(info, now_ms, _settings.recipients_per_transaction)) {
+    job.id = 0;
+    add_job(std::move(job), now_ms, random);
+  }
+}
+
+void Scheduler::add_job(Job job, uint64_t now_ms, uint64_t random) {
+  job.id = _next_job_id++;
+  ++_jobs_total;
+  if (job.due_ms > now_ms) {
+    const uint64_t due = job.due_ms;
+    schedule(std::move(job), due);
+  } else {
+    enqueue(std::move(job), now_ms, random);
+  }
+}
+
+std::vector<Job> make_jobs(const spool::MessageInfo& info, uint64_t now_ms, uint32_t recipients_per_transaction) {
+  std::vector<Job> jobs;
   if (info.status == spool::MessageStatus::held || info.removal_pending) {
-    return;
+    return jobs;
   }
   // Recipients by domain and by due time, in the message's order.
   struct Group {
@@ -71,7 +90,7 @@ void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uin
     }
     std::string domain = recipient_domain(info.recipients[i]);
     auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
-      return g.domain == domain && g.due_ms == due && g.recipients.size() < _settings.recipients_per_transaction;
+      return g.domain == domain && g.due_ms == due && g.recipients.size() < recipients_per_transaction;
     });
     if (group == groups.end()) {
       groups.push_back(Group{std::move(domain), due, {}});
@@ -81,8 +100,8 @@ void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uin
   }
   for (Group& group : groups) {
     Job job;
-    job.id = _next_job_id++;
     job.message_id = info.id;
+    job.due_ms = group.due_ms;
     job.domain = std::move(group.domain);
     job.location = info.location;
     job.arrival_ms = info.arrival_ms;
@@ -103,18 +122,20 @@ void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uin
       }
       job.transaction.recipients.push_back(std::move(recipient));
     }
-    ++_jobs_total;
-    if (group.due_ms > now_ms) {
-      schedule(std::move(job), group.due_ms);
-    } else {
-      enqueue(std::move(job), now_ms, random);
-    }
+    jobs.push_back(std::move(job));
   }
+  return jobs;
 }
 
 size_t Scheduler::drop_message(std::string_view message_id) {
   size_t dropped = 0;
-  const auto matches = [&](const Job& job) { return job.message_id == message_id; };
+  const auto matches = [&](const Job& job) {
+    if (job.message_id != message_id) {
+      return false;
+    }
+    _dropped_origins.push_back(job.origin);
+    return true;
+  };
   for (auto it = _scheduled.begin(); it != _scheduled.end();) {
     if (matches(it->second)) {
       it = _scheduled.erase(it);
@@ -130,6 +151,10 @@ size_t Scheduler::drop_message(std::string_view message_id) {
     dropped += std::erase_if(site->ready, matches);
   }
   _jobs_total -= dropped;
+  for (size_t i = 0; i < dropped; ++i) {
+    _ended.push_back(_dropped_origins[i]);
+  }
+  _dropped_origins.clear();
   // Without this, what a job in flight defers would be scheduled again after a hold or a delete
   // and sent at its retry time.
   for (auto& [id, in_flight] : _in_flight) {
@@ -443,6 +468,7 @@ void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& result
     const smtp::RecipientResult& result = results[i];
     Outcome out;
     out.message_id = job.message_id;
+    out.origin = job.origin;
     out.recipient = job.recipients[i];
     out.outcome.last_reply = reply_line(result);
     out.status = result.enhanced.to_string();
@@ -470,6 +496,7 @@ void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& result
   }
   if (retry.recipients.empty() || !keep_retry) {
     --_jobs_total;
+    _ended.push_back(job.origin);
     return;
   }
   schedule(std::move(retry), retry_at_ms);
@@ -488,6 +515,38 @@ void Scheduler::fail(Job job, const smtp::RecipientResult& reason, std::string_v
   result.status = smtp::DeliveryStatus::bounced;
   const std::vector<smtp::RecipientResult> results(job.recipients.size(), result);
   settle(std::move(job), results, remote_mta, 0, 0, 0);
+}
+
+size_t Scheduler::drop_all() {
+  size_t dropped = 0;
+  for (auto& [at, job] : _scheduled) {
+    _ended.push_back(job.origin);
+    ++dropped;
+  }
+  _scheduled.clear();
+  for (auto& [name, domain] : _domains) {
+    for (const Job& job : domain.waiting) {
+      _ended.push_back(job.origin);
+      ++dropped;
+    }
+    domain.waiting.clear();
+  }
+  for (auto& site : _sites) {
+    for (const Job& job : site->ready) {
+      _ended.push_back(job.origin);
+      ++dropped;
+    }
+    site->ready.clear();
+  }
+  _jobs_total -= dropped;
+  for (auto& [id, in_flight] : _in_flight) {
+    in_flight.dropped = true;
+  }
+  return dropped;
+}
+
+std::vector<uint32_t> Scheduler::take_ended() {
+  return std::exchange(_ended, {});
 }
 
 std::vector<Outcome> Scheduler::take_outcomes() {

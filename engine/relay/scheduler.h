@@ -64,20 +64,24 @@ struct SchedulerSettings {
 
 // One transaction to send: the recipients of one message at one domain.
 struct Job {
-  uint64_t id = 0;
+  uint64_t id = 0;      // the scheduler's, given by add_job
+  uint32_t origin = 0;  // the shard whose spool holds the message: its outcomes are journaled there
   std::string message_id;
   std::string domain;
   std::vector<uint32_t> recipients;     // indices in the message's recipient list
   std::vector<uint32_t> attempts;       // parallel: failed attempts so far
   smtp::ClientTransaction transaction;  // transaction.recipients parallel to `recipients`
   spool::MessageLocation location;
+  std::string segment_path;  // the segment file holding the body (read by the owner shard)
   uint64_t arrival_ms = 0;
+  uint64_t due_ms = 0;  // when first due (0: now); the scheduled queue keeps it afterwards
   uint64_t queued_ms = 0;  // when it became ready at its site (for the queue summary)
 };
 
 // What one attempt at one recipient came to, for the journal (spool::ShardSpool::record_outcome),
 // the log and, when bounced, the DSN.
 struct Outcome {
+  uint32_t origin = 0;  // the shard that journals it (Job::origin)
   std::string message_id;
   uint32_t recipient = 0;
   spool::RecipientOutcome outcome;  // state, next_attempt_ms, last_reply
@@ -106,6 +110,13 @@ class Scheduler {
   // A stored message: its recipients that are not final become jobs (due now, or at their
   // recorded next attempt). Held messages are skipped (release adds them again).
   void add_message(const spool::MessageInfo& info, uint64_t now_ms, uint64_t random);
+  // One job made by make_jobs (possibly on another shard): due now, or at job.due_ms.
+  void add_job(Job job, uint64_t now_ms, uint64_t random);
+  // Forgets every job not in flight (the drain: the spool keeps their state); returns how many.
+  size_t drop_all();
+  // One entry per job the scheduler let go of (every recipient final, dropped, or a retry
+  // not kept): the job's origin. The origin counts its jobs out with these.
+  std::vector<uint32_t> take_ended();
   // Forgets every job of `message_id` not in flight (delete, hold); returns how many. Its jobs
   // in flight still report through on_job_done (their outcomes are real), but what they defer
   // is not tried again (release adds the message again).
@@ -209,7 +220,15 @@ class Scheduler {
   std::vector<ConnectRequest> _connect_requests;
   std::vector<uint64_t> _wakes;
   std::vector<Outcome> _outcomes;
+  std::vector<uint32_t> _ended;
+  std::vector<uint32_t> _dropped_origins;  // drop_message's matches, counted into _ended
 };
+
+// The jobs for a stored message's recipients that are not final: by domain, at most
+// recipients_per_transaction each; recipients deferred to later than now_ms wait for their
+// time (due_ms). None for a held message or one being removed. origin and segment_path are the
+// caller's to fill in.
+std::vector<Job> make_jobs(const spool::MessageInfo& info, uint64_t now_ms, uint32_t recipients_per_transaction);
 
 // The recipient's domain, lower case ("" for an address without one).
 std::string recipient_domain(std::string_view address);
