@@ -118,6 +118,9 @@ uint32_t Shard::Impl::owner_of(std::string_view domain) const {
 }
 
 void Shard::Impl::route_jobs(const spool::MessageInfo& info) {
+  if (draining) {
+    return;  // what arrives during the drain waits in the spool for the next start
+  }
   const uint64_t now = io::wall_ms();
   const std::string path = shard->_spool->segment_path(info.location.segment_id);
   for (relay::Job& job : relay::make_jobs(info, now, context->scheduler.recipients_per_transaction)) {
