@@ -661,6 +661,9 @@ void Shard::Impl::outbound_act(uint32_t index, smtp::ClientAction action) {
     }
     case smtp::ClientAction::transaction_done:
       outbound_job_done(index);
+      if (c.session->state() == smtp::ClientState::idle && !c.stream.closing()) {
+        outbound_next_job(index);
+      }
       break;
     case smtp::ClientAction::close:
       outbound_session_over(index);
@@ -682,17 +685,34 @@ void Shard::Impl::outbound_next_job(uint32_t index) {
     outbound_act(index, c.session->finish(loop_now_ms, c.stream.output()));
     return;
   }
+  // A loop, not a recursion: a job refused before anything is sent (SIZE, 8BITMIME) ends at
+  // once, and a queue of thousands of them must not nest as deep.
   const uint64_t id = io::UserData{0, index, c.generation}.encode();
-  std::optional<relay::Job> job = scheduler->next_job(c.site, id);
-  if (!job) {
-    c.idle = true;
-    c.idle_since_ms = loop_now_ms;
-    outbound_rearm(index);
-    return;
+  while (true) {
+    std::optional<relay::Job> job = scheduler->next_job(c.site, id);
+    if (!job) {
+      c.idle = true;
+      c.idle_since_ms = loop_now_ms;
+      outbound_rearm(index);
+      return;
+    }
+    c.job = std::move(*job);
+    c.job_started_ms = loop_now_ms;
+    const smtp::ClientAction action = c.session->start_transaction(c.job->transaction, loop_now_ms, c.stream.output());
+    if (action != smtp::ClientAction::transaction_done) {
+      outbound_act(index, action);
+      return;
+    }
+    outbound_job_done(index);
+    if (c.session->state() != smtp::ClientState::idle || c.stream.closing() ||
+        c.session->transactions() >= context->messages_per_connection || draining) {
+      outbound_mark_dirty(index);
+      if (c.session->state() == smtp::ClientState::idle && !c.stream.closing()) {
+        outbound_next_job(index);  // the limit: QUIT (once, no deeper)
+      }
+      return;
+    }
   }
-  c.job = std::move(*job);
-  c.job_started_ms = loop_now_ms;
-  outbound_act(index, c.session->start_transaction(c.job->transaction, loop_now_ms, c.stream.output()));
 }
 
 void Shard::Impl::outbound_job_done(uint32_t index) {
@@ -729,9 +749,6 @@ void Shard::Impl::outbound_job_done(uint32_t index) {
   relay::Job job = std::move(*c.job);
   c.job.reset();
   scheduler->on_job_done(std::move(job), results, c.targets[c.target].host, io::wall_ms(), random());
-  if (c.session->state() == smtp::ClientState::idle && !c.stream.closing()) {
-    outbound_next_job(index);
-  }
   run_scheduler();
 }
 
