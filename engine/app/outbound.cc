@@ -243,6 +243,9 @@ void Shard::queue_changed(std::string_view id) {
   if (std::optional<spool::MessageInfo> info = _spool->find(id); info && impl.context->delivery_enabled) {
     impl.route_jobs(*info);
   }
+  if (!_spool->find(id)) {
+    impl.bounce_remote_mta.erase(std::string(id));  // deleted: no DSN will ask for its hosts
+  }
   impl.run_scheduler();
 }
 
@@ -361,6 +364,7 @@ void Shard::Impl::record_outcomes() {
 // An outcome of one of this shard's messages: journaled, and the message finished once final.
 void Shard::Impl::record_outcome_here(relay::Outcome out) {
   const std::string id = out.message_id;
+  const bool bounced = out.outcome.state == spool::DeliveryState::bounced;
   absl::StatusOr<uint64_t> ticket = shard->_spool->record_outcome(id, out.recipient, std::move(out.outcome));
   if (!ticket.ok()) {
     // A message deleted meanwhile (NOT_FOUND) has nothing to record; anything else is ours.
@@ -369,6 +373,10 @@ void Shard::Impl::record_outcome_here(relay::Outcome out) {
                        to_std(ticket.status().message()), "\""));
     }
     return;
+  }
+  // The DSN's Remote-MTA: the journal keeps only the reply, so the host is kept here.
+  if (bounced && !out.remote_mta.empty()) {
+    bounce_remote_mta[id][out.recipient] = std::move(out.remote_mta);
   }
   control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
     if (!status.ok()) {
@@ -400,6 +408,7 @@ void Shard::Impl::check_final(const std::string& id) {
 // A DSN for the bounced recipients that want one, durable before the original is removed.
 void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
   relay::DsnReport report;
+  const auto hosts = bounce_remote_mta.find(info.id);
   for (size_t i = 0; i < info.recipients.size(); ++i) {
     const spool::RecipientDelivery& state = info.recipient_states[i];
     const uint8_t notify = i < info.recipient_dsn.size() ? info.recipient_dsn[i].notify : 0;
@@ -425,8 +434,16 @@ void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
       rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
     }
     recipient.diagnostic = state.last_reply;
+    if (hosts != bounce_remote_mta.end()) {
+      if (const auto host = hosts->second.find(static_cast<uint32_t>(i)); host != hosts->second.end()) {
+        recipient.remote_mta = host->second;
+      }
+    }
     recipient.last_attempt_s = static_cast<int64_t>(io::wall_ms() / 1000);
     report.recipients.push_back(std::move(recipient));
+  }
+  if (hosts != bounce_remote_mta.end()) {
+    bounce_remote_mta.erase(hosts);
   }
   finalizing.insert(info.id);
   if (report.recipients.empty()) {

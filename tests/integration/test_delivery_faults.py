@@ -1,0 +1,487 @@
+"""Delivery against faulty next hops, and bounces (DSN, RFC 3464).
+
+Each test has its own Sluice, a fixture DNS server (tests/fixtures/dns_server.py) and two
+SmtpReceivers on one port ([delivery] port): the recipients' domain dest.test has its MX on
+127.0.0.2 (the receiver the test makes faulty), the senders' domain sender.test on 127.0.0.3 (a
+well-behaved receiver, where bounces arrive). Retry times are short (retry_initial 1s, retry_max 2s,
+site_backoff 1s). Nothing is asserted about how long anything took: waits are generous (the file
+also runs under ASan) and every assertion is about what was sent, received, logged or queued.
+"""
+
+import email
+import email.policy
+import re
+
+import harness as h
+
+DEST_HOST = "127.0.0.2"    # MX of dest.test: the receiver under test
+HOME_HOST = "127.0.0.3"    # MX of sender.test: where bounces go
+SENDER = "alice@sender.test"
+RCPT = "bob@dest.test"
+UNKNOWN = "nobody@dest.test"
+HOSTNAME = "relay.example.test"  # the harness's [server] hostname
+
+ZONE = {
+    "dest.test": {"MX": [[10, "mx.dest.test"]]},
+    "mx.dest.test": {"A": [DEST_HOST]},
+    "sender.test": {"MX": [[10, "mx.sender.test"]]},
+    "mx.sender.test": {"A": [HOME_HOST]},
+}
+
+WAIT_S = h.DELIVERY_WAIT_S
+
+
+def message_bytes(subject="fault test", body=b"hello\r\n", extra_headers=b""):
+    """A complete message with Date and Message-ID (so that Sluice adds only Received:)."""
+    return (b"From: Alice <alice@sender.test>\r\n"
+            b"To: Bob <bob@dest.test>\r\n"
+            b"Subject: " + subject.encode() + b"\r\n"
+            b"Date: Wed, 02 Dec 2026 10:00:00 +0000\r\n"
+            b"Message-ID: <" + subject.replace(" ", "-").encode() + b"@sender.test>\r\n" +
+            extra_headers + b"\r\n" + body)
+
+
+def dot_stuff(data):
+    return b"".join((b"." + line) if line.startswith(b".") else line
+                    for line in data.splitlines(keepends=True))
+
+
+def strip_first_received(data):
+    """(the first header field if it is Received:, the rest of the message)."""
+    m = re.match(rb"Received:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*", data)
+    if not m:
+        return None, data
+    return m.group(0), data[m.end():]
+
+
+def parse_dsn(data):
+    """{"message": email.message.Message, "parts": [content types], "per_message": {field: value},
+    "recipients": [{field: value}], "returned": text of the third part} of a DSN's data."""
+    msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    parts = msg.get_payload() if msg.is_multipart() else []
+    report = {"message": msg, "parts": [p.get_content_type() for p in parts],
+              "per_message": {}, "recipients": [], "returned": None}
+    for part in parts:
+        if part.get_content_type() == "message/delivery-status":
+            # The email package parses the status part into one Message per block.
+            blocks = part.get_payload()
+            if blocks:
+                report["per_message"] = dict(blocks[0].items())
+                report["recipients"] = [dict(b.items()) for b in blocks[1:]]
+        elif part.get_content_type() in ("text/rfc822-headers", "message/rfc822"):
+            payload = part.get_payload()
+            report["returned"] = payload if isinstance(payload, str) else \
+                "".join(p.as_string() for p in payload)
+    return report
+
+
+class FaultTestCase(h.DeliveryTestCase):
+    def start_world(self, dest_faults=None, home_faults=None, **delivery):
+        """DNS, the two receivers, and Sluice delivering to them."""
+        self.dns = self.start_dns(ZONE)
+        self.dest, self.home = self.start_receivers(
+            (DEST_HOST, HOME_HOST), per_host={DEST_HOST: dest_faults or {},
+                                              HOME_HOST: home_faults or {}})
+        settings = dict(retry_initial="1s", retry_max="2s", site_backoff="1s")
+        settings.update(delivery)
+        self.server = self.start_sluice(h.delivery_overrides(self.dns, self.dest.port, **settings))
+        return self.server
+
+    # -- sending
+    def send(self, data=None, sender=SENDER, recipients=(RCPT,), mail_params="",
+             rcpt_params=None):
+        """One message over SMTP (data: the unstuffed message, CRLF lines); its queue id."""
+        data = message_bytes() if data is None else data
+        rcpt_params = rcpt_params or {}
+        with self.server.connect() as c:
+            self.assertReply(c.cmd("EHLO client.example.org"), 250)
+            self.assertReply(c.cmd("MAIL FROM:<%s>%s" % (sender, mail_params)), 250)
+            for rcpt in recipients:
+                params = rcpt_params.get(rcpt, "")
+                self.assertReply(c.cmd("RCPT TO:<%s>%s" % (rcpt, (" " + params) if params else "")),
+                                 250, msg=rcpt)
+            self.assertReply(c.cmd("DATA"), 354)
+            c.send(dot_stuff(data) + b".\r\n")
+            reply = c.read_reply()
+            self.assertReply(reply, 250, "2.0.0")
+            c.cmd("QUIT")
+        self.assertIsNotNone(reply.queue_id, reply)
+        return reply.queue_id
+
+    # -- the queue
+    def queued(self, queue_id):
+        for m in self.server.queue()["messages"]:
+            if m["id"] == queue_id:
+                return m
+        return None
+
+    def wait_deferred(self, queue_id, reply_code, may_finish=False):
+        """The queue entry once it has at least one failed attempt whose reply starts with
+        reply_code. may_finish: when the fault clears itself, the retry (about 1 s later) may
+        deliver before a poll saw the deferral; then None (the caller checks the log instead)."""
+        def deferred():
+            m = self.queued(queue_id)
+            if m is None and may_finish:
+                return "gone"
+            return m if m and m["attempts"] >= 1 and m["last_reply"].startswith(reply_code) else None
+        m = h.wait_until(deferred, WAIT_S, interval=0.02)
+        self.assertTrue(m, "%s not deferred with %s; queue: %s" % (
+            queue_id, reply_code, self.server.queue()))
+        return None if m == "gone" else m
+
+    def wait_queue_empty(self):
+        empty = h.wait_until(lambda: self.server.queue_count() == 0, WAIT_S, interval=0.1)
+        self.assertTrue(empty, "queue not empty: %s" % self.server.queue())
+
+    def flush(self):
+        status, body = self.server.admin("/api/queue/flush", method="POST")
+        self.assertEqual(status, 202, body)
+
+    # -- the log (read after Sluice stopped: a shard writes its lines once per loop iteration,
+    # so only then is every line it made surely in the file)
+    def stop_server(self):
+        if self.server.running():
+            self.assertEqual(self.server.stop(), 0)
+
+    def deliveries(self, queue_id, **match):
+        self.stop_server()
+        return self.server.events("delivery", id=queue_id, **match)
+
+    def bounce_lines(self, **match):
+        self.stop_server()
+        return self.server.events("bounce", **match)
+
+    # -- metrics (while it runs; counters move when a journal record or removal is durable,
+    # which may be just after the queue API shows it)
+    def metric(self, name, labels=""):
+        text = self.server.metrics()
+        m = re.search(r"(?m)^%s%s\s+([0-9.eE+-]+)$" % (re.escape(name), re.escape(labels)), text)
+        return float(m.group(1)) if m else None
+
+    def assertMetric(self, name, labels="", equal=None, at_least=None):
+        def good(value):
+            return value is not None and (value == equal if equal is not None else value >= at_least)
+        h.wait_until(lambda: good(self.metric(name, labels)), WAIT_S, interval=0.1)
+        value = self.metric(name, labels)
+        self.assertTrue(good(value), "%s%s = %s, expected %s" % (
+            name, labels, value, ("== %s" % equal) if equal is not None else (">= %s" % at_least)))
+
+    # -- bounces
+    def wait_for_dsn(self, original_id):
+        """The DSN (a receiver Message) that reached the sender's MX for message original_id."""
+        def found():
+            for m in self.home.messages:
+                if ("X-Sluice-Queue-ID: %s" % original_id).encode() in m.data:
+                    return m
+            return None
+        dsn = h.wait_until(found, WAIT_S, interval=0.1)
+        self.assertTrue(dsn, "no DSN for %s at %s; messages: %s" % (
+            original_id, self.home.address, self.home.messages))
+        return dsn
+
+    def assertDsn(self, dsn, original_id, failed, status, diagnostic=None, remote_mta="mx.dest.test"):
+        """dsn is a failure report for exactly the recipients `failed`, with Status `status` and
+        (if given) a Diagnostic-Code containing `diagnostic`."""
+        self.assertEqual(dsn.sender, "", "a DSN is sent from <>")
+        self.assertEqual(dsn.recipients, [SENDER])
+        report = parse_dsn(dsn.data)
+        msg = report["message"]
+        self.assertEqual(msg["To"], "<%s>" % SENDER)
+        self.assertIn("MAILER-DAEMON@%s" % HOSTNAME, msg["From"])
+        self.assertEqual(msg.get_content_type(), "multipart/report")
+        self.assertEqual(msg.get_param("report-type"), "delivery-status")
+        self.assertEqual(report["parts"][:2], ["text/plain", "message/delivery-status"])
+        self.assertEqual(report["per_message"].get("Reporting-MTA"), "dns; " + HOSTNAME)
+        self.assertEqual(report["per_message"].get("X-Sluice-Queue-ID"), original_id)
+        self.assertEqual([r.get("Final-Recipient") for r in report["recipients"]],
+                         ["rfc822; " + a for a in failed])
+        for r in report["recipients"]:
+            self.assertEqual(r.get("Action"), "failed", r)
+            self.assertEqual(r.get("Status"), status, r)
+            self.assertEqual(r.get("Remote-MTA"), "dns; " + remote_mta, r)
+            if diagnostic is not None:
+                self.assertTrue(r.get("Diagnostic-Code", "").startswith("smtp; "), r)
+                self.assertIn(diagnostic, r.get("Diagnostic-Code"), r)
+        return report
+
+
+# ---- temporary failures: deferred, then delivered --------------------------------------------
+
+class TemporaryFailures(FaultTestCase):
+    def test_greeting_421_deferred_then_delivered_after_flush(self):
+        self.start_world(dest_faults={"greeting_421": True})
+        queue_id = self.send()
+        entry = self.wait_deferred(queue_id, "421")
+        self.assertIn("4.3.2", entry["last_reply"])
+        state = entry["recipient_states"][0]
+        self.assertEqual((state["address"], state["state"]), (RCPT, "deferred"), entry)
+        self.assertGreater(state["next_attempt_ms"], 0, entry)
+        self.assertGreater(entry["next_attempt"], entry["arrived"], entry)
+        self.assertEqual(self.dest.message_count, 0)
+        self.assertTrue(any(c.greeted_421 for c in self.dest.connections))
+        self.dest.clear_faults()
+        self.flush()
+        messages = self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        self.assertEqual(len(self.dest.messages), 1, messages)
+        self.assertEqual(messages[0].recipients, [RCPT])
+        self.assertEqual(self.home.message_count, 0, "no bounce for a deferral")
+        self.assertEqual(len(self.deliveries(queue_id, outcome="delivered")), 1)
+
+    def test_greeting_421_twice_delivered_by_the_retry(self):
+        # The site is down after each refused connection (site_backoff 1s, doubling to
+        # retry_max 2s); the retry after it gets through without a flush.
+        self.start_world(dest_faults={"greeting_421": 2})
+        queue_id = self.send()
+        self.wait_deferred(queue_id, "421", may_finish=True)
+        self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        self.assertEqual(self.dest.message_count, 1)
+        self.assertEqual(sum(1 for c in self.dest.connections if c.greeted_421), 2,
+                         self.dest.connections)
+        self.assertEqual(len(self.deliveries(queue_id, outcome="delivered")), 1)
+
+    def test_rcpt_451_once_deferred_then_delivered_once(self):
+        self.start_world(dest_faults={"rcpt_451_once": True})
+        queue_id = self.send()
+        entry = self.wait_deferred(queue_id, "451", may_finish=True)
+        if entry is not None:  # seen between the attempts (the log below says it in any case)
+            self.assertIn("4.3.0", entry["last_reply"])
+            self.assertEqual(entry["attempts"], 1, entry)
+            self.assertEqual(entry["recipient_states"][0]["state"], "deferred", entry)
+        # No flush: the retry (retry_initial 1s) delivers it.
+        self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        self.assertEqual(len(self.dest.messages_to(RCPT)), 1, self.dest.messages)
+        self.assertMetric("sluice_delivery_recipients_total", '{outcome="deferred"}', at_least=1)
+        self.assertMetric("sluice_delivery_recipients_total", '{outcome="delivered"}', at_least=1)
+        self.assertMetric("sluice_queue_messages", equal=0)
+        deferred = self.deliveries(queue_id, outcome="deferred")
+        self.assertEqual([(d["code"], d["status"]) for d in deferred], [("451", "4.3.0")])
+        self.assertEqual(deferred[0]["to"], RCPT)
+        self.assertEqual(deferred[0]["host"], "mx.dest.test")
+        self.assertIn("Temporary lookup failure", deferred[0]["reply"])
+        delivered = self.deliveries(queue_id, outcome="delivered")
+        self.assertEqual(len(delivered), 1)
+        self.assertEqual(delivered[0]["code"], "250")
+
+    def test_connection_dropped_mid_data_delivered_once_on_retry(self):
+        self.start_world(dest_faults={"drop_mid_data": 600, "drop_mid_data_times": 1})
+        body = b"".join(b"line %04d of a body long enough to be cut in the middle\r\n" % i
+                        for i in range(60))
+        queue_id = self.send(message_bytes("dropped", body))
+        self.wait_deferred(queue_id, "4.", may_finish=True)
+        self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        self.assertEqual(self.dest.message_count, 1, "exactly one complete message")
+        self.assertEqual(sum(c.dropped for c in self.dest.connections), 1)
+        self.assertEqual(strip_first_received(self.dest.messages[0].data)[1],
+                         message_bytes("dropped", body))
+        deferred = self.deliveries(queue_id, outcome="deferred")
+        self.assertEqual(len(deferred), 1, deferred)
+        self.assertTrue(deferred[0]["status"].startswith("4."), deferred)
+        self.assertEqual(len(self.deliveries(queue_id, outcome="delivered")), 1)
+
+    def test_slow_server_delivered(self):
+        self.start_world(dest_faults={"slow": 0.5})
+        queue_id = self.send()
+        self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        self.assertEqual(self.dest.message_count, 1)
+        self.assertEqual(self.deliveries(queue_id, outcome="deferred"), [])
+        self.assertEqual(len(self.deliveries(queue_id, outcome="delivered")), 1)
+
+
+# ---- what the next hop offers ------------------------------------------------------------------
+
+class Extensions(FaultTestCase):
+    def transaction_connection(self):
+        """The dest receiver's connection that carried a MAIL command."""
+        conns = [c for c in self.dest.connections if any(x.upper().startswith("MAIL") for x in c.commands)]
+        self.assertEqual(len(conns), 1, self.dest.connections)
+        return conns[0]
+
+    def test_pipelining_server_gets_one_group(self):
+        # The control for the next test: the fixture does see a pipelined group.
+        self.start_world()
+        self.send(recipients=(RCPT, "carol@dest.test"))
+        self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        conn = self.transaction_connection()
+        self.assertTrue(any(c.upper().startswith("MAIL FROM") for c in conn.pipelined), conn.pipelined)
+
+    def test_no_pipelining_one_command_at_a_time(self):
+        self.start_world(dest_faults={"no_pipelining": True})
+        self.send(recipients=(RCPT, "carol@dest.test"))
+        messages = self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        self.assertEqual(messages[0].recipients, [RCPT, "carol@dest.test"])
+        conn = self.transaction_connection()
+        self.assertEqual(conn.pipelined, [], "commands sent while a reply was awaited")
+        verbs = [c.split(":")[0].split(" ")[0].upper() for c in conn.commands]
+        self.assertEqual(verbs[:5], ["EHLO", "MAIL", "RCPT", "RCPT", "DATA"], conn.commands)
+
+    def test_no_8bitmime_7bit_message_delivered(self):
+        self.start_world(dest_faults={"no_8bitmime": True})
+        self.send()
+        messages = self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        self.assertNotIn("BODY=8BITMIME", [o.upper() for o in messages[0].mail_options])
+        self.assertEqual(self.home.message_count, 0)
+
+    def test_no_8bitmime_8bit_message_bounced_5_6_3(self):
+        # engine/smtp/client_session.h: an 8-bit body to a server without 8BITMIME is refused
+        # before anything is sent (5.6.3); no 7-bit conversion is done yet.
+        self.start_world(dest_faults={"no_8bitmime": True})
+        queue_id = self.send(message_bytes("eight bit", "caf\u00e9 cr\u00e8me\r\n".encode()),
+                             mail_params=" BODY=8BITMIME")
+        dsn = self.wait_for_dsn(queue_id)
+        self.assertDsn(dsn, queue_id, [RCPT], "5.6.3", diagnostic="8BITMIME")
+        self.wait_queue_empty()
+        self.assertEqual(self.dest.message_count, 0)
+        conn_commands = [c for conn in self.dest.connections for c in conn.commands]
+        self.assertFalse([c for c in conn_commands if c.upper().startswith(("MAIL", "DATA"))],
+                         conn_commands)
+        bounced = self.deliveries(queue_id, outcome="bounced")
+        self.assertEqual([b["status"] for b in bounced], ["5.6.3"])
+
+    def test_helo_only_server_delivered_after_helo(self):
+        self.start_world(dest_faults={"helo_only": True})
+        self.send()
+        messages = self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        self.assertFalse(messages[0].esmtp)
+        self.assertEqual(messages[0].helo, HOSTNAME)
+        self.assertEqual(messages[0].mail_options, [], "no ESMTP parameters after HELO")
+        conn = self.transaction_connection()
+        verbs = [c.split(" ")[0].upper() for c in conn.commands]
+        self.assertEqual(verbs[:3], ["EHLO", "HELO", "MAIL"], conn.commands)
+
+    def test_size_over_limit_bounced_5_3_4_without_sending(self):
+        self.start_world(dest_faults={"max_size": 1000})
+        body = b"".join(b"%04d a line of a message larger than the server takes\r\n" % i
+                        for i in range(60))
+        queue_id = self.send(message_bytes("too big", body))
+        dsn = self.wait_for_dsn(queue_id)
+        self.assertDsn(dsn, queue_id, [RCPT], "5.3.4", diagnostic="size limit 1000")
+        self.wait_queue_empty()
+        self.assertEqual(self.dest.message_count, 0)
+        commands = [c for conn in self.dest.connections for c in conn.commands]
+        self.assertFalse([c for c in commands if c.upper().startswith(("MAIL", "DATA"))], commands)
+        self.assertTrue(any(c.upper().startswith("EHLO") for c in commands), commands)
+
+
+# ---- bounces -----------------------------------------------------------------------------------
+
+class Bounces(FaultTestCase):
+    def test_550_bounces_to_the_sender(self):
+        self.start_world(dest_faults={"rcpt_550": [UNKNOWN]})
+        original = message_bytes("bounce me")
+        queue_id = self.send(original, recipients=(UNKNOWN,))
+        dsn = self.wait_for_dsn(queue_id)
+        report = self.assertDsn(
+            dsn, queue_id, [UNKNOWN], "5.1.1",
+            diagnostic="550 5.1.1 <%s>: Recipient address rejected: User unknown" % UNKNOWN)
+        # RET not given: the original's header is returned (with our Received: first).
+        self.assertEqual(report["parts"][2], "text/rfc822-headers")
+        returned = report["returned"]
+        self.assertIn("Subject: bounce me", returned)
+        self.assertIn("Message-ID: <bounce-me@sender.test>", returned)
+        self.assertRegex(returned, r"^Received: from client\.example\.org .*\n\tby %s \(Sluice\) "
+                                   r"with ESMTP id %s" % (re.escape(HOSTNAME), queue_id))
+        self.assertNotIn("hello", returned, "only the header is returned")
+        self.assertEqual(dsn.header("Subject"), "Undelivered Mail Returned to Sender")
+        self.assertEqual(dsn.header("Auto-Submitted"), "auto-replied")
+        # The original is gone once the DSN is durable, and the DSN once it was delivered.
+        self.wait_queue_empty()
+        self.assertEqual(self.dest.message_count, 0)
+        self.assertEqual(self.home.message_count, 1)
+        self.assertMetric("sluice_delivery_recipients_total", '{outcome="bounced"}', at_least=1)
+        self.assertMetric("sluice_messages_finished_total", equal=2)  # the original and the DSN
+        bounce = self.bounce_lines(id=queue_id)
+        self.assertEqual(len(bounce), 1, bounce)
+        self.assertEqual(bounce[0]["to"], SENDER)
+        self.assertEqual(bounce[0]["recipients"], "1")
+        self.assertEqual(len(self.deliveries(bounce[0]["bounce_id"], outcome="delivered")), 1)
+        rejected = self.deliveries(queue_id, outcome="bounced")
+        self.assertEqual([(r["to"], r["code"], r["status"]) for r in rejected], [(UNKNOWN, "550", "5.1.1")])
+
+    def test_one_of_two_recipients_refused(self):
+        self.start_world(dest_faults={"rcpt_550": [UNKNOWN]})
+        # RET=FULL: the whole original comes back (message/rfc822).
+        queue_id = self.send(message_bytes("half"), recipients=(RCPT, UNKNOWN),
+                             mail_params=" RET=FULL")
+        dsn = self.wait_for_dsn(queue_id)
+        report = self.assertDsn(dsn, queue_id, [UNKNOWN], "5.1.1", diagnostic="550 5.1.1")
+        self.assertEqual(report["parts"][2], "message/rfc822")
+        self.assertIn("Subject: half", report["returned"])
+        self.assertIn("hello", report["returned"])
+        self.wait_queue_empty()
+        self.assertEqual(len(self.dest.messages), 1, self.dest.messages)
+        self.assertEqual(self.dest.messages[0].recipients, [RCPT])
+        self.assertEqual(len(self.dest.messages_to(RCPT)), 1)
+        self.assertNotIn(("Final-Recipient: rfc822; " + RCPT).encode(), dsn.data)
+        self.assertEqual(self.home.message_count, 1)
+
+    def test_null_sender_550_no_dsn(self):
+        self.start_world(dest_faults={"rcpt_550": [UNKNOWN]})
+        queue_id = self.send(message_bytes("bounce of a bounce"), sender="", recipients=(UNKNOWN,))
+        self.wait_queue_empty()
+        # Had a DSN been made it would have been stored before the original was removed, and
+        # removed itself only after reaching the sender's MX: an empty queue means none exists.
+        self.assertEqual(self.home.message_count, 0)
+        self.assertEqual(self.home.connection_count, 0)
+        self.assertMetric("sluice_messages_finished_total", equal=1)
+        self.assertEqual(self.bounce_lines(), [])
+        rejected = self.deliveries(queue_id, outcome="bounced")
+        self.assertEqual([(r["to"], r["code"]) for r in rejected], [(UNKNOWN, "550")])
+
+    def test_notify_never_no_dsn(self):
+        self.start_world(dest_faults={"rcpt_550": [UNKNOWN]})
+        queue_id = self.send(message_bytes("never tell"), recipients=(UNKNOWN,),
+                             rcpt_params={UNKNOWN: "NOTIFY=NEVER"})
+        self.wait_queue_empty()
+        self.assertEqual(self.home.message_count, 0)
+        self.assertEqual(self.home.connection_count, 0)
+        self.assertMetric("sluice_messages_finished_total", equal=1)
+        self.assertEqual(self.bounce_lines(), [])
+        self.assertEqual(len(self.deliveries(queue_id, outcome="bounced")), 1)
+
+
+# ---- what arrives is what was accepted ---------------------------------------------------------
+
+class Transparency(FaultTestCase):
+    def test_delivered_copy_is_byte_identical_apart_from_received(self):
+        self.start_world()
+        body = (b"First line\r\n"
+                b".a line that starts with a dot\r\n"
+                b"..two dots\r\n"
+                b".\tdot and tab\r\n"
+                b"trailing spaces   \r\n"
+                b"\r\n"
+                b"\r\n"
+                b"tab\there, NUL-free 8-bit: caf\xc3\xa9\r\n" +
+                b"x" * 998 + b"\r\n" +
+                b"From the start of a line\r\n"
+                b". \r\n"
+                b"last line\r\n")
+        headers = (b"X-Folded: first part\r\n"
+                   b"\tsecond part\r\n"
+                   b"X-Empty:\r\n")
+        original = message_bytes("transparent", body, extra_headers=headers)
+        queue_id = self.send(original, recipients=(RCPT,))
+        messages = self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        received, rest = strip_first_received(messages[0].data)
+        self.assertIsNotNone(received, messages[0].data[:200])
+        self.assertIn(b"by %s (Sluice) with ESMTP id %s" % (HOSTNAME.encode(), queue_id.encode()), received)
+        self.assertIn(b"for <%s>" % RCPT.encode(), received)
+        self.assertEqual(rest, original)
+        # And on the wire: dot-stuffed exactly as RFC 5321 4.5.2 asks.
+        self.assertEqual(strip_first_received(messages[0].wire)[1], dot_stuff(original))
+        self.assertIn("BODY=8BITMIME", [o.upper() for o in messages[0].mail_options])
+        self.assertEqual(messages[0].sender, SENDER)
+
+
+if __name__ == "__main__":
+    h.main()
