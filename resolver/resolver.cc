@@ -1,7 +1,7 @@
 // The per-shard resolver: see resolver.h for the contract with the shard. Here: the c-ares
 // channel and its sockets, the queries in flight, and the plans being made.
 //
-// c-ares calls back from inside ares_send, ares_process_fd and ares_destroy. The callbacks only
+// c-ares calls back from inside ares_query, ares_process_fd and ares_destroy. The callbacks only
 // record (a socket's wanted events; a query's parsed answer in _arrived); the answers are acted
 // on by drain() once c-ares has returned, so nothing here re-enters c-ares from its own callback.
 #include "resolver/resolver.h"
@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <random>
+#include <string_view>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -26,6 +27,14 @@ namespace {
 int ares_library_once() {
   static const int status = ares_library_init(ARES_LIB_INIT_ALL);
   return status;
+}
+
+// A name we can give ares_query: valid (encode_dns_name), not the root, and without the escapes
+// that its encoder reads differently from ours (it knows \. but not \DDD) or a NUL that
+// would end its C string. A domain from SMTP has none of these.
+bool askable(const std::string& name) {
+  return !name.empty() && name != "." && name.find('\\') == std::string::npos && name.find('\0') == std::string::npos &&
+         encode_dns_name(name).ok();
 }
 
 }  // namespace
@@ -54,6 +63,7 @@ struct Resolver::Impl {
     uint64_t sent_ms;
     int ares_status;
     InterpretedAnswer interpreted;
+    bool sent;  // false: not asked for (the name cannot be), answered no_records at once
   };
 
   // One plan being made. `pending` counts its lookups not yet answered.
@@ -114,7 +124,13 @@ struct Resolver::Impl {
         return absl::InvalidArgumentError(str_cat("c-ares: servers: ", ares_strerror(status)));
       }
     }
-    rotation = options.rotation_start ? *options.rotation_start : (uint64_t{std::random_device()()} << 32);
+    if (options.rotation_start) {
+      rotation = *options.rotation_start;
+    } else {
+      // All 64 bits random: the rotation is taken modulo small counts (2, 3 hosts).
+      std::random_device random;
+      rotation = uint64_t{random()} << 32 | random();
+    }
     return absl::OkStatus();
   }
 
@@ -146,10 +162,12 @@ struct Resolver::Impl {
     if (status == ARES_EDESTRUCTION || query->impl->destroying) {
       return;
     }
-    Arrival arrival{std::move(query->name), query->type, query->sent_ms, status, {}};
+    Arrival arrival{std::move(query->name), query->type, query->sent_ms, status, {}, true};
     arrival.interpreted.answer.status = LookupStatus::temporary;
-    if (status == ARES_SUCCESS && abuf != nullptr && alen > 0) {
-      // The buffer is valid only during this call: parse it now.
+    // ares_query hands over the answer whatever its rcode (NXDOMAIN is ARES_ENOTFOUND, NODATA
+    // ARES_ENODATA); our parser reads the rcode and the SOA itself. The buffer is valid only
+    // during this call: parse it now.
+    if (abuf != nullptr && alen > 0) {
       const absl::StatusOr<DnsMessage> message =
           parse_dns_message(std::string_view(reinterpret_cast<const char*>(abuf), static_cast<size_t>(alen)));
       if (message.ok()) {
@@ -167,7 +185,7 @@ struct Resolver::Impl {
       finish_failed(request_id, PlanFailure::dns_temporary, now_ms, now_ms);
       return;
     }
-    if (name.empty() || name == "." || !encode_dns_name(name).ok()) {
+    if (!askable(name)) {
       finish_failed(request_id, PlanFailure::no_such_domain, now_ms, now_ms);  // no such name can exist
       return;
     }
@@ -180,10 +198,16 @@ struct Resolver::Impl {
     drain(now_ms);
   }
 
+  Request& request_of(uint64_t serial) {
+    const auto it = requests.find(serial);
+    SLUICE_ASSERT(it != requests.end(), "a lookup's waiter is a plan in flight");
+    return it->second;
+  }
+
   // Asks the cache for (name, type) on behalf of request `serial`: a hit is delivered at once, a
   // miss waits for the query in flight or sends one.
   void start_lookup(uint64_t serial, const std::string& name, DnsType type, uint64_t now_ms) {
-    requests.at(serial).pending += 1;
+    request_of(serial).pending += 1;
     DnsCache::Lookup lookup = cache.lookup(name, type, serial, now_ms);
     switch (lookup.found) {
       case DnsCache::Found::hit:
@@ -202,29 +226,32 @@ struct Resolver::Impl {
   }
 
   void send_query(const std::string& name, DnsType type, uint64_t now_ms) {
-    // The id is c-ares's: ares_send puts a fresh random one in.
-    const absl::StatusOr<std::string> wire = encode_dns_query(0, name, type);
-    if (!wire.ok()) {
+    if (!askable(name)) {
       // A name from an MX answer that cannot be asked for (the domain was checked): no address.
-      Arrival arrival{name, type, now_ms, ARES_EBADNAME, {}};
+      Arrival arrival{name, type, now_ms, ARES_EBADNAME, {}, false};
       arrival.interpreted.answer.status = LookupStatus::no_records;
       arrived.push_back(std::move(arrival));
       return;
     }
     ++metrics.queries_sent;
+    // ares_query, not ares_send of our own encoding: c-ares 1.18's ares_send keeps the id it is
+    // given, and only ares_query draws a random one, unique among the queries in flight
+    // (spoofed answers must guess it).
     auto* query = new Query{this, name, type, now_ms};
-    ares_send(channel, reinterpret_cast<const unsigned char*>(wire->data()), static_cast<int>(wire->size()),
-              &Impl::on_answer, query);
+    ares_query(channel, name.c_str(), kDnsClassIn, static_cast<int>(type), &Impl::on_answer, query);
   }
 
   // Acts on the queries' ends, until no more come (acting may send queries, and c-ares may end
-  // one inside ares_send).
+  // one inside ares_query).
   void drain(uint64_t now_ms) {
     while (!arrived.empty()) {
       std::vector<Arrival> batch;
       batch.swap(arrived);
       for (Arrival& arrival : batch) {
-        metrics.query_latency_ms_sum += now_ms >= arrival.sent_ms ? now_ms - arrival.sent_ms : 0;
+        if (arrival.sent) {
+          metrics.query_latency_ms_sum += now_ms >= arrival.sent_ms ? now_ms - arrival.sent_ms : 0;
+          ++metrics.queries_ended;
+        }
         const DnsAnswer& answer = arrival.interpreted.answer;
         if (answer.status == LookupStatus::temporary) {
           ++metrics.query_failures;
@@ -242,9 +269,7 @@ struct Resolver::Impl {
 
   // Request `serial`'s lookup of (name, type) answered.
   void deliver(uint64_t serial, const std::string& name, DnsType type, const DnsAnswer& answer, uint64_t now_ms) {
-    const auto it = requests.find(serial);
-    SLUICE_ASSERT(it != requests.end(), "a waiter is a plan in flight");
-    Request& request = it->second;
+    Request& request = request_of(serial);
     SLUICE_ASSERT(request.pending > 0);
     request.pending -= 1;
     if (type == DnsType::mx) {
@@ -261,13 +286,13 @@ struct Resolver::Impl {
       request.pending += 1;
       const std::vector<MxHost> hosts = request.selection.hosts;
       for (const MxHost& host : hosts) {
-        requests.at(serial).addresses.try_emplace(host.host);
+        request_of(serial).addresses.try_emplace(host.host);
         start_lookup(serial, host.host, DnsType::a, now_ms);
         if (options.use_ipv6) {
           start_lookup(serial, host.host, DnsType::aaaa, now_ms);
         }
       }
-      Request& started = requests.at(serial);
+      Request& started = request_of(serial);
       started.pending -= 1;
       if (started.pending == 0) {
         finish(serial, now_ms);

@@ -79,11 +79,12 @@ struct ResolverMetrics {
   uint64_t plans = 0;  // completed, whatever the outcome
   uint64_t plans_failed_temporary = 0;
   uint64_t plans_failed_permanent = 0;
-  uint64_t plan_latency_ms_sum = 0;  // request_plan to take_completed, every plan
+  uint64_t plan_latency_ms_sum = 0;  // request_plan to completion, over `plans`
   uint64_t queries_sent = 0;
   uint64_t query_failures = 0;  // answers that were temporary failures, timeouts included
   uint64_t query_timeouts = 0;
-  uint64_t query_latency_ms_sum = 0;  // sent to answered (or given up), every query
+  uint64_t queries_ended = 0;         // answered or given up
+  uint64_t query_latency_ms_sum = 0;  // sent to ended, over queries_ended
   uint64_t cache_hits = 0;            // lookups (MX, A, AAAA) answered from the cache
   uint64_t cache_misses = 0;          // the others: a query sent, or a wait for one in flight
   uint64_t lookups_merged = 0;        // misses that waited for a query in flight

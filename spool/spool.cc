@@ -833,8 +833,7 @@ void ShardSpool::fail_records(SpoolFile& file, std::vector<PendingRecord>& recor
 }
 
 void ShardSpool::maybe_unlink(SpoolFile& file) {
-  if (file.is_journal || !file.sealed || file.unlinked || file.live > 0 || file.in_flight > 0 || !file.open.empty() ||
-      file.pins > 0) {
+  if (file.is_journal || !file.sealed || file.unlinked || file.live > 0 || file.in_flight > 0 || !file.open.empty()) {
     return;
   }
   // Close while the file is still linked (cheap), then unlink through the ring: freeing 64 MiB
@@ -1262,7 +1261,6 @@ void ShardSpool::close_idle_sealed(const SpoolFile* keep) {
     SpoolFile* oldest = nullptr;
     for (auto& [id, file] : _segments) {
       if (file.get() != keep && holds_sealed_descriptor(*file) && file->in_flight == 0 && file->open.empty() &&
-          file->pins == 0 &&
           (oldest == nullptr || file->last_read < oldest->last_read)) {
         oldest = file.get();
       }
@@ -1276,23 +1274,9 @@ void ShardSpool::close_idle_sealed(const SpoolFile* keep) {
   }
 }
 
-int ShardSpool::pin_segment(uint64_t segment_id) {
-  const int fd = segment_fd(segment_id);
-  if (fd >= 0) {
-    ++_segments.at(segment_id)->pins;
-  }
-  return fd;
-}
-
-void ShardSpool::unpin_segment(uint64_t segment_id) {
+std::string ShardSpool::segment_path(uint64_t segment_id) const {
   auto it = _segments.find(segment_id);
-  SLUICE_ASSERT(it != _segments.end() && it->second->pins > 0, "unpin of a segment not pinned");
-  SpoolFile& file = *it->second;
-  --file.pins;
-  if (file.pins == 0) {
-    maybe_unlink(file);
-    close_idle_sealed(nullptr);
-  }
+  return it == _segments.end() ? std::string() : it->second->path;
 }
 
 int ShardSpool::segment_fd(uint64_t segment_id) {

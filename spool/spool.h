@@ -328,11 +328,9 @@ class ShardSpool {
   // A closed sealed segment is reopened (blocking open(2)) and may close the least recent other:
   // the descriptor is valid until the next call, so a reader that keeps it dup()s it.
   int segment_fd(uint64_t segment_id);
-  // segment_fd for a reader that keeps the descriptor over several loop iterations (delivery
-  // sends a body from it through the ring): until unpin_segment, the segment is neither closed
-  // by the cache nor unlinked, even if its last message is removed meanwhile. -1 as segment_fd.
-  int pin_segment(uint64_t segment_id);
-  void unpin_segment(uint64_t segment_id);
+  // The path of a segment file ("" if there is no such segment): delivery on any shard opens it
+  // for reading (its own descriptor: an unlink after the message's removal cannot affect it).
+  std::string segment_path(uint64_t segment_id) const;
   uint32_t open_sealed_segments() const { return _open_sealed; }
   // A journal record whose ticket completes when it is durable; only then does the index change
   // (and, for remove, the segment's reference count and its unlink). NOT_FOUND if the id is not
@@ -388,7 +386,6 @@ class ShardSpool {
     std::vector<PendingRecord> open;       // placed, not yet in a write
     std::vector<std::string> removed_ids;  // segments: messages gone from it (for journal snapshots)
     uint64_t last_read = 0;                // sealed segments: for closing the least recently read
-    uint32_t pins = 0;                     // readers holding fd (pin_segment)
   };
   // The next journal file, made ready ahead of need: created, header written, preallocated to
   // journal_rotate_bytes (fallocate, then real zeros over it, as the segments are: appends then

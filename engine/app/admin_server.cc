@@ -919,7 +919,13 @@ class Handler {
     auto spools = _caller.query<SpoolSnapshot>(
         [](Shard& shard) {
           const spool::ShardSpool& spool = shard.spool();
-          return SpoolSnapshot{spool.metrics(), spool.size(), spool.free_bytes(), spool.below_min_free()};
+          SpoolSnapshot snapshot;
+          snapshot.metrics = spool.metrics();
+          snapshot.messages = spool.size();
+          snapshot.free_bytes = spool.free_bytes();
+          snapshot.below_min_free = spool.below_min_free();
+          shard.delivery_snapshot(snapshot);
+          return snapshot;
         },
         kShardAnswerTimeout);
     std::vector<const ShardMetrics*> counters;

@@ -70,10 +70,10 @@ constexpr std::array<std::string_view, 2> kRelayKeys = {"networks", "domains"};
 constexpr std::array<std::string_view, 2> kProxyKeys = {"trusted", "timeout"};
 constexpr std::array<std::string_view, 5> kDnsKeys = {"servers", "ttl_floor", "ttl_ceiling", "cache_entries",
                                                       "timeout"};
-constexpr std::array<std::string_view, 10> kDeliveryKeys = {
+constexpr std::array<std::string_view, 11> kDeliveryKeys = {
     "port",         "retry_initial",           "retry_max",      "lifetime",
     "connections_per_host", "messages_per_connection", "recipients_per_transaction",
-    "connect_timeout", "idle_timeout", "site_backoff"};
+    "connect_timeout", "idle_timeout", "site_backoff", "max_connections"};
 constexpr std::array<std::string_view, 2> kRouteKeys = {"domain", "next_hop"};
 constexpr std::array<std::string_view, 2> kAdminKeys = {"listen", "token_file"};
 constexpr std::array<std::string_view, 2> kLoopbackNetworks = {"127.0.0.0/8", "::1/128"};
@@ -678,6 +678,7 @@ class Reader {
     duration(section, "lifetime", milliseconds(0), delivery.lifetime);
     integer(section, "connections_per_host", 1, kConnectionsPerHostMax, delivery.connections_per_host);
     integer(section, "messages_per_connection", 1, kMessagesPerConnectionMax, delivery.messages_per_connection);
+    integer(section, "max_connections", 1, kOutboundConnectionsMax, delivery.max_connections);
     integer(section, "recipients_per_transaction", 1, kRecipientsPerTransactionMax,
             delivery.recipients_per_transaction);
     duration(section, "connect_timeout", std::chrono::seconds(1), delivery.connect_timeout);

@@ -101,6 +101,7 @@ struct ProxyProtocolConfig {
 
 inline constexpr uint32_t kDnsCacheEntriesMax = 1 << 22;
 inline constexpr uint32_t kMessagesPerConnectionMax = 1'000'000;
+inline constexpr uint32_t kOutboundConnectionsMax = 1'000'000;
 inline constexpr uint32_t kRecipientsPerTransactionMax = 1000;  // smtp::kClientRecipientsMax
 
 struct DnsConfig {
@@ -121,6 +122,7 @@ struct DeliveryConfig {
   std::chrono::milliseconds retry_max = std::chrono::hours(1);
   std::chrono::milliseconds lifetime = std::chrono::hours(24 * 5);
   uint32_t connections_per_host = 20;  // per site: the domains that share a set of MX hosts
+  uint32_t max_connections = 1000;     // outbound connections over all shards (descriptors are planned for them)
   uint32_t messages_per_connection = 100;
   uint32_t recipients_per_transaction = 100;
   std::chrono::milliseconds connect_timeout = std::chrono::seconds(30);

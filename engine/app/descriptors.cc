@@ -14,7 +14,7 @@ DescriptorBudget plan_descriptors(const DescriptorDemand& demand) {
   budget.spool = demand.spool_per_shard * demand.shards;
   budget.dns = kDnsDescriptorsPerShard * demand.shards;
   budget.engine = (demand.listeners_per_shard + demand.ring_per_shard) * demand.shards;
-  budget.outbound = demand.outbound;
+  budget.outbound = demand.outbound + kSegmentReadersPerShard * demand.shards;
   const uint64_t fixed = budget.reserve + budget.spool + budget.dns + budget.engine + budget.outbound;
   budget.needed = fixed + kInboundSessionsMin;
   budget.fits = demand.limit >= budget.needed;

@@ -679,6 +679,18 @@ int serve(const Arguments& arguments) {
   demand.spool_per_shard = spool::spool_descriptors_max(spool_shape);
   demand.listeners_per_shard = config.server.listen.size();
   demand.sessions_configured = config.server.max_sessions;
+  static_assert(kDnsDescriptorsPerShard >= 2 * kDnsServersMax, "a UDP and a TCP socket per DNS server");
+  demand.outbound = config.delivery.max_connections;
+  context.outbound_connections_max = std::max<uint32_t>(1, config.delivery.max_connections / shards);
+  // Jobs and outcomes between shards (a domain belongs to one shard); none with one shard.
+  std::unique_ptr<DeliveryMailbox> mailbox;
+  std::atomic<uint32_t> shards_draining{0};
+  context.shards = shards;
+  if (shards > 1) {
+    mailbox = std::make_unique<DeliveryMailbox>(shards, kDeliveryMailboxCapacity, Shard::doorbell_user_data());
+    context.mailbox = mailbox.get();
+    context.shards_draining = &shards_draining;
+  }
   const DescriptorBudget descriptors = plan_descriptors(demand);
   if (!descriptors.fits) {
     std::cerr << "sluice: the open-file limit (" << fd_limit << ") is too low for " << shards << " shards: at least "

@@ -1,6 +1,8 @@
 // Prometheus text rendering of the shards' counters.
 #include "engine/app/metrics.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "engine/io/strings.h"
 
@@ -18,6 +20,82 @@ uint64_t sum(const std::vector<const ShardMetrics*>& shards, std::atomic<uint64_
 
 void counter(std::string& out, const char* name, const char* help, const char* type, uint64_t value) {
   str_append(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, " ", value, "\n");
+}
+
+// A Prometheus label value in its quotes: backslash, quote and line feed escaped.
+std::string label_value(std::string_view text) {
+  std::string out = "\"";
+  for (const char c : text) {
+    if (c == '\\' || c == '"') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out.push_back(c);
+    }
+  }
+  out.push_back('"');
+  return out;
+}
+
+// What the shards' schedulers and resolvers say: job counts, the largest sites' ready queues,
+// DNS queries, cache hits, failures and latency.
+[[gnu::noinline]] void render_delivery(std::string& out, const std::vector<SpoolSnapshot>& spools) {
+  if (spools.empty()) {
+    return;
+  }
+  uint64_t jobs = 0, scheduled = 0, in_flight = 0;
+  resolver::ResolverMetrics dns;
+  std::vector<relay::SiteSummary> sites;
+  for (const SpoolSnapshot& snapshot : spools) {
+    jobs += snapshot.jobs;
+    scheduled += snapshot.jobs_scheduled;
+    in_flight += snapshot.jobs_in_flight;
+    dns.queries_sent += snapshot.dns.queries_sent;
+    dns.query_failures += snapshot.dns.query_failures;
+    dns.query_timeouts += snapshot.dns.query_timeouts;
+    dns.query_latency_ms_sum += snapshot.dns.query_latency_ms_sum;
+    dns.cache_hits += snapshot.dns.cache_hits;
+    dns.cache_misses += snapshot.dns.cache_misses;
+    dns.plans += snapshot.dns.plans;
+    dns.plans_failed_temporary += snapshot.dns.plans_failed_temporary;
+    dns.plans_failed_permanent += snapshot.dns.plans_failed_permanent;
+    dns.plan_latency_ms_sum += snapshot.dns.plan_latency_ms_sum;
+    for (const relay::SiteSummary& site : snapshot.sites) {
+      auto same = std::find_if(sites.begin(), sites.end(), [&](const relay::SiteSummary& s) { return s.name == site.name; });
+      if (same == sites.end()) {
+        sites.push_back(site);
+      } else {
+        same->ready += site.ready;
+        same->connections += site.connections;
+      }
+    }
+  }
+  str_append(&out, "# HELP sluice_delivery_jobs Delivery jobs (one message's recipients at one domain) by state.\n",
+             "# TYPE sluice_delivery_jobs gauge\n", "sluice_delivery_jobs{state=\"scheduled\"} ", scheduled, "\n",
+             "sluice_delivery_jobs{state=\"in_flight\"} ", in_flight, "\n", "sluice_delivery_jobs{state=\"ready\"} ",
+             jobs - scheduled - in_flight, "\n");
+  std::sort(sites.begin(), sites.end(), [](const relay::SiteSummary& a, const relay::SiteSummary& b) {
+    return a.ready != b.ready ? a.ready > b.ready : a.name < b.name;
+  });
+  str_append(&out, "# HELP sluice_site_ready Jobs ready at a site (the largest sites), and its connections.\n",
+             "# TYPE sluice_site_ready gauge\n");
+  for (size_t i = 0; i < sites.size() && i < kMetricsSitesMax; ++i) {
+    const std::string name = label_value(sites[i].name);
+    str_append(&out, "sluice_site_ready{site=", name, "} ", sites[i].ready, "\n");
+    str_append(&out, "sluice_site_connections{site=", name, "} ", sites[i].connections, "\n");
+  }
+  counter(out, "sluice_dns_queries_total", "DNS queries sent.", "counter", dns.queries_sent);
+  counter(out, "sluice_dns_query_failures_total", "DNS queries that failed (timeouts included).", "counter",
+          dns.query_failures);
+  counter(out, "sluice_dns_cache_hits_total", "Lookups answered from the DNS cache.", "counter", dns.cache_hits);
+  counter(out, "sluice_dns_cache_misses_total", "Lookups that needed a query.", "counter", dns.cache_misses);
+  counter(out, "sluice_dns_plans_total", "Delivery plans made (MX, then addresses).", "counter", dns.plans);
+  counter(out, "sluice_dns_plans_failed_total", "Delivery plans that failed (temporary or permanent).", "counter",
+          dns.plans_failed_temporary + dns.plans_failed_permanent);
+  counter(out, "sluice_dns_plan_latency_ms_sum", "Total time to make delivery plans.", "counter",
+          dns.plan_latency_ms_sum);
 }
 
 }  // namespace
@@ -49,6 +127,26 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
              sum(shards, &ShardMetrics::recipients_bounced), "\n");
   counter(out, "sluice_messages_finished_total", "Messages removed from the queue with every recipient final.",
           "counter", sum(shards, &ShardMetrics::messages_finished));
+  str_append(&out, "# HELP sluice_deferrals_total Deferred recipients by cause: a 4xx reply, or no reply.\n",
+             "# TYPE sluice_deferrals_total counter\n", "sluice_deferrals_total{class=\"4xx\"} ",
+             sum(shards, &ShardMetrics::deferrals_4xx), "\n", "sluice_deferrals_total{class=\"network\"} ",
+             sum(shards, &ShardMetrics::deferrals_network), "\n");
+  str_append(&out, "# HELP sluice_delivery_latency_ms From arrival to the 2xx of a delivered recipient.\n",
+             "# TYPE sluice_delivery_latency_ms histogram\n");
+  uint64_t delivered = 0;
+  for (size_t bucket = 0; bucket < kDeliveryLatencyBuckets; ++bucket) {
+    for (const ShardMetrics* shard : shards) {
+      delivered += shard->delivery_latency_bucket[bucket].load(std::memory_order_relaxed);
+    }
+    if (bucket + 1 < kDeliveryLatencyBuckets) {
+      str_append(&out, "sluice_delivery_latency_ms_bucket{le=\"", kDeliveryLatencyBoundsMs[bucket], "\"} ", delivered,
+                 "\n");
+    } else {
+      str_append(&out, "sluice_delivery_latency_ms_bucket{le=\"+Inf\"} ", delivered, "\n");
+    }
+  }
+  str_append(&out, "sluice_delivery_latency_ms_sum ", sum(shards, &ShardMetrics::delivery_latency_sum_ms), "\n",
+             "sluice_delivery_latency_ms_count ", delivered, "\n");
   str_append(&out, "# HELP sluice_rejections_total SMTP rejections by reason.\n",
              "# TYPE sluice_rejections_total counter\n");
   for (size_t reason = 0; reason < static_cast<size_t>(Rejection::count_); ++reason) {
@@ -75,7 +173,7 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
              "# HELP sluice_spool_below_min_free 1 while the shard's spool is below min_free_bytes (MAIL gets 452).\n",
              "# TYPE sluice_spool_below_min_free gauge\n");
   for (size_t shard = 0; shard < spools.size(); ++shard) {
-    str_append(&out, "sluice_spool_below_min_free{shard=\"", shard, "\"} ", spools[shard].below_min_free ? 1 : 0, "\n");
+    str_append(&out, "sluice_spool_below_min_free{shard=\"", shard, "\"} ", spools[shard].below_min_free ? "1\n" : "0\n");
   }
   spool::SpoolMetrics total;
   for (const SpoolSnapshot& snapshot : spools) {
@@ -112,6 +210,7 @@ std::string render_prometheus(const std::vector<const ShardMetrics*>& shards,
   }
   str_append(&out, "sluice_spool_fsync_seconds_sum ", total.fsync_latency_sum_us / 1e6, "\n",
              "sluice_spool_fsync_seconds_count ", total.fsyncs, "\n");
+  render_delivery(out, spools);
   return out;
 }
 

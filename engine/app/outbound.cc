@@ -52,9 +52,30 @@ void Shard::Impl::start_delivery() {
   if (!context->delivery_enabled) {
     return;
   }
+  resolver::ResolverOptions options;
+  options.servers = context->dns_servers;
+  options.own_hostname = context->client.hostname;
+  options.port = context->mx_port;
+  options.ttl_floor_ms = context->dns_ttl_floor_ms;
+  options.ttl_ceiling_ms = context->dns_ttl_ceiling_ms;
+  options.cache_entries_max = context->dns_cache_entries;
+  // c-ares doubles the timeout each round over the servers: three tries fit in [dns] timeout.
+  options.query_tries = 3;
+  options.query_timeout_ms = static_cast<uint32_t>(std::max<uint64_t>(context->dns_timeout_ms / 7, 100));
+  auto created = resolver::Resolver::create(options);
+  if (created.ok()) {
+    dns = std::move(*created);
+  } else {
+    log.line(str_cat("event=resolver_error error=\"", to_std(created.status().message()),
+                     "\" effect=\"mail without a [[route]] is deferred\""));
+  }
   // What recovery found: every message not final is taken up, and one that is final (a crash
   // between its last outcome and its removal) is finished now.
-  const uint64_t now = io::wall_ms();
+  outbox.resize(context->shards);
+  outcome_batches.resize(context->shards);
+  if (context->mailbox != nullptr) {
+    context->mailbox->attach(shard->_index, ring->fd());
+  }
   std::vector<std::string> final_ids;
   shard->_spool->for_each_message([&](const spool::MessageInfo& info) {
     bool all_final = true;
@@ -64,7 +85,7 @@ void Shard::Impl::start_delivery() {
     if (all_final) {
       final_ids.push_back(info.id);
     } else {
-      scheduler->add_message(info, now, random());
+      route_jobs(info);
     }
   });
   for (const std::string& id : final_ids) {
@@ -78,18 +99,159 @@ void Shard::Impl::delivery_message_stored(std::string_view queue_id) {
     return;
   }
   if (std::optional<spool::MessageInfo> info = shard->_spool->find(queue_id)) {
-    scheduler->add_message(*info, io::wall_ms(), random());
+    route_jobs(*info);
     run_scheduler();
   }
+}
+
+// ---- ownership: jobs to their domain's shard, outcomes back ---------------------------------
+uint32_t Shard::Impl::owner_of(std::string_view domain) const {
+  if (context->mailbox == nullptr || draining) {
+    return shard->_index;  // while draining nothing new crosses: a shard that finished may be gone
+  }
+  // FNV-1a: the same on every thread and in every run (absl's hash is seeded per process).
+  uint64_t hash = 14695981039346656037ull;
+  for (const char c : domain) {
+    hash = (hash ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+  }
+  return static_cast<uint32_t>(hash % context->shards);
+}
+
+void Shard::Impl::route_jobs(const spool::MessageInfo& info) {
+  const uint64_t now = io::wall_ms();
+  const std::string path = shard->_spool->segment_path(info.location.segment_id);
+  for (relay::Job& job : relay::make_jobs(info, now, context->scheduler.recipients_per_transaction)) {
+    job.origin = shard->_index;
+    job.segment_path = path;
+    ++jobs_outstanding;
+    const uint32_t owner = owner_of(job.domain);
+    if (owner == shard->_index) {
+      scheduler->add_job(std::move(job), now, random());
+    } else {
+      DeliveryMail mail;
+      mail.kind = DeliveryMail::Kind::job;
+      mail.payload = new relay::Job(std::move(job));
+      send_mail(owner, mail);
+    }
+  }
+}
+
+void Shard::Impl::send_mail(uint32_t target, const DeliveryMail& mail) {
+  SLUICE_ASSERT(target != shard->_index && context->mailbox != nullptr, "mail crosses shards");
+  std::deque<DeliveryMail>& waiting = outbox[target];
+  if (!waiting.empty() || !context->mailbox->try_request(shard->_index, target, mail)) {
+    waiting.push_back(mail);  // no credit left: sent when the target's acks return them
+  }
+}
+
+void Shard::Impl::on_mail(uint32_t source, const DeliveryMail& mail) {
+  switch (mail.kind) {
+    case DeliveryMail::Kind::job: {
+      std::unique_ptr<relay::Job> job(static_cast<relay::Job*>(mail.payload));
+      if (draining) {
+        // Sent before the sender saw the drain: not taken up (its spool keeps its state).
+        ++outcome_batches[source].jobs_ended;
+        return;
+      }
+      scheduler->add_job(std::move(*job), io::wall_ms(), random());
+      return;
+    }
+    case DeliveryMail::Kind::outcomes: {
+      std::unique_ptr<OutcomeBatch> batch(static_cast<OutcomeBatch*>(mail.payload));
+      for (relay::Outcome& out : batch->outcomes) {
+        record_outcome_here(std::move(out));
+      }
+      jobs_ended(batch->jobs_ended);
+      return;
+    }
+    case DeliveryMail::Kind::drop:
+      scheduler->drop_message(std::string_view(mail.queue_id, sizeof(mail.queue_id)));
+      return;
+  }
+}
+
+// Once per loop iteration and after a doorbell: mail in, acks in, outcome batches and waiting
+// mail out, doorbells. Nothing here blocks.
+void Shard::Impl::exchange_mail() {
+  DeliveryMailbox* mailbox = context->mailbox;
+  if (mailbox == nullptr) {
+    return;
+  }
+  const uint32_t self = shard->_index;
+  bool received = false;
+  mailbox->drain_requests(self, [&](uint32_t source, const DeliveryMail& mail) {
+    on_mail(source, mail);
+    mailbox->reply(self, source, DeliveryAck{});
+    received = true;
+  });
+  mailbox->drain_replies(self, [](uint32_t, const DeliveryAck&) {});
+  if (received) {
+    run_scheduler();  // takes the new jobs up, and batches their outcomes
+  }
+  for (uint32_t target = 0; target < context->shards; ++target) {
+    OutcomeBatch& batch = outcome_batches[target];
+    if (target != self && (!batch.outcomes.empty() || batch.jobs_ended > 0)) {
+      DeliveryMail mail;
+      mail.kind = DeliveryMail::Kind::outcomes;
+      mail.payload = new OutcomeBatch(std::move(batch));
+      batch = OutcomeBatch{};
+      send_mail(target, mail);
+    }
+    std::deque<DeliveryMail>& waiting = outbox[target];
+    while (!waiting.empty() && mailbox->try_request(self, target, waiting.front())) {
+      waiting.pop_front();
+    }
+  }
+  mailbox->flush_doorbells(self, *ring);
+}
+
+// Nothing of ours on its way to another shard, and nothing for us that we have not taken.
+bool Shard::Impl::mail_idle() const {
+  if (context->mailbox == nullptr) {
+    return true;
+  }
+  for (uint32_t target = 0; target < context->shards; ++target) {
+    if (!outbox[target].empty() || !outcome_batches[target].outcomes.empty() ||
+        outcome_batches[target].jobs_ended > 0) {
+      return false;
+    }
+  }
+  return !context->mailbox->has_incoming(shard->_index);
+}
+
+void Shard::Impl::jobs_ended(uint32_t count) {
+  SLUICE_ASSERT(jobs_outstanding >= count, "a job of ours ends once");
+  jobs_outstanding -= count;
 }
 
 void Shard::queue_changed(std::string_view id) {
   Impl& impl = *_impl;
   impl.scheduler->drop_message(id);
+  if (impl.context->mailbox != nullptr && id.size() == sizeof(DeliveryMail::queue_id)) {
+    DeliveryMail mail;
+    mail.kind = DeliveryMail::Kind::drop;
+    std::memcpy(mail.queue_id, id.data(), id.size());
+    for (uint32_t target = 0; target < impl.context->shards; ++target) {
+      if (target != _index) {
+        impl.send_mail(target, mail);
+      }
+    }
+  }
   if (std::optional<spool::MessageInfo> info = _spool->find(id); info && impl.context->delivery_enabled) {
-    impl.scheduler->add_message(*info, io::wall_ms(), impl.random());
+    impl.route_jobs(*info);
   }
   impl.run_scheduler();
+}
+
+void Shard::delivery_snapshot(SpoolSnapshot& snapshot) const {
+  const Impl& impl = *_impl;
+  snapshot.sites = impl.scheduler->sites();
+  if (impl.dns) {
+    snapshot.dns = impl.dns->metrics();
+  }
+  snapshot.jobs = impl.scheduler->jobs();
+  snapshot.jobs_scheduled = impl.scheduler->scheduled();
+  snapshot.jobs_in_flight = impl.scheduler->jobs_in_flight();
 }
 
 uint64_t Shard::flush_queue(std::string_view domain) {
@@ -107,18 +269,9 @@ void Shard::Impl::run_scheduler() {
     resolve_domain(domain);
   }
   for (relay::ConnectRequest& request : scheduler->take_connect_requests()) {
-    if (draining) {
-      // No new connections while draining: the scheduler is told it failed, which defers.
-      smtp::RecipientResult reason;
-      reason.status = smtp::DeliveryStatus::deferred;
-      reason.cause = smtp::ResultCause::connect_failed;
-      reason.enhanced = smtp::EnhancedStatus{4, 3, 2};
-      reason.text = "the relay is shutting down";
-      scheduler->connection_failed(request.site, reason, now, random());
-      continue;
-    }
-    open_outbound(std::move(request));
+    connects_waiting.push_back(std::move(request));
   }
+  open_waiting_outbound();
   for (const uint64_t connection : scheduler->take_wakes()) {
     // A wake for a connection that left meanwhile (its idle timeout) is stale: it told the
     // scheduler when it left.
@@ -134,35 +287,93 @@ void Shard::Impl::run_scheduler() {
   scheduler_deadline_ms = scheduler->next_deadline_ms().value_or(0);
 }
 
-// Until the resolver is on the ring, a domain without a [[route]] cannot be resolved: its mail
-// is deferred (4.4.3), never lost.
+// ---- the resolver on the ring ------------------------------------------------------------
+// Without a resolver (c-ares could not start: logged at start) a domain without a [[route]]
+// cannot be resolved: its mail is deferred (4.4.3), never lost.
 void Shard::Impl::resolve_domain(const std::string& domain) {
-  resolver::DeliveryPlan plan;
-  plan.failure = resolver::PlanFailure::dns_temporary;
-  scheduler->on_plan(domain, plan, io::wall_ms(), random());
+  if (!dns) {
+    resolver::DeliveryPlan plan;
+    plan.failure = resolver::PlanFailure::dns_temporary;
+    scheduler->on_plan(domain, plan, io::wall_ms(), random());
+    return;
+  }
+  const uint64_t id = next_dns_request++;
+  dns_requests.emplace(id, domain);
+  dns->request_plan(id, domain, loop_now_ms);
+  run_resolver();
+}
+
+// After anything that may have moved the resolver: its polls on the ring, its deadline, and
+// the plans it finished, to the scheduler.
+void Shard::Impl::run_resolver() {
+  for (const resolver::PollRequest& request : dns->poll_requests()) {
+    io_uring_sqe* sqe = ring->sqe();
+    const uint64_t user_data = io::completion_user_data(CompletionTag::dns_poll, static_cast<uint32_t>(request.fd),
+                                                        request.generation);
+    if (request.op == resolver::PollRequest::Op::arm) {
+      io_uring_prep_poll_add(sqe, request.fd, request.events);
+      io_uring_sqe_set_data64(sqe, user_data);
+    } else {
+      io_uring_prep_poll_remove(sqe, user_data);
+      io_uring_sqe_set_data64(sqe, io::completion_user_data(CompletionTag::ignore, 0, 0));
+    }
+  }
+  dns_deadline_ms = dns->next_deadline_ms(loop_now_ms).value_or(0);
+  bool planned = false;
+  for (resolver::PlanResult& result : dns->take_completed()) {
+    auto request = dns_requests.extract(result.request_id);
+    SLUICE_ASSERT(!request.empty(), "a plan the shard asked for");
+    scheduler->on_plan(request.mapped(), result.plan, io::wall_ms(), random());
+    planned = true;
+  }
+  if (planned) {
+    run_scheduler();
+  }
+}
+
+void Shard::Impl::on_dns_poll(const io_uring_cqe& cqe) {
+  const io::UserData data = io::UserData::decode(cqe.user_data);
+  dns->on_poll_ready(static_cast<int>(data.index), data.generation, cqe.res, loop_now_ms);
+  run_resolver();
 }
 
 // ---- outcomes, bounces, removal -----------------------------------------------------------
 void Shard::Impl::record_outcomes() {
   for (relay::Outcome& out : scheduler->take_outcomes()) {
-    const std::string id = out.message_id;
-    absl::StatusOr<uint64_t> ticket = shard->_spool->record_outcome(id, out.recipient, std::move(out.outcome));
-    if (!ticket.ok()) {
-      // A message deleted meanwhile (NOT_FOUND) has nothing to record; anything else is ours.
-      if (ticket.status().code() != absl::StatusCode::kNotFound) {
-        log.line(str_cat("event=outcome_error id=", id, " recipient=", out.recipient, " error=\"",
-                         to_std(ticket.status().message()), "\""));
-      }
-      continue;
+    if (out.origin == shard->_index) {
+      record_outcome_here(std::move(out));
+    } else {
+      outcome_batches[out.origin].outcomes.push_back(std::move(out));
     }
-    control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
-      if (!status.ok()) {
-        log.line(str_cat("event=outcome_error id=", id, " error=\"", to_std(status.message()), "\""));
-        return;
-      }
-      check_final(id);
-    });
   }
+  for (const uint32_t origin : scheduler->take_ended()) {
+    if (origin == shard->_index) {
+      jobs_ended(1);
+    } else {
+      ++outcome_batches[origin].jobs_ended;
+    }
+  }
+}
+
+// An outcome of one of this shard's messages: journaled, and the message finished once final.
+void Shard::Impl::record_outcome_here(relay::Outcome out) {
+  const std::string id = out.message_id;
+  absl::StatusOr<uint64_t> ticket = shard->_spool->record_outcome(id, out.recipient, std::move(out.outcome));
+  if (!ticket.ok()) {
+    // A message deleted meanwhile (NOT_FOUND) has nothing to record; anything else is ours.
+    if (ticket.status().code() != absl::StatusCode::kNotFound) {
+      log.line(str_cat("event=outcome_error id=", id, " recipient=", out.recipient, " error=\"",
+                       to_std(ticket.status().message()), "\""));
+    }
+    return;
+  }
+  control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
+    if (!status.ok()) {
+      log.line(str_cat("event=outcome_error id=", id, " error=\"", to_std(status.message()), "\""));
+      return;
+    }
+    check_final(id);
+  });
 }
 
 // Once every recipient's outcome is durable and final, the message is finished.
@@ -281,6 +492,27 @@ void Shard::Impl::remove_message(const std::string& id) {
 }
 
 // ---- connections ----------------------------------------------------------------------------
+// Connections the scheduler asked for, within this shard's share of [delivery] max_connections
+// (the descriptor plan counts on it); the rest wait, counted as starting by the scheduler.
+void Shard::Impl::open_waiting_outbound() {
+  while (draining && !connects_waiting.empty()) {
+    // No new connections while draining: the scheduler is told they failed, which defers.
+    const uint32_t site = connects_waiting.front().site;
+    connects_waiting.pop_front();
+    smtp::RecipientResult reason;
+    reason.status = smtp::DeliveryStatus::deferred;
+    reason.cause = smtp::ResultCause::connect_failed;
+    reason.enhanced = smtp::EnhancedStatus{4, 3, 2};
+    reason.text = "the relay is shutting down";
+    scheduler->connection_failed(site, reason, io::wall_ms(), random());
+  }
+  while (!connects_waiting.empty() && outbound_open < context->outbound_connections_max) {
+    relay::ConnectRequest request = std::move(connects_waiting.front());
+    connects_waiting.pop_front();
+    open_outbound(std::move(request));
+  }
+}
+
 void Shard::Impl::open_outbound(relay::ConnectRequest request) {
   if (outbound_free.empty()) {
     if (outbound_used % kSlotsPerChunk == 0) {
@@ -408,15 +640,16 @@ void Shard::Impl::outbound_act(uint32_t index, smtp::ClientAction action) {
     case smtp::ClientAction::send_body: {
       SLUICE_ASSERT(c.job.has_value(), "a body is sent for the job in flight");
       const spool::MessageLocation& location = c.job->location;
-      const int fd = shard->_spool->pin_segment(location.segment_id);
+      const int fd = segments.pin(c.job->segment_path);
       if (fd < 0) {
         // The segment is gone (the message was deleted): the transaction cannot complete.
-        log.line(str_cat("event=delivery_error id=", c.job->message_id, " error=\"segment not readable\""));
+        log.line(str_cat("event=delivery_error id=", c.job->message_id, " path=", c.job->segment_path,
+                         " error=\"", std::strerror(-fd), "\""));
         outbound_session_over(index);
         outbound_close(index);
         return;
       }
-      c.pinned_segment = location.segment_id;
+      c.pinned_segment = c.job->segment_path;
       c.stream.queue_file_range(fd, location.wire_offset, location.wire_length);
       // The wire form always ends with CRLF (DATA keeps the CRLF before the dot; BDAT LAST adds one).
       c.session->body_queued(true, loop_now_ms, c.stream.output());
@@ -441,7 +674,7 @@ void Shard::Impl::outbound_next_job(uint32_t index) {
   if (c.session->transactions() >= context->messages_per_connection || draining) {
     if (!c.left) {
       c.left = true;
-      scheduler->connection_closed(c.site);
+      scheduler->connection_leaves(c.site, io::UserData{0, index, c.generation}.encode());
     }
     outbound_act(index, c.session->finish(loop_now_ms, c.stream.output()));
     return;
@@ -466,10 +699,29 @@ void Shard::Impl::outbound_job_done(uint32_t index) {
   c.body_sending = false;
   const std::vector<smtp::RecipientResult> results = c.session->take_results();
   log_attempt(c, *c.job, results);
+  ShardMetrics& metrics = shard->_metrics;
+  const uint64_t now_wall = io::wall_ms();
   for (const smtp::RecipientResult& result : results) {
-    shard->_metrics.add(result.status == smtp::DeliveryStatus::delivered  ? shard->_metrics.recipients_delivered
-                        : result.status == smtp::DeliveryStatus::bounced ? shard->_metrics.recipients_bounced
-                                                                          : shard->_metrics.recipients_deferred);
+    switch (result.status) {
+      case smtp::DeliveryStatus::delivered: {
+        metrics.add(metrics.recipients_delivered);
+        const uint64_t latency = now_wall > c.job->arrival_ms ? now_wall - c.job->arrival_ms : 0;
+        size_t bucket = 0;
+        while (bucket < kDeliveryLatencyBoundsMs.size() && latency > kDeliveryLatencyBoundsMs[bucket]) {
+          ++bucket;
+        }
+        metrics.add(metrics.delivery_latency_bucket[bucket]);
+        metrics.add(metrics.delivery_latency_sum_ms, latency);
+        break;
+      }
+      case smtp::DeliveryStatus::bounced:
+        metrics.add(metrics.recipients_bounced);
+        break;
+      case smtp::DeliveryStatus::deferred:
+        metrics.add(metrics.recipients_deferred);
+        metrics.add(result.cause == smtp::ResultCause::reply ? metrics.deferrals_4xx : metrics.deferrals_network);
+        break;
+    }
   }
   relay::Job job = std::move(*c.job);
   c.job.reset();
@@ -535,9 +787,9 @@ void Shard::Impl::outbound_on_send(uint32_t index, int32_t res, bool file_read) 
 }
 
 void Shard::Impl::unpin_body(OutboundConnection& c) {
-  if (c.pinned_segment != 0) {
-    shard->_spool->unpin_segment(c.pinned_segment);
-    c.pinned_segment = 0;
+  if (!c.pinned_segment.empty()) {
+    segments.unpin(c.pinned_segment);
+    c.pinned_segment.clear();
   }
 }
 
@@ -562,6 +814,20 @@ void Shard::Impl::outbound_on_close(uint32_t index) {
     scheduler->connection_closed(c.site);
   }
   timers->cancel(c.timer);
+  std::string line = str_cat("event=outbound_close connection=O", shard->_index, "-", c.serial);
+  append_log_field(line, "site", c.site_name);
+  if (c.target < c.targets.size()) {
+    append_log_field(line, "host", c.targets[c.target].host);
+    str_append(&line, " address=", c.targets[c.target].address.to_string());
+  }
+  str_append(&line, " transactions=", c.session ? c.session->transactions() : 0,
+             " duration_ms=", loop_now_ms - c.started_ms, " ready=", c.reported_up ? "yes" : "no");
+  if (!c.reported_up || (c.session && c.session->failure())) {
+    const smtp::RecipientResult& failure =
+        c.session && c.session->failure() ? *c.session->failure() : c.last_failure;
+    append_log_field(line, "reason", failure.text);
+  }
+  log.line(line);
   const uint32_t generation = c.generation + 1;
   c.~OutboundConnection();
   new (&c) OutboundConnection();

@@ -104,7 +104,14 @@ void Shard::Impl::start_drain() {
   drain_deadline_ms = loop_now_ms + context->drain_timeout_ms;
   log.line(str_cat("event=drain shard=", shard->_index, " sessions=", open_connections,
                    " outbound=", outbound_open));
+  // Deliveries in flight finish; the rest stays in the spool for the next start.
+  scheduler->drop_all();
   outbound_drain();
+  run_scheduler();
+  if (context->shards_draining != nullptr) {
+    // After this no job of ours crosses to another shard (owner_of): see the exit condition.
+    context->shards_draining->fetch_add(1, std::memory_order_seq_cst);
+  }
   // Sessions between transactions are told now; those mid-transaction finish it first.
   for (uint32_t index = 0; index < slots_used; ++index) {
     Connection& c = slot(index);
@@ -169,6 +176,9 @@ void Shard::Impl::dispatch(const io_uring_cqe& cqe) {
     case CompletionTag::log:
       log.on_write_done(cqe.res);
       return;
+    case CompletionTag::dns_poll:
+      on_dns_poll(cqe);
+      return;
     case CompletionTag::ignore:
       return;
     case CompletionTag::stream_recv:
@@ -228,6 +238,10 @@ uint64_t Shard::Impl::wait_us() const {
     const uint64_t wall = io::wall_ms();
     wait = std::min(wait, scheduler_deadline_ms > wall ? (scheduler_deadline_ms - wall) * 1000 : 0);
   }
+  if (dns_deadline_ms != 0) {
+    const uint64_t now_ms = io::monotonic_ms();
+    wait = std::min(wait, dns_deadline_ms > now_ms ? (dns_deadline_ms - now_ms) * 1000 : 0);
+  }
   const uint64_t now = io::monotonic_us();
   if (const std::optional<uint64_t> timer_ms = timers->next_deadline_ms()) {
     const uint64_t timer_us = *timer_ms * 1000;
@@ -259,6 +273,10 @@ void Shard::Impl::loop() {
     if (scheduler_deadline_ms != 0 && io::wall_ms() >= scheduler_deadline_ms) {
       run_scheduler();
     }
+    if (dns_deadline_ms != 0 && loop_now_ms >= dns_deadline_ms) {
+      dns->on_tick(loop_now_ms);
+      run_resolver();
+    }
     if (!draining && context->draining->load(std::memory_order_relaxed)) {
       start_drain();
     }
@@ -286,8 +304,13 @@ void Shard::Impl::loop() {
           }
         }
       }
+      // With other shards: only once every shard has seen the drain (no new job can come) and
+      // every job of ours has ended (its outcomes journaled here), with no mail left either way.
+      const bool others_done = context->shards_draining == nullptr ||
+                               (context->shards_draining->load(std::memory_order_seq_cst) == context->shards &&
+                                jobs_outstanding == 0 && mail_idle());
       if (open_connections == 0 && outbound_open == 0 && tickets.empty() && waiting_for_space.empty() &&
-          shard->_spool->idle()) {
+          shard->_spool->idle() && others_done) {
         if (!accepts_cancelled) {
           cancel_accepts();
         } else {
@@ -302,6 +325,7 @@ void Shard::Impl::loop() {
       accepts_to_rearm.clear();
     }
     run_control_requests();
+    exchange_mail();
     retry_waiting_for_space();
     wake_budget_waiters();
     flush_dirty();
@@ -309,7 +333,13 @@ void Shard::Impl::loop() {
     submit_spool_io();
     log.flush(*ring, completion_user_data(CompletionTag::log, 0, 0));
     shard->_metrics.log_lines_dropped.store(log.dropped(), std::memory_order_relaxed);
-    ring->submit_wait_and_reap(wait_us(), [this](const io_uring_cqe& cqe) { dispatch(cqe); });
+    exchange_mail();  // what the steps above gave other shards, and their doorbells
+    // Asleep only if no mail came meanwhile (the mailbox's store-buffer protocol).
+    const bool may_sleep = context->mailbox == nullptr || context->mailbox->prepare_to_sleep(shard->_index);
+    ring->submit_wait_and_reap(may_sleep ? wait_us() : 0, [this](const io_uring_cqe& cqe) { dispatch(cqe); });
+    if (context->mailbox != nullptr) {
+      context->mailbox->woke(shard->_index);
+    }
     log_submit_errors();
     buffers->publish();
     flush_dirty();

@@ -14,6 +14,7 @@
 #include "engine/app/client_limits.h"
 #include "engine/app/metrics.h"
 #include "engine/io/address.h"
+#include "engine/io/mailbox.h"
 #include "engine/io/spsc_ring.h"
 #include "engine/relay/scheduler.h"
 #include "engine/smtp/client_session.h"
@@ -36,6 +37,31 @@ class SpoolIoPort {
   // A request with link_next is followed by the one it links to, which must then run only if
   // this one completed in full, else complete with -ECANCELED (io_uring's IOSQE_IO_LINK).
   virtual void submit(const spool::IoRequest& request) = 0;
+};
+
+// Delivery across shards (DESIGN.md "Ownership"): a recipient domain belongs to one shard, by
+// hash. The receiving shard makes a message's jobs and sends each to its domain's shard; that
+// shard delivers it (reading the body from the receiving shard's segment file) and sends the
+// outcomes back, which the receiving shard journals. Records are fixed-size; a job or a batch of
+// outcomes travels as a pointer whose ownership passes with it (the receiver deletes it).
+struct DeliveryMail {
+  enum class Kind : uint8_t {
+    job,       // payload: relay::Job*, to the domain's shard
+    outcomes,  // payload: OutcomeBatch*, to the origin shard
+    drop,      // queue_id: the origin held or deleted the message: forget its jobs
+  };
+  Kind kind = Kind::job;
+  void* payload = nullptr;
+  char queue_id[16] = {};
+};
+struct DeliveryAck {
+  uint8_t unused = 0;
+};
+using DeliveryMailbox = io::Mailbox<DeliveryMail, DeliveryAck>;
+inline constexpr size_t kDeliveryMailboxCapacity = 4096;  // per ordered pair of shards
+struct OutcomeBatch {
+  std::vector<relay::Outcome> outcomes;
+  uint32_t jobs_ended = 0;  // jobs of the origin's that the sender let go of
 };
 
 // Read-only settings shared by every shard, plus the few process-wide cells they share.
@@ -69,6 +95,10 @@ struct ShardContext {
   uint64_t connect_timeout_ms = 30'000;
   uint64_t idle_timeout_ms = 2'000;
   uint32_t messages_per_connection = 100;
+  uint32_t outbound_connections_max = 1000;  // this shard's share of [delivery] max_connections
+  uint32_t shards = 1;
+  DeliveryMailbox* mailbox = nullptr;              // null: one shard, nothing crosses
+  std::atomic<uint32_t>* shards_draining = nullptr;  // shards that have seen the drain (with mailbox)
 };
 
 // Work the admin thread asks a shard to do on the shard's own thread.
@@ -112,6 +142,8 @@ class Shard {
   void queue_changed(std::string_view id);
   // On this shard's own thread only: deferred mail (of `domain`, or all with "") is due now.
   uint64_t flush_queue(std::string_view domain);
+  // On this shard's own thread only: the delivery figures of /metrics.
+  void delivery_snapshot(SpoolSnapshot& snapshot) const;
 
   uint32_t index() const { return _index; }
   const ShardMetrics& metrics() const { return _metrics; }

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/app/input_path.h"
 #include "engine/app/log.h"
+#include "engine/app/segment_reader.h"
 #include "engine/app/shard.h"
 #include "engine/io/assert.h"
 #include "engine/io/buffer_ring.h"
@@ -24,6 +25,7 @@
 #include "engine/relay/scheduler.h"
 #include "engine/smtp/client_session.h"
 #include "engine/smtp/proxy_protocol.h"
+#include "resolver/resolver.h"
 #include "engine/smtp/replies.h"
 #include "engine/smtp/trace_header.h"
 #include "spool/message_id.h"
@@ -103,7 +105,7 @@ struct OutboundConnection {
   bool left = false;         // told connection_leaves / connection_closed: no more work
   bool session_over = false;  // on_close given to the session, in-flight results taken
   bool body_sending = false;  // end of data queued, not yet all sent
-  uint64_t pinned_segment = 0;  // the spool segment whose fd a body send uses (0: none)
+  std::string pinned_segment;  // the segment file a body send is queued from ("": none)
   uint64_t serial = 0;
   uint64_t started_ms = 0;
   uint64_t idle_since_ms = 0;
@@ -203,15 +205,27 @@ struct Shard::Impl : public smtp::SessionHost {
 
   // ---- outbound.cc: delivery ------------------------------------------------------------------
   std::unique_ptr<relay::Scheduler> scheduler;
+  std::unique_ptr<resolver::Resolver> dns;  // null when delivery is off or c-ares failed to start
+  absl::flat_hash_map<uint64_t, std::string> dns_requests;  // request id -> domain
+  uint64_t next_dns_request = 1;
+  uint64_t dns_deadline_ms = 0;  // monotonic; 0: none
   std::vector<std::unique_ptr<OutboundConnection[]>> outbound_chunks;
   std::vector<uint32_t> outbound_free;
   uint32_t outbound_used = 0;
   uint32_t outbound_open = 0;
+  std::deque<relay::ConnectRequest> connects_waiting;  // over outbound_connections_max: opened as others close
   std::vector<uint32_t> outbound_dirty;
   absl::flat_hash_set<std::string> finalizing;  // messages whose bounce or removal is on its way
   uint64_t random_state = 0;
   uint64_t next_outbound_serial = 0;
   uint64_t scheduler_deadline_ms = 0;  // wall clock; 0: none
+  SegmentReader segments;              // bodies are read through it, whichever shard holds them
+  // Jobs this shard made (its messages) that a scheduler, here or on another shard, still
+  // holds: the drain waits for them to end (results journaled here).
+  uint64_t jobs_outstanding = 0;
+  std::vector<std::deque<DeliveryMail>> outbox;  // per target: mail waiting for a credit
+  std::vector<OutcomeBatch> outcome_batches;     // per origin: this iteration's outcomes for it
+  bool counted_draining = false;
 
   OutboundConnection& outbound(uint32_t index) {
     return outbound_chunks[index / kSlotsPerChunk][index % kSlotsPerChunk];
@@ -219,9 +233,20 @@ struct Shard::Impl : public smtp::SessionHost {
   uint64_t random();
   void start_delivery();
   void delivery_message_stored(std::string_view queue_id);
+  void route_jobs(const spool::MessageInfo& info);
+  uint32_t owner_of(std::string_view domain) const;
+  void send_mail(uint32_t target, const DeliveryMail& mail);
+  void on_mail(uint32_t source, const DeliveryMail& mail);
+  void exchange_mail();
+  bool mail_idle() const;
+  void record_outcome_here(relay::Outcome out);
+  void jobs_ended(uint32_t count);
   void run_scheduler();
   void resolve_domain(const std::string& domain);
+  void run_resolver();
+  void on_dns_poll(const io_uring_cqe& cqe);
   void open_outbound(relay::ConnectRequest request);
+  void open_waiting_outbound();
   void connect_target(uint32_t index);
   void outbound_dispatch(const io_uring_cqe& cqe, io::CompletionTag tag, uint32_t index);
   void outbound_on_connect(uint32_t index, int32_t res);

@@ -102,6 +102,7 @@ enum class CompletionTag : uint8_t {
   spool,
   doorbell,
   log,
+  dns_poll,  // a poll of one of the resolver's sockets: index = fd, generation = the arm's
 };
 
 inline uint64_t completion_user_data(CompletionTag tag, uint32_t index, uint32_t generation) {

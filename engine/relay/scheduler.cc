@@ -47,8 +47,27 @@ std::string recipient_domain(std::string_view address) {
 
 // ---- jobs in --------------------------------------------------------------------------------
 void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uint64_t random) {
+  for (Job& job : make_jobs(info, now_ms, _settings.recipients_per_transaction)) {
+    job.id = 0;
+    add_job(std::move(job), now_ms, random);
+  }
+}
+
+void Scheduler::add_job(Job job, uint64_t now_ms, uint64_t random) {
+  job.id = _next_job_id++;
+  ++_jobs_total;
+  if (job.due_ms > now_ms) {
+    const uint64_t due = job.due_ms;
+    schedule(std::move(job), due);
+  } else {
+    enqueue(std::move(job), now_ms, random);
+  }
+}
+
+std::vector<Job> make_jobs(const spool::MessageInfo& info, uint64_t now_ms, uint32_t recipients_per_transaction) {
+  std::vector<Job> jobs;
   if (info.status == spool::MessageStatus::held || info.removal_pending) {
-    return;
+    return jobs;
   }
   // Recipients by domain and by due time, in the message's order.
   struct Group {
@@ -63,10 +82,15 @@ void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uin
     if (spool::is_final(state.state) || state.final_in_flight) {
       continue;
     }
-    const uint64_t due = state.state == spool::DeliveryState::deferred ? state.next_attempt_ms : 0;
+    // Every recipient due by now is "due now" (0), whatever its recorded time: recipients
+    // deferred at different times (say, in an earlier run) share a transaction again.
+    uint64_t due = state.state == spool::DeliveryState::deferred ? state.next_attempt_ms : 0;
+    if (due <= now_ms) {
+      due = 0;
+    }
     std::string domain = recipient_domain(info.recipients[i]);
     auto group = std::find_if(groups.begin(), groups.end(), [&](const Group& g) {
-      return g.domain == domain && g.due_ms == due && g.recipients.size() < _settings.recipients_per_transaction;
+      return g.domain == domain && g.due_ms == due && g.recipients.size() < recipients_per_transaction;
     });
     if (group == groups.end()) {
       groups.push_back(Group{std::move(domain), due, {}});
@@ -76,8 +100,8 @@ void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uin
   }
   for (Group& group : groups) {
     Job job;
-    job.id = _next_job_id++;
     job.message_id = info.id;
+    job.due_ms = group.due_ms;
     job.domain = std::move(group.domain);
     job.location = info.location;
     job.arrival_ms = info.arrival_ms;
@@ -98,18 +122,20 @@ void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uin
       }
       job.transaction.recipients.push_back(std::move(recipient));
     }
-    ++_jobs_total;
-    if (group.due_ms > now_ms) {
-      schedule(std::move(job), group.due_ms);
-    } else {
-      enqueue(std::move(job), now_ms, random);
-    }
+    jobs.push_back(std::move(job));
   }
+  return jobs;
 }
 
 size_t Scheduler::drop_message(std::string_view message_id) {
   size_t dropped = 0;
-  const auto matches = [&](const Job& job) { return job.message_id == message_id; };
+  const auto matches = [&](const Job& job) {
+    if (job.message_id != message_id) {
+      return false;
+    }
+    _dropped_origins.push_back(job.origin);
+    return true;
+  };
   for (auto it = _scheduled.begin(); it != _scheduled.end();) {
     if (matches(it->second)) {
       it = _scheduled.erase(it);
@@ -125,6 +151,17 @@ size_t Scheduler::drop_message(std::string_view message_id) {
     dropped += std::erase_if(site->ready, matches);
   }
   _jobs_total -= dropped;
+  for (size_t i = 0; i < dropped; ++i) {
+    _ended.push_back(_dropped_origins[i]);
+  }
+  _dropped_origins.clear();
+  // Without this, what a job in flight defers would be scheduled again after a hold or a delete
+  // and sent at its retry time.
+  for (auto& [id, in_flight] : _in_flight) {
+    if (in_flight.message_id == message_id) {
+      in_flight.dropped = true;
+    }
+  }
   return dropped;
 }
 
@@ -155,6 +192,14 @@ void Scheduler::schedule(Job job, uint64_t at_ms) {
 }
 
 void Scheduler::tick(uint64_t now_ms, uint64_t random) {
+  // A backoff that is over ends here (to_site already ignores it, but sites() would still say
+  // "down" until the next connection got through); `failures` stays, so that the next failure
+  // doubles the backoff.
+  for (auto& site : _sites) {
+    if (site->down_until_ms != 0 && site->down_until_ms <= now_ms) {
+      site->down_until_ms = 0;
+    }
+  }
   while (!_scheduled.empty() && _scheduled.begin()->first <= now_ms) {
     Job job = std::move(_scheduled.begin()->second);
     _scheduled.erase(_scheduled.begin());
@@ -194,8 +239,7 @@ std::vector<std::string> Scheduler::take_resolve_requests() {
   return std::exchange(_resolve_requests, {});
 }
 
-void Scheduler::on_plan(std::string_view name, const resolver::DeliveryPlan& plan, uint64_t now_ms,
-                        uint64_t random) {
+void Scheduler::on_plan(std::string_view name, const resolver::DeliveryPlan& plan, uint64_t now_ms, uint64_t random) {
   auto it = _domains.find(std::string(name));
   if (it == _domains.end()) {
     return;  // not asked for (or forgotten): nothing waits
@@ -264,11 +308,18 @@ void Scheduler::to_site(uint32_t index, Job job, uint64_t now_ms, uint64_t rando
 
 void Scheduler::pump(uint32_t index) {
   Site& site = *_sites[index];
-  // Idle connections take work first.
-  size_t unclaimed = site.ready.size();
+  // Ready jobs that no woken connection is about to take (each takes one). Counting only the
+  // ready queue here asked for a new connection for every job after the first that arrived
+  // before the woken connections had asked (a batch released by tick, n idle connections:
+  // n - 1 extra connections).
+  size_t unclaimed = site.ready.size() - std::min(site.ready.size(), site.woken.size());
+  // Idle connections take work first, the longest idle first: the connections take turns, so
+  // equal-preference hosts share the load as they share the connections (with the most
+  // recently idle first, the first host's connections kept every job and the others timed out).
   while (unclaimed > 0 && !site.idle.empty()) {
-    _wakes.push_back(site.idle.back());
-    site.idle.pop_back();
+    _wakes.push_back(site.idle.front());
+    site.woken.push_back(site.idle.front());
+    site.idle.erase(site.idle.begin());
     ++site.busy;  // until next_job says otherwise
     --unclaimed;
   }
@@ -315,6 +366,7 @@ std::optional<Job> Scheduler::next_job(uint32_t index, uint64_t connection) {
   Site& site = *_sites[index];
   // A woken connection was counted busy by pump; a fresh one is counted starting; one that just
   // finished a job is busy.
+  std::erase(site.woken, connection);  // it asks now
   if (site.ready.empty()) {
     site.idle.push_back(connection);
     SLUICE_ASSERT(site.busy > 0);
@@ -323,7 +375,8 @@ std::optional<Job> Scheduler::next_job(uint32_t index, uint64_t connection) {
   }
   Job job = std::move(site.ready.front());
   site.ready.pop_front();
-  ++_in_flight;
+  const bool inserted = _in_flight.try_emplace(job.id, InFlight{job.message_id, false}).second;
+  SLUICE_ASSERT(inserted, "a job is in flight once");
   return job;
 }
 
@@ -342,8 +395,10 @@ void Scheduler::connection_leaves(uint32_t index, uint64_t connection) {
   if (it != site.idle.end()) {
     site.idle.erase(it);
   } else {
+    // Woken for work it will not take, or done with its last job.
+    std::erase(site.woken, connection);
     SLUICE_ASSERT(site.busy > 0);
-    --site.busy;  // it was woken for work it will not take
+    --site.busy;
     pump(index);
   }
 }
@@ -352,6 +407,9 @@ void Scheduler::connection_closed(uint32_t index) {
   Site& site = *_sites[index];
   SLUICE_ASSERT(site.busy > 0);
   --site.busy;
+  // Woken connections are counted busy; one closed here (it should have left) would leave a
+  // stale entry that keeps the pump from asking for a connection.
+  SLUICE_ASSERT(site.woken.size() <= site.busy, "a woken connection is reported by connection_leaves");
   pump(index);
 }
 
@@ -364,33 +422,41 @@ void Scheduler::connection_failed(uint32_t index, const smtp::RecipientResult& r
     pump(index);  // others get through: the queue is theirs
     return;
   }
+  if (site.starting > 0) {
+    return;  // another attempt may still get through: not down yet
+  }
+  // Every connection failed: one failure of the site, however many connections failed in
+  // parallel (counting each would start the first outage at 2^(n-1) x the initial backoff).
   ++site.failures;
   uint64_t backoff = _settings.site_backoff_initial_ms;
   for (uint32_t i = 1; i < site.failures && backoff < _settings.retry.max_ms; ++i) {
     backoff *= 2;
   }
   backoff = std::min(backoff, _settings.retry.max_ms);
-  if (site.starting == 0) {
-    site.down_until_ms = now_ms + backoff;
-    site.down_reason = reason;
-    std::deque<Job> ready = std::exchange(site.ready, {});
-    for (Job& job : ready) {
-      defer(std::move(job), reason, {}, site.down_until_ms, now_ms, random);
-    }
+  site.down_until_ms = now_ms + backoff;
+  site.down_reason = reason;
+  std::deque<Job> ready = std::exchange(site.ready, {});
+  for (Job& job : ready) {
+    defer(std::move(job), reason, {}, site.down_until_ms, now_ms, random);
   }
 }
 
 // ---- results ------------------------------------------------------------------------------
 void Scheduler::on_job_done(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
                             uint64_t now_ms, uint64_t random) {
-  SLUICE_ASSERT(_in_flight > 0);
-  --_in_flight;
-  settle(std::move(job), results, remote_mta, 0, now_ms, random);
+  const auto it = _in_flight.find(job.id);
+  SLUICE_ASSERT(it != _in_flight.end(), "on_job_done for a job next_job handed out");
+  const bool dropped = it->second.dropped;
+  _in_flight.erase(it);
+  settle(std::move(job), results, remote_mta, 0, now_ms, random, !dropped);
 }
 
 void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
-                       uint64_t not_before_ms, uint64_t now_ms, uint64_t random) {
+                       uint64_t not_before_ms, uint64_t now_ms, uint64_t random, bool keep_retry) {
   SLUICE_ASSERT(results.size() == job.recipients.size(), "one result per recipient");
+  // The retry job is built from the job handed back: its transaction must be intact (not moved
+  // into the client session).
+  SLUICE_ASSERT(job.transaction.recipients.size() == job.recipients.size(), "the job comes back whole");
   Job retry = job;
   retry.recipients.clear();
   retry.attempts.clear();
@@ -402,6 +468,7 @@ void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& result
     const smtp::RecipientResult& result = results[i];
     Outcome out;
     out.message_id = job.message_id;
+    out.origin = job.origin;
     out.recipient = job.recipients[i];
     out.outcome.last_reply = reply_line(result);
     out.status = result.enhanced.to_string();
@@ -427,15 +494,16 @@ void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& result
     }
     _outcomes.push_back(std::move(out));
   }
-  if (retry.recipients.empty()) {
+  if (retry.recipients.empty() || !keep_retry) {
     --_jobs_total;
+    _ended.push_back(job.origin);
     return;
   }
   schedule(std::move(retry), retry_at_ms);
 }
 
-void Scheduler::defer(Job job, const smtp::RecipientResult& reason, std::string_view remote_mta,
-                      uint64_t not_before_ms, uint64_t now_ms, uint64_t random) {
+void Scheduler::defer(Job job, const smtp::RecipientResult& reason, std::string_view remote_mta, uint64_t not_before_ms,
+                      uint64_t now_ms, uint64_t random) {
   smtp::RecipientResult result = reason;
   result.status = smtp::DeliveryStatus::deferred;
   const std::vector<smtp::RecipientResult> results(job.recipients.size(), result);
@@ -447,6 +515,38 @@ void Scheduler::fail(Job job, const smtp::RecipientResult& reason, std::string_v
   result.status = smtp::DeliveryStatus::bounced;
   const std::vector<smtp::RecipientResult> results(job.recipients.size(), result);
   settle(std::move(job), results, remote_mta, 0, 0, 0);
+}
+
+size_t Scheduler::drop_all() {
+  size_t dropped = 0;
+  for (auto& [at, job] : _scheduled) {
+    _ended.push_back(job.origin);
+    ++dropped;
+  }
+  _scheduled.clear();
+  for (auto& [name, domain] : _domains) {
+    for (const Job& job : domain.waiting) {
+      _ended.push_back(job.origin);
+      ++dropped;
+    }
+    domain.waiting.clear();
+  }
+  for (auto& site : _sites) {
+    for (const Job& job : site->ready) {
+      _ended.push_back(job.origin);
+      ++dropped;
+    }
+    site->ready.clear();
+  }
+  _jobs_total -= dropped;
+  for (auto& [id, in_flight] : _in_flight) {
+    in_flight.dropped = true;
+  }
+  return dropped;
+}
+
+std::vector<uint32_t> Scheduler::take_ended() {
+  return std::exchange(_ended, {});
 }
 
 std::vector<Outcome> Scheduler::take_outcomes() {

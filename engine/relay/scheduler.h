@@ -21,7 +21,7 @@
 //
 // Decisions:
 // * A connection is asked for only while the site's ready queue is deeper than its connections
-//   that are starting or idle (those will take work soon), up to connections_per_site.
+//   that are starting, idle or woken (those will take work soon), up to connections_per_site.
 // * A site whose connections all fail (no address took a connection, or every one refused at
 //   the greeting) is down as a unit for an exponential backoff (site_backoff_initial_ms doubling
 //   to the retry policy's max): its ready jobs, and jobs that reach it meanwhile, are deferred
@@ -64,20 +64,24 @@ struct SchedulerSettings {
 
 // One transaction to send: the recipients of one message at one domain.
 struct Job {
-  uint64_t id = 0;
+  uint64_t id = 0;      // the scheduler's, given by add_job
+  uint32_t origin = 0;  // the shard whose spool holds the message: its outcomes are journaled there
   std::string message_id;
   std::string domain;
-  std::vector<uint32_t> recipients;  // indices in the message's recipient list
-  std::vector<uint32_t> attempts;    // parallel: failed attempts so far
+  std::vector<uint32_t> recipients;     // indices in the message's recipient list
+  std::vector<uint32_t> attempts;       // parallel: failed attempts so far
   smtp::ClientTransaction transaction;  // transaction.recipients parallel to `recipients`
   spool::MessageLocation location;
+  std::string segment_path;  // the segment file holding the body (read by the owner shard)
   uint64_t arrival_ms = 0;
+  uint64_t due_ms = 0;  // when first due (0: now); the scheduled queue keeps it afterwards
   uint64_t queued_ms = 0;  // when it became ready at its site (for the queue summary)
 };
 
 // What one attempt at one recipient came to, for the journal (spool::ShardSpool::record_outcome),
 // the log and, when bounced, the DSN.
 struct Outcome {
+  uint32_t origin = 0;  // the shard that journals it (Job::origin)
   std::string message_id;
   uint32_t recipient = 0;
   spool::RecipientOutcome outcome;  // state, next_attempt_ms, last_reply
@@ -106,7 +110,16 @@ class Scheduler {
   // A stored message: its recipients that are not final become jobs (due now, or at their
   // recorded next attempt). Held messages are skipped (release adds them again).
   void add_message(const spool::MessageInfo& info, uint64_t now_ms, uint64_t random);
-  // Forgets every job of `message_id` not in flight (delete, hold); returns how many.
+  // One job made by make_jobs (possibly on another shard): due now, or at job.due_ms.
+  void add_job(Job job, uint64_t now_ms, uint64_t random);
+  // Forgets every job not in flight (the drain: the spool keeps their state); returns how many.
+  size_t drop_all();
+  // One entry per job the scheduler let go of (every recipient final, dropped, or a retry
+  // not kept): the job's origin. The origin counts its jobs out with these.
+  std::vector<uint32_t> take_ended();
+  // Forgets every job of `message_id` not in flight (delete, hold); returns how many. Its jobs
+  // in flight still report through on_job_done (their outcomes are real), but what they defer
+  // is not tried again (release adds the message again).
   size_t drop_message(std::string_view message_id);
   // Scheduled jobs (of one domain, or all with an empty one) become due now; down sites are up.
   size_t flush(std::string_view domain, uint64_t now_ms);
@@ -126,24 +139,32 @@ class Scheduler {
   std::optional<Job> next_job(uint32_t site, uint64_t connection);
   // Idle connections that have work now: the shard calls next_job for each.
   std::vector<uint64_t> take_wakes();
-  // An idle connection is closing (idle timeout, its message limit, drain): no more work for it.
+  // Every connection that came up is reported gone exactly once: by connection_leaves or by
+  // connection_closed, never both (each takes it out of the site's count).
+  // connection_leaves: a connection that holds no job goes away: idle (idle timeout, drain, or
+  // lost while idle), woken but not yet asking, or done with its last job (its message limit).
+  // No more work for it; after it the shard does not call connection_closed for it.
   void connection_leaves(uint32_t site, uint64_t connection);
   // A requested connection got through its handshake: the site is up.
   void connection_up(uint32_t site);
   // A requested connection ended without ever being ready (every target failed): `reason` is
   // the last failure, as a recipient result. May put the site down.
   void connection_failed(uint32_t site, const smtp::RecipientResult& reason, uint64_t now_ms, uint64_t random);
-  // A ready connection ended (after its QUIT, or lost); its in-flight jobs were reported first.
+  // A ready connection that is not idle ended (lost during a transaction, or after its QUIT
+  // between next_job calls); its in-flight job was reported first. Never for an idle one: that
+  // is connection_leaves, which also takes it off the idle list.
   void connection_closed(uint32_t site);
 
-  // A job's results (one per recipient, in order) from the host `remote_mta`.
+  // A job's results (one per recipient, in order) from the host `remote_mta`. `job` is the one
+  // next_job handed out, whole (its transaction is copied into the retry of what is deferred).
+  // The shard calls it exactly once per job, also when the connection was lost (then deferred).
   void on_job_done(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
                    uint64_t now_ms, uint64_t random);
   std::vector<Outcome> take_outcomes();
 
   // Jobs anywhere (scheduled, waiting, ready, in flight).
   size_t jobs() const { return _jobs_total; }
-  size_t jobs_in_flight() const { return _in_flight; }
+  size_t jobs_in_flight() const { return _in_flight.size(); }
   size_t scheduled() const { return _scheduled.size(); }
   std::vector<SiteSummary> sites() const;
 
@@ -155,7 +176,8 @@ class Scheduler {
     uint32_t starting = 0;  // requested, not yet ready or failed
     uint32_t busy = 0;
     std::vector<uint64_t> idle;
-    uint32_t failures = 0;  // connection failures in a row
+    std::vector<uint64_t> woken;  // taken from idle by pump (counted busy), not yet in next_job
+    uint32_t failures = 0;        // connection failures in a row
     uint64_t down_until_ms = 0;
     smtp::RecipientResult down_reason;
     uint64_t connections_made = 0;  // for the start host of the next one
@@ -176,13 +198,20 @@ class Scheduler {
   void defer(Job job, const smtp::RecipientResult& reason, std::string_view remote_mta, uint64_t not_before_ms,
              uint64_t now_ms, uint64_t random);
   void fail(Job job, const smtp::RecipientResult& reason, std::string_view remote_mta);
+  // keep_retry false: the message was dropped, its deferred recipients get no retry job.
   void settle(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
-              uint64_t not_before_ms, uint64_t now_ms, uint64_t random);
+              uint64_t not_before_ms, uint64_t now_ms, uint64_t random, bool keep_retry = true);
 
   SchedulerSettings _settings;
   uint64_t _next_job_id = 1;
   size_t _jobs_total = 0;
-  size_t _in_flight = 0;
+  // Jobs in flight by id (unique while in flight; at most one per connection, so drop_message
+  // scans them): their message, and whether drop_message dropped it.
+  struct InFlight {
+    std::string message_id;
+    bool dropped = false;
+  };
+  absl::flat_hash_map<uint64_t, InFlight> _in_flight;
   std::multimap<uint64_t, Job> _scheduled;  // by next attempt
   absl::flat_hash_map<std::string, Domain> _domains;
   std::vector<std::unique_ptr<Site>> _sites;
@@ -191,7 +220,15 @@ class Scheduler {
   std::vector<ConnectRequest> _connect_requests;
   std::vector<uint64_t> _wakes;
   std::vector<Outcome> _outcomes;
+  std::vector<uint32_t> _ended;
+  std::vector<uint32_t> _dropped_origins;  // drop_message's matches, counted into _ended
 };
+
+// The jobs for a stored message's recipients that are not final: by domain, at most
+// recipients_per_transaction each; recipients deferred to later than now_ms wait for their
+// time (due_ms). None for a held message or one being removed. origin and segment_path are the
+// caller's to fill in.
+std::vector<Job> make_jobs(const spool::MessageInfo& info, uint64_t now_ms, uint32_t recipients_per_transaction);
 
 // The recipient's domain, lower case ("" for an address without one).
 std::string recipient_domain(std::string_view address);

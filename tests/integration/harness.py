@@ -701,6 +701,122 @@ class SharedServerTestCase(SluiceTestCase):
             raise AssertionError("sanitizer report in the shared server's log:\n%s" % reports)
 
 
+# ---- delivery: fixture DNS server and receivers (tests/fixtures) -------------------------------
+
+FIXTURES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+DELIVERY_WAIT_S = 60.0  # generous, as READY_TIMEOUT_S: the suite also runs under ASan
+
+
+def import_fixtures():
+    """The modules (dns_server, smtp_receiver) of tests/fixtures, imported on first use so that
+    tests which do not deliver need neither python3-dnslib nor python3-aiosmtpd."""
+    if FIXTURES_DIR not in sys.path:
+        sys.path.insert(0, FIXTURES_DIR)
+    import dns_server
+    import smtp_receiver
+    return dns_server, smtp_receiver
+
+
+def delivery_overrides(dns=None, port=None, routes=None, **delivery):
+    """Config overrides for a delivery test, to pass to start_sluice (alone or merged with
+    others by merge_config):
+      [dns] servers = [dns.address] (a DnsServer, or a list of them, or "HOST:PORT" strings);
+      [delivery] port = port (the one port all receivers of the test share) and any other
+        [delivery] key given as keyword, e.g. retry_initial="1s", lifetime="10s",
+        connections_per_host=2;
+      [[route]] from routes: {domain: next_hop} or a list of {"domain", "next_hop"} dicts; a
+        next_hop may be a receiver (its address is used)."""
+    overrides = {}
+    if dns is not None:
+        servers = dns if isinstance(dns, (list, tuple)) else [dns]
+        overrides["dns"] = {"servers": [getattr(s, "address", s) for s in servers]}
+    section = dict(delivery)
+    if port is not None:
+        section["port"] = int(port)
+    if section:
+        overrides["delivery"] = section
+    if routes:
+        items = routes.items() if isinstance(routes, dict) else \
+            ((r["domain"], r["next_hop"]) for r in routes)
+        overrides["route"] = [{"domain": d, "next_hop": getattr(hop, "address", hop)}
+                              for d, hop in items]
+    return overrides
+
+
+class DeliveryTestCase(SluiceTestCase):
+    """SluiceTestCase with the delivery fixtures: start_dns, start_receivers, start_sink. Each is
+    stopped after the test's Sluice servers (so that Sluice never sees them vanish while it
+    stops); on a failure, what they saw is printed with the logs."""
+
+    def setUp(self):
+        super().setUp()
+        self.fixtures = []
+
+    def _cleanup(self):
+        if self._failed():  # before the temp dir (smtp-sink's counters and dumps) goes
+            for fixture in self.fixtures:
+                sys.stderr.write("\n%s\n" % describe_fixture(fixture))
+        try:
+            super()._cleanup()
+        finally:
+            for fixture in reversed(self.fixtures):
+                fixture.stop()
+
+    def start_dns(self, zone=None, **kwargs):
+        """A started DnsServer (tests/fixtures/dns_server.py) serving `zone`; kwargs: host,
+        port, origins, default_ttl, negative_ttl."""
+        dns_server, _ = import_fixtures()
+        server = dns_server.DnsServer(zone, **kwargs)
+        self.fixtures.append(server)
+        return server.start()
+
+    def start_receivers(self, hosts=("127.0.0.2", "127.0.0.3"), per_host=None, **faults):
+        """Started SmtpReceivers, one per host, all on one port (receivers[0].port); faults as
+        in smtp_receiver.FAULT_DEFAULTS, per_host {host: {fault: value}} for exceptions."""
+        _, smtp_receiver = import_fixtures()
+        receivers = smtp_receiver.start_receivers(hosts, per_host=per_host, **faults)
+        self.fixtures.extend(receivers)
+        return receivers
+
+    def start_receiver(self, host="127.0.0.2", port=0, **faults):
+        _, smtp_receiver = import_fixtures()
+        receiver = smtp_receiver.SmtpReceiver(host, port, **faults)
+        self.fixtures.append(receiver)
+        return receiver.start()
+
+    def start_sink(self, host="127.0.0.2", port=0, options=(), dump=True):
+        """Postfix's smtp-sink as a process on host:port (skips the test if it is missing)."""
+        _, smtp_receiver = import_fixtures()
+        if not smtp_receiver.smtp_sink_available():
+            self.skipTest("smtp-sink not installed (package postfix)")
+        sink = smtp_receiver.SmtpSink(self.tmp, host, port, options=options, dump=dump)
+        self.fixtures.append(sink)
+        return sink.start()
+
+    def wait_for_messages(self, receivers, count, timeout=DELIVERY_WAIT_S):
+        """The messages once the receiver(s) together accepted `count`; fails after timeout."""
+        _, smtp_receiver = import_fixtures()
+        return smtp_receiver.wait_for_messages(receivers, count, timeout)
+
+
+def describe_fixture(fixture):
+    """A few lines on what a fixture saw, for the log of a failed test."""
+    if hasattr(fixture, "queries"):
+        counts = fixture.counts()
+        return "---- DNS %s: %d queries: %s" % (fixture.address, sum(counts.values()), counts)
+    if hasattr(fixture, "connections"):
+        lines = ["---- receiver %s: %d connection(s), %d message(s)" % (
+            fixture.address, fixture.connection_count, fixture.message_count)]
+        for conn in fixture.connections[-10:]:
+            lines.append("  #%d from %s: sent %s; got %s" % (
+                conn.id, conn.peer, " | ".join(conn.commands)[:400],
+                " | ".join(conn.replies)[-400:]))
+        return "\n".join(lines)
+    if hasattr(fixture, "counters"):
+        return "---- smtp-sink %s: %s" % (fixture.address, fixture.counters())
+    return repr(fixture)
+
+
 def built_with_sanitizers():
     """True for the ASan+UBSan build: its allocator and shadow memory make RSS figures meaningless."""
     try:

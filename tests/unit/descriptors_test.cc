@@ -32,8 +32,9 @@ TEST(DescriptorPlan, ConfiguredSessionsCapInboundAndOutboundHasItsShare) {
   EXPECT_EQ(plan_descriptors(demand).inbound, 1000u);
   demand.sessions_configured = 0;
   const DescriptorBudget budget = plan_descriptors(demand);
-  EXPECT_EQ(budget.outbound, 4000u);
-  EXPECT_EQ(budget.inbound, 20000u - 4000 - 70 - kDnsDescriptorsPerShard - 3 - kDescriptorReserve);
+  EXPECT_EQ(budget.outbound, 4000u + kSegmentReadersPerShard);
+  EXPECT_EQ(budget.inbound,
+            20000u - 4000 - kSegmentReadersPerShard - 70 - kDnsDescriptorsPerShard - 3 - kDescriptorReserve);
 }
 
 TEST(DescriptorPlan, ALimitBelowTheFixedPartsDoesNotFit) {

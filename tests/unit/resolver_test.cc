@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "engine/io/clock.h"
+#include "engine/io/ring.h"
 #include "engine/io/strings.h"
 #include "resolver/dns_testing.h"
 
@@ -42,6 +43,7 @@ struct ZoneAnswer {
   std::vector<AddressRecord> addresses;
   bool silent = false;        // no answer at all
   bool truncate_udp = false;  // over UDP only the header with TC; over TCP the whole answer
+  bool overcount = false;     // ANCOUNT one more than the records sent: malformed for our parser
 };
 
 // A DNS server on 127.0.0.1 in its own thread. A name in the zone without records of the type
@@ -99,6 +101,16 @@ class FakeDnsServer {
     }
     return total;
   }
+  // Every query unanswered, whatever the zone says.
+  void set_silent() {
+    std::lock_guard lock(_mutex);
+    _silent = true;
+  }
+  // The query ids seen, each once.
+  std::set<uint16_t> ids() const {
+    std::lock_guard lock(_mutex);
+    return _ids;
+  }
   size_t tcp_queries() const {
     std::lock_guard lock(_mutex);
     return _tcp_count;
@@ -144,7 +156,11 @@ class FakeDnsServer {
     std::lock_guard lock(_mutex);
     const std::pair<std::string, DnsType> key{query->question->name, query->question->type};
     ++_counts[key];
+    _ids.insert(query->header.id);
     _tcp_count += over_tcp ? 1 : 0;
+    if (_silent) {
+      return "";
+    }
     DnsMessage response;
     const auto it = _zone.find(key);
     if (it != _zone.end()) {
@@ -169,7 +185,11 @@ class FakeDnsServer {
     response.header.recursion_desired = query->header.recursion_desired;
     response.header.recursion_available = true;
     response.question = query->question;
-    return testing::encode_dns_response(response);
+    std::string wire = testing::encode_dns_response(response);
+    if (it != _zone.end() && it->second.overcount) {
+      wire[7] = static_cast<char>(wire[7] + 1);  // ANCOUNT's low octet (c-ares checks only the question)
+    }
+    return wire;
   }
 
   void run() {
@@ -254,6 +274,8 @@ class FakeDnsServer {
   std::set<std::string> _names;
   std::map<std::pair<std::string, DnsType>, size_t> _counts;
   size_t _tcp_count = 0;
+  std::set<uint16_t> _ids;
+  bool _silent = false;
 };
 
 // The shard's part, with poll(2) instead of the ring: one-shot polls as the resolver asks.
@@ -341,6 +363,97 @@ class Shard {
 
   Resolver& _resolver;
   std::map<std::pair<int, uint32_t>, uint32_t> _armed;  // (fd, generation) -> events
+  std::vector<PlanResult> _results;
+};
+
+// The shard's part as the shard will do it: on an io_uring, one-shot POLL_ADD per arm with the
+// (fd, generation) in its user_data, POLL_REMOVE by that user_data per cancel.
+class RingShard {
+ public:
+  static constexpr uint8_t kTagPoll = 1;
+  static constexpr uint8_t kTagPollRemove = 2;
+
+  RingShard(Resolver& resolver, io::Ring& ring) : _resolver(resolver), _ring(ring) {}
+
+  std::vector<PlanResult> run_until(size_t count) {
+    const uint64_t give_up_ms = io::monotonic_ms() + 60'000;
+    collect();
+    while (_results.size() < count) {
+      if (io::monotonic_ms() > give_up_ms) {
+        ADD_FAILURE() << "no plan after 60 s";
+        break;
+      }
+      turn(1'000'000);
+    }
+    std::vector<PlanResult> out;
+    out.swap(_results);
+    return out;
+  }
+
+  // Submits what the resolver asked and reaps until every poll it cancelled has completed.
+  void settle() {
+    for (int round = 0; round < 100 && (_polls_out > 0 || _removes_out > 0); ++round) {
+      turn(100'000);
+    }
+  }
+
+  size_t polls_out() const { return _polls_out; }
+  size_t cancels() const { return _cancels; }
+
+ private:
+  void submit_poll_requests() {
+    for (const PollRequest& request : _resolver.poll_requests()) {
+      const uint64_t user_data = io::UserData{kTagPoll, static_cast<uint32_t>(request.fd), request.generation}.encode();
+      io_uring_sqe* sqe = _ring.sqe();
+      if (request.op == PollRequest::Op::arm) {
+        io_uring_prep_poll_add(sqe, request.fd, request.events);
+        io_uring_sqe_set_data64(sqe, user_data);
+        ++_polls_out;
+      } else {
+        io_uring_prep_poll_remove(sqe, user_data);
+        io_uring_sqe_set_data64(sqe, io::UserData{kTagPollRemove, 0, 0}.encode());
+        ++_removes_out;
+        ++_cancels;
+      }
+    }
+  }
+
+  void turn(uint64_t wait_us_max) {
+    submit_poll_requests();
+    uint64_t now = io::monotonic_ms();
+    const std::optional<uint64_t> deadline = _resolver.next_deadline_ms(now);
+    uint64_t wait_us = wait_us_max;
+    if (deadline) {
+      wait_us = *deadline > now ? std::min<uint64_t>((*deadline - now) * 1000, wait_us_max) : 0;
+    }
+    _ring.submit_wait_and_reap(std::max<uint64_t>(wait_us, 1), [&](const io_uring_cqe& cqe) {
+      const io::UserData tag = io::UserData::decode(cqe.user_data);
+      if (tag.tag == kTagPollRemove) {
+        --_removes_out;
+        return;
+      }
+      ASSERT_EQ(tag.tag, kTagPoll);
+      --_polls_out;
+      _resolver.on_poll_ready(static_cast<int>(tag.index), tag.generation, cqe.res, io::monotonic_ms());
+    });
+    now = io::monotonic_ms();
+    if (deadline && now >= *deadline) {
+      _resolver.on_tick(now);
+    }
+    collect();
+  }
+
+  void collect() {
+    for (PlanResult& result : _resolver.take_completed()) {
+      _results.push_back(std::move(result));
+    }
+  }
+
+  Resolver& _resolver;
+  io::Ring& _ring;
+  size_t _polls_out = 0;  // POLL_ADDs whose CQE has not come
+  size_t _removes_out = 0;
+  size_t _cancels = 0;
   std::vector<PlanResult> _results;
 };
 
@@ -530,6 +643,33 @@ TEST_F(ResolverTest, SilentServerIsTemporaryAfterTheTimeout) {
   EXPECT_EQ(resolver->metrics().query_timeouts, 1u);
 }
 
+TEST_F(ResolverTest, MalformedAnswerIsTemporary) {
+  ZoneAnswer bad = mx_answer({mx("bad.test", 10, "mx.bad.test")});
+  bad.overcount = true;
+  server.set("bad.test", DnsType::mx, bad);
+  std::unique_ptr<Resolver> resolver = make(options());
+  ASSERT_NE(resolver, nullptr);
+  EXPECT_EQ(plan(*resolver, "bad.test").failure, PlanFailure::dns_temporary);
+  EXPECT_EQ(server.queries_total(), 1u);
+  EXPECT_EQ(resolver->metrics().query_failures, 1u);
+}
+
+TEST_F(ResolverTest, TtlsReachTheCache) {
+  // TTL 0 and no floor: expired at once, so the next plan asks again; TTL 300: it does not.
+  ZoneAnswer zero;
+  zero.mx = {MxRecord{"zero.test", 0, 10, "mx.zero.test"}};
+  server.set("zero.test", DnsType::mx, zero);
+  server.set("mx.zero.test", DnsType::a, address_answer("mx.zero.test", {"192.0.2.50"}));
+  ResolverOptions o = options();
+  o.ttl_floor_ms = 0;
+  std::unique_ptr<Resolver> resolver = make(o);
+  ASSERT_NE(resolver, nullptr);
+  EXPECT_FALSE(plan(*resolver, "zero.test").failure);
+  EXPECT_FALSE(plan(*resolver, "zero.test").failure);
+  EXPECT_EQ(server.queries("zero.test", DnsType::mx), 2u);
+  EXPECT_EQ(server.queries("mx.zero.test", DnsType::a), 1u);
+}
+
 TEST_F(ResolverTest, AliasDomainIsFollowedToItsCanonicalName) {
   // An alias with an MX at its target: the MX answer carries the chain.
   ZoneAnswer alias = mx_answer({mx("real.test", 10, "mx.real.test")});
@@ -618,7 +758,9 @@ TEST_F(ResolverTest, ConcurrentPlansOfOneDomainShareTheirQueries) {
   EXPECT_EQ(ids, (std::set<uint64_t>{1, 2, 3}));
   EXPECT_EQ(server.queries("example.test", DnsType::mx), 1u);
   EXPECT_EQ(server.queries_total(), 7u);
+  EXPECT_EQ(server.ids().size(), 7u);  // c-ares gave each query its own id
   EXPECT_EQ(resolver->metrics().queries_sent, 7u);
+  EXPECT_EQ(resolver->metrics().queries_ended, 7u);
   EXPECT_EQ(resolver->metrics().lookups_merged, 14u);  // two plans' MX and six address lookups
 }
 
@@ -653,6 +795,19 @@ TEST_F(ResolverTest, AnUnaskableDomainIsNoSuchDomain) {
   EXPECT_EQ(server.queries_total(), 0u);
 }
 
+TEST_F(ResolverTest, AnMxHostThatCannotBeAskedForHasNoAddress) {
+  // c-ares's encoder does not know \DDD: such a host is skipped, not asked for under another name.
+  server.set("odd.test", DnsType::mx,
+             mx_answer({mx("odd.test", 10, "bad\\032name.test"), mx("odd.test", 20, "good.test")}));
+  server.set("good.test", DnsType::a, address_answer("good.test", {"192.0.2.40"}));
+  std::unique_ptr<Resolver> resolver = make(options());
+  ASSERT_NE(resolver, nullptr);
+  EXPECT_EQ(targets_of(plan(*resolver, "odd.test")), std::vector<std::string>{"good.test=192.0.2.40:2525"});
+  EXPECT_EQ(server.queries_total(), 3u);  // MX, and good.test's A and AAAA
+  EXPECT_EQ(resolver->metrics().queries_sent, 3u);
+  EXPECT_EQ(resolver->metrics().queries_ended, 3u);
+}
+
 TEST_F(ResolverTest, TooManyPlansInFlightAreTemporary) {
   server.set("silent.test", DnsType::mx, silent_answer());
   ResolverOptions o = options();
@@ -668,6 +823,76 @@ TEST_F(ResolverTest, TooManyPlansInFlightAreTemporary) {
   EXPECT_EQ(early[0].request_id, 3u);
   EXPECT_EQ(early[0].plan.failure, PlanFailure::dns_temporary);
   EXPECT_EQ(shard.run_until(2).size(), 2u);
+}
+
+TEST_F(ResolverTest, ASilentFirstServerIsPassedOver) {
+  FakeDnsServer dead;
+  dead.set_silent();
+  server.set("plain.test", DnsType::a, address_answer("plain.test", {"192.0.2.9"}));
+  ResolverOptions o = options();
+  o.servers = {dead.address(), server.address()};
+  std::unique_ptr<Resolver> resolver = make(o);
+  ASSERT_NE(resolver, nullptr);
+  EXPECT_EQ(targets_of(plan(*resolver, "plain.test")), std::vector<std::string>{"plain.test=192.0.2.9:2525"});
+  EXPECT_GE(dead.queries("plain.test", DnsType::mx), 1u);
+  EXPECT_EQ(server.queries("plain.test", DnsType::mx), 1u);
+}
+
+TEST_F(ResolverTest, DestroyedWithQueriesInFlight) {
+  server.set("silent.test", DnsType::mx, silent_answer());
+  std::unique_ptr<Resolver> resolver = make(options());
+  ASSERT_NE(resolver, nullptr);
+  Shard shard(*resolver);
+  resolver->request_plan(1, "silent.test", io::monotonic_ms());
+  shard.take_poll_requests();
+  EXPECT_GE(shard.armed(), 1u);
+  EXPECT_FALSE(resolver->idle());
+  resolver.reset();  // c-ares ends the query: nothing leaks (the sanitizer build checks), nothing runs
+}
+
+TEST_F(ResolverTest, NoServersMeansResolvConf) {
+  ResolverOptions o = options();
+  o.servers.clear();
+  EXPECT_TRUE(Resolver::create(o).ok());
+}
+
+// The same resolver driven from an io_uring, as the shard will: plans come out, a truncated
+// answer goes over TCP, a silent server times out, and once idle no poll is left in the kernel
+// (a poll left armed would keep a socket c-ares closed open).
+TEST_F(ResolverTest, DrivenFromAnIoUring) {
+  set_two_primaries_and_a_backup();
+  ZoneAnswer big = mx_answer({mx("big.test", 10, "mx.big.test")});
+  big.truncate_udp = true;
+  server.set("big.test", DnsType::mx, big);
+  server.set("mx.big.test", DnsType::a, address_answer("mx.big.test", {"192.0.2.30"}));
+  server.set("silent.test", DnsType::mx, silent_answer());
+  absl::StatusOr<io::Ring*> created = io::Ring::create_for_this_thread(io::RingOptions{64, 256});
+  ASSERT_TRUE(created.ok()) << created.status();
+  std::unique_ptr<io::Ring> ring(*created);
+  std::unique_ptr<Resolver> resolver = make(options());
+  ASSERT_NE(resolver, nullptr);
+  RingShard shard(*resolver, *ring);
+
+  resolver->request_plan(1, "example.test", io::monotonic_ms());
+  resolver->request_plan(2, "example.test", io::monotonic_ms());
+  resolver->request_plan(3, "big.test", io::monotonic_ms());
+  resolver->request_plan(4, "silent.test", io::monotonic_ms());
+  std::map<uint64_t, DeliveryPlan> plans;
+  for (PlanResult& result : shard.run_until(4)) {
+    plans[result.request_id] = std::move(result.plan);
+  }
+  ASSERT_EQ(plans.size(), 4u);
+  EXPECT_EQ(targets_of(plans[1]).front(), "mx-a.example.test=192.0.2.1:2525");
+  EXPECT_EQ(targets_of(plans[2]).front(), "mx-b.example.test=192.0.2.3:2525");
+  EXPECT_EQ(targets_of(plans[3]), std::vector<std::string>{"mx.big.test=192.0.2.30:2525"});
+  EXPECT_EQ(plans[4].failure, PlanFailure::dns_temporary);
+  EXPECT_EQ(server.tcp_queries(), 1u);
+  EXPECT_EQ(server.queries("example.test", DnsType::mx), 1u);
+  EXPECT_TRUE(resolver->idle());
+  shard.settle();
+  EXPECT_EQ(shard.polls_out(), 0u);
+  EXPECT_GE(shard.cancels(), 1u);
+  EXPECT_GE(resolver->metrics().stale_polls, 1u);  // the cancelled polls' own CQEs
 }
 
 TEST_F(ResolverTest, RefusesBadOptions) {
