@@ -346,6 +346,9 @@ void Shard::Impl::on_dns_poll(const io_uring_cqe& cqe) {
 // ---- outcomes, bounces, removal -----------------------------------------------------------
 void Shard::Impl::record_outcomes() {
   for (relay::Outcome& out : scheduler->take_outcomes()) {
+    if (out.unattempted) {
+      log_unattempted(out);
+    }
     if (out.origin == shard->_index) {
       record_outcome_here(std::move(out));
     } else {
@@ -952,6 +955,26 @@ void Shard::Impl::outbound_drain() {
 }
 
 // ---- the log --------------------------------------------------------------------------------
+// The attempt line of a result decided without a connection (DNS, a site down, every
+// connection failed), and its metrics: every attempt has its line, as connections log theirs.
+void Shard::Impl::log_unattempted(const relay::Outcome& out) {
+  std::string line = str_cat("event=delivery id=", out.message_id);
+  append_log_field(line, "site", out.domain);
+  str_append(&line, " host=- address=-");
+  append_log_field(line, "to", out.address);
+  const std::string_view outcome = out.outcome.state == spool::DeliveryState::bounced ? "bounced" : "deferred";
+  str_append(&line, " outcome=", outcome, " code=0 status=", out.status, " duration_ms=0 connection=-");
+  append_log_field(line, "reply", out.outcome.last_reply);
+  log.line(line);
+  ShardMetrics& metrics = shard->_metrics;
+  if (out.outcome.state == spool::DeliveryState::bounced) {
+    metrics.add(metrics.recipients_bounced);
+  } else {
+    metrics.add(metrics.recipients_deferred);
+    metrics.add(metrics.deferrals_network);
+  }
+}
+
 void Shard::Impl::log_attempt(const OutboundConnection& c, const relay::Job& job,
                               const std::vector<smtp::RecipientResult>& results) {
   const resolver::PlanTarget& target = c.targets[c.target];

@@ -274,6 +274,7 @@ struct Shard::Impl : public smtp::SessionHost {
   void check_final(const std::string& id);
   void finalize_message(const spool::MessageInfo& info);
   void remove_message(const std::string& id);
+  void log_unattempted(const relay::Outcome& out);
   void log_attempt(const OutboundConnection& c, const relay::Job& job, const std::vector<smtp::RecipientResult>& results);
 
   // ---- inbound.cc: connections and their sessions -------------------------------------------

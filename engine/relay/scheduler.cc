@@ -452,7 +452,7 @@ void Scheduler::on_job_done(Job job, const std::vector<smtp::RecipientResult>& r
 }
 
 void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
-                       uint64_t not_before_ms, uint64_t now_ms, uint64_t random, bool keep_retry) {
+                       uint64_t not_before_ms, uint64_t now_ms, uint64_t random, bool keep_retry, bool attempted) {
   SLUICE_ASSERT(results.size() == job.recipients.size(), "one result per recipient");
   // The retry job is built from the job handed back: its transaction must be intact (not moved
   // into the client session).
@@ -470,6 +470,9 @@ void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& result
     out.message_id = job.message_id;
     out.origin = job.origin;
     out.recipient = job.recipients[i];
+    out.address = job.transaction.recipients[i].address;
+    out.domain = job.domain;
+    out.unattempted = !attempted;
     out.outcome.last_reply = reply_line(result);
     out.status = result.enhanced.to_string();
     out.remote_mta = std::string(remote_mta);
@@ -507,14 +510,14 @@ void Scheduler::defer(Job job, const smtp::RecipientResult& reason, std::string_
   smtp::RecipientResult result = reason;
   result.status = smtp::DeliveryStatus::deferred;
   const std::vector<smtp::RecipientResult> results(job.recipients.size(), result);
-  settle(std::move(job), results, remote_mta, not_before_ms, now_ms, random);
+  settle(std::move(job), results, remote_mta, not_before_ms, now_ms, random, true, false);
 }
 
 void Scheduler::fail(Job job, const smtp::RecipientResult& reason, std::string_view remote_mta) {
   smtp::RecipientResult result = reason;
   result.status = smtp::DeliveryStatus::bounced;
   const std::vector<smtp::RecipientResult> results(job.recipients.size(), result);
-  settle(std::move(job), results, remote_mta, 0, 0, 0);
+  settle(std::move(job), results, remote_mta, 0, 0, 0, true, false);
 }
 
 size_t Scheduler::drop_all() {

@@ -87,6 +87,11 @@ struct Outcome {
   spool::RecipientOutcome outcome;  // state, next_attempt_ms, last_reply
   std::string status;               // enhanced status code, "5.1.1"
   std::string remote_mta;           // the host that answered, or empty
+  std::string address;              // the recipient (for the log)
+  std::string domain;               // its domain
+  // Decided without a connection (DNS, a site down, every connection failed): no connection
+  // logged the attempt, so whoever journals it logs it.
+  bool unattempted = false;
 };
 
 // The shard should open a connection for `site`, trying `targets` in order.
@@ -199,8 +204,11 @@ class Scheduler {
              uint64_t now_ms, uint64_t random);
   void fail(Job job, const smtp::RecipientResult& reason, std::string_view remote_mta);
   // keep_retry false: the message was dropped, its deferred recipients get no retry job.
+  // attempted: a connection carried the job (its owner logs the attempt); false for results
+  // decided here (DNS, a site down, no connection), which Outcome::unattempted marks.
   void settle(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
-              uint64_t not_before_ms, uint64_t now_ms, uint64_t random, bool keep_retry = true);
+              uint64_t not_before_ms, uint64_t now_ms, uint64_t random, bool keep_retry = true,
+              bool attempted = true);
 
   SchedulerSettings _settings;
   uint64_t _next_job_id = 1;
