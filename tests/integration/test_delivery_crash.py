@@ -18,8 +18,8 @@ The unit of counting is (token, recipient): every message has a unique token (X-
 Message-ID, sender address and body), and with recipients_per_transaction = 1 each recipient of a
 two-recipient message is its own transaction, so a crash can fall between them.
 
-SLUICE_CRASH_MESSAGES sets the message count of the kill -9 run (default 5,000; 1,500 under
-ASan, where the same run would take several minutes)."""
+SLUICE_CRASH_MESSAGES sets the message count of the kill -9 run (default 5,000: about a minute
+here, under ASan too)."""
 
 import collections
 import json
@@ -42,15 +42,17 @@ SEGMENT_BYTES = 1 << 20           # small segments: the run fills and seals seve
 DRAIN_WAIT_S = 300.0              # generous (ASan, a shared 2-core box); never reached when healthy
 KILL_AT_ACKED = 0.5               # kill -9 once Sluice acknowledged this share of the run
 KILL_AT_DELIVERED = 0.02          # ... and the receiver got at least this many per message of the run
-POWERCUT_MESSAGES_PER_ROUND = 900  # new messages sent at most in each run before a cut (ASan: a third)
-POWERCUT_ROUNDS = (("drop", False), ("torn", True))  # (cut mode, at the next data sync)
+POWERCUT_MESSAGES_PER_ROUND = 900  # new messages sent at most in each run before a cut
+# (cut mode, at the next data sync): a sync cut short (an outcome batch, typically), a torn
+# one, and one at a random moment.
+POWERCUT_ROUNDS = (("drop", True), ("torn", True), ("drop", False))
 FINAL_STATES = ("delivered", "bounced")
 
 
 def message_count():
     if os.environ.get("SLUICE_CRASH_MESSAGES"):
         return int(os.environ["SLUICE_CRASH_MESSAGES"])
-    return 1500 if h.built_with_sanitizers() else 5000
+    return 5000
 
 
 def token_of(message):
@@ -352,6 +354,10 @@ class DeliveryCrashBase(DeliveryTestCase):
                          "(token, recipient), %d duplicate(s)\n" % (
                              len(ledger.attempts), len(ledger.acked), receiver.message_count,
                              len(counts), len(duplicates)))
+        with ledger.lock:
+            unacked = {token_of(m) for m in receiver.messages} - set(ledger.acked)
+        # A message stored durably whose 250 the crash kept from the client may be delivered: allowed.
+        sys.stderr.write("    %d delivered token(s) whose 250 the client never saw (stored, then the crash)\n" % len(unacked))
         for token, rcpt, first, second in duplicates[:50]:
             sys.stderr.write("      duplicate: %s to %s, delivered in run %d and again in run %d\n" % (
                 token, rcpt, first, second))
@@ -422,8 +428,9 @@ class KillDuringDelivery(DeliveryCrashBase):
         sys.stderr.write("    segments: fresh %s, at the kill %s, after the drain %s; %.1f s in all\n" % (
             {s: sorted(f) for s, f in fresh.items()}, {s: sorted(f) for s, f in at_kill.items()},
             {s: sorted(f) for s, f in after.items()}, time.monotonic() - started))
-        self.assertTrue(max(max(f) for f in at_kill.values()) > max(max(f) for f in fresh.values()) + 1,
-                        "the run never sealed a segment: the deletion is not tested")
+        # Every segment that held mail at the kill is sealed by the restart's recovery; the
+        # drain must delete them all.
+        self.assertTrue(any(len(files) > 2 for files in at_kill.values()), "no segment held mail at the kill")
         self.assertTrue(drained, "segments left after the drain: %s (fresh: %s)" % (after, fresh))
         for shard, files in after.items():
             # At the kill the newest kReadySegmentsTarget (2) may have been preallocated, empty;
@@ -482,7 +489,7 @@ class PowerCutDuringDelivery(DeliveryCrashBase):
         server.start()
         senders = Senders(ledger, total=None, seed=seed)
         self.addCleanup(senders.halt)
-        quota = POWERCUT_MESSAGES_PER_ROUND // (3 if h.built_with_sanitizers() else 1)
+        quota = POWERCUT_MESSAGES_PER_ROUND
         senders.start(server, run, quota)
         for number, (mode, at_sync) in enumerate(POWERCUT_ROUNDS, start=1):
             # The cut comes while mail is being delivered: the receiver has some of this run's.
