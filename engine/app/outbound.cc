@@ -244,7 +244,7 @@ void Shard::queue_changed(std::string_view id) {
     impl.route_jobs(*info);
   }
   if (!_spool->find(id)) {
-    impl.bounce_remote_mta.erase(std::string(id));  // deleted: no DSN will ask for its hosts
+    impl.dsn_notes.erase(std::string(id));  // deleted: no DSN will ask for its hosts
   }
   impl.run_scheduler();
 }
@@ -368,6 +368,7 @@ void Shard::Impl::record_outcomes() {
 void Shard::Impl::record_outcome_here(relay::Outcome out) {
   const std::string id = out.message_id;
   const bool bounced = out.outcome.state == spool::DeliveryState::bounced;
+  const bool relayed = out.relayed;
   absl::StatusOr<uint64_t> ticket = shard->_spool->record_outcome(id, out.recipient, std::move(out.outcome));
   if (!ticket.ok()) {
     // A message deleted meanwhile (NOT_FOUND) has nothing to record; anything else is ours.
@@ -377,9 +378,9 @@ void Shard::Impl::record_outcome_here(relay::Outcome out) {
     }
     return;
   }
-  // The DSN's Remote-MTA: the journal keeps only the reply, so the host is kept here.
-  if (bounced && !out.remote_mta.empty()) {
-    bounce_remote_mta[id][out.recipient] = std::move(out.remote_mta);
+  // The DSN's Remote-MTA and the "relayed" notices: the journal keeps only the reply.
+  if ((bounced && !out.remote_mta.empty()) || relayed) {
+    dsn_notes[id][out.recipient] = DsnNote{std::move(out.remote_mta), relayed};
   }
   control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
     if (!status.ok()) {
@@ -411,10 +412,29 @@ void Shard::Impl::check_final(const std::string& id) {
 // A DSN for the bounced recipients that want one, durable before the original is removed.
 void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
   relay::DsnReport report;
-  const auto hosts = bounce_remote_mta.find(info.id);
+  const auto notes = dsn_notes.find(info.id);
   for (size_t i = 0; i < info.recipients.size(); ++i) {
     const spool::RecipientDelivery& state = info.recipient_states[i];
     const uint8_t notify = i < info.recipient_dsn.size() ? info.recipient_dsn[i].notify : 0;
+    const DsnNote* note = nullptr;
+    if (notes != dsn_notes.end()) {
+      if (const auto found = notes->second.find(static_cast<uint32_t>(i)); found != notes->second.end()) {
+        note = &found->second;
+      }
+    }
+    if (state.state == spool::DeliveryState::delivered && note != nullptr && note->relayed &&
+        relay::dsn_wanted(info.sender, notify, relay::DsnAction::relayed)) {
+      relay::DsnRecipient recipient;
+      recipient.final_recipient = info.recipients[i];
+      recipient.orcpt = i < info.recipient_dsn.size() ? info.recipient_dsn[i].orcpt : std::string();
+      recipient.action = relay::DsnAction::relayed;
+      recipient.status = "2.0.0";
+      recipient.remote_mta = note->remote_mta;
+      recipient.diagnostic = state.last_reply;
+      recipient.last_attempt_s = static_cast<int64_t>(io::wall_ms() / 1000);
+      report.recipients.push_back(std::move(recipient));
+      continue;
+    }
     if (state.state != spool::DeliveryState::bounced ||
         !relay::dsn_wanted(info.sender, notify, relay::DsnAction::failed)) {
       continue;
@@ -437,16 +457,14 @@ void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
       rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
     }
     recipient.diagnostic = state.last_reply;
-    if (hosts != bounce_remote_mta.end()) {
-      if (const auto host = hosts->second.find(static_cast<uint32_t>(i)); host != hosts->second.end()) {
-        recipient.remote_mta = host->second;
-      }
+    if (note != nullptr) {
+      recipient.remote_mta = note->remote_mta;
     }
     recipient.last_attempt_s = static_cast<int64_t>(io::wall_ms() / 1000);
     report.recipients.push_back(std::move(recipient));
   }
-  if (hosts != bounce_remote_mta.end()) {
-    bounce_remote_mta.erase(hosts);
+  if (notes != dsn_notes.end()) {
+    dsn_notes.erase(notes);
   }
   finalizing.insert(info.id);
   if (report.recipients.empty()) {
@@ -768,7 +786,8 @@ void Shard::Impl::outbound_job_done(uint32_t index) {
   }
   relay::Job job = std::move(*c.job);
   c.job.reset();
-  scheduler->on_job_done(std::move(job), results, c.targets[c.target].host, io::wall_ms(), random());
+  scheduler->on_job_done(std::move(job), results, c.targets[c.target].host, io::wall_ms(), random(),
+                         c.session->capabilities().dsn);
   run_scheduler();
 }
 

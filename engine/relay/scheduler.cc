@@ -443,12 +443,21 @@ void Scheduler::connection_failed(uint32_t index, const smtp::RecipientResult& r
 
 // ---- results ------------------------------------------------------------------------------
 void Scheduler::on_job_done(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
-                            uint64_t now_ms, uint64_t random) {
+                            uint64_t now_ms, uint64_t random, bool next_hop_dsn) {
   const auto it = _in_flight.find(job.id);
   SLUICE_ASSERT(it != _in_flight.end(), "on_job_done for a job next_job handed out");
   const bool dropped = it->second.dropped;
   _in_flight.erase(it);
+  std::vector<bool> success_wanted;
+  for (const smtp::ClientRecipient& recipient : job.transaction.recipients) {
+    success_wanted.push_back(!next_hop_dsn && (recipient.notify & smtp::kNotifySuccess) != 0);
+  }
+  const size_t first = _outcomes.size();
   settle(std::move(job), results, remote_mta, 0, now_ms, random, !dropped);
+  for (size_t i = 0; i < success_wanted.size() && first + i < _outcomes.size(); ++i) {
+    Outcome& out = _outcomes[first + i];
+    out.relayed = success_wanted[i] && out.outcome.state == spool::DeliveryState::delivered;
+  }
 }
 
 void Scheduler::settle(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,

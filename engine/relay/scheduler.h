@@ -92,6 +92,9 @@ struct Outcome {
   // Decided without a connection (DNS, a site down, every connection failed): no connection
   // logged the attempt, so whoever journals it logs it.
   bool unattempted = false;
+  // Delivered to a next hop without DSN for a recipient with NOTIFY=SUCCESS (RFC 3461 5.2.2):
+  // the sender is owed a DSN saying "relayed".
+  bool relayed = false;
 };
 
 // The shard should open a connection for `site`, trying `targets` in order.
@@ -163,8 +166,10 @@ class Scheduler {
   // A job's results (one per recipient, in order) from the host `remote_mta`. `job` is the one
   // next_job handed out, whole (its transaction is copied into the retry of what is deferred).
   // The shard calls it exactly once per job, also when the connection was lost (then deferred).
+  // next_hop_dsn: the server offered DSN (NOTIFY was passed on); without it a delivered
+  // recipient that asked for NOTIFY=SUCCESS is owed a "relayed" DSN (Outcome::relayed).
   void on_job_done(Job job, const std::vector<smtp::RecipientResult>& results, std::string_view remote_mta,
-                   uint64_t now_ms, uint64_t random);
+                   uint64_t now_ms, uint64_t random, bool next_hop_dsn = true);
   std::vector<Outcome> take_outcomes();
 
   // Jobs anywhere (scheduled, waiting, ready, in flight).

@@ -19,6 +19,7 @@ HOME_HOST = "127.0.0.3"    # MX of sender.test: where bounces go
 SENDER = "alice@sender.test"
 RCPT = "bob@dest.test"
 UNKNOWN = "nobody@dest.test"
+OTHER = "carol@dest.test"
 HOSTNAME = "relay.example.test"  # the harness's [server] hostname
 
 ZONE = {
@@ -435,6 +436,25 @@ class Bounces(FaultTestCase):
         self.assertEqual(self.bounce_lines(), [])
         rejected = self.deliveries(queue_id, outcome="bounced")
         self.assertEqual([(r["to"], r["code"]) for r in rejected], [(UNKNOWN, "550")])
+
+    def test_notify_success_to_a_next_hop_without_dsn_is_reported_relayed(self):
+        # The receiver offers no DSN, so NOTIFY=SUCCESS cannot be passed on: we report
+        # "relayed" ourselves (RFC 3461 5.2.2); a recipient without NOTIFY gets nothing.
+        self.start_world()
+        queue_id = self.send(message_bytes("tell me"), recipients=(RCPT, OTHER),
+                             rcpt_params={RCPT: "NOTIFY=SUCCESS,FAILURE"})
+        dsn = self.wait_for_dsn(queue_id)
+        self.assertEqual(dsn.sender, "")
+        self.assertEqual(dsn.recipients, [SENDER])
+        report = parse_dsn(dsn.data)
+        self.assertEqual([r.get("Final-Recipient") for r in report["recipients"]], ["rfc822; " + RCPT])
+        [r] = report["recipients"]
+        self.assertEqual(r.get("Action"), "relayed", r)
+        self.assertEqual(r.get("Status"), "2.0.0", r)
+        self.assertEqual(r.get("Remote-MTA"), "dns; mx.dest.test", r)
+        self.assertEqual(dsn.header("Subject"), "Successful Mail Delivery Report")
+        self.wait_queue_empty()
+        self.assertEqual(sorted(a for m in self.dest.messages for a in m.recipients), sorted([RCPT, OTHER]))
 
     def test_notify_never_no_dsn(self):
         self.start_world(dest_faults={"rcpt_550": [UNKNOWN]})
