@@ -984,9 +984,17 @@ class Handler {
 
   HttpResponse summary(const HttpRequest& request) {
     const uint64_t now = io::wall_ms();
+    std::optional<SummaryQueue> queue = SummaryQueue::all;
+    if (const auto it = request.query.find("queue"); it != request.query.end()) {
+      queue = parse_summary_queue(it->second);
+    }
+    if (!queue) {
+      return error_response(400, "queue must be all, active or deferred");
+    }
     auto parts = _caller.query<QueueSummary>(
-        [now](Shard& shard) {
+        [now, which = *queue](Shard& shard) {
           QueueSummary summary;
+          summary.queue = which;
           shard.spool().for_each_message([&](const spool::MessageInfo& message) { summary.add(message, now); });
           return summary;
         },

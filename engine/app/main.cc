@@ -26,6 +26,7 @@
 #include "engine/app/admin_server.h"
 #include "engine/app/config.h"
 #include "engine/app/descriptors.h"
+#include "engine/app/queue_report.h"
 #include "engine/app/http.h"
 #include "engine/app/log.h"
 #include "engine/app/shard.h"
@@ -72,7 +73,9 @@ const char* kQueueHelp =
     "actions:\n"
     "  list                  one message per line (like postqueue -p); --json: the API's JSON;\n"
     "                        --limit N and --after ID page through a large queue\n"
-    "  summary               recipient domains by message age (like qshape); --json: as JSON\n"
+    "  summary [QUEUE]       queued recipients by domain and message age (like qshape); QUEUE:\n"
+    "                        all (default), active (not tried yet or being tried) or deferred;\n"
+    "                        --json: as JSON\n"
     "  show ID...            a message with its envelope (JSON); --raw: the message itself\n"
     "  delete ID...          remove messages (each answered once its journal record is durable)\n"
     "  hold ID...            keep messages from delivery\n"
@@ -407,7 +410,9 @@ int queue_command(const Arguments& arguments) {
     std::cerr << "sluice queue " << action << ": needs at least one queue id\n";
     return kExitUsage;
   }
-  if ((action == "list" || action == "summary") && !ids.empty()) {
+  if (action == "summary" && ids.size() == 1 && parse_summary_queue(ids[0])) {
+    // summary [all|active|deferred]: qshape's queue selection
+  } else if ((action == "list" || action == "summary") && !ids.empty()) {
     std::cerr << "sluice queue " << action << ": takes no arguments\n";
     return kExitUsage;
   }
@@ -442,10 +447,12 @@ int queue_command(const Arguments& arguments) {
     return queue_list(arguments, request);
   }
   if (action == "summary" || action == "flush") {
-    const std::string path = action == "summary"
-                                 ? (arguments.json ? "/api/queue/summary?format=json" : "/api/queue/summary")
-                             : ids.empty() ? "/api/queue/flush"
-                                           : str_cat("/api/queue/flush?domain=", ids[0]);
+    const std::string path =
+        action == "summary"
+            ? str_cat("/api/queue/summary?queue=", ids.empty() ? std::string("all") : ids[0],
+                      arguments.json ? "&format=json" : "")
+        : ids.empty() ? "/api/queue/flush"
+                      : str_cat("/api/queue/flush?domain=", ids[0]);
     auto response = request(action == "flush" ? "POST" : "GET", path, action);
     if (!response) {
       return kExitRuntime;

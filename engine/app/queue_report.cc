@@ -45,14 +45,34 @@ std::string format_queue_list(const std::vector<spool::MessageInfo>& messages, c
   return out;
 }
 
+std::optional<SummaryQueue> parse_summary_queue(std::string_view name) {
+  if (name == "all" || name.empty()) {
+    return SummaryQueue::all;
+  }
+  if (name == "active") {
+    return SummaryQueue::active;
+  }
+  if (name == "deferred") {
+    return SummaryQueue::deferred;
+  }
+  return std::nullopt;
+}
+
 void QueueSummary::add(const spool::MessageInfo& message, uint64_t now_ms) {
   const uint64_t age_minutes = now_ms > message.arrival_ms ? (now_ms - message.arrival_ms) / 60'000 : 0;
   size_t column = 0;
   while (column < std::size(kSummaryBucketsMinutes) && age_minutes >= kSummaryBucketsMinutes[column]) {
     ++column;
   }
-  for (const std::string& rcpt : message.recipients) {
-    std::string domain = to_lower(smtp::domain_of(rcpt));
+  for (size_t i = 0; i < message.recipients.size(); ++i) {
+    const spool::DeliveryState state =
+        i < message.recipient_states.size() ? message.recipient_states[i].state : spool::DeliveryState::pending;
+    const bool deferred = state == spool::DeliveryState::deferred;
+    if (spool::is_final(state) || (queue == SummaryQueue::active && deferred) ||
+        (queue == SummaryQueue::deferred && !deferred)) {
+      continue;
+    }
+    std::string domain = to_lower(smtp::domain_of(message.recipients[i]));
     Row& row = domains[domain.empty() ? "(local)" : domain];
     ++row[0];
     ++row[column + 1];

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -17,9 +18,17 @@ namespace sluice::app {
 inline constexpr uint64_t kSummaryBucketsMinutes[] = {5, 10, 20, 40, 80, 160, 320, 640, 1280};
 inline constexpr size_t kSummaryColumns = std::size(kSummaryBucketsMinutes) + 1;
 
+// Which recipients a summary counts (qshape's queues): every one not yet final, or only those
+// not tried yet or being tried (active), or only those waiting for a retry (deferred).
+enum class SummaryQueue : uint8_t { all, active, deferred };
+// "all", "active", "deferred"; nullopt for anything else.
+std::optional<SummaryQueue> parse_summary_queue(std::string_view name);
+
 // Recipients per domain and age bucket. Built on each shard (so the index is never copied),
-// merged on the admin thread.
+// merged on the admin thread. Delivered and bounced recipients are not counted: they are no
+// longer queued, even while the rest of their message is.
 struct QueueSummary {
+  SummaryQueue queue = SummaryQueue::all;
   using Row = std::array<uint64_t, kSummaryColumns + 1>;  // [0] = total, then the buckets
   std::map<std::string, Row> domains;
   Row totals{};

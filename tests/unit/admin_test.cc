@@ -129,6 +129,25 @@ TEST(QueueReportTest, SummaryJsonMergesShards) {
   EXPECT_NE(json.find("\"total\": {\"total\": 3,"), std::string::npos) << json;
 }
 
+TEST(QueueReportTest, SummaryCountsQueuedRecipientsOfTheQueueAsked) {
+  // a@ deferred, b@ delivered (no longer queued), c@ not tried yet.
+  spool::MessageInfo info = message("A", 1000, {"a@one.test", "b@one.test", "c@one.test"});
+  info.recipient_states.resize(3);
+  info.recipient_states[0].state = spool::DeliveryState::deferred;
+  info.recipient_states[1].state = spool::DeliveryState::delivered;
+  const auto total = [&](SummaryQueue queue) {
+    QueueSummary summary;
+    summary.queue = queue;
+    summary.add(info, 1000);
+    return summary.totals[0];
+  };
+  EXPECT_EQ(total(SummaryQueue::all), 2u);
+  EXPECT_EQ(total(SummaryQueue::active), 1u);
+  EXPECT_EQ(total(SummaryQueue::deferred), 1u);
+  EXPECT_EQ(parse_summary_queue("deferred"), SummaryQueue::deferred);
+  EXPECT_EQ(parse_summary_queue("incoming"), std::nullopt);
+}
+
 TEST(QueueReportTest, RecipientStatesJsonHasOneEntryPerRecipient) {
   spool::MessageInfo info = message("A", 1000, {"a@x.test", "b\"q@y.test", "c@z.test"});
   info.recipient_states.resize(2);  // shorter than the recipients: the rest read as pending
