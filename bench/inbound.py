@@ -154,20 +154,28 @@ def loadavg():
 # helpers
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def wait_port(port, deadline):
+def free_port_pair(host="127.0.0.1"):
+    """Two distinct free ports on host (a server's and its admin listener's)."""
+    port, other = free_port(host), free_port(host)
+    while other == port:
+        other = free_port(host)
+    return port, other
+
+
+def wait_greeting(host, port, deadline):
+    """Wait until host:port answers 220, then QUIT (a session, never a message, for smtp-sink)."""
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            with socket.create_connection((host, port), timeout=1.0) as s:
                 # Read the greeting so that we know the server speaks, then leave politely.
                 s.settimeout(5.0)
-                banner = s.recv(512)
-                if banner.startswith(b"220"):
+                if s.recv(512).startswith(b"220"):
                     s.sendall(b"QUIT\r\n")
                     try:
                         s.recv(512)
@@ -177,7 +185,11 @@ def wait_port(port, deadline):
         except OSError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(f"nothing greets on 127.0.0.1:{port}")
+    raise RuntimeError(f"nothing greets on {host}:{port}")
+
+
+def wait_port(port, deadline):
+    wait_greeting("127.0.0.1", port, deadline)
 
 
 def check_not_tmpfs(path):
@@ -293,24 +305,32 @@ class Sluice(SingleProcessServer):
                "sluice_spool_fsync_seconds_count")
 
     def start(self):
-        port, admin_port = free_port(), free_port()
-        while admin_port == port:
-            admin_port = free_port()
+        port, admin_port = free_port_pair()
+        self.config_text = self.base_config("127.0.0.1", port)
+        if self.commit_interval_us is not None:
+            self.config_text += f"commit_interval_us = {self.commit_interval_us}\n"
+        self.config_text += f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+        self.launch("127.0.0.1", admin_port)
+        return port
+
+    def base_config(self, host, port):
+        """Make the spool dir; the [server] and [spool] config every benchmark's Sluice runs with."""
         spool = os.path.join(self.workdir, "spool")
         os.makedirs(spool)
-        config = os.path.join(self.workdir, "sluice.toml")
-        self.config_text = (
+        return (
             "[server]\n"
             'hostname = "sluice-bench.invalid"\n'
-            f'listen = ["127.0.0.1:{port}"]\n'
+            f'listen = ["{host}:{port}"]\n'
             + (f"threads = {self.threads_n}\n" if self.threads_n is not None else "")
             + "[spool]\n"
             f'dir = "{spool}"\n'
             "min_free_bytes = 0\n"
         )
-        if self.commit_interval_us is not None:
-            self.config_text += f"commit_interval_us = {self.commit_interval_us}\n"
-        self.config_text += f'[admin]\nlisten = "127.0.0.1:{admin_port}"\n'
+
+    def launch(self, admin_host, admin_port):
+        """Write self.config_text, start `sluice serve` on it, wait for event=ready and take the
+        metrics the case's figures are counted from."""
+        config = os.path.join(self.workdir, "sluice.toml")
         with open(config, "w") as f:
             f.write(self.config_text)
         self.command = [self.binary, "serve", "--config", config]
@@ -330,15 +350,17 @@ class Sluice(SingleProcessServer):
             if time.monotonic() > deadline:
                 raise RuntimeError("sluice: no event=ready within %ss" % START_TIMEOUT_S)
             time.sleep(0.02)
-        self.admin = f"http://127.0.0.1:{admin_port}"
-        self.metrics_before = prom_values(fetch(self.admin + "/metrics"), self.METRICS)
-        return port
+        self.admin = f"http://{admin_host}:{admin_port}"
+        self.metrics_before = self.metrics()
+
+    def metrics(self):
+        return prom_values(fetch(self.admin + "/metrics"), self.METRICS)
 
     def threads(self):
         return thread_cpu(self.proc.pid)
 
     def accepted(self):
-        self.metrics_after = prom_values(fetch(self.admin + "/metrics"), self.METRICS)
+        self.metrics_after = self.metrics()
         return int(self.metrics_after.get("sluice_messages_accepted_total", 0)
                    - self.metrics_before.get("sluice_messages_accepted_total", 0))
 
@@ -361,18 +383,24 @@ class Sluice(SingleProcessServer):
             log(f"sluice exited {self.proc.returncode} after SIGTERM")
 
 
-MAIN_CF = """\
-# Private, inbound-only Postfix for bench/inbound.py. No qmgr: accepted mail stays in incoming/.
+# What every benchmark's private Postfix has in main.cf: its own queue and data directory, smtpd
+# on {listen} only, nothing local. Followed by each benchmark's own settings.
+MAIN_CF_COMMON = """\
 compatibility_level = 3.6
 queue_directory = {queue}
 data_directory = {data}
 mail_owner = postfix
 setgid_group = postdrop
-inet_interfaces = 127.0.0.1
+inet_interfaces = {listen}
 inet_protocols = ipv4
 myhostname = postfix-bench.invalid
 mydestination =
 mynetworks = 127.0.0.0/8
+"""
+
+MAIN_CF = """\
+# Private, inbound-only Postfix for bench/inbound.py. No qmgr: accepted mail stays in incoming/.
+""" + MAIN_CF_COMMON + """\
 alias_maps =
 alias_database =
 maillog_file = {maillog}
@@ -409,21 +437,27 @@ class Postfix:
 
     def start(self):
         port = free_port()
+        self.launch(MAIN_CF.format(queue=self.queue, data=self.data, maillog=self.maillog, listen="127.0.0.1"),
+                    MASTER_CF.format(port=port), "127.0.0.1", port)
+        return port
+
+    def launch(self, main_cf, master_cf, host, port):
+        """Lay out the private instance (conf, queue, data dirs) with these main.cf and master.cf,
+        start it and wait for its smtpd on host:port to greet."""
         for d in (self.conf, self.queue, self.data):
             os.makedirs(d)
         shutil.chown(self.data, "postfix")  # master.lock is created there as mail_owner
         with open(os.path.join(self.conf, "main.cf"), "w") as f:
-            f.write(MAIN_CF.format(queue=self.queue, data=self.data, maillog=self.maillog))
+            f.write(main_cf)
         with open(os.path.join(self.conf, "master.cf"), "w") as f:
-            f.write(MASTER_CF.format(port=port))
+            f.write(master_cf)
         self.command = [POSTFIX, "-c", self.conf, "start"]
         subprocess.run([POSTFIX, "-c", self.conf, "check"], check=True)
         self.started = True  # from here on, stop() must run "postfix stop"
         subprocess.run(self.command, check=True, stdout=subprocess.DEVNULL)
         with open(os.path.join(self.queue, "pid", "master.pid")) as f:
             self.master = int(f.read().strip())
-        wait_port(port, time.monotonic() + START_TIMEOUT_S)
-        return port
+        wait_greeting(host, port, time.monotonic() + START_TIMEOUT_S)
 
     def pids(self):
         return descendants(self.master)
@@ -517,8 +551,7 @@ def run_case(label, server, messages, sessions, size, per_session):
     system = (cpu_after[1] - cpu_before[1]) / CLK_TCK
     busy = (box_after[0] - box_before[0]) / CLK_TCK
     ncpu = os.cpu_count()
-    threads = {k: round((v - threads_before.get(k, 0)) / CLK_TCK, 2) for k, v in threads_after.items()}
-    threads = {k: v for k, v in sorted(threads.items(), key=lambda kv: -kv[1]) if v > 0}
+    threads = tick_deltas(threads_after, threads_before)
     ok = source.returncode == 0 and (accepted is None or accepted == messages)
     result = {
         "case": label,
@@ -533,12 +566,7 @@ def run_case(label, server, messages, sessions, size, per_session):
         "source_exit": source.returncode,
         "source_output": source_output[-2000:],
         "accepted": accepted,
-        "wall_s": round(wall, 3),
-        "msg_per_s": round(messages / wall, 1),
-        "server_cpu_user_s": round(user, 2),
-        "server_cpu_sys_s": round(system, 2),
-        "server_cpu_us_per_msg": round((user + system) * 1e6 / messages, 1),
-        "server_cores": round((user + system) / wall, 2),
+        **rate_figures("server", wall, messages, user, system),
         "source_cpu_s": round(rusage.ru_utime + rusage.ru_stime, 2),
         "source_cpu_us_per_msg": round((rusage.ru_utime + rusage.ru_stime) * 1e6 / messages, 1),
         "box_busy_cores": round(busy / wall, 2),
@@ -560,8 +588,121 @@ def run_case(label, server, messages, sessions, size, per_session):
     return result
 
 
+# ---------------------------------------------------------------------------------------------
+# run plumbing and report output, shared with bench/relay.py
+
+
+def add_output_options(parser, what):
+    """--tmpdir (where `what` goes), --keep, --json, --markdown: the last options of both benchmarks."""
+    parser.add_argument("--tmpdir", default="/var/tmp",
+                        help=f"where {what} go: a real disk, never tmpfs (default /var/tmp)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--markdown", help="write the table and ratios as Markdown here")
+
+
+def unwind_on_signals():
+    """SIGTERM (and SIGINT even when started in the background) raise KeyboardInterrupt, so that
+    they unwind through the callers' finally blocks, which stop what was started."""
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
+
+
+def select_cases(plan, only):
+    """The plan's entries (label first) named in --only (comma-separated); all without it."""
+    if not only:
+        return plan
+    wanted = [x.strip() for x in only.split(",")]
+    unknown = set(wanted) - {p[0] for p in plan}
+    if unknown:
+        raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; known: {[p[0] for p in plan]}")
+    return [p for p in plan if p[0] in wanted]
+
+
+def case_workdir(root, i, label):
+    workdir = os.path.join(root, f"{i}-{label.replace(' ', '_')}")
+    os.makedirs(workdir)
+    os.chmod(workdir, 0o755)
+    return workdir
+
+
+def rate_figures(who, wall, messages, user, system):
+    """A case's rate and its server's (or relay's) CPU, as the results name them."""
+    return {
+        "wall_s": round(wall, 3),
+        "msg_per_s": round(messages / wall, 1),
+        f"{who}_cpu_user_s": round(user, 2),
+        f"{who}_cpu_sys_s": round(system, 2),
+        f"{who}_cpu_us_per_msg": round((user + system) * 1e6 / messages, 1),
+        f"{who}_cores": round((user + system) / wall, 2),
+    }
+
+
+def tick_deltas(after, before):
+    """{name: seconds} of after - before (both {name: ticks}), largest first, zeros dropped."""
+    out = {k: round((v - before.get(k, 0)) / CLK_TCK, 2) for k, v in after.items()}
+    return {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0}
+
+
 def ratio(a, b):
     return round(a / b, 3) if a and b else None
+
+
+def ratio_row(name, value, op, target):
+    met = None if target is None else (value >= target if op == ">=" else value <= target)
+    return {"ratio": name, "value": value, "target": f"{op} {target}" if target is not None else None, "met": met}
+
+
+def print_table(head, rows, ratio_rows, name_width):
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print()
+    for r in ratio_rows:
+        verdict = "" if r["met"] is None else ("met" if r["met"] else "NOT met")
+        print(f"{r['ratio']:{name_width}s} {r['value']:8.3f}  {r['target'] or '':8s} {verdict}")
+    print()
+
+
+def print_commands(commands, configs):
+    """The harness's command line, then (case, role, argv) and (case, title, config text) of each."""
+    print("commands:")
+    print("  " + " ".join([sys.executable] + sys.argv))
+    for case, role, argv in commands:
+        print(f"  [{case}] {role}: {' '.join(argv)}")
+    for case, title, text in configs:
+        print(f"  [{case}] {title}:\n    " + text.rstrip().replace("\n", "\n    "))
+
+
+def write_markdown(path, when, load_before, head, rows, ratio_rows, notes):
+    with open(path, "w") as f:
+        f.write(f"Run of {when}, load average before {load_before}, after {loadavg()}.\n\n")
+        write_markdown_tables(f, head, rows, ratio_rows)
+        for n in notes:
+            f.write(f"- {n}\n")
+
+
+def write_markdown_tables(f, head, rows, ratio_rows):
+    f.write("| " + " | ".join(head) + " |\n")
+    f.write("|" + "---|" * len(head) + "\n")
+    for row in rows:
+        f.write("| " + " | ".join(row) + " |\n")
+    f.write("\n| ratio | value | target | verdict |\n|---|---|---|---|\n")
+    for r in ratio_rows:
+        verdict = "(no target)" if r["met"] is None else ("met" if r["met"] else "**not met**")
+        f.write(f"| {r['ratio']} | {r['value']:.3f} | {r['target'] or ''} | {verdict} |\n")
+    f.write("\n")
+
+
+def write_json(path, started, results, ratio_rows):
+    with open(path, "w") as f:
+        json.dump({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                   "cpus": os.cpu_count(), "harness_command": [sys.executable] + sys.argv,
+                   "results": results, "ratios": ratio_rows}, f, indent=2)
 
 
 def main():
@@ -579,11 +720,7 @@ def main():
     parser.add_argument("--only", help="comma-separated case labels to run, e.g. 'sink -d,sluice -d'")
     parser.add_argument("--commit-interval-us", type=int,
                         help="set sluice [spool] commit_interval_us (default: Sluice's own default)")
-    parser.add_argument("--tmpdir", default="/var/tmp",
-                        help="where the spools go: a real disk, never tmpfs (default /var/tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--markdown", help="write the table and ratios as Markdown here")
+    add_output_options(parser, "the spools")
     args = parser.parse_args()
 
     if not os.access(args.sluice, os.X_OK):
@@ -610,29 +747,15 @@ def main():
              args.large_size, False),
         ]
 
-    def interrupted(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGTERM (and SIGINT even when started in the background) unwind through the finally below.
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)
-
-    if args.only:
-        wanted = [x.strip() for x in args.only.split(",")]
-        unknown = set(wanted) - {p[0] for p in plan}
-        if unknown:
-            raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; known: {[p[0] for p in plan]}")
-        plan = [p for p in plan if p[0] in wanted]
+    unwind_on_signals()
+    plan = select_cases(plan, args.only)
 
     results = []
     current = None
     started = time.time()
     try:
         for i, (label, make, messages, size, per_session) in enumerate(plan):
-            workdir = os.path.join(root, f"{i}-{label.replace(' ', '_')}")
-            os.makedirs(workdir)
-            os.chmod(workdir, 0o755)
-            current = make(workdir)
+            current = make(case_workdir(root, i, label))
             log(f"[{label}] {messages} x {size} B, {args.sessions} sessions{' (-d)' if per_session else ''} ...")
             results.append(run_case(label, current, messages, args.sessions, size, per_session))
             current = None
@@ -662,14 +785,7 @@ def main():
         ("sluice/sink msg/s (100K)", ratio(rate("sluice 100K"), rate("sink 100K")), None, None),
         ("sluice/sink CPU per msg (100K)", ratio(cpu("sluice 100K"), cpu("sink 100K")), None, None),
     ]
-    ratio_rows = []
-    for name, value, op, target in ratios:
-        if value is None:
-            continue
-        met = None
-        if target is not None:
-            met = value >= target if op == ">=" else value <= target
-        ratio_rows.append({"ratio": name, "value": value, "target": f"{op} {target}" if op else None, "met": met})
+    ratio_rows = [ratio_row(*r) for r in ratios if r[1] is not None]
 
     # The table.
     head = ("case", "msg/s", "wall s", "srv us/msg", "usr/sys s", "srv cores", "src us/msg", "box busy", "box us/msg",
@@ -682,17 +798,9 @@ def main():
                      f"{r['box_cpu_us_per_msg']:.0f}",
                      str(r.get("messages_per_fsync", "")) if r["server"] == "sluice" else "",
                      "yes" if r["ok"] else "NO"))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     print(f"inbound benchmark, {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started))}, "
           f"{os.cpu_count()} CPUs, load average at end {loadavg()}")
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print()
-    for r in ratio_rows:
-        verdict = "" if r["met"] is None else ("met" if r["met"] else "NOT met")
-        print(f"{r['ratio']:32s} {r['value']:8.3f}  {r['target'] or '':8s} {verdict}")
-    print()
+    print_table(head, rows, ratio_rows, 32)
     for r in results:
         if r["server"] == "sluice":
             print(f"{r['case']}: fsyncs {r['spool_fsyncs']}, messages fsynced {r['spool_messages_fsynced']}, "
@@ -701,41 +809,22 @@ def main():
         if r["server"] == "postfix":
             print(f"{r['case']}: CPU by process name (s): {r['server_cpu_by_thread_s']}")
     print()
-    print("commands:")
-    print("  " + " ".join([sys.executable] + sys.argv))
-    for r in results:
-        print(f"  [{r['case']}] server: {' '.join(r['server_command'])}")
-        print(f"  [{r['case']}] source: {' '.join(r['source_command'])}")
-    for r in results:
-        if r.get("server_config"):
-            print(f"  [{r['case']}] sluice.toml:\n    " + r["server_config"].rstrip().replace("\n", "\n    "))
-            break
+    print_commands([(r["case"], role, r[f"{role}_command"]) for r in results for role in ("server", "source")],
+                   [(r["case"], "sluice.toml", r["server_config"]) for r in results if r.get("server_config")][:1])
 
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(f"Run of {time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started))}, load average "
-                    f"before {results[0]['loadavg_before'] if results else '?'}, after {loadavg()}.\n\n")
-            f.write("| " + " | ".join(head) + " |\n")
-            f.write("|" + "---|" * len(head) + "\n")
-            for row in rows:
-                f.write("| " + " | ".join(row) + " |\n")
-            f.write("\n| ratio | value | target | verdict |\n|---|---|---|---|\n")
-            for r in ratio_rows:
-                verdict = "(no target)" if r["met"] is None else ("met" if r["met"] else "**not met**")
-                f.write(f"| {r['ratio']} | {r['value']:.3f} | {r['target'] or ''} | {verdict} |\n")
-            f.write("\n")
-            for r in results:
-                if r["server"] == "sluice":
-                    f.write(f"- {r['case']}: {r['spool_fsyncs']} fdatasyncs for {r['spool_messages_fsynced']} "
-                            f"messages = {r['messages_per_fsync']} messages per fsync, mean fdatasync {r['fsync_mean_ms']} ms; CPU by thread (s): "
-                            f"{r['server_cpu_by_thread_s']}\n")
-                if r["server"] == "postfix":
-                    f.write(f"- {r['case']}: CPU by process name (s): {r['server_cpu_by_thread_s']}\n")
+        notes = []
+        for r in results:
+            if r["server"] == "sluice":
+                notes.append(f"{r['case']}: {r['spool_fsyncs']} fdatasyncs for {r['spool_messages_fsynced']} "
+                             f"messages = {r['messages_per_fsync']} messages per fsync, mean fdatasync "
+                             f"{r['fsync_mean_ms']} ms; CPU by thread (s): {r['server_cpu_by_thread_s']}")
+            if r["server"] == "postfix":
+                notes.append(f"{r['case']}: CPU by process name (s): {r['server_cpu_by_thread_s']}")
+        write_markdown(args.markdown, time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started)),
+                       results[0]['loadavg_before'] if results else '?', head, rows, ratio_rows, notes)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-                       "cpus": os.cpu_count(), "harness_command": [sys.executable] + sys.argv,
-                       "results": results, "ratios": ratio_rows}, f, indent=2)
+        write_json(args.json, started, results, ratio_rows)
     return 0 if all(r["ok"] for r in results) else 1
 
 

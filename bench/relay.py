@@ -30,12 +30,10 @@ root for the Postfix part (postfix start), smtp-sink -u nobody and perf.
 """
 
 import argparse
-import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,9 +41,12 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import inbound  # noqa: E402  (same directory: /proc readers, Sluice and Postfix life cycle)
+import inbound  # noqa: E402  (same directory: /proc readers, Sluice and Postfix life cycle, report output)
 from inbound import (CLK_TCK, POSTFIX, SMTP_SINK, SMTP_SOURCE, SINK_BACKLOG, START_TIMEOUT_S,  # noqa: E402
-                     box_cpu, check_not_tmpfs, fetch, loadavg, log, proc_cpu, prom_values, terminate)
+                     add_output_options, box_cpu, case_workdir, check_not_tmpfs, free_port, free_port_pair,
+                     loadavg, log, print_commands, print_table, proc_cpu, rate_figures, ratio, ratio_row,
+                     select_cases, terminate, tick_deltas, unwind_on_signals, wait_greeting, write_json,
+                     write_markdown)
 
 SLUICE_HOST = "127.0.0.1"
 # Postfix refuses an inet_interfaces address that no interface has as its own (127.0.0.2 is
@@ -62,31 +63,6 @@ TARGET_VS_LIMIT_RATE = 0.5
 TARGET_VS_LIMIT_RATE_LARGE = 0.55
 TARGET_VS_POSTFIX_RATE = 6.0
 TARGET_VS_POSTFIX_CPU = 0.1
-
-
-def free_port(host):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_greeting(host, port, deadline):
-    """Wait until host:port answers 220, then QUIT (a session, never a message, for smtp-sink)."""
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=1.0) as s:
-                s.settimeout(5.0)
-                if s.recv(512).startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    try:
-                        s.recv(512)
-                    except OSError:
-                        pass
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing greets on {host}:{port}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,21 +202,9 @@ class SluiceRelay(inbound.Sluice):
         "sluice_messages_finished_total", "sluice_queue_messages", "sluice_outbound_connections")
 
     def start(self, sink_port):
-        port, admin_port = free_port(SLUICE_HOST), free_port(SLUICE_HOST)
-        while admin_port == port:
-            admin_port = free_port(SLUICE_HOST)
-        spool = os.path.join(self.workdir, "spool")
-        os.makedirs(spool)
-        config = os.path.join(self.workdir, "sluice.toml")
+        port, admin_port = free_port_pair(SLUICE_HOST)
         # fsync is always on; threads is left to Sluice unless --threads; [delivery] is the default.
-        self.config_text = (
-            "[server]\n"
-            'hostname = "sluice-bench.invalid"\n'
-            f'listen = ["{SLUICE_HOST}:{port}"]\n'
-            + (f"threads = {self.threads_n}\n" if self.threads_n is not None else "")
-            + "[spool]\n"
-            f'dir = "{spool}"\n'
-            "min_free_bytes = 0\n"
+        self.config_text = self.base_config(SLUICE_HOST, port) + (
             "[dns]\n"
             # Never the machine's resolver; the route below means no lookup is made anyway.
             'servers = ["127.0.0.1:9"]\n'
@@ -249,31 +213,8 @@ class SluiceRelay(inbound.Sluice):
             f'next_hop = "{SINK_HOST}:{sink_port}"\n'
             f'[admin]\nlisten = "{SLUICE_HOST}:{admin_port}"\n'
         )
-        with open(config, "w") as f:
-            f.write(self.config_text)
-        self.command = [self.binary, "serve", "--config", config]
-        self.stderr_path = os.path.join(self.workdir, "sluice.stderr")
-        # stderr to a file, not a pipe: the per-transaction log lines must never block the server.
-        with open(self.stderr_path, "wb") as err, open(os.path.join(self.workdir, "sluice.stdout"), "wb") as out:
-            self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                         start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            with open(self.stderr_path, "rb") as f:
-                if b"event=ready" in f.read():
-                    break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sluice exited {self.proc.returncode} before ready: "
-                                   + open(self.stderr_path, errors="replace").read()[-2000:])
-            if time.monotonic() > deadline:
-                raise RuntimeError("sluice: no event=ready within %ss" % START_TIMEOUT_S)
-            time.sleep(0.02)
-        self.admin = f"http://{SLUICE_HOST}:{admin_port}"
-        self.metrics_before = self._metrics()
+        self.launch(SLUICE_HOST, admin_port)
         return SLUICE_HOST, port
-
-    def _metrics(self):
-        return prom_values(fetch(self.admin + "/metrics"), self.METRICS)
 
     def pid(self):
         return self.proc.pid
@@ -282,10 +223,10 @@ class SluiceRelay(inbound.Sluice):
         return self.threads()
 
     def settled(self):
-        return self._metrics().get("sluice_queue_messages", 1) == 0
+        return self.metrics().get("sluice_queue_messages", 1) == 0
 
     def check(self, messages, recipients):
-        self.metrics_after = self._metrics()
+        self.metrics_after = self.metrics()
 
         def delta(name):
             return int(self.metrics_after.get(name, 0) - self.metrics_before.get(name, 0))
@@ -306,16 +247,7 @@ class SluiceRelay(inbound.Sluice):
 
 MAIN_CF = """\
 # Private relay Postfix for bench/relay.py: smtpd on {listen}, everything to relayhost (the sink).
-compatibility_level = 3.6
-queue_directory = {queue}
-data_directory = {data}
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = {listen}
-inet_protocols = ipv4
-myhostname = postfix-bench.invalid
-mydestination =
-mynetworks = 127.0.0.0/8
+""" + inbound.MAIN_CF_COMMON + """\
 relayhost = [{sink_host}]:{sink_port}
 # No local delivery: nothing is local (mydestination is empty), and if it were, it would fail.
 local_transport = error:5.1.1 no local delivery in this benchmark
@@ -361,21 +293,9 @@ class PostfixRelay(inbound.Postfix):
 
     def start(self, sink_port):
         port = free_port(POSTFIX_HOST)
-        for d in (self.conf, self.queue, self.data):
-            os.makedirs(d)
-        shutil.chown(self.data, "postfix")  # master.lock is created there as mail_owner
-        with open(os.path.join(self.conf, "main.cf"), "w") as f:
-            f.write(MAIN_CF.format(queue=self.queue, data=self.data, maillog=self.maillog, listen=POSTFIX_HOST,
-                                   sink_host=SINK_HOST, sink_port=sink_port))
-        with open(os.path.join(self.conf, "master.cf"), "w") as f:
-            f.write(MASTER_CF.format(listen=POSTFIX_HOST, port=port))
-        self.command = [POSTFIX, "-c", self.conf, "start"]
-        subprocess.run([POSTFIX, "-c", self.conf, "check"], check=True)
-        self.started = True  # from here on, stop() must run "postfix stop"
-        subprocess.run(self.command, check=True, stdout=subprocess.DEVNULL)
-        with open(os.path.join(self.queue, "pid", "master.pid")) as f:
-            self.master = int(f.read().strip())
-        wait_greeting(POSTFIX_HOST, port, time.monotonic() + START_TIMEOUT_S)
+        self.launch(MAIN_CF.format(queue=self.queue, data=self.data, maillog=self.maillog, listen=POSTFIX_HOST,
+                                   sink_host=SINK_HOST, sink_port=sink_port),
+                    MASTER_CF.format(listen=POSTFIX_HOST, port=port), POSTFIX_HOST, port)
         return POSTFIX_HOST, port
 
     def pid(self):
@@ -555,8 +475,7 @@ def run_case(label, relay, workdir, messages, sessions, size, recipients, perf=N
     sink_cpu = ticks(at_target["sink"], sink_before)
     settled_cpu = ticks(relay_settled, relay_before)
     source_cpu = rusage.ru_utime + rusage.ru_stime
-    parts = {k: round((v - parts_before.get(k, 0)) / CLK_TCK, 2) for k, v in at_target["parts"].items()}
-    parts = {k: v for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v > 0}
+    parts = tick_deltas(at_target["parts"], parts_before)
     result = {
         "case": label,
         "relay": relay.name,
@@ -571,12 +490,7 @@ def run_case(label, relay, workdir, messages, sessions, size, recipients, perf=N
         "source_exit": source.returncode,
         "source_output": source_output[-2000:],
         "received": received,
-        "wall_s": round(wall, 3),
-        "msg_per_s": round(messages / wall, 1),
-        "relay_cpu_user_s": round(user, 2),
-        "relay_cpu_sys_s": round(system, 2),
-        "relay_cpu_us_per_msg": round((user + system) * 1e6 / messages, 1),
-        "relay_cores": round((user + system) / wall, 2),
+        **rate_figures("relay", wall, messages, user, system),
         "relay_settle_s": round(t_settled - t_end, 3),
         "relay_cpu_us_per_msg_to_empty_queue": round(settled_cpu * 1e6 / messages, 1),
         "sink_cpu_us_per_msg": round(sink_cpu * 1e6 / messages, 1),
@@ -601,10 +515,6 @@ def run_case(label, relay, workdir, messages, sessions, size, recipients, perf=N
             with open(relay.stderr_path, errors="replace") as f:
                 result["relay_log_tail"] = f.read()[-2000:]
     return result
-
-
-def ratio(a, b):
-    return round(a / b, 3) if a and b else None
 
 
 def size_label(size):
@@ -637,11 +547,7 @@ def main():
                         "without frame pointers, larger data) or none")
     parser.add_argument("--perf-event", help="perf record -e EVENT (default: perf's, cpu-clock here), e.g. "
                         "io_uring:io_uring_submit_req to count the operations submitted")
-    parser.add_argument("--tmpdir", default="/var/tmp",
-                        help="where the spools and queues go: a real disk, never tmpfs (default /var/tmp)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, spools)")
-    parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--markdown", help="write the table and ratios as Markdown here")
+    add_output_options(parser, "the spools and queues")
     args = parser.parse_args()
     if args.quick:
         args.messages, args.large_messages, args.recipient_messages = 1000, 200, 1000
@@ -671,24 +577,14 @@ def main():
                      recipients))
         if not args.no_postfix:
             plan.append((f"postfix {suffix}", PostfixRelay, messages, size, recipients))
-    if args.only:
-        wanted = [x.strip() for x in args.only.split(",")]
-        unknown = set(wanted) - {p[0] for p in plan}
-        if unknown:
-            raise SystemExit(f"--only: unknown case(s) {sorted(unknown)}; known: {[p[0] for p in plan]}")
-        plan = [p for p in plan if p[0] in wanted]
+    plan = select_cases(plan, args.only)
     perf_case = None
     if args.perf:
         perf_case = args.perf_case or next((p[0] for p in plan if p[0].startswith("sluice")), None)
         if perf_case not in [p[0] for p in plan] or not perf_case.startswith("sluice"):
             raise SystemExit(f"--perf-case: {perf_case!r} is not a sluice case of this run")
 
-    def interrupted(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    # SIGTERM (and SIGINT even when started in the background) unwind through the finally blocks.
-    signal.signal(signal.SIGTERM, interrupted)
-    signal.signal(signal.SIGINT, interrupted)
+    unwind_on_signals()
 
     root = tempfile.mkdtemp(prefix="sluice-relay-", dir=args.tmpdir)
     os.chmod(root, 0o755)  # postfix (mail_owner) must be able to reach its queue below it
@@ -697,9 +593,7 @@ def main():
     started = time.time()
     try:
         for i, (label, make, messages, size, recipients) in enumerate(plan):
-            workdir = os.path.join(root, f"{i}-{label.replace(' ', '_')}")
-            os.makedirs(workdir)
-            os.chmod(workdir, 0o755)
+            workdir = case_workdir(root, i, label)
             relay = make(workdir)
             perf = PerfRecorder(os.path.abspath(args.perf), label, args.perf_seconds,
                                 args.perf_call_graph, args.perf_event) if label == perf_case else None
@@ -738,12 +632,7 @@ def main():
              TARGET_VS_POSTFIX_CPU if postfix_targets else None),
             (f"postfix/limit msg/s ({suffix})", ratio(rate(f"postfix {suffix}"), rate(f"limit {suffix}")), None, None),
         ]
-        for name, value, op, target in rows:
-            if value is None:
-                continue
-            met = None if target is None else (value >= target if op == ">=" else value <= target)
-            ratio_rows.append({"ratio": name, "value": value, "target": f"{op} {target}" if target is not None else None,
-                               "met": met})
+        ratio_rows += [ratio_row(*r) for r in rows if r[1] is not None]
 
     head = ("case", "msg/s", "wall s", "relay us/msg", "usr/sys s", "relay cores", "us/msg to empty", "sink us/msg",
             "src us/msg", "box busy", "box us/msg", "ok")
@@ -760,18 +649,10 @@ def main():
                      f"{r['relay_cpu_us_per_msg_to_empty_queue']:.0f}" if relayed else "-",
                      f"{r['sink_cpu_us_per_msg']:.0f}", f"{r['source_cpu_us_per_msg']:.0f}",
                      f"{r['box_busy_pct']:.0f}%", f"{r['box_cpu_us_per_msg']:.0f}", "yes" if r["ok"] else "NO"))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started))
     print(f"relay benchmark, {when}, {os.cpu_count()} CPUs, load average at end {loadavg()}"
           + (f"; perf attached to '{perf_case}'" if perf_case else ""))
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print()
-    for r in ratio_rows:
-        verdict = "" if r["met"] is None else ("met" if r["met"] else "NOT met")
-        print(f"{r['ratio']:40s} {r['value']:8.3f}  {r['target'] or '':8s} {verdict}")
-    print()
+    print_table(head, rows, ratio_rows, 40)
     notes = []
     for r in results:
         if r.get("relay") == "sluice":
@@ -790,40 +671,19 @@ def main():
     for n in notes:
         print(n)
     print()
-    print("commands:")
-    print("  " + " ".join([sys.executable] + sys.argv))
-    for r in results:
-        if "source_command" in r:
-            print(f"  [{r['case']}] sink: {' '.join(r['sink_command'])}")
-            if r["relay_command"]:
-                print(f"  [{r['case']}] relay: {' '.join(r['relay_command'])}")
-            print(f"  [{r['case']}] source: {' '.join(r['source_command'])}")
+    commands = [(r["case"], role, r[f"{role}_command"]) for r in results if "source_command" in r
+                for role in ("sink", "relay", "source") if role != "relay" or r["relay_command"]]
+    configs = []
     for kind in ("sluice", "postfix"):
-        for r in results:
-            if r.get("relay") == kind and r.get("relay_config"):
-                print(f"  [{r['case']}] config:\n    " + r["relay_config"].rstrip().replace("\n", "\n    "))
-                break
+        configs += [(r["case"], "config", r["relay_config"]) for r in results
+                    if r.get("relay") == kind and r.get("relay_config")][:1]
+    print_commands(commands, configs)
 
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(f"Run of {when}, load average before {results[0].get('loadavg_before', '?') if results else '?'}, "
-                    f"after {loadavg()}.\n\n")
-            f.write("| " + " | ".join(head) + " |\n")
-            f.write("|" + "---|" * len(head) + "\n")
-            for row in rows:
-                f.write("| " + " | ".join(row) + " |\n")
-            f.write("\n| ratio | value | target | verdict |\n|---|---|---|---|\n")
-            for r in ratio_rows:
-                verdict = "(no target)" if r["met"] is None else ("met" if r["met"] else "**not met**")
-                f.write(f"| {r['ratio']} | {r['value']:.3f} | {r['target'] or ''} | {verdict} |\n")
-            f.write("\n")
-            for n in notes:
-                f.write(f"- {n}\n")
+        write_markdown(args.markdown, when, results[0].get('loadavg_before', '?') if results else '?', head, rows,
+                       ratio_rows, notes)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-                       "cpus": os.cpu_count(), "harness_command": [sys.executable] + sys.argv,
-                       "results": results, "ratios": ratio_rows}, f, indent=2)
+        write_json(args.json, started, results, ratio_rows)
     return 0 if results and all(r["ok"] for r in results) else 1
 
 
