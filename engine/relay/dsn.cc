@@ -1,5 +1,7 @@
 #include "engine/relay/dsn.h"
 
+#include <cctype>
+
 #include <algorithm>
 
 #include "engine/io/strings.h"
@@ -69,6 +71,15 @@ DsnAction gravest(const DsnReport& report) {
   return worst;
 }
 
+// A reply as a server sent it: three digits, then a space, a hyphen or the end.
+bool is_smtp_reply(std::string_view text) {
+  if (text.size() < 3 || !std::isdigit(static_cast<unsigned char>(text[0])) ||
+      !std::isdigit(static_cast<unsigned char>(text[1])) || !std::isdigit(static_cast<unsigned char>(text[2]))) {
+    return false;
+  }
+  return text.size() == 3 || text[3] == ' ' || text[3] == '-';
+}
+
 std::string_view subject_for(const DsnReport& report) {
   const DsnAction worst = gravest(report);
   if (worst == DsnAction::failed) {
@@ -131,7 +142,10 @@ void delivery_status(const DsnReport& report, std::string& out) {
       line(out, str_cat("Remote-MTA: dns; ", one_line(r.remote_mta, 255)));
     }
     if (!r.diagnostic.empty()) {
-      line(out, str_cat("Diagnostic-Code: smtp; ", one_line(r.diagnostic)));
+      // "smtp" only for a remote server's reply (it starts with its code); our own reasons
+      // (SIZE, 8BITMIME, DNS, a lost connection) get our own type, as Postfix's "X-Postfix".
+      line(out, str_cat("Diagnostic-Code: ", is_smtp_reply(r.diagnostic) ? "smtp" : "X-Sluice", "; ",
+                        one_line(r.diagnostic)));
     }
     if (r.last_attempt_s > 0) {
       line(out, str_cat("Last-Attempt-Date: ", smtp::rfc5322_date(r.last_attempt_s)));

@@ -44,7 +44,9 @@ struct DsnRecipient {
   DsnAction action = DsnAction::failed;
   std::string status;      // enhanced status code, "5.1.1"
   std::string remote_mta;  // the host that answered, or empty (e.g. DNS failure)
-  std::string diagnostic;  // the remote reply as received (lines joined), or empty
+  // The remote reply as received (lines joined): "smtp" type; or our own reason ("5.3.4 ..."),
+  // written with type "X-Sluice"; or empty.
+  std::string diagnostic;
   int64_t last_attempt_s = 0;
   int64_t will_retry_until_s = 0;  // delayed: when we give up
 };

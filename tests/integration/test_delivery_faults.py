@@ -180,7 +180,8 @@ class FaultTestCase(h.DeliveryTestCase):
             original_id, self.home.address, self.home.messages))
         return dsn
 
-    def assertDsn(self, dsn, original_id, failed, status, diagnostic=None, remote_mta="mx.dest.test"):
+    def assertDsn(self, dsn, original_id, failed, status, diagnostic=None, remote_mta="mx.dest.test",
+                  diagnostic_type="smtp"):
         """dsn is a failure report for exactly the recipients `failed`, with Status `status` and
         (if given) a Diagnostic-Code containing `diagnostic`."""
         self.assertEqual(dsn.sender, "", "a DSN is sent from <>")
@@ -201,7 +202,7 @@ class FaultTestCase(h.DeliveryTestCase):
             self.assertEqual(r.get("Status"), status, r)
             self.assertEqual(r.get("Remote-MTA"), "dns; " + remote_mta, r)
             if diagnostic is not None:
-                self.assertTrue(r.get("Diagnostic-Code", "").startswith("smtp; "), r)
+                self.assertTrue(r.get("Diagnostic-Code", "").startswith(diagnostic_type + "; "), r)
                 self.assertIn(diagnostic, r.get("Diagnostic-Code"), r)
         return report
 
@@ -337,7 +338,7 @@ class Extensions(FaultTestCase):
         queue_id = self.send(message_bytes("eight bit", "caf\u00e9 cr\u00e8me\r\n".encode()),
                              mail_params=" BODY=8BITMIME")
         dsn = self.wait_for_dsn(queue_id)
-        self.assertDsn(dsn, queue_id, [RCPT], "5.6.3", diagnostic="8BITMIME")
+        self.assertDsn(dsn, queue_id, [RCPT], "5.6.3", diagnostic="8BITMIME", diagnostic_type="X-Sluice")
         self.wait_queue_empty()
         self.assertEqual(self.dest.message_count, 0)
         conn_commands = [c for conn in self.dest.connections for c in conn.commands]
@@ -364,7 +365,7 @@ class Extensions(FaultTestCase):
                         for i in range(60))
         queue_id = self.send(message_bytes("too big", body))
         dsn = self.wait_for_dsn(queue_id)
-        self.assertDsn(dsn, queue_id, [RCPT], "5.3.4", diagnostic="size limit 1000")
+        self.assertDsn(dsn, queue_id, [RCPT], "5.3.4", diagnostic="size limit 1000", diagnostic_type="X-Sluice")
         self.wait_queue_empty()
         self.assertEqual(self.dest.message_count, 0)
         commands = [c for conn in self.dest.connections for c in conn.commands]

@@ -77,6 +77,18 @@ TEST(DsnTest, FailedRecipientCarriesTheRfc3464Fields) {
   EXPECT_FALSE(dsn.body_8bit);
 }
 
+TEST(DsnTest, OurOwnReasonsAreNotCalledSmtpReplies) {
+  DsnReport report = failed_report();
+  report.recipients[0].status = "5.3.4";
+  report.recipients[0].remote_mta.clear();
+  report.recipients[0].diagnostic = "5.3.4 message size 2000 exceeds the server's size limit 1000";
+  const std::string w = build_dsn(report, kOriginal).wire;
+  EXPECT_TRUE(has_line(w, "Diagnostic-Code: X-Sluice; 5.3.4 message size 2000 exceeds the server's size limit 1000"))
+      << w;
+  report.recipients[0].diagnostic = "421-4.3.2 first line 421 4.3.2 second";
+  EXPECT_TRUE(has_line(build_dsn(report, kOriginal).wire, "Diagnostic-Code: smtp; 421-4.3.2 first line 421 4.3.2 second"));
+}
+
 TEST(DsnTest, WithoutRetFullOnlyTheHeaderIsReturned) {
   const BuiltDsn dsn = build_dsn(failed_report(), kOriginal);
   EXPECT_TRUE(has_line(dsn.wire, "Content-Type: text/rfc822-headers"));
