@@ -56,6 +56,14 @@ void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uin
 void Scheduler::add_job(Job job, uint64_t now_ms, uint64_t random) {
   job.id = _next_job_id++;
   ++_jobs_total;
+  if (_in_flight_by_message.contains(job.message_id)) {
+    _parked[job.message_id].push_back(std::move(job));
+    return;
+  }
+  place(std::move(job), now_ms, random);
+}
+
+void Scheduler::place(Job job, uint64_t now_ms, uint64_t random) {
   if (job.due_ms > now_ms) {
     const uint64_t due = job.due_ms;
     schedule(std::move(job), due);
@@ -133,9 +141,13 @@ size_t Scheduler::drop_message(std::string_view message_id) {
     if (job.message_id != message_id) {
       return false;
     }
-    _dropped_origins.push_back(job.origin);
+    _ended.push_back(job.origin);
     return true;
   };
+  if (const auto parked = _parked.find(std::string(message_id)); parked != _parked.end()) {
+    dropped += std::erase_if(parked->second, matches);
+    _parked.erase(parked);
+  }
   for (auto it = _scheduled.begin(); it != _scheduled.end();) {
     if (matches(it->second)) {
       it = _scheduled.erase(it);
@@ -151,10 +163,6 @@ size_t Scheduler::drop_message(std::string_view message_id) {
     dropped += std::erase_if(site->ready, matches);
   }
   _jobs_total -= dropped;
-  for (size_t i = 0; i < dropped; ++i) {
-    _ended.push_back(_dropped_origins[i]);
-  }
-  _dropped_origins.clear();
   // Without this, what a job in flight defers would be scheduled again after a hold or a delete
   // and sent at its retry time.
   for (auto& [id, in_flight] : _in_flight) {
@@ -377,6 +385,7 @@ std::optional<Job> Scheduler::next_job(uint32_t index, uint64_t connection) {
   site.ready.pop_front();
   const bool inserted = _in_flight.try_emplace(job.id, InFlight{job.message_id, false}).second;
   SLUICE_ASSERT(inserted, "a job is in flight once");
+  ++_in_flight_by_message[job.message_id];
   return job;
 }
 
@@ -453,10 +462,62 @@ void Scheduler::on_job_done(Job job, const std::vector<smtp::RecipientResult>& r
     success_wanted.push_back(!next_hop_dsn && (recipient.notify & smtp::kNotifySuccess) != 0);
   }
   const size_t first = _outcomes.size();
+  const std::string message_id = job.message_id;
+  const bool any_parked = _parked.contains(message_id);
+  std::optional<Job> returned;
+  if (any_parked) {
+    returned = job;  // settle takes the job; unpark needs its recipients and attempts
+  }
   settle(std::move(job), results, remote_mta, 0, now_ms, random, !dropped);
   for (size_t i = 0; i < success_wanted.size() && first + i < _outcomes.size(); ++i) {
     Outcome& out = _outcomes[first + i];
     out.relayed = success_wanted[i] && out.outcome.state == spool::DeliveryState::delivered;
+  }
+  const auto count = _in_flight_by_message.find(message_id);
+  SLUICE_ASSERT(count != _in_flight_by_message.end() && count->second > 0, "counted when handed out");
+  if (--count->second == 0) {
+    _in_flight_by_message.erase(count);
+  }
+  if (any_parked) {
+    unpark(message_id, *returned, first, !dropped, now_ms, random);
+  }
+}
+
+void Scheduler::unpark(const std::string& message_id, const Job& job, size_t first_outcome, bool retried,
+                       uint64_t now_ms, uint64_t random) {
+  const auto parked = _parked.find(message_id);
+  std::vector<Job>& jobs = parked->second;
+  for (size_t i = 0; i < job.recipients.size(); ++i) {
+    const Outcome& out = _outcomes[first_outcome + i];
+    for (Job& waiting : jobs) {
+      const auto at = std::find(waiting.recipients.begin(), waiting.recipients.end(), job.recipients[i]);
+      if (at == waiting.recipients.end()) {
+        continue;
+      }
+      const size_t k = static_cast<size_t>(at - waiting.recipients.begin());
+      // A deferred recipient whose retry the job kept is the retry's (a release drops the
+      // message first, so this is for a caller that added a message twice).
+      if (spool::is_final(out.outcome.state) || retried) {
+        waiting.recipients.erase(at);
+        waiting.attempts.erase(waiting.attempts.begin() + static_cast<ptrdiff_t>(k));
+        waiting.transaction.recipients.erase(waiting.transaction.recipients.begin() + static_cast<ptrdiff_t>(k));
+      } else {
+        waiting.attempts[k] = std::max(waiting.attempts[k], job.attempts[i] + 1);  // this attempt counts
+      }
+    }
+  }
+  if (_in_flight_by_message.contains(message_id)) {
+    return;  // another job of the message is still out: they wait for it too
+  }
+  std::vector<Job> ready = std::move(jobs);
+  _parked.erase(parked);
+  for (Job& waiting : ready) {
+    if (waiting.recipients.empty()) {
+      --_jobs_total;
+      _ended.push_back(waiting.origin);
+      continue;
+    }
+    place(std::move(waiting), now_ms, random);
   }
 }
 
@@ -550,6 +611,13 @@ size_t Scheduler::drop_all() {
     }
     site->ready.clear();
   }
+  for (auto& [message_id, jobs] : _parked) {
+    for (const Job& job : jobs) {
+      _ended.push_back(job.origin);
+      ++dropped;
+    }
+  }
+  _parked.clear();
   _jobs_total -= dropped;
   for (auto& [id, in_flight] : _in_flight) {
     in_flight.dropped = true;

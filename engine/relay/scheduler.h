@@ -17,7 +17,12 @@
 //   ready queue, one connection pool, one backoff. A route's site is its next hop.
 // * The scheduled queue: jobs deferred until a definite time, ordered by it; tick() releases
 //   them. Every job is always in exactly one place: scheduled, waiting for its domain's plan,
-//   ready at its site, or in flight on a connection (then the shard owes on_job_done).
+//   ready at its site, in flight on a connection (then the shard owes on_job_done), or parked
+//   behind a job of its message that is in flight.
+// * Parked jobs: a message added again (an admin release, which drops and re-adds it) while one
+//   of its jobs is on a connection would otherwise send that job's recipients a second time. Its
+//   new jobs wait until the message has nothing in flight; then the recipients those jobs made
+//   final are taken out, and the rest go on as usual.
 //
 // Decisions:
 // * A connection is asked for only while the site's ready queue is deeper than its connections
@@ -118,14 +123,16 @@ class Scheduler {
   // A stored message: its recipients that are not final become jobs (due now, or at their
   // recorded next attempt). Held messages are skipped (release adds them again).
   void add_message(const spool::MessageInfo& info, uint64_t now_ms, uint64_t random);
-  // One job made by make_jobs (possibly on another shard): due now, or at job.due_ms.
+  // One job made by make_jobs (possibly on another shard): due now, or at job.due_ms; parked
+  // while a job of its message is in flight.
   void add_job(Job job, uint64_t now_ms, uint64_t random);
   // Forgets every job not in flight (the drain: the spool keeps their state); returns how many.
   size_t drop_all();
   // One entry per job the scheduler let go of (every recipient final, dropped, or a retry
   // not kept): the job's origin. The origin counts its jobs out with these.
   std::vector<uint32_t> take_ended();
-  // Forgets every job of `message_id` not in flight (delete, hold); returns how many. Its jobs
+  // Forgets every job of `message_id` not in flight (delete, hold), parked ones too; returns how
+  // many. Its jobs
   // in flight still report through on_job_done (their outcomes are real), but what they defer
   // is not tried again (release adds the message again).
   size_t drop_message(std::string_view message_id);
@@ -172,7 +179,7 @@ class Scheduler {
                    uint64_t now_ms, uint64_t random, bool next_hop_dsn = true);
   std::vector<Outcome> take_outcomes();
 
-  // Jobs anywhere (scheduled, waiting, ready, in flight).
+  // Jobs anywhere (scheduled, waiting, ready, in flight, parked).
   size_t jobs() const { return _jobs_total; }
   size_t jobs_in_flight() const { return _in_flight.size(); }
   size_t scheduled() const { return _scheduled.size(); }
@@ -200,7 +207,14 @@ class Scheduler {
     std::vector<Job> waiting;
   };
 
+  // A job that may go on now: scheduled if due later, else on to its domain.
+  void place(Job job, uint64_t now_ms, uint64_t random);
   void enqueue(Job job, uint64_t now_ms, uint64_t random);
+  // After a job of `message_id` came back: takes out of its parked jobs the recipients the
+  // job's outcomes (from _outcomes[first_outcome] on) made final (or, `retried`, kept in its own
+  // retry), and places them once the message has nothing in flight.
+  void unpark(const std::string& message_id, const Job& job, size_t first_outcome, bool retried, uint64_t now_ms,
+              uint64_t random);
   void to_site(uint32_t site, Job job, uint64_t now_ms, uint64_t random);
   uint32_t site_for(const resolver::DeliveryPlan& plan, std::string_view route_name);
   void pump(uint32_t site);
@@ -225,6 +239,8 @@ class Scheduler {
     bool dropped = false;
   };
   absl::flat_hash_map<uint64_t, InFlight> _in_flight;
+  absl::flat_hash_map<std::string, uint32_t> _in_flight_by_message;  // jobs in flight per message
+  absl::flat_hash_map<std::string, std::vector<Job>> _parked;        // by message
   std::multimap<uint64_t, Job> _scheduled;  // by next attempt
   absl::flat_hash_map<std::string, Domain> _domains;
   std::vector<std::unique_ptr<Site>> _sites;
@@ -234,7 +250,6 @@ class Scheduler {
   std::vector<uint64_t> _wakes;
   std::vector<Outcome> _outcomes;
   std::vector<uint32_t> _ended;
-  std::vector<uint32_t> _dropped_origins;  // drop_message's matches, counted into _ended
 };
 
 // The jobs for a stored message's recipients that are not final: by domain, at most

@@ -294,6 +294,39 @@ class TemporaryFailures(FaultTestCase):
         self.assertEqual(len(self.deliveries(queue_id, outcome="delivered")), 1)
 
 
+class AdminDuringDelivery(FaultTestCase):
+    """hold/release on a message whose transaction is on a connection right now."""
+
+    def mail_in_flight(self):
+        """Once the receiver has the MAIL of our transaction (its replies are slow)."""
+        def seen():
+            return any(cmd.upper().startswith("MAIL") for c in self.dest.connections for cmd in c.commands)
+        self.assertTrue(h.wait_until(seen, WAIT_S, interval=0.01), self.dest.connections)
+
+    def release_while_in_flight(self, hold_first):
+        self.start_world(dest_faults={"slow": 0.7})
+        queue_id = self.send(recipients=(RCPT, OTHER))
+        self.mail_in_flight()
+        if hold_first:
+            status, body = self.server.admin("/api/queue/%s/hold" % queue_id, method="POST")
+            self.assertEqual(status, 200, body)
+        status, body = self.server.admin("/api/queue/%s/release" % queue_id, method="POST")
+        self.assertEqual(status, 200, body)
+        self.wait_for_messages(self.dest, 1)
+        self.wait_queue_empty()
+        # Once more than the transaction takes, for a second copy to show if one was sent.
+        h.wait_until(lambda: self.dest.message_count > 1, 6.0, interval=0.1)
+        self.assertEqual(len(self.dest.messages_to(RCPT)), 1, self.dest.messages)
+        self.assertEqual(len(self.dest.messages_to(OTHER)), 1, self.dest.messages)
+        self.assertEqual(len(self.deliveries(queue_id, outcome="delivered")), 2)
+
+    def test_release_while_in_flight_sends_once(self):
+        self.release_while_in_flight(hold_first=False)
+
+    def test_hold_and_release_while_in_flight_sends_once(self):
+        self.release_while_in_flight(hold_first=True)
+
+
 # ---- what the next hop offers ------------------------------------------------------------------
 
 class Extensions(FaultTestCase):

@@ -1062,6 +1062,94 @@ TEST(SchedulerTest, ADroppedMessagesJobInFlightIsNotRetried) {
   EXPECT_EQ(shard.scheduler.jobs(), 0u);
 }
 
+// An admin release while a job of the message is on a connection (release drops the message and
+// adds it again): the new job waits for that job's results, and does not send what it
+// delivered or bounced a second time.
+TEST(SchedulerTest, AMessageAddedAgainWhileInFlightWaitsAndSkipsWhatWasDelivered) {
+  Shard shard;
+  const MessageInfo info = message("m1", {"a@x.example", "b@x.example", "c@x.example"});
+  shard.add(info);
+  shard.scheduler.take_resolve_requests();
+  shard.answer("x.example", one_host("mx.x.example", "192.0.2.1"));
+  const std::vector<uint64_t> connections = shard.connect_all(0);
+  ASSERT_EQ(connections.size(), 1u);
+  std::optional<Job> in_flight = shard.scheduler.next_job(0, connections[0]);
+  ASSERT_TRUE(in_flight.has_value());
+
+  // Hold and release, or release alone: both drop, then add the message as the spool has it
+  // (nothing recorded yet).
+  EXPECT_EQ(shard.scheduler.drop_message("m1"), 0u);
+  shard.add(info);
+  EXPECT_EQ(shard.scheduler.jobs(), 2u);
+  EXPECT_TRUE(shard.scheduler.take_resolve_requests().empty());
+  EXPECT_TRUE(shard.scheduler.take_connect_requests().empty());  // nothing ready meanwhile
+  EXPECT_EQ(shard.scheduler.sites()[0].ready, 0u);
+
+  shard.done(std::move(*in_flight), {delivered(), deferred(), bounced()});
+  EXPECT_EQ(states_of(shard.scheduler.take_outcomes()),
+            (std::vector<DeliveryState>{DeliveryState::delivered, DeliveryState::deferred, DeliveryState::bounced}));
+  EXPECT_EQ(shard.scheduler.jobs(), 1u);
+  EXPECT_EQ(shard.scheduler.scheduled(), 0u);  // the dropped job keeps no retry: the new one has b
+  std::optional<Job> again = shard.scheduler.next_job(0, connections[0]);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->recipients, (std::vector<uint32_t>{1}));
+  EXPECT_EQ(again->attempts, (std::vector<uint32_t>{1}));  // the attempt in flight counts
+  ASSERT_EQ(again->transaction.recipients.size(), 1u);
+  EXPECT_EQ(again->transaction.recipients[0].address, "b@x.example");
+  shard.done(std::move(*again), {delivered()});
+  EXPECT_EQ(shard.scheduler.jobs(), 0u);
+}
+
+TEST(SchedulerTest, AParkedJobWhoseRecipientsAllEndedEndsToo) {
+  Shard shard;
+  MessageInfo info = message("m1", {"a@x.example"});
+  shard.add(info);
+  shard.scheduler.take_resolve_requests();
+  shard.answer("x.example", one_host("mx.x.example", "192.0.2.1"));
+  const std::vector<uint64_t> connections = shard.connect_all(0);
+  std::optional<Job> in_flight = shard.scheduler.next_job(0, connections[0]);
+  ASSERT_TRUE(in_flight.has_value());
+  shard.scheduler.drop_message("m1");
+  shard.add(info);
+  shard.scheduler.take_ended();
+  shard.done(std::move(*in_flight), {delivered()});
+  EXPECT_EQ(shard.scheduler.jobs(), 0u);
+  EXPECT_EQ(shard.scheduler.take_ended().size(), 2u);  // the job in flight and the parked one
+  EXPECT_FALSE(shard.scheduler.next_job(0, connections[0]).has_value());
+}
+
+// Held again before the job in flight came back: the parked job goes with the rest.
+TEST(SchedulerTest, DropMessageAndDropAllTakeParkedJobs) {
+  Shard shard;
+  const MessageInfo info = message("m1", {"a@x.example"});
+  shard.add(info);
+  shard.add(message("m2", {"a@x.example"}));
+  shard.scheduler.take_resolve_requests();
+  shard.answer("x.example", one_host("mx.x.example", "192.0.2.1"));
+  ASSERT_EQ(shard.scheduler.take_connect_requests().size(), 2u);
+  shard.scheduler.connection_up(0);
+  shard.scheduler.connection_up(0);
+  std::optional<Job> first = shard.scheduler.next_job(0, 1);
+  std::optional<Job> second = shard.scheduler.next_job(0, 2);
+  ASSERT_TRUE(first.has_value() && second.has_value());
+  ASSERT_EQ(first->message_id, "m1");
+  shard.scheduler.drop_message("m1");
+  shard.add(info);
+  EXPECT_EQ(shard.scheduler.drop_message("m1"), 1u);
+  EXPECT_EQ(shard.scheduler.jobs(), 2u);  // the two in flight
+  shard.done(std::move(*first), {deferred()});
+  EXPECT_EQ(shard.scheduler.jobs(), 1u);
+  EXPECT_FALSE(shard.scheduler.next_job(0, 1).has_value());
+
+  shard.scheduler.drop_message("m2");
+  shard.add(message("m2", {"a@x.example"}));
+  EXPECT_EQ(shard.scheduler.jobs(), 2u);
+  EXPECT_EQ(shard.scheduler.drop_all(), 1u);
+  shard.done(std::move(*second), {deferred()});
+  EXPECT_EQ(shard.scheduler.jobs(), 0u);
+  EXPECT_EQ(shard.scheduler.scheduled(), 0u);
+}
+
 TEST(SchedulerTest, TickEndsABackoffThatIsOver) {
   Shard shard(short_retry_settings());
   shard.add(message("m1", {"a@x.example"}));
