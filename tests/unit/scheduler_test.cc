@@ -135,6 +135,26 @@ struct Shard {
     }
     return ids;
   }
+  // Each message (one job each, at x.example) on a connection of its own, numbered 1, 2, ...:
+  // the jobs in the messages' order.
+  std::vector<Job> in_flight_at_x(const std::vector<MessageInfo>& infos) {
+    for (const MessageInfo& info : infos) {
+      add(info);
+    }
+    scheduler.take_resolve_requests();
+    answer("x.example", one_host("mx.x.example", "192.0.2.1"));
+    EXPECT_EQ(scheduler.take_connect_requests().size(), infos.size());
+    std::vector<Job> jobs;
+    for (uint64_t connection = 1; connection <= infos.size(); ++connection) {
+      scheduler.connection_up(0);
+      if (std::optional<Job> job = scheduler.next_job(0, connection)) {
+        EXPECT_EQ(job->message_id, infos[jobs.size()].id);
+        jobs.push_back(std::move(*job));
+      }
+    }
+    EXPECT_EQ(jobs.size(), infos.size());
+    return jobs;
+  }
   void done(Job job, std::vector<smtp::RecipientResult> results, std::string_view mta = "mx.example.net") {
     scheduler.on_job_done(std::move(job), results, mta, now, random);
   }
@@ -1016,17 +1036,11 @@ TEST(SchedulerTest, DropMessageForgetsItsJobsNotInFlight) {
 // tried again (it would be sent at its retry time, held or deleted).
 TEST(SchedulerTest, ADroppedMessagesJobInFlightIsNotRetried) {
   Shard shard;
-  shard.add(message("m1", {"a@x.example", "b@x.example"}));
-  shard.add(message("m2", {"a@x.example"}));
-  shard.scheduler.take_resolve_requests();
-  shard.answer("x.example", one_host("mx.x.example", "192.0.2.1"));
-  ASSERT_EQ(shard.scheduler.take_connect_requests().size(), 2u);
-  shard.scheduler.connection_up(0);
-  shard.scheduler.connection_up(0);
-  std::optional<Job> first = shard.scheduler.next_job(0, 1);
-  std::optional<Job> second = shard.scheduler.next_job(0, 2);
-  ASSERT_TRUE(first.has_value() && second.has_value());
-  ASSERT_EQ(first->message_id, "m1");
+  std::vector<Job> jobs =
+      shard.in_flight_at_x({message("m1", {"a@x.example", "b@x.example"}), message("m2", {"a@x.example"})});
+  ASSERT_EQ(jobs.size(), 2u);
+  std::optional<Job> first = std::move(jobs[0]);
+  std::optional<Job> second = std::move(jobs[1]);
   EXPECT_EQ(shard.scheduler.jobs_in_flight(), 2u);
   EXPECT_EQ(shard.scheduler.drop_message("m1"), 0u);  // nothing but the job in flight
   EXPECT_EQ(shard.scheduler.jobs(), 2u);
@@ -1068,13 +1082,9 @@ TEST(SchedulerTest, ADroppedMessagesJobInFlightIsNotRetried) {
 TEST(SchedulerTest, AMessageAddedAgainWhileInFlightWaitsAndSkipsWhatWasDelivered) {
   Shard shard;
   const MessageInfo info = message("m1", {"a@x.example", "b@x.example", "c@x.example"});
-  shard.add(info);
-  shard.scheduler.take_resolve_requests();
-  shard.answer("x.example", one_host("mx.x.example", "192.0.2.1"));
-  const std::vector<uint64_t> connections = shard.connect_all(0);
-  ASSERT_EQ(connections.size(), 1u);
-  std::optional<Job> in_flight = shard.scheduler.next_job(0, connections[0]);
-  ASSERT_TRUE(in_flight.has_value());
+  std::vector<Job> jobs = shard.in_flight_at_x({info});
+  ASSERT_EQ(jobs.size(), 1u);
+  std::optional<Job> in_flight = std::move(jobs[0]);
 
   // Hold and release, or release alone: both drop, then add the message as the spool has it
   // (nothing recorded yet).
@@ -1090,7 +1100,7 @@ TEST(SchedulerTest, AMessageAddedAgainWhileInFlightWaitsAndSkipsWhatWasDelivered
             (std::vector<DeliveryState>{DeliveryState::delivered, DeliveryState::deferred, DeliveryState::bounced}));
   EXPECT_EQ(shard.scheduler.jobs(), 1u);
   EXPECT_EQ(shard.scheduler.scheduled(), 0u);  // the dropped job keeps no retry: the new one has b
-  std::optional<Job> again = shard.scheduler.next_job(0, connections[0]);
+  std::optional<Job> again = shard.scheduler.next_job(0, 1);
   ASSERT_TRUE(again.has_value());
   EXPECT_EQ(again->recipients, (std::vector<uint32_t>{1}));
   EXPECT_EQ(again->attempts, (std::vector<uint32_t>{1}));  // the attempt in flight counts
@@ -1102,37 +1112,27 @@ TEST(SchedulerTest, AMessageAddedAgainWhileInFlightWaitsAndSkipsWhatWasDelivered
 
 TEST(SchedulerTest, AParkedJobWhoseRecipientsAllEndedEndsToo) {
   Shard shard;
-  MessageInfo info = message("m1", {"a@x.example"});
-  shard.add(info);
-  shard.scheduler.take_resolve_requests();
-  shard.answer("x.example", one_host("mx.x.example", "192.0.2.1"));
-  const std::vector<uint64_t> connections = shard.connect_all(0);
-  std::optional<Job> in_flight = shard.scheduler.next_job(0, connections[0]);
-  ASSERT_TRUE(in_flight.has_value());
+  const MessageInfo info = message("m1", {"a@x.example"});
+  std::vector<Job> jobs = shard.in_flight_at_x({info});
+  ASSERT_EQ(jobs.size(), 1u);
+  std::optional<Job> in_flight = std::move(jobs[0]);
   shard.scheduler.drop_message("m1");
   shard.add(info);
   shard.scheduler.take_ended();
   shard.done(std::move(*in_flight), {delivered()});
   EXPECT_EQ(shard.scheduler.jobs(), 0u);
   EXPECT_EQ(shard.scheduler.take_ended().size(), 2u);  // the job in flight and the parked one
-  EXPECT_FALSE(shard.scheduler.next_job(0, connections[0]).has_value());
+  EXPECT_FALSE(shard.scheduler.next_job(0, 1).has_value());
 }
 
 // Held again before the job in flight came back: the parked job goes with the rest.
 TEST(SchedulerTest, DropMessageAndDropAllTakeParkedJobs) {
   Shard shard;
   const MessageInfo info = message("m1", {"a@x.example"});
-  shard.add(info);
-  shard.add(message("m2", {"a@x.example"}));
-  shard.scheduler.take_resolve_requests();
-  shard.answer("x.example", one_host("mx.x.example", "192.0.2.1"));
-  ASSERT_EQ(shard.scheduler.take_connect_requests().size(), 2u);
-  shard.scheduler.connection_up(0);
-  shard.scheduler.connection_up(0);
-  std::optional<Job> first = shard.scheduler.next_job(0, 1);
-  std::optional<Job> second = shard.scheduler.next_job(0, 2);
-  ASSERT_TRUE(first.has_value() && second.has_value());
-  ASSERT_EQ(first->message_id, "m1");
+  std::vector<Job> jobs = shard.in_flight_at_x({info, message("m2", {"a@x.example"})});
+  ASSERT_EQ(jobs.size(), 2u);
+  std::optional<Job> first = std::move(jobs[0]);
+  std::optional<Job> second = std::move(jobs[1]);
   shard.scheduler.drop_message("m1");
   shard.add(info);
   EXPECT_EQ(shard.scheduler.drop_message("m1"), 1u);
