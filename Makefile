@@ -4,7 +4,7 @@ ASAN_DIR ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps test-deps configure build build-server build-asan run test test-fast test-asan bench fuzz clean
+.PHONY: all deps test-deps bench-deps configure build build-server build-asan run test test-fast test-asan bench fuzz clean
 
 all: build
 
@@ -43,7 +43,10 @@ test-asan: build-asan
 	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
 
-bench: build
+bench-deps:
+	./deploy/install-deps.sh --bench
+
+bench: bench-deps build
 	./$(BUILD_DIR)/sluice-microbench --benchmark_min_time=0.5
 
 fuzz: deps

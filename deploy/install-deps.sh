@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything Sluice needs to build and test on Debian 12, with apt-get.
+# --test adds what the tests use, --bench also what the benchmarks use (perf).
 # Idempotent: when every package is already installed it only runs dpkg-query and exits.
 set -euo pipefail
 
@@ -12,11 +13,14 @@ TEST_PACKAGES=(
   swaks postfix python3 python3-aiosmtpd python3-dnslib haproxy dnsmasq-base
   iproute2 procps curl time hyperfine fuse3 python3-pyfuse3
 )
+# The benchmarks' profiles (bench/relay.py --perf) need perf on top of the test packages.
+BENCH_PACKAGES=(linux-perf)
 
 want=("${BUILD_PACKAGES[@]}")
-if [[ "${1:-}" == "--test" ]]; then
-  want+=("${TEST_PACKAGES[@]}")
-fi
+case "${1:-}" in
+  --test) want+=("${TEST_PACKAGES[@]}") ;;
+  --bench) want+=("${TEST_PACKAGES[@]}" "${BENCH_PACKAGES[@]}") ;;
+esac
 
 missing=()
 for p in "${want[@]}"; do
