@@ -269,6 +269,7 @@ uint64_t Shard::flush_queue(std::string_view domain) {
 // ---- the scheduler's requests ---------------------------------------------------------------
 // Called after anything that may have given the scheduler work: carries out what it asks for.
 void Shard::Impl::run_scheduler() {
+  scheduler_pending = false;
   const uint64_t now = io::wall_ms();
   scheduler->tick(now, random());
   for (const std::string& domain : scheduler->take_resolve_requests()) {
@@ -788,7 +789,7 @@ void Shard::Impl::outbound_job_done(uint32_t index) {
   c.job.reset();
   scheduler->on_job_done(std::move(job), results, c.targets[c.target].host, io::wall_ms(), random(),
                          c.session->capabilities().dsn);
-  run_scheduler();
+  scheduler_pending = true;
 }
 
 // The connection can carry nothing more: the session's results for what was in flight are
@@ -894,7 +895,7 @@ void Shard::Impl::outbound_on_close(uint32_t index) {
   outbound_free.push_back(index);
   --outbound_open;
   shard->_metrics.add(shard->_metrics.outbound_connections, static_cast<uint64_t>(-1));
-  run_scheduler();
+  scheduler_pending = true;
 }
 
 // ---- timers ---------------------------------------------------------------------------------

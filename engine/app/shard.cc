@@ -324,6 +324,9 @@ void Shard::Impl::loop() {
       }
       accepts_to_rearm.clear();
     }
+    if (scheduler_pending) {
+      run_scheduler();  // what the last completions asked for: before the connections flush
+    }
     run_control_requests();
     exchange_mail();
     retry_waiting_for_space();

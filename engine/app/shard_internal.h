@@ -229,6 +229,9 @@ struct Shard::Impl : public smtp::SessionHost {
   uint64_t random_state = 0;
   uint64_t next_outbound_serial = 0;
   uint64_t scheduler_deadline_ms = 0;  // wall clock; 0: none
+  // A job ended or a connection closed: run_scheduler is owed, once per loop iteration however
+  // many did (its tick walks every site).
+  bool scheduler_pending = false;
   SegmentReader segments;              // bodies are read through it, whichever shard holds them
   // Jobs this shard made (its messages) that a scheduler, here or on another shard, still
   // holds: the drain waits for them to end (results journaled here).
