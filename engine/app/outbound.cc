@@ -23,14 +23,47 @@ using io::CompletionTag;
 
 namespace {
 
-smtp::RecipientResult connect_failure(const resolver::PlanTarget& target, int error) {
+// A temporary failure of ours before any server replied (no connection, or none allowed).
+smtp::RecipientResult no_connection(smtp::EnhancedStatus enhanced, std::string text) {
   smtp::RecipientResult result;
   result.status = smtp::DeliveryStatus::deferred;
   result.cause = smtp::ResultCause::connect_failed;
-  result.enhanced = smtp::EnhancedStatus{4, 4, 1};
-  result.text = str_cat("connect to ", target.host, "[", target.address.to_string(), "]: ",
-                        error == ETIMEDOUT ? std::string("timed out") : std::string(std::strerror(error)));
+  result.enhanced = enhanced;
+  result.text = std::move(text);
   return result;
+}
+
+smtp::RecipientResult connect_failure(const resolver::PlanTarget& target, int error) {
+  return no_connection(smtp::EnhancedStatus{4, 4, 1},
+                       str_cat("connect to ", target.host, "[", target.address.to_string(), "]: ",
+                               error == ETIMEDOUT ? std::string("timed out") : std::string(std::strerror(error))));
+}
+
+// One event=delivery line: every attempt at a recipient has one, with these fields in this order.
+struct AttemptLine {
+  std::string_view id;
+  std::string_view site;
+  std::string_view host = "-";
+  std::string_view address = "-";
+  std::string_view to;
+  std::string_view outcome;
+  uint16_t code = 0;
+  std::string_view status;
+  uint64_t duration_ms = 0;
+  std::string_view connection = "-";
+  std::string_view reply;
+};
+
+std::string attempt_line(const AttemptLine& a) {
+  std::string line = str_cat("event=delivery id=", a.id);
+  append_log_field(line, "site", a.site);
+  append_log_field(line, "host", a.host);
+  str_append(&line, " address=", a.address);
+  append_log_field(line, "to", a.to);
+  str_append(&line, " outcome=", a.outcome, " code=", a.code, " status=", a.status, " duration_ms=", a.duration_ms,
+             " connection=", a.connection);
+  append_log_field(line, "reply", a.reply);
+  return line;
 }
 
 }  // namespace
@@ -541,12 +574,8 @@ void Shard::Impl::open_waiting_outbound() {
     // No new connections while draining: the scheduler is told they failed, which defers.
     const uint32_t site = connects_waiting.front().site;
     connects_waiting.pop_front();
-    smtp::RecipientResult reason;
-    reason.status = smtp::DeliveryStatus::deferred;
-    reason.cause = smtp::ResultCause::connect_failed;
-    reason.enhanced = smtp::EnhancedStatus{4, 3, 2};
-    reason.text = "the relay is shutting down";
-    scheduler->connection_failed(site, reason, io::wall_ms(), random());
+    scheduler->connection_failed(site, no_connection(smtp::EnhancedStatus{4, 3, 2}, "the relay is shutting down"),
+                                 io::wall_ms(), random());
   }
   while (!connects_waiting.empty() && outbound_open < context->outbound_connections_max) {
     relay::ConnectRequest request = std::move(connects_waiting.front());
@@ -978,14 +1007,14 @@ void Shard::Impl::outbound_drain() {
 // The attempt line of a result decided without a connection (DNS, a site down, every
 // connection failed), and its metrics: every attempt has its line, as connections log theirs.
 void Shard::Impl::log_unattempted(const relay::Outcome& out) {
-  std::string line = str_cat("event=delivery id=", out.message_id);
-  append_log_field(line, "site", out.domain);
-  str_append(&line, " host=- address=-");
-  append_log_field(line, "to", out.address);
-  const std::string_view outcome = out.outcome.state == spool::DeliveryState::bounced ? "bounced" : "deferred";
-  str_append(&line, " outcome=", outcome, " code=0 status=", out.status, " duration_ms=0 connection=-");
-  append_log_field(line, "reply", out.outcome.last_reply);
-  log.line(line);
+  AttemptLine a;
+  a.id = out.message_id;
+  a.site = out.domain;
+  a.to = out.address;
+  a.outcome = out.outcome.state == spool::DeliveryState::bounced ? "bounced" : "deferred";
+  a.status = out.status;
+  a.reply = out.outcome.last_reply;
+  log.line(attempt_line(a));
   ShardMetrics& metrics = shard->_metrics;
   if (out.outcome.state == spool::DeliveryState::bounced) {
     metrics.add(metrics.recipients_bounced);
@@ -998,18 +1027,24 @@ void Shard::Impl::log_unattempted(const relay::Outcome& out) {
 void Shard::Impl::log_attempt(const OutboundConnection& c, const relay::Job& job,
                               const std::vector<smtp::RecipientResult>& results) {
   const resolver::PlanTarget& target = c.targets[c.target];
+  const std::string address = target.address.to_string();
+  const std::string connection = str_cat("O", shard->_index, "-", c.serial);
   for (size_t i = 0; i < results.size(); ++i) {
     const smtp::RecipientResult& result = results[i];
-    std::string line = str_cat("event=delivery id=", job.message_id);
-    append_log_field(line, "site", c.site_name);
-    append_log_field(line, "host", target.host);
-    str_append(&line, " address=", target.address.to_string());
-    append_log_field(line, "to", job.transaction.recipients[i].address);
-    str_append(&line, " outcome=", smtp::delivery_status_name(result.status), " code=", result.code,
-               " status=", result.enhanced.to_string(), " duration_ms=", loop_now_ms - c.job_started_ms,
-               " connection=O", shard->_index, "-", c.serial);
-    append_log_field(line, "reply", result.text);
-    log.line(line);
+    const std::string status = result.enhanced.to_string();
+    AttemptLine a;
+    a.id = job.message_id;
+    a.site = c.site_name;
+    a.host = target.host;
+    a.address = address;
+    a.to = job.transaction.recipients[i].address;
+    a.outcome = smtp::delivery_status_name(result.status);
+    a.code = result.code;
+    a.status = status;
+    a.duration_ms = loop_now_ms - c.job_started_ms;
+    a.connection = connection;
+    a.reply = result.text;
+    log.line(attempt_line(a));
   }
 }
 
