@@ -197,9 +197,10 @@ struct Connection {
   int sender = -1;
   std::unique_ptr<Receiver> receiver;
 
-  // blocking: clear O_NONBLOCK on the sender (the relay's sockets are non-blocking; a splice into
-  // a non-blocking socket returns -EAGAIN whenever the socket is full, and io_uring cannot poll
-  // for a splice, so the splice variant needs a blocking socket: its io-wq worker waits).
+  // blocking: leave O_NONBLOCK off the sender. The relay's sockets are non-blocking, but a splice
+  // into a full non-blocking socket can end -EAGAIN, and io_uring arms no poll for a splice (its
+  // op table has no pollout; it always runs in an io-wq worker), so the splice variant uses a
+  // blocking socket: the worker waits for room.
   static absl::StatusOr<std::unique_ptr<Connection>> open(const std::string* expected, bool blocking) {
     auto loopback = io::parse_ip("127.0.0.1");
     if (!loopback.ok()) {
