@@ -55,8 +55,9 @@
 // journal is replaced by recovery's compacted one. Journal records of v1 and v2 differ only in
 // the outcomes (v2 added them; v1 has none): a v2 outcome has no remote MTA and no flags, and
 // reads as one with an empty remote MTA, not relayed. The file header payload is the same in all
-// three. No previous build reads v3 files (it takes their first record as invalid): going back
-// to a v2 build after this one wrote its spool is not supported.
+// three. No previous build reads v3 files: it takes their first record as invalid, and so a v3
+// segment as a half-created one that it deletes. Going back to a v2 build after this one wrote
+// its spool loses that mail (empty the queue first).
 //
 // Journal files are DIR/shard-N/journal-<16 hex digits>, applied in number order; the spool
 // appends to the newest and starts a new one at a size limit or after a failed write or
