@@ -554,6 +554,10 @@ class AcrossRestarts(FaultTestCase):
         self.server.kill9()
         self.far.clear_faults()
         self.server.start()
+        # The restarted process knows them from the spool (FAR waits for its retry in 10 minutes).
+        states = self.queued(queue_id)["recipient_states"]
+        self.assertEqual([(s["remote_mta"], s["relayed"]) for s in states],
+                         [("mx.dest.test", True), ("mx.dest.test", False), ("mx.far.test", False)], states)
         self.flush()
         dsn = self.wait_for_dsn(queue_id)
         report = parse_dsn(dsn.data)
@@ -592,6 +596,7 @@ class AcrossRestarts(FaultTestCase):
         self.assertEqual(len(reports), 1, "one DSN for %s, got %d" % (queue_id, len(reports)))
         self.assertIn(("Message-ID: <%s@" % bounce_id).encode(), reports[0].data)
         self.assertEqual(self.bounce_lines(id=queue_id), [], "no DSN made after the restart")
+        self.assertEqual(len(self.server.events("bounce_exists", id=queue_id)), 1)  # found final, removed
 
 
 # ---- what arrives is what was accepted ---------------------------------------------------------
