@@ -178,6 +178,7 @@ size_t message_meta_bytes(const Envelope& envelope) {
   size_t size = kQueueIdBytes + 8 + 8 + 4 + 4;
   size += 2 + envelope.sender.size() + 2 + envelope.client_address.size() + 2 + envelope.client_helo.size();
   size += 1 + 2 + envelope.envid.size();
+  size += 2 + envelope.dsn_of.size();
   size += 4;
   for (const auto& recipient : envelope.recipients) {
     size += 2 + recipient.size() + 1 + 2;
@@ -194,6 +195,7 @@ std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, 
   SLUICE_ASSERT(envelope.recipients.size() <= kMaxRecipients);
   SLUICE_ASSERT(envelope.recipient_dsn.size() <= envelope.recipients.size());
   SLUICE_ASSERT(envelope.ret <= DsnRet::hdrs);
+  SLUICE_ASSERT(envelope.dsn_of.empty() || is_queue_id(envelope.dsn_of));
   std::string head;
   head.reserve(kRecordHeaderBytes + message_meta_bytes(envelope));
   head.resize(kRecordHeaderBytes);  // room for the header, sealed when the record is placed
@@ -208,6 +210,7 @@ std::string encode_message_head(std::string_view queue_id, uint64_t arrival_ms, 
   writer.str(envelope.client_helo);
   writer.u8(static_cast<uint8_t>(envelope.ret));
   writer.str(envelope.envid);
+  writer.str(envelope.dsn_of);
   writer.u32(static_cast<uint32_t>(envelope.recipients.size()));
   for (size_t i = 0; i < envelope.recipients.size(); ++i) {
     writer.str(envelope.recipients[i]);
@@ -238,14 +241,17 @@ absl::StatusOr<MessageMeta> decode_message_meta(std::span<const uint8_t> payload
   meta.envelope.sender = reader.str();
   meta.envelope.client_address = reader.str();
   meta.envelope.client_helo = reader.str();
-  const bool dsn = version >= 2;  // v1 has no DSN fields: every one reads as not given
+  const bool dsn = version >= kFirstDsnVersion;  // v1 has no DSN fields: every one reads as not given
   const uint8_t ret = dsn ? reader.u8() : 0;
   if (dsn) {
     meta.envelope.envid = reader.str();
   }
+  if (version >= kFirstDsnFactsVersion) {  // before v3 no message says it is a DSN
+    meta.envelope.dsn_of = reader.str();
+  }
   const uint32_t recipients = reader.u32();
   if (!reader.ok() || recipients > kMaxRecipients || !is_queue_id(meta.queue_id) ||
-      ret > static_cast<uint8_t>(DsnRet::hdrs)) {
+      ret > static_cast<uint8_t>(DsnRet::hdrs) || !(meta.envelope.dsn_of.empty() || is_queue_id(meta.envelope.dsn_of))) {
     return absl::DataLossError("spool: malformed message envelope");
   }
   meta.envelope.ret = static_cast<DsnRet>(ret);
@@ -288,64 +294,94 @@ absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uin
 }
 
 size_t journal_payload_bytes(const JournalEntry& entry) {
-  return is_outcome(entry.op) ? kJournalPayloadBytes + kJournalOutcomeBytes + entry.reply.size() : kJournalPayloadBytes;
+  return is_outcome(entry.op)
+             ? kJournalPayloadBytes + kJournalOutcomeBytes + entry.reply.size() + entry.remote_mta.size()
+             : kJournalPayloadBytes;
 }
 
 void encode_journal_payload(const JournalEntry& entry, uint8_t* out) {
   SLUICE_ASSERT(is_queue_id(entry.queue_id));
+  SLUICE_ASSERT(!entry.relayed || entry.op == JournalOp::delivered, "only a delivery is relayed");
   put_u16(out + 0, static_cast<uint16_t>(entry.op));
-  put_u16(out + 2, 0);
+  put_u16(out + 2, entry.relayed ? kJournalFlagRelayed : 0);
   std::memcpy(out + 4, entry.queue_id.data(), kQueueIdBytes);
   put_u32(out + 4 + kQueueIdBytes, entry.argument);
   if (is_outcome(entry.op)) {
     SLUICE_ASSERT(entry.reply.size() <= kMaxReplyBytes, "the spool cuts replies to the limit");
+    SLUICE_ASSERT(entry.remote_mta.size() <= kMaxRemoteMtaBytes, "the spool cuts host names to the limit");
     SLUICE_ASSERT(entry.op == JournalOp::deferred || entry.next_attempt_ms == 0);
     uint8_t* extension = out + kJournalPayloadBytes;
     put_u64(extension + 0, entry.next_attempt_ms);
     put_u32(extension + 8, entry.attempts);
     put_u16(extension + 12, static_cast<uint16_t>(entry.reply.size()));
-    std::memcpy(extension + kJournalOutcomeBytes, entry.reply.data(), entry.reply.size());
+    uint8_t* at = extension + kJournalOutcomeV2Bytes;
+    std::memcpy(at, entry.reply.data(), entry.reply.size());
+    at += entry.reply.size();
+    put_u16(at, static_cast<uint16_t>(entry.remote_mta.size()));
+    std::memcpy(at + 2, entry.remote_mta.data(), entry.remote_mta.size());
   } else {
-    SLUICE_ASSERT(entry.next_attempt_ms == 0 && entry.attempts == 0 && entry.reply.empty(),
+    SLUICE_ASSERT(entry.next_attempt_ms == 0 && entry.attempts == 0 && entry.reply.empty() && entry.remote_mta.empty(),
                   "only outcomes carry an outcome");
   }
   SLUICE_DEBUG_ASSERT(decode_journal_payload(std::span<const uint8_t>(out, journal_payload_bytes(entry))).ok(),
                       "a journal entry reads back as written");
 }
 
-absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload) {
+absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload, uint16_t version) {
+  SLUICE_ASSERT(version >= kOldestReadableVersion && version <= kFormatVersion);  // scan_records checked it
   if (payload.size() < kJournalPayloadBytes) {
     return absl::DataLossError("spool: malformed journal entry");
   }
   JournalEntry entry;
   const uint16_t op = get_u16(payload.data());
+  const uint16_t flags = get_u16(payload.data() + 2);
   entry.queue_id.assign(reinterpret_cast<const char*>(payload.data() + 4), kQueueIdBytes);
   entry.argument = get_u32(payload.data() + 4 + kQueueIdBytes);
+  // Before v3 the flags were reserved (0); in v3 only a delivered outcome may say relayed.
+  const uint16_t flags_allowed =
+      version >= kFirstDsnFactsVersion && op == static_cast<uint16_t>(JournalOp::delivered) ? kJournalFlagRelayed : 0;
   if (op < static_cast<uint16_t>(JournalOp::remove) || op > static_cast<uint16_t>(JournalOp::checkpoint) ||
-      get_u16(payload.data() + 2) != 0 || !is_queue_id(entry.queue_id)) {
+      (flags & ~flags_allowed) != 0 || !is_queue_id(entry.queue_id)) {
     return absl::DataLossError("spool: malformed journal entry");
   }
   entry.op = static_cast<JournalOp>(op);
+  entry.relayed = (flags & kJournalFlagRelayed) != 0;
   if (!is_outcome(entry.op)) {
     if (payload.size() != kJournalPayloadBytes) {
       return absl::DataLossError("spool: journal entry of the wrong length");
     }
     return entry;
   }
-  // An outcome: the extension must be there in full, its reply within the limit, and the payload
-  // must end where the reply does.
-  if (payload.size() < kJournalPayloadBytes + kJournalOutcomeBytes) {
+  // An outcome: the extension must be there in full, its strings within their limits, and the
+  // payload must end where the last of them (v3: the remote MTA, before: the reply) does.
+  const bool has_remote_mta = version >= kFirstDsnFactsVersion;
+  const size_t fixed_bytes = has_remote_mta ? kJournalOutcomeBytes : kJournalOutcomeV2Bytes;
+  if (payload.size() < kJournalPayloadBytes + fixed_bytes) {
     return absl::DataLossError("spool: outcome record cut short");
   }
   const uint8_t* extension = payload.data() + kJournalPayloadBytes;
   entry.next_attempt_ms = get_u64(extension + 0);
   entry.attempts = get_u32(extension + 8);
   const size_t reply_bytes = get_u16(extension + 12);
-  if (reply_bytes > kMaxReplyBytes || payload.size() != kJournalPayloadBytes + kJournalOutcomeBytes + reply_bytes ||
+  const size_t reply_end = kJournalPayloadBytes + kJournalOutcomeV2Bytes + reply_bytes;  // where the reply ends
+  // fixed_bytes covers the remote MTA's length field: it must fit after the reply.
+  if (reply_bytes > kMaxReplyBytes || payload.size() < reply_end + (fixed_bytes - kJournalOutcomeV2Bytes) ||
       (entry.op != JournalOp::deferred && entry.next_attempt_ms != 0)) {
     return absl::DataLossError("spool: malformed outcome record");
   }
-  entry.reply.assign(reinterpret_cast<const char*>(extension + kJournalOutcomeBytes), reply_bytes);
+  entry.reply.assign(reinterpret_cast<const char*>(payload.data() + reply_end - reply_bytes), reply_bytes);
+  size_t end = reply_end;
+  if (has_remote_mta) {
+    const size_t remote_mta_bytes = get_u16(payload.data() + reply_end);
+    end = reply_end + 2 + remote_mta_bytes;
+    if (remote_mta_bytes > kMaxRemoteMtaBytes || payload.size() < end) {
+      return absl::DataLossError("spool: malformed outcome record");
+    }
+    entry.remote_mta.assign(reinterpret_cast<const char*>(payload.data() + reply_end + 2), remote_mta_bytes);
+  }
+  if (payload.size() != end) {
+    return absl::DataLossError("spool: malformed outcome record");
+  }
   return entry;
 }
 

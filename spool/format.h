@@ -26,30 +26,38 @@
 //   file header:  segment_bytes u64 (0 for the journal), shard u32, reserved u32, created_ms u64
 //   message:      queue id 16 octets, arrival_ms u64, rfc_size u64, flags u32 (kFlag*),
 //                 wire_length u32, sender, client_address, client_helo,
-//                 [v2: ret u8 (DsnRet), envid,]
+//                 [v2: ret u8 (DsnRet), envid,] [v3: dsn_of,]
 //                 recipient count u32, per recipient: the address [v2: then notify u8 (kNotify*
 //                 bits, 0 = not given), orcpt], then wire_length octets of the message in wire
 //                 form (CRLF, dot-stuffed, our Received: first).
 //                 The DSN parameters (RFC 3461) are kept as the client sent them: envid and
-//                 orcpt still xtext-encoded, empty when not given.
-//   journal:      op u16 (JournalOp), reserved u16, queue id 16 octets, argument u32: 24 octets,
-//                 the whole payload of every op but the three outcomes.
+//                 orcpt still xtext-encoded, empty when not given. dsn_of: in a DSN we made, the
+//                 queue id of the message it reports on (16 octets), empty in any other message;
+//                 a restart that finds that message final again (a crash before its removal was
+//                 durable) removes it without making a second DSN.
+//   journal:      op u16 (JournalOp), flags u16, queue id 16 octets, argument u32: 24 octets,
+//                 the whole payload of every op but the three outcomes. flags: 0, but for
+//                 kJournalFlagRelayed on a v3 delivered outcome (v1 and v2: always 0).
 //                 (checkpoint: queue id all '0', argument = the number of snapshot records.)
 //                 delivered, deferred, bounced (argument = the recipient's index in the message
 //                 record) go on after those 24: next_attempt_ms u64 (deferred only, else 0),
 //                 attempts u32 (the recipient's attempts so far, this one included: a record
 //                 states the recipient's whole state, so replaying it twice changes nothing),
-//                 last reply (u16 length + octets, at most kMaxReplyBytes). The payload length
-//                 must be exactly 24 + 14 + the reply's length; anything else is corruption.
+//                 last reply (u16 length + octets, at most kMaxReplyBytes), [v3: remote MTA (u16
+//                 length + octets, at most kMaxRemoteMtaBytes): the host that answered this
+//                 attempt, empty when none did (DNS, no connection); a DSN's Remote-MTA]. The
+//                 payload length must be exactly 24 + 14 + the reply's length [v3: + 2 + the
+//                 remote MTA's length]; anything else is corruption.
 //
 // Versions: every record of a file carries the version of its file header. This build writes
-// only kFormatVersion (2) and reads 1 and 2: a v1 segment is read as v1 (no DSN fields) until
-// its last message is gone and it is deleted; a v1 journal is replaced by recovery's compacted
-// one. The journal and file header payloads are the same in both versions: the journal files
-// this build writes are v2 too, differing from v1 in the header's version field only. The outcome
-// records came later within v2 (no build wrote these ops before): a v2 journal of the previous
-// build reads unchanged, and a previous build reading one of this build's would stop at the
-// first outcome record as at a corrupt one (it refuses any journal payload but 24 octets).
+// only kFormatVersion (3) and reads 1, 2 and 3: a v1 or v2 segment is read as such (v1: no DSN
+// fields; v1 and v2: no dsn_of) until its last message is gone and it is deleted; an older
+// journal is replaced by recovery's compacted one. Journal records of v1 and v2 differ only in
+// the outcomes (v2 added them; v1 has none): a v2 outcome has no remote MTA and no flags, and
+// reads as one with an empty remote MTA, not relayed. The file header payload is the same in all
+// three. No previous build reads v3 files: it takes their first record as invalid, and so a v3
+// segment as a half-created one that it deletes. Going back to a v2 build after this one wrote
+// its spool loses that mail (empty the queue first).
 //
 // Journal files are DIR/shard-N/journal-<16 hex digits>, applied in number order; the spool
 // appends to the newest and starts a new one at a size limit or after a failed write or
@@ -69,8 +77,10 @@
 namespace sluice::spool {
 
 inline constexpr uint32_t kRecordMagic = 0x50534C53u;  // octets "SLSP" on disk
-inline constexpr uint16_t kFormatVersion = 2;
+inline constexpr uint16_t kFormatVersion = 3;
 inline constexpr uint16_t kOldestReadableVersion = 1;  // v1: no DSN parameters in the envelope
+inline constexpr uint16_t kFirstDsnVersion = 2;        // the DSN parameters, the outcome records
+inline constexpr uint16_t kFirstDsnFactsVersion = 3;   // remote MTA, relayed flag, dsn_of
 inline constexpr size_t kRecordHeaderBytes = 36;
 inline constexpr size_t kRecordCrcOffset = 32;
 inline constexpr uint64_t kJournalFileId = 0;  // segment ids start at 1
@@ -83,6 +93,13 @@ inline constexpr uint32_t kMaxRecipients = 100000;
 // A delivery outcome's last reply: longer ones are cut here when written (the start of a reply
 // says what happened), and a longer one on disk is corruption.
 inline constexpr size_t kMaxReplyBytes = 1024;
+// An outcome's remote MTA, a host name (at most 253 octets in the DNS) or an address literal:
+// cut here when written, corruption when longer on disk. RFC 3464's Remote-MTA is one line of
+// that name; dsn.cc cuts it to the same length.
+inline constexpr size_t kMaxRemoteMtaBytes = 255;
+// Journal flags (the u16 after the op), v3: the sender is owed a "relayed" DSN for this
+// delivered recipient (NOTIFY=SUCCESS, the next hop without DSN; RFC 3461 5.2.2).
+inline constexpr uint16_t kJournalFlagRelayed = 1u << 0;
 
 enum class RecordType : uint16_t {
   file_header = 1,
@@ -146,6 +163,8 @@ struct Envelope {
   // recipient_dsn[i] belongs to recipients[i]; it may be shorter (the rest gave no parameters),
   // never longer. Decoding fills it to one entry per recipient.
   std::vector<RecipientDsn> recipient_dsn;
+  // A DSN's: the queue id of the message it reports on; empty for any other message.
+  std::string dsn_of;
 };
 
 inline constexpr size_t kFileHeaderPayloadBytes = 24;
@@ -156,8 +175,12 @@ struct FileHeaderPayload {
 };
 
 inline constexpr size_t kJournalPayloadBytes = 24;  // every op; the outcomes then extend it
-inline constexpr size_t kJournalOutcomeBytes = 8 + 4 + 2;  // next_attempt_ms, attempts, reply length
-inline constexpr size_t kMaxJournalPayloadBytes = kJournalPayloadBytes + kJournalOutcomeBytes + kMaxReplyBytes;
+// The fixed octets of an outcome's extension: v2's next_attempt_ms, attempts, reply length; v3
+// adds the remote MTA's length.
+inline constexpr size_t kJournalOutcomeV2Bytes = 8 + 4 + 2;
+inline constexpr size_t kJournalOutcomeBytes = kJournalOutcomeV2Bytes + 2;
+inline constexpr size_t kMaxJournalPayloadBytes =
+    kJournalPayloadBytes + kJournalOutcomeBytes + kMaxReplyBytes + kMaxRemoteMtaBytes;
 constexpr bool is_outcome(JournalOp op) {
   return op == JournalOp::delivered || op == JournalOp::deferred || op == JournalOp::bounced;
 }
@@ -171,7 +194,9 @@ struct JournalEntry {
   // Outcomes only (is_outcome(op)); zero and empty for every other op.
   uint64_t next_attempt_ms = 0;  // deferred only
   uint32_t attempts = 0;
-  std::string reply;  // at most kMaxReplyBytes
+  std::string reply;       // at most kMaxReplyBytes
+  std::string remote_mta;  // at most kMaxRemoteMtaBytes
+  bool relayed = false;    // delivered only
   bool operator==(const JournalEntry&) const = default;
 };
 
@@ -206,9 +231,11 @@ absl::StatusOr<FileHeaderPayload> decode_file_header_payload(std::span<const uin
 
 // The payload's size on disk: kJournalPayloadBytes, more for an outcome.
 size_t journal_payload_bytes(const JournalEntry& entry);
-// Writes journal_payload_bytes(entry) octets.
+// Writes journal_payload_bytes(entry) octets, in kFormatVersion.
 void encode_journal_payload(const JournalEntry& entry, uint8_t* out);
-absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload);
+// In the version of the file the record was read from.
+absl::StatusOr<JournalEntry> decode_journal_payload(std::span<const uint8_t> payload,
+                                                    uint16_t version = kFormatVersion);
 
 // A whole journal record (header + payload) of a file of this generation.
 std::string encode_journal_record(const JournalEntry& entry, uint32_t generation, uint64_t sequence);

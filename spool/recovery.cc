@@ -290,6 +290,7 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
       info.dsn_ret = meta->envelope.ret;
       info.dsn_envid = std::move(meta->envelope.envid);
       info.recipient_dsn = std::move(meta->envelope.recipient_dsn);
+      info.dsn_of = std::move(meta->envelope.dsn_of);
       info.recipient_states.resize(info.recipients.size());
       info.location =
           MessageLocation{id, record.offset, record.offset + kRecordHeaderBytes + meta->wire_offset, meta->wire_length};
@@ -311,8 +312,8 @@ absl::StatusOr<RecoveredShard> recover_shard(const std::string& dir, uint32_t sh
     bool checkpointed = false;
     uint64_t records_before_checkpoint = 0;
     for (const auto& record : scan.records) {
-      auto entry =
-          decode_journal_payload(file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length));
+      auto entry = decode_journal_payload(
+          file->bytes().subspan(record.offset + kRecordHeaderBytes, record.payload_length), scan.version);
       if (!entry.ok()) {
         break;
       }

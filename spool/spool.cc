@@ -115,12 +115,12 @@ absl::StatusOr<CreatedJournal> create_journal_file(const std::string& path, cons
   return created;
 }
 
-// Cuts a reply to kMaxReplyBytes without splitting a UTF-8 sequence.
-std::string bounded_reply(std::string reply) {
-  if (reply.size() <= kMaxReplyBytes) {
+// Cuts a reply (or a host name) to `limit` octets without splitting a UTF-8 sequence.
+std::string bounded(std::string reply, size_t limit) {
+  if (reply.size() <= limit) {
     return reply;
   }
-  size_t end = kMaxReplyBytes;
+  size_t end = limit;
   while (end > 0 && (static_cast<uint8_t>(reply[end]) & 0xC0) == 0x80) {
     --end;  // reply[end] continues a sequence that started before it
   }
@@ -254,7 +254,8 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
   if (!valid_queue_id(queue_id) || envelope.recipients.size() > kMaxRecipients ||
       envelope.sender.size() > kMaxEnvelopeStringBytes || envelope.client_address.size() > kMaxEnvelopeStringBytes ||
       envelope.client_helo.size() > kMaxEnvelopeStringBytes || envelope.envid.size() > kMaxEnvelopeStringBytes ||
-      envelope.ret > DsnRet::hdrs || envelope.recipient_dsn.size() > envelope.recipients.size()) {
+      envelope.ret > DsnRet::hdrs || envelope.recipient_dsn.size() > envelope.recipients.size() ||
+      !(envelope.dsn_of.empty() || valid_queue_id(envelope.dsn_of))) {
     return absl::InvalidArgumentError("spool: malformed queue id or envelope over limits");
   }
   for (const auto& recipient : envelope.recipients) {
@@ -296,6 +297,7 @@ absl::StatusOr<uint64_t> ShardSpool::append_message(std::string queue_id, uint64
   info.dsn_envid = std::move(envelope.envid);
   info.recipient_dsn = std::move(envelope.recipient_dsn);
   info.recipient_dsn.resize(info.recipients.size());  // as recovery has it: one per recipient
+  info.dsn_of = std::move(envelope.dsn_of);
   info.recipient_states.resize(info.recipients.size());
   record.ticket = _next_ticket;
   if (auto status = place_message(record); !status.ok()) {
@@ -520,7 +522,7 @@ void ShardSpool::place_snapshot() {
       entries.push_back(JournalEntry{JournalOp::hold, id, 0});
     }
     for (auto& outcome : outcome_snapshot(info)) {  // or the new file would forget them
-      bytes += outcome.reply.size() + kJournalOutcomeBytes;
+      bytes += outcome.reply.size() + outcome.remote_mta.size() + kJournalOutcomeBytes;
       entries.push_back(std::move(outcome));
     }
   }
@@ -609,6 +611,8 @@ void apply_outcome(MessageInfo& info, const JournalEntry& entry) {
   recipient.attempts = entry.attempts;
   recipient.next_attempt_ms = entry.op == JournalOp::deferred ? entry.next_attempt_ms : 0;
   recipient.last_reply = entry.reply;
+  recipient.remote_mta = entry.remote_mta;
+  recipient.relayed = entry.relayed;
   info.attempts = std::max(info.attempts, entry.attempts);
   info.last_reply = entry.reply;
 }
@@ -638,6 +642,8 @@ std::vector<JournalEntry> outcome_snapshot(const MessageInfo& info) {
     entry.next_attempt_ms = recipient.state == DeliveryState::deferred ? recipient.next_attempt_ms : 0;
     entry.attempts = recipient.attempts;
     entry.reply = recipient.last_reply;
+    entry.remote_mta = recipient.remote_mta;
+    entry.relayed = recipient.relayed;
     if (recipient.last_reply == info.last_reply) {
       latest = entries.size();
     }
@@ -1358,6 +1364,9 @@ absl::StatusOr<uint64_t> ShardSpool::record_outcome(std::string_view id, uint32_
   if (outcome.state == DeliveryState::pending) {
     return absl::InvalidArgumentError("spool: pending is not an outcome");
   }
+  if (outcome.relayed && outcome.state != DeliveryState::delivered) {
+    return absl::InvalidArgumentError("spool: only a delivery is relayed");
+  }
   if (recipient >= it->second.recipient_states.size()) {
     return absl::InvalidArgumentError(absl::StrCat("spool: message ", to_absl(id), " has no recipient ", recipient));
   }
@@ -1373,7 +1382,9 @@ absl::StatusOr<uint64_t> ShardSpool::record_outcome(std::string_view id, uint32_
   // This attempt, after the durable ones and those on their way (a failed one leaves a gap).
   const uint64_t attempts = uint64_t{state.attempts} + state.outcomes_in_flight + 1;
   entry.attempts = static_cast<uint32_t>(std::min<uint64_t>(attempts, UINT32_MAX));
-  entry.reply = bounded_reply(std::move(outcome.last_reply));
+  entry.reply = bounded(std::move(outcome.last_reply), kMaxReplyBytes);
+  entry.remote_mta = bounded(std::move(outcome.remote_mta), kMaxRemoteMtaBytes);
+  entry.relayed = outcome.relayed;
   auto ticket = append_journal_entry(std::move(entry));
   if (ticket.ok()) {
     ++state.outcomes_in_flight;

@@ -124,12 +124,19 @@ struct RecipientDelivery {
   // next one counts them into its attempts), and whether one of them is final (nothing may follow).
   uint32_t outcomes_in_flight = 0;
   bool final_in_flight = false;
+  // The host that answered the last attempt ("" if none did, or read from a v2 journal), and
+  // whether the sender is owed a "relayed" DSN for this delivered recipient: what a DSN made
+  // after a restart needs, so on disk with the outcome.
+  std::string remote_mta;
+  bool relayed = false;
 };
 // What one delivery attempt to one recipient came to (record_outcome).
 struct RecipientOutcome {
   DeliveryState state = DeliveryState::deferred;  // never pending
   uint64_t next_attempt_ms = 0;                   // deferred only
   std::string last_reply;                         // cut to kMaxReplyBytes
+  std::string remote_mta;                         // the host that answered, or ""; cut to kMaxRemoteMtaBytes
+  bool relayed = false;                           // delivered only: a "relayed" DSN is owed
 };
 
 struct MessageLocation {
@@ -163,6 +170,7 @@ struct MessageInfo {
   DsnRet dsn_ret = DsnRet::none;
   std::string dsn_envid;
   std::vector<RecipientDsn> recipient_dsn;
+  std::string dsn_of;  // a DSN's: the queue id of the message it reports on; else empty
   MessageLocation location;
 };
 
@@ -342,7 +350,8 @@ class ShardSpool {
   // counted here). Like remove: the ticket completes when the record is durable, and only then
   // does the index change. NOT_FOUND for an unknown id or a removal on its way; INVALID_ARGUMENT
   // for a recipient index out of range, a recipient already final (or with a final outcome on
-  // its way), or a pending state. A reply over kMaxReplyBytes is cut (at a UTF-8 boundary).
+  // its way), a pending state, or relayed on anything but delivered. A reply over kMaxReplyBytes
+  // (a remote MTA over kMaxRemoteMtaBytes) is cut at a UTF-8 boundary.
   absl::StatusOr<uint64_t> record_outcome(std::string_view id, uint32_t recipient, RecipientOutcome outcome);
 
   const SpoolMetrics& metrics() const { return _metrics; }

@@ -110,7 +110,14 @@ void Shard::Impl::start_delivery() {
     context->mailbox->attach(shard->_index, ring->fd());
   }
   std::vector<std::string> final_ids;
+  // Originals a DSN in the spool reports on. Only a restart can find one of them final: while
+  // running, a message whose DSN is stored is being removed (finalizing), and its removal, or
+  // a restart, ends that.
+  absl::flat_hash_set<std::string> reported;
   shard->_spool->for_each_message([&](const spool::MessageInfo& info) {
+    if (!info.dsn_of.empty()) {
+      reported.insert(info.dsn_of);
+    }
     bool all_final = true;
     for (size_t i = 0; i < info.recipients.size(); ++i) {
       all_final = all_final && i < info.recipient_states.size() && spool::is_final(info.recipient_states[i].state);
@@ -122,7 +129,14 @@ void Shard::Impl::start_delivery() {
     }
   });
   for (const std::string& id : final_ids) {
-    check_final(id);
+    if (reported.contains(id)) {
+      // A crash after its DSN was durable, before its removal was: the DSN is in the queue.
+      log.line(str_cat("event=bounce_exists id=", id, " effect=\"removed without a second DSN\""));
+      finalizing.insert(id);
+      remove_message(id);
+    } else {
+      check_final(id);
+    }
   }
   run_scheduler();
 }
@@ -276,9 +290,6 @@ void Shard::queue_changed(std::string_view id) {
   if (std::optional<spool::MessageInfo> info = _spool->find(id); info && impl.context->delivery_enabled) {
     impl.route_jobs(*info);
   }
-  if (!_spool->find(id)) {
-    impl.dsn_notes.erase(std::string(id));  // deleted: no DSN will ask for its hosts
-  }
   impl.run_scheduler();
 }
 
@@ -401,8 +412,9 @@ void Shard::Impl::record_outcomes() {
 // An outcome of one of this shard's messages: journaled, and the message finished once final.
 void Shard::Impl::record_outcome_here(relay::Outcome out) {
   const std::string id = out.message_id;
-  const bool bounced = out.outcome.state == spool::DeliveryState::bounced;
-  const bool relayed = out.relayed;
+  // What a DSN made later (after a restart, too) says of this recipient: kept with the outcome.
+  out.outcome.remote_mta = std::move(out.remote_mta);
+  out.outcome.relayed = out.relayed;
   absl::StatusOr<uint64_t> ticket = shard->_spool->record_outcome(id, out.recipient, std::move(out.outcome));
   if (!ticket.ok()) {
     // A message deleted meanwhile (NOT_FOUND) has nothing to record; anything else is ours.
@@ -411,10 +423,6 @@ void Shard::Impl::record_outcome_here(relay::Outcome out) {
                        to_std(ticket.status().message()), "\""));
     }
     return;
-  }
-  // The DSN's Remote-MTA and the "relayed" notices: the journal keeps only the reply.
-  if ((bounced && !out.remote_mta.empty()) || relayed) {
-    dsn_notes[id][out.recipient] = DsnNote{std::move(out.remote_mta), relayed};
   }
   control_tickets.emplace(*ticket, [this, id](const absl::Status& status) {
     if (!status.ok()) {
@@ -446,24 +454,17 @@ void Shard::Impl::check_final(const std::string& id) {
 // A DSN for the bounced recipients that want one, durable before the original is removed.
 void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
   relay::DsnReport report;
-  const auto notes = dsn_notes.find(info.id);
   for (size_t i = 0; i < info.recipients.size(); ++i) {
     const spool::RecipientDelivery& state = info.recipient_states[i];
     const uint8_t notify = i < info.recipient_dsn.size() ? info.recipient_dsn[i].notify : 0;
-    const DsnNote* note = nullptr;
-    if (notes != dsn_notes.end()) {
-      if (const auto found = notes->second.find(static_cast<uint32_t>(i)); found != notes->second.end()) {
-        note = &found->second;
-      }
-    }
-    if (state.state == spool::DeliveryState::delivered && note != nullptr && note->relayed &&
+    if (state.state == spool::DeliveryState::delivered && state.relayed &&
         relay::dsn_wanted(info.sender, notify, relay::DsnAction::relayed)) {
       relay::DsnRecipient recipient;
       recipient.final_recipient = info.recipients[i];
       recipient.orcpt = i < info.recipient_dsn.size() ? info.recipient_dsn[i].orcpt : std::string();
       recipient.action = relay::DsnAction::relayed;
       recipient.status = "2.0.0";
-      recipient.remote_mta = note->remote_mta;
+      recipient.remote_mta = state.remote_mta;
       recipient.diagnostic = state.last_reply;
       recipient.last_attempt_s = static_cast<int64_t>(io::wall_ms() / 1000);
       report.recipients.push_back(std::move(recipient));
@@ -491,14 +492,9 @@ void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
       rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
     }
     recipient.diagnostic = state.last_reply;
-    if (note != nullptr) {
-      recipient.remote_mta = note->remote_mta;
-    }
+    recipient.remote_mta = state.remote_mta;
     recipient.last_attempt_s = static_cast<int64_t>(io::wall_ms() / 1000);
     report.recipients.push_back(std::move(recipient));
-  }
-  if (notes != dsn_notes.end()) {
-    dsn_notes.erase(notes);
   }
   finalizing.insert(info.id);
   if (report.recipients.empty()) {
@@ -526,6 +522,7 @@ void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
   spool::Envelope envelope;
   envelope.recipients.push_back(info.sender);
   envelope.body_8bit = dsn.body_8bit;
+  envelope.dsn_of = info.id;  // so that a restart before the original's removal makes no second DSN
   const uint64_t size = dsn.wire.size();
   auto ticket = shard->_spool->append_message(bounce_id, now, std::move(envelope), size, std::move(dsn.wire));
   if (!ticket.ok()) {

@@ -161,7 +161,8 @@ std::string recipient_states_json(const spool::MessageInfo& message) {
                                                                                   : "pending";
     str_append(&items, i == 0 ? "" : ", ", "{\"address\": \"", json_escape(message.recipients[i]), "\", \"state\": \"",
                name, "\", \"attempts\": ", state.attempts, ", \"next_attempt_ms\": ", state.next_attempt_ms,
-               ", \"last_reply\": \"", json_escape(state.last_reply), "\"}");
+               ", \"last_reply\": \"", json_escape(state.last_reply), "\", \"remote_mta\": \"",
+               json_escape(state.remote_mta), "\", \"relayed\": ", state.relayed ? "true" : "false", "}");
   }
   return str_cat("[", items, "]");
 }

@@ -58,7 +58,8 @@ std::string queue_summary_json(const QueueSummary& summary);
 // Where delivery stands for each recipient of the message, for the admin JSON (beside the
 // message-level "attempts", "next_attempt" and "last_reply", which it does not replace):
 // [{"address", "state" (pending, delivered, deferred, bounced), "attempts", "next_attempt_ms"
-// (0 unless deferred), "last_reply"}], parallel to the message's "recipients".
+// (0 unless deferred), "last_reply", "remote_mta" (the host that answered the last attempt, or
+// ""), "relayed" (owed a "relayed" DSN)}], parallel to the message's "recipients".
 std::string recipient_states_json(const spool::MessageInfo& message);
 
 // The stored wire form (CRLF lines, dot-stuffed, without the final ".\r\n") as the message is:

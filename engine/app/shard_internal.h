@@ -215,17 +215,10 @@ struct Shard::Impl : public smtp::SessionHost {
   uint32_t outbound_open = 0;
   std::deque<relay::ConnectRequest> connects_waiting;  // over outbound_connections_max: opened as others close
   std::vector<uint32_t> outbound_dirty;
-  absl::flat_hash_set<std::string> finalizing;  // messages whose bounce or removal is on its way
-  // What a DSN needs that the journal does not keep, per message id and recipient index: the
-  // host that gave a bounced recipient its final reply (Remote-MTA), and whether a delivered one
-  // is owed a "relayed" notice (NOTIFY=SUCCESS, next hop without DSN). In memory only: a DSN
-  // made after a restart has no Remote-MTA, and a relayed notice not yet sent then is lost.
-  // finalize_message takes a message's entries; queue_changed drops those of a deleted message.
-  struct DsnNote {
-    std::string remote_mta;
-    bool relayed = false;
-  };
-  absl::flat_hash_map<std::string, absl::flat_hash_map<uint32_t, DsnNote>> dsn_notes;
+  // Messages whose bounce or removal is on its way. (What a DSN says of each recipient, its
+  // Remote-MTA and whether it is owed a "relayed" notice, is in the spool with the outcome:
+  // spool::RecipientDelivery.)
+  absl::flat_hash_set<std::string> finalizing;
   uint64_t random_state = 0;
   uint64_t next_outbound_serial = 0;
   uint64_t scheduler_deadline_ms = 0;  // wall clock; 0: none

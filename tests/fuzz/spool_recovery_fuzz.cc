@@ -128,13 +128,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const auto& record : scan.records) {
       auto entry = decode_journal_payload(bytes.subspan(record.offset + kRecordHeaderBytes, record.payload_length));
       if (entry.ok()) {  // whatever decodes is within the limits, and encodes back to the same
-        check(entry->reply.size() <= kMaxReplyBytes && journal_payload_bytes(*entry) == record.payload_length);
-        check(is_outcome(entry->op) || (entry->reply.empty() && entry->attempts == 0));
+        check(entry->reply.size() <= kMaxReplyBytes && entry->remote_mta.size() <= kMaxRemoteMtaBytes &&
+              journal_payload_bytes(*entry) == record.payload_length);
+        check(is_outcome(entry->op) || (entry->reply.empty() && entry->attempts == 0 && entry->remote_mta.empty()));
+        check(!entry->relayed || entry->op == JournalOp::delivered);
       }
     }
   }
   // 2c. The input as the tail of an outcome payload: its fixed 24 octets valid, the rest fuzzed.
-  for (const JournalOp op : {JournalOp::deferred, JournalOp::bounced}) {
+  for (const JournalOp op : {JournalOp::deferred, JournalOp::bounced, JournalOp::delivered}) {
     std::string payload(kJournalPayloadBytes, '\0');
     encode_journal_payload(JournalEntry(JournalOp::hold, "0000000000000000", 3),
                            reinterpret_cast<uint8_t*>(payload.data()));
@@ -142,16 +144,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     payload.append(reinterpret_cast<const char*>(data), size);
     auto entry = decode_journal_payload({reinterpret_cast<const uint8_t*>(payload.data()), payload.size()});
     if (entry.ok()) {
-      check(entry->op == op && entry->reply.size() <= kMaxReplyBytes);
-      check(payload.size() == kJournalPayloadBytes + kJournalOutcomeBytes + entry->reply.size());
+      check(entry->op == op && entry->reply.size() <= kMaxReplyBytes && entry->remote_mta.size() <= kMaxRemoteMtaBytes);
+      check(payload.size() ==
+            kJournalPayloadBytes + kJournalOutcomeBytes + entry->reply.size() + entry->remote_mta.size());
       check(op == JournalOp::deferred || entry->next_attempt_ms == 0);
+    }
+    // The same as a v2 outcome: no remote MTA.
+    auto old = decode_journal_payload({reinterpret_cast<const uint8_t*>(payload.data()), payload.size()}, 2);
+    if (old.ok()) {
+      check(old->remote_mta.empty() && !old->relayed &&
+            payload.size() == kJournalPayloadBytes + kJournalOutcomeV2Bytes + old->reply.size());
     }
   }
   // 3. The payload decoders on raw bytes.
   for (uint16_t version = kOldestReadableVersion; version <= kFormatVersion; ++version) {
     decode_message_meta(raw, version).status().IgnoreError();
   }
-  decode_journal_payload(raw).status().IgnoreError();
+  for (uint16_t version = kOldestReadableVersion; version <= kFormatVersion; ++version) {
+    decode_journal_payload(raw, version).status().IgnoreError();
+  }
   decode_file_header_payload(raw).status().IgnoreError();
   return 0;
 }

@@ -10,6 +10,7 @@ also runs under ASan) and every assertion is about what was sent, received, logg
 
 import email
 import email.policy
+import os
 import re
 
 import harness as h
@@ -500,6 +501,135 @@ class Bounces(FaultTestCase):
         self.assertMetric("sluice_messages_finished_total", equal=1)
         self.assertEqual(self.bounce_lines(), [])
         self.assertEqual(len(self.deliveries(queue_id, outcome="bounced")), 1)
+
+
+# ---- DSN facts across restarts ----------------------------------------------------------------
+
+FAR_HOST = "127.0.0.4"     # MX of far.test: a second recipient domain, on its own receiver
+FAR = "dave@far.test"
+RESTART_ZONE = dict(ZONE, **{
+    "far.test": {"MX": [[10, "mx.far.test"]]},
+    "mx.far.test": {"A": [FAR_HOST]},
+})
+
+
+def journal_records(path):
+    """[(offset, op, queue id)] of the journal records of one journal file, in order (the
+    record layout of spool/format.h: a 36-octet header, then op u16, reserved u16, queue id)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    records = []
+    offset = 0
+    while len(data) - offset >= 36 and data[offset:offset + 36] != bytes(36):
+        if data[offset:offset + 4] != b"SLSP":
+            break
+        record_type = int.from_bytes(data[offset + 6:offset + 8], "little")
+        length = int.from_bytes(data[offset + 28:offset + 32], "little")
+        payload = data[offset + 36:offset + 36 + length]
+        if record_type == 3:  # journal
+            records.append((offset, int.from_bytes(payload[0:2], "little"), payload[4:20].decode("ascii")))
+        offset += 36 + length
+    return records, offset
+
+
+def forget_removal(spool_dir, queue_id):
+    """Zeroes the journal from the durable removal of queue_id on: the files as a crash right
+    before that record became durable leaves them (every later record is lost too)."""
+    for shard in sorted(os.listdir(spool_dir)):
+        directory = os.path.join(spool_dir, shard)
+        if not shard.startswith("shard-") or not os.path.isdir(directory):
+            continue
+        for name in sorted(os.listdir(directory)):
+            if not name.startswith("journal"):
+                continue
+            path = os.path.join(directory, name)
+            records, end = journal_records(path)
+            for offset, op, record_id in records:
+                if op == 1 and record_id == queue_id:  # JournalOp::remove
+                    with open(path, "r+b") as f:
+                        f.seek(offset)
+                        f.write(bytes(end - offset))
+                    return path
+    return None
+
+
+class AcrossRestarts(FaultTestCase):
+    """What a DSN says must not depend on the process that made it: the Remote-MTA of a bounced
+    recipient and the "relayed" notice are in the journal with the outcome, and a DSN stored
+    before a crash is not made again after it."""
+
+    def start_three(self, far_faults=None, home_faults=None):
+        self.dns = self.start_dns(RESTART_ZONE)
+        self.dest, self.home, self.far = self.start_receivers(
+            (DEST_HOST, HOME_HOST, FAR_HOST),
+            per_host={DEST_HOST: {"rcpt_550": [UNKNOWN]}, HOME_HOST: home_faults or {},
+                      FAR_HOST: far_faults or {}})
+        # A long first retry: nothing is retried on its own before the test flushes.
+        self.server = self.start_sluice(h.delivery_overrides(
+            self.dns, self.dest.port, retry_initial="10m", retry_max="1h", site_backoff="1s"))
+
+    def wait_states(self, queue_id, states):
+        def reached():
+            m = self.queued(queue_id)
+            return m is not None and [s["state"] for s in m["recipient_states"]] == states and m
+        m = h.wait_until(reached, WAIT_S, interval=0.05)
+        self.assertTrue(m, "%s never reached %s; queue: %s" % (queue_id, states, self.server.queue()))
+        return m
+
+    def test_remote_mta_and_relayed_survive_a_kill9_before_the_dsn(self):
+        self.start_three(far_faults={"replies": {"RCPT": "451 4.3.0 try again later"}})
+        queue_id = self.send(message_bytes("restart facts"), recipients=(RCPT, UNKNOWN, FAR),
+                             rcpt_params={RCPT: "NOTIFY=SUCCESS,FAILURE"})
+        # RCPT delivered to a next hop without DSN (owed "relayed"), UNKNOWN refused by
+        # mx.dest.test, FAR deferred: the message stays, and no DSN is made yet.
+        self.wait_states(queue_id, ["delivered", "bounced", "deferred"])
+        self.assertEqual(self.home.message_count, 0)
+        self.server.kill9()
+        self.far.clear_faults()
+        self.server.start()
+        # The restarted process knows them from the spool (FAR waits for its retry in 10 minutes).
+        states = self.queued(queue_id)["recipient_states"]
+        self.assertEqual([(s["remote_mta"], s["relayed"]) for s in states],
+                         [("mx.dest.test", True), ("mx.dest.test", False), ("mx.far.test", False)], states)
+        self.flush()
+        dsn = self.wait_for_dsn(queue_id)
+        report = parse_dsn(dsn.data)
+        self.assertEqual([r.get("Final-Recipient") for r in report["recipients"]],
+                         ["rfc822; " + RCPT, "rfc822; " + UNKNOWN], report["recipients"])
+        relayed, failed = report["recipients"]
+        self.assertEqual(relayed.get("Action"), "relayed", relayed)
+        self.assertEqual(relayed.get("Remote-MTA"), "dns; mx.dest.test", relayed)
+        self.assertEqual(failed.get("Action"), "failed", failed)
+        self.assertEqual(failed.get("Status"), "5.1.1", failed)
+        self.assertEqual(failed.get("Remote-MTA"), "dns; mx.dest.test", failed)
+        self.assertIn("550 5.1.1", failed.get("Diagnostic-Code", ""), failed)
+        self.wait_queue_empty()
+        self.assertEqual(self.far.messages_to(FAR)[0].recipients, [FAR])
+        self.assertEqual(self.home.message_count, 1)
+
+    def test_a_crash_after_the_dsn_was_stored_makes_no_second_dsn(self):
+        # The sender's MX refuses for now, so the DSN stays queued beside the original's removal.
+        self.start_three(home_faults={"greeting_421": True})
+        queue_id = self.send(message_bytes("one dsn only"), recipients=(UNKNOWN,))
+        bounce_id = self.server.wait_for_event("bounce", WAIT_S, id=queue_id)
+        self.assertTrue(bounce_id, "no DSN made for %s" % queue_id)
+        bounce_id = bounce_id["bounce_id"]
+        self.assertTrue(h.wait_until(lambda: self.server.queue_ids() == [bounce_id], WAIT_S, interval=0.05),
+                        self.server.queue())
+        self.assertEqual(self.server.stop(), 0)
+        # The spool as a crash between the DSN's record and the original's removal leaves it.
+        self.assertIsNotNone(forget_removal(self.server.spool_dir, queue_id), "no removal record")
+        self.home.clear_faults()
+        self.server.start()
+        # Both came back, as the crash left them (the original may be gone again already).
+        self.assertEqual(int(self.server.ready_line.split("recovered=")[1].split()[0]), 2, self.server.ready_line)
+        self.flush()
+        self.wait_queue_empty()
+        reports = [m for m in self.home.messages if ("X-Sluice-Queue-ID: %s" % queue_id).encode() in m.data]
+        self.assertEqual(len(reports), 1, "one DSN for %s, got %d" % (queue_id, len(reports)))
+        self.assertIn(("Message-ID: <%s@" % bounce_id).encode(), reports[0].data)
+        self.assertEqual(self.bounce_lines(id=queue_id), [], "no DSN made after the restart")
+        self.assertEqual(len(self.server.events("bounce_exists", id=queue_id)), 1)  # found final, removed
 
 
 # ---- what arrives is what was accepted ---------------------------------------------------------

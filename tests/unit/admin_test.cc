@@ -152,17 +152,20 @@ TEST(QueueReportTest, RecipientStatesJsonHasOneEntryPerRecipient) {
   spool::MessageInfo info = message("A", 1000, {"a@x.test", "b\"q@y.test", "c@z.test"});
   info.recipient_states.resize(2);  // shorter than the recipients: the rest read as pending
   info.recipient_states[0] = spool::RecipientDelivery{spool::DeliveryState::deferred, 2, 1700000000123, "451 \"busy\"\r\n",
-                                                      0, false};
-  info.recipient_states[1] = spool::RecipientDelivery{spool::DeliveryState::bounced, 1, 0, "550 no", 0, false};
+                                                      0, false, "", false};
+  info.recipient_states[1] = spool::RecipientDelivery{spool::DeliveryState::bounced, 1, 0, "550 no", 0, false,
+                                                      "mx.y.test", false};
   EXPECT_EQ(recipient_states_json(info),
             "[{\"address\": \"a@x.test\", \"state\": \"deferred\", \"attempts\": 2, \"next_attempt_ms\": "
-            "1700000000123, \"last_reply\": \"451 \\\"busy\\\"\\r\\n\"}, "
+            "1700000000123, \"last_reply\": \"451 \\\"busy\\\"\\r\\n\", \"remote_mta\": \"\", \"relayed\": false}, "
             "{\"address\": \"b\\\"q@y.test\", \"state\": \"bounced\", \"attempts\": 1, \"next_attempt_ms\": 0, "
-            "\"last_reply\": \"550 no\"}, "
+            "\"last_reply\": \"550 no\", \"remote_mta\": \"mx.y.test\", \"relayed\": false}, "
             "{\"address\": \"c@z.test\", \"state\": \"pending\", \"attempts\": 0, \"next_attempt_ms\": 0, "
-            "\"last_reply\": \"\"}]");
+            "\"last_reply\": \"\", \"remote_mta\": \"\", \"relayed\": false}]");
   info.recipient_states[1].state = spool::DeliveryState::delivered;
+  info.recipient_states[1].relayed = true;
   EXPECT_NE(recipient_states_json(info).find("\"state\": \"delivered\""), std::string::npos);
+  EXPECT_NE(recipient_states_json(info).find("\"relayed\": true"), std::string::npos);
   EXPECT_EQ(recipient_states_json(message("B", 1, {})), "[]");
 }
 

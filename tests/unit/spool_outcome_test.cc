@@ -80,32 +80,61 @@ std::string payload_of(const JournalEntry& entry) {
   return payload;
 }
 
-absl::StatusOr<JournalEntry> decode(const std::string& payload) {
-  return decode_journal_payload({reinterpret_cast<const uint8_t*>(payload.data()), payload.size()});
+absl::StatusOr<JournalEntry> decode(const std::string& payload, uint16_t version = kFormatVersion) {
+  return decode_journal_payload({reinterpret_cast<const uint8_t*>(payload.data()), payload.size()}, version);
 }
 
 JournalEntry outcome_entry(JournalOp op, std::string id, uint32_t recipient, uint64_t next, uint32_t attempts,
-                           std::string reply) {
+                           std::string reply, std::string remote_mta = "", bool relayed = false) {
   JournalEntry entry(op, std::move(id), recipient);
   entry.next_attempt_ms = next;
   entry.attempts = attempts;
   entry.reply = std::move(reply);
+  entry.remote_mta = std::move(remote_mta);
+  entry.relayed = relayed;
   return entry;
+}
+
+// An outcome payload as a v2 build wrote it: the v3 one without the remote MTA (flags 0).
+std::string v2_payload_of(JournalEntry entry) {
+  entry.remote_mta.clear();
+  entry.relayed = false;
+  std::string payload = payload_of(entry);
+  payload.resize(payload.size() - 2);  // the empty remote MTA's length field
+  return payload;
 }
 
 constexpr char kId[] = "0123456789ABCDEF";
 
 TEST(OutcomeFormatTest, OutcomesRoundTripAndOtherOpsKeepTheirTwentyFourOctets) {
   const std::string longest(kMaxReplyBytes, 'r');
-  for (const JournalEntry& entry : {outcome_entry(JournalOp::deferred, kId, 7, 1700000000123, 3, "451 4.7.1 try later"),
-                                    outcome_entry(JournalOp::delivered, kId, 0, 0, 1, "250 2.0.0 ok"),
-                                    outcome_entry(JournalOp::bounced, kId, kMaxRecipients - 1, 0, UINT32_MAX, longest),
-                                    outcome_entry(JournalOp::deferred, kId, 1, 0, 2, "")}) {
+  const std::string longest_host(kMaxRemoteMtaBytes, 'h');
+  for (const JournalEntry& entry :
+       {outcome_entry(JournalOp::deferred, kId, 7, 1700000000123, 3, "451 4.7.1 try later", "mx.example.test"),
+        outcome_entry(JournalOp::delivered, kId, 0, 0, 1, "250 2.0.0 ok", "mx.example.test", true),
+        outcome_entry(JournalOp::delivered, kId, 0, 0, 1, "250 2.0.0 ok", "", true),
+        outcome_entry(JournalOp::bounced, kId, kMaxRecipients - 1, 0, UINT32_MAX, longest, longest_host),
+        outcome_entry(JournalOp::bounced, kId, 2, 0, 1, "550 5.1.1 no", "[192.0.2.1]"),
+        outcome_entry(JournalOp::deferred, kId, 1, 0, 2, "")}) {
     const std::string payload = payload_of(entry);
-    EXPECT_EQ(payload.size(), kJournalPayloadBytes + kJournalOutcomeBytes + entry.reply.size());
+    EXPECT_EQ(payload.size(), kJournalPayloadBytes + kJournalOutcomeBytes + entry.reply.size() + entry.remote_mta.size());
     auto decoded = decode(payload);
     ASSERT_TRUE(decoded.ok()) << decoded.status();
     EXPECT_EQ(*decoded, entry);
+    // The same outcome as a v2 journal has it reads back without the remote MTA, not relayed;
+    // and a v3 payload is not a v2 one (nor the other way round).
+    const std::string old = v2_payload_of(entry);
+    EXPECT_EQ(old.size(), kJournalPayloadBytes + kJournalOutcomeV2Bytes + entry.reply.size());
+    JournalEntry plain = entry;
+    plain.remote_mta.clear();
+    plain.relayed = false;
+    for (const uint16_t version : {uint16_t{1}, uint16_t{2}}) {
+      auto read = decode(old, version);
+      ASSERT_TRUE(read.ok()) << read.status();
+      EXPECT_EQ(*read, plain);
+      EXPECT_FALSE(decode(payload, version).ok()) << "a v3 outcome is too long for v" << version;
+    }
+    EXPECT_FALSE(decode(old).ok()) << "a v2 outcome is too short for v3";
   }
   for (const JournalOp op : {JournalOp::remove, JournalOp::hold, JournalOp::release}) {
     EXPECT_EQ(payload_of(JournalEntry(op, kId, 0)).size(), kJournalPayloadBytes);
@@ -138,9 +167,39 @@ TEST(OutcomeFormatTest, ShortOverlongAndInconsistentPayloadsAreCorruption) {
   ASSERT_TRUE(decode(delivered).ok());
   delivered[kJournalPayloadBytes] = 1;
   EXPECT_FALSE(decode(delivered).ok());
+  // The remote MTA's length disagreeing with the payload, or over its limit with a payload that
+  // agrees; the payload cut inside the remote MTA or its length.
+  auto with_mta_length = [](std::string payload, size_t at, uint16_t length) {
+    payload[at] = static_cast<char>(length & 0xFF);
+    payload[at + 1] = static_cast<char>(length >> 8);
+    return payload;
+  };
+  const std::string hosted = payload_of(outcome_entry(JournalOp::bounced, kId, 0, 0, 1, "550 no", "mx.example.test"));
+  const size_t mta_at = kJournalPayloadBytes + kJournalOutcomeV2Bytes + 6;
+  ASSERT_TRUE(decode(hosted).ok());
+  for (size_t size = 0; size < hosted.size(); ++size) {
+    EXPECT_FALSE(decode(hosted.substr(0, size)).ok()) << "cut to " << size;
+  }
+  EXPECT_FALSE(decode(hosted + "x").ok());
+  EXPECT_FALSE(decode(with_mta_length(hosted, mta_at, 14)).ok());
+  EXPECT_FALSE(decode(with_mta_length(hosted, mta_at, 16)).ok());
+  const std::string over_host = with_mta_length(
+      payload_of(outcome_entry(JournalOp::bounced, kId, 0, 0, 1, "550 no", std::string(kMaxRemoteMtaBytes, 'h'))) + "h",
+      mta_at, kMaxRemoteMtaBytes + 1);
+  EXPECT_FALSE(decode(over_host).ok());
+  // The flags: relayed only on a delivery, no other bit; in v2 none at all.
+  std::string relayed = payload_of(outcome_entry(JournalOp::delivered, kId, 0, 0, 1, "250 ok", "mx", true));
+  ASSERT_TRUE(decode(relayed).ok());
+  EXPECT_FALSE(decode(with_mta_length(relayed, 2, kJournalFlagRelayed | 2)).ok());
+  EXPECT_FALSE(decode(with_mta_length(hosted, 2, kJournalFlagRelayed)).ok()) << "a relayed bounce";
+  EXPECT_FALSE(decode(with_mta_length(payload_of(JournalEntry(JournalOp::remove, kId, 0)), 2, kJournalFlagRelayed)).ok());
+  std::string old_relayed = v2_payload_of(outcome_entry(JournalOp::delivered, kId, 0, 0, 1, "250 ok"));
+  ASSERT_TRUE(decode(old_relayed, 2).ok());
+  EXPECT_FALSE(decode(with_mta_length(old_relayed, 2, kJournalFlagRelayed), 2).ok());
   // The other ops with an extension, and an outcome with none (what a previous build wrote for
   // no op: it never wrote these).
-  EXPECT_FALSE(decode(payload_of(JournalEntry(JournalOp::hold, kId, 0)) + std::string(14, '\0')).ok());
+  EXPECT_FALSE(decode(payload_of(JournalEntry(JournalOp::hold, kId, 0)) + std::string(16, '\0')).ok());
+  EXPECT_FALSE(decode(payload_of(JournalEntry(JournalOp::hold, kId, 0)) + std::string(14, '\0'), 2).ok());
   EXPECT_FALSE(decode(payload_of(JournalEntry(JournalOp::hold, kId, 0)) + "x").ok());
   std::string bare = payload_of(JournalEntry(JournalOp::hold, kId, 0));
   bare[0] = static_cast<char>(JournalOp::deferred);
@@ -153,11 +212,13 @@ struct Expected {
   uint32_t attempts = 0;
   uint64_t next_attempt_ms = 0;
   std::string last_reply;
+  std::string remote_mta;
+  bool relayed = false;
   bool operator==(const Expected&) const = default;
 };
 std::ostream& operator<<(std::ostream& out, const Expected& e) {
   return out << "{" << static_cast<int>(e.state) << " " << e.attempts << " " << e.next_attempt_ms << " '"
-             << e.last_reply << "'}";
+             << e.last_reply << "' " << e.remote_mta << (e.relayed ? " relayed" : "") << "}";
 }
 // A message's expected state: its recipients, then the derived message-level fields.
 struct ExpectedMessage {
@@ -173,6 +234,8 @@ struct ExpectedMessage {
     ++r.attempts;
     r.next_attempt_ms = outcome.state == DeliveryState::deferred ? outcome.next_attempt_ms : 0;
     r.last_reply = outcome.last_reply;
+    r.remote_mta = outcome.remote_mta;
+    r.relayed = outcome.relayed;
     attempts = std::max(attempts, r.attempts);
     last_reply = outcome.last_reply;
     std::optional<uint64_t> earliest;
@@ -197,7 +260,7 @@ using Model = std::map<std::string, ExpectedMessage>;
 ExpectedMessage observed(const MessageInfo& info) {
   ExpectedMessage m;
   for (const RecipientDelivery& r : info.recipient_states) {
-    m.recipients.push_back(Expected{r.state, r.attempts, r.next_attempt_ms, r.last_reply});
+    m.recipients.push_back(Expected{r.state, r.attempts, r.next_attempt_ms, r.last_reply, r.remote_mta, r.relayed});
   }
   m.attempts = info.attempts;
   m.next_attempt_ms = info.next_attempt_ms;
@@ -259,8 +322,9 @@ class SpoolOutcomeTest : public ::testing::Test {
     return id;
   }
   // record_outcome, mirrored in the model (applied there at once: compare after a drain).
-  void outcome(const std::string& id, uint32_t recipient, DeliveryState state, uint64_t next, std::string reply) {
-    RecipientOutcome outcome{state, next, std::move(reply)};
+  void outcome(const std::string& id, uint32_t recipient, DeliveryState state, uint64_t next, std::string reply,
+               std::string remote_mta = "", bool relayed = false) {
+    RecipientOutcome outcome{state, next, std::move(reply), std::move(remote_mta), relayed};
     auto ticket = _spool->record_outcome(id, recipient, outcome);
     ASSERT_TRUE(ticket.ok()) << ticket.status();
     _model.at(id).apply(recipient, outcome);
@@ -283,7 +347,7 @@ class SpoolOutcomeTest : public ::testing::Test {
 TEST_F(SpoolOutcomeTest, TheIndexChangesOnlyWhenTheRecordIsDurable) {
   open_spool();
   const std::string id = add_message(3);
-  ASSERT_TRUE(_spool->record_outcome(id, 1, {DeliveryState::deferred, 5000, "451 4.2.0 busy"}).ok());
+  ASSERT_TRUE(_spool->record_outcome(id, 1, {DeliveryState::deferred, 5000, "451 4.2.0 busy", "mx.example.test", false}).ok());
   ExpectedMessage untouched;
   untouched.recipients.resize(3);
   EXPECT_EQ(observed(*_spool->find(id)), untouched) << "not durable yet";
@@ -306,6 +370,8 @@ TEST_F(SpoolOutcomeTest, TheIndexChangesOnlyWhenTheRecordIsDurable) {
   EXPECT_EQ(info.recipient_states[1].attempts, 1u);
   EXPECT_EQ(info.recipient_states[1].next_attempt_ms, 5000u);
   EXPECT_EQ(info.recipient_states[1].last_reply, "451 4.2.0 busy");
+  EXPECT_EQ(info.recipient_states[1].remote_mta, "mx.example.test");
+  EXPECT_FALSE(info.recipient_states[1].relayed);
   EXPECT_EQ(info.recipient_states[1].outcomes_in_flight, 0u);
   EXPECT_EQ(info.attempts, 1u);
   EXPECT_EQ(info.next_attempt_ms, 5000u);
@@ -320,18 +386,23 @@ TEST_F(SpoolOutcomeTest, RecordOutcomeRefusesWhatItMustAndCountsAttempts) {
   EXPECT_EQ(_spool->record_outcome(_ids.next(1800000000000), 0, {}).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(_spool->record_outcome(id, 2, {}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(_spool->record_outcome(id, UINT32_MAX, {}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(_spool->record_outcome(id, 0, {DeliveryState::pending, 0, ""}).status().code(),
+  EXPECT_EQ(_spool->record_outcome(id, 0, {DeliveryState::pending, 0, "", "", false}).status().code(),
             absl::StatusCode::kInvalidArgument);
+  // Only a delivery is relayed.
+  for (const DeliveryState state : {DeliveryState::deferred, DeliveryState::bounced}) {
+    EXPECT_EQ(_spool->record_outcome(id, 0, {state, 0, "x", "mx.example.test", true}).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   EXPECT_EQ(_spool->append_journal(JournalOp::delivered, id, 0).status().code(), absl::StatusCode::kInvalidArgument);
   // Two deferrals before either is durable count as two attempts.
   outcome(id, 0, DeliveryState::deferred, 100, "451 one");
   outcome(id, 0, DeliveryState::deferred, 200, "451 two");
   // A final outcome on its way: nothing may follow it, durable or not.
   outcome(id, 1, DeliveryState::bounced, 0, "550 5.1.1 no such user");
-  EXPECT_EQ(_spool->record_outcome(id, 1, {DeliveryState::delivered, 0, "250"}).status().code(),
+  EXPECT_EQ(_spool->record_outcome(id, 1, {DeliveryState::delivered, 0, "250", "", false}).status().code(),
             absl::StatusCode::kInvalidArgument);
   drain_ok();
-  EXPECT_EQ(_spool->record_outcome(id, 1, {DeliveryState::deferred, 1, "451"}).status().code(),
+  EXPECT_EQ(_spool->record_outcome(id, 1, {DeliveryState::deferred, 1, "451", "", false}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(observed(*_spool->find(id)), _model.at(id));
   EXPECT_EQ(_spool->find(id)->recipient_states[0].attempts, 2u);
@@ -356,21 +427,32 @@ TEST_F(SpoolOutcomeTest, LongRepliesAreCutAtAUtf8Boundary) {
     reply += "\xC3\xA9";  // two octets
   }
   reply.insert(0, "x");  // ...an odd offset: the limit falls inside one of them
-  ASSERT_TRUE(_spool->record_outcome(id, 0, {DeliveryState::deferred, 1, reply}).ok());
-  ASSERT_TRUE(_spool->record_outcome(id, 1, {DeliveryState::deferred, 1, std::string(5000, 'a')}).ok());
+  // The remote MTA is cut the same way at its own limit.
+  std::string host = "h";
+  while (host.size() < kMaxRemoteMtaBytes + 10) {
+    host += "\xC3\xA9";
+  }
+  ASSERT_TRUE(_spool->record_outcome(id, 0, {DeliveryState::deferred, 1, reply, host, false}).ok());
+  ASSERT_TRUE(
+      _spool->record_outcome(id, 1, {DeliveryState::deferred, 1, std::string(5000, 'a'), std::string(300, 'm'), false})
+          .ok());
   drain_ok();
   const MessageInfo info = *_spool->find(id);
   EXPECT_EQ(info.recipient_states[0].last_reply, reply.substr(0, kMaxReplyBytes - 1));
   EXPECT_EQ(info.recipient_states[1].last_reply, std::string(kMaxReplyBytes, 'a'));
+  EXPECT_EQ(info.recipient_states[0].remote_mta, host.substr(0, kMaxRemoteMtaBytes));  // 1 + 127 * 2 octets
+  EXPECT_EQ(info.recipient_states[1].remote_mta, std::string(kMaxRemoteMtaBytes, 'm'));
   const Model recovered = recover();
   EXPECT_EQ(recovered.at(id).recipients[0].last_reply, reply.substr(0, kMaxReplyBytes - 1));
   EXPECT_EQ(recovered.at(id).recipients[1].last_reply, std::string(kMaxReplyBytes, 'a'));
+  EXPECT_EQ(recovered.at(id).recipients[0].remote_mta, host.substr(0, kMaxRemoteMtaBytes));
+  EXPECT_EQ(recovered.at(id).recipients[1].remote_mta, std::string(kMaxRemoteMtaBytes, 'm'));
 }
 
 TEST_F(SpoolOutcomeTest, AFailedOutcomeRecordChangesNothingAndMayBeWrittenAgain) {
   open_spool();
   const std::string id = add_message(1);
-  const uint64_t ticket = _spool->record_outcome(id, 0, {DeliveryState::delivered, 0, "250 ok"}).value();
+  const uint64_t ticket = _spool->record_outcome(id, 0, {DeliveryState::delivered, 0, "250 ok", "", false}).value();
   std::vector<IoRequest> requests;
   _spool->collect_io(_now + 1'000'000, requests);
   ASSERT_EQ(requests.size(), 1u);
@@ -395,11 +477,12 @@ TEST_F(SpoolOutcomeTest, OutcomesSurviveRestartsAndARemovalWins) {
   const std::string a = add_message(3);
   const std::string b = add_message(2);
   const std::string gone = add_message(2);
-  outcome(a, 0, DeliveryState::deferred, 9000, "421 4.4.2 timeout");
+  outcome(a, 0, DeliveryState::deferred, 9000, "421 4.4.2 timeout", "mx1.example.test");
   outcome(a, 2, DeliveryState::deferred, 7000, "451 4.3.0 later");
   drain_ok();
-  outcome(a, 0, DeliveryState::delivered, 0, "250 2.0.0 queued as Q");
-  outcome(b, 1, DeliveryState::bounced, 0, "550 5.7.1 refused");
+  // What a DSN made after a restart needs: the host of a bounce, a relayed delivery.
+  outcome(a, 0, DeliveryState::delivered, 0, "250 2.0.0 queued as Q", "mx2.example.test", true);
+  outcome(b, 1, DeliveryState::bounced, 0, "550 5.7.1 refused", "[192.0.2.25]");
   outcome(gone, 0, DeliveryState::delivered, 0, "250 ok");
   ASSERT_TRUE(_spool->hold(b).ok());
   _model.at(b).held = true;
@@ -410,6 +493,8 @@ TEST_F(SpoolOutcomeTest, OutcomesSurviveRestartsAndARemovalWins) {
   EXPECT_EQ(observed(_spool->list()), _model);
   EXPECT_EQ(_model.at(a).next_attempt_ms, 7000u);
   EXPECT_EQ(_model.at(a).last_reply, "250 2.0.0 queued as Q");
+  EXPECT_TRUE(_spool->find(a)->recipient_states[0].relayed);
+  EXPECT_EQ(_spool->find(b)->recipient_states[1].remote_mta, "[192.0.2.25]");
   for (int restart = 0; restart < 3; ++restart) {  // each recovery rewrites the journal compacted
     EXPECT_EQ(recover(), _model) << "restart " << restart;
   }
@@ -448,8 +533,10 @@ TEST_F(SpoolOutcomeTest, OutcomesSurviveRotationsAndARestart) {
       const DeliveryState state = rng() % 6 == 0   ? DeliveryState::delivered
                                   : rng() % 8 == 0 ? DeliveryState::bounced
                                                    : DeliveryState::deferred;
+      const bool relayed = state == DeliveryState::delivered && rng() % 2 == 0;
       outcome(id, recipient, state, 1700000000000 + rng() % 100000,
-              absl::StrCat("4", round, std::string(rng() % 40, 'z')));
+              absl::StrCat("4", round, std::string(rng() % 40, 'z')),
+              rng() % 3 == 0 ? "" : absl::StrCat("mx", rng() % 100, ".example.test"), relayed);
     }
     if (round % 4 == 0) {
       drain_ok();
@@ -475,9 +562,11 @@ TEST_F(SpoolOutcomeTest, ADamagedOutcomeRecordEndsTheJournal) {
     RecipientOutcome outcome;
   };
   const std::vector<Step> steps = {
-      {a, 0, {DeliveryState::deferred, 1000, "451 a"}}, {a, 1, {DeliveryState::deferred, 500, "451 bb"}},
-      {b, 0, {DeliveryState::bounced, 0, "550 gone"}},  {a, 0, {DeliveryState::delivered, 0, ""}},
-      {a, 2, {DeliveryState::deferred, 2000, "4xx c"}},
+      {a, 0, {DeliveryState::deferred, 1000, "451 a", "mx.a.test", false}},
+      {a, 1, {DeliveryState::deferred, 500, "451 bb", "", false}},
+      {b, 0, {DeliveryState::bounced, 0, "550 gone", "mx.b.test", false}},
+      {a, 0, {DeliveryState::delivered, 0, "", "mx.a.test", true}},
+      {a, 2, {DeliveryState::deferred, 2000, "4xx c", "x", false}},
   };
   for (const Step& step : steps) {
     ASSERT_TRUE(_spool->record_outcome(step.id, step.recipient, step.outcome).ok());
@@ -528,11 +617,21 @@ TEST_F(SpoolOutcomeTest, ADamagedOutcomeRecordEndsTheJournal) {
     }
   }
   // The third record (b's bounce) replaced by one whose CRC is right but whose reply length
-  // disagrees with the payload, and by one claiming a reply over the limit.
-  for (const uint16_t reply_length : {uint16_t{9}, uint16_t{kMaxReplyBytes + 1}}) {
-    std::string payload = payload_of(outcome_entry(JournalOp::bounced, b, 0, 0, 1, "550 gone"));
-    payload[kJournalPayloadBytes + 12] = static_cast<char>(reply_length & 0xFF);
-    payload[kJournalPayloadBytes + 13] = static_cast<char>(reply_length >> 8);
+  // disagrees with the payload, and by one claiming a reply over the limit; the same for the
+  // remote MTA's length; and by one saying relayed on a bounce.
+  struct Forgery {
+    size_t at;  // of a u16 in the payload
+    uint16_t value;
+  };
+  const size_t mta_length_at = kJournalPayloadBytes + kJournalOutcomeV2Bytes + 8;  // after "550 gone"
+  for (const Forgery forgery : {Forgery{kJournalPayloadBytes + 12, 9}, Forgery{kJournalPayloadBytes + 12, kMaxReplyBytes + 1},
+                                Forgery{mta_length_at, 8}, Forgery{mta_length_at, 10},
+                                Forgery{mta_length_at, kMaxRemoteMtaBytes + 1}, Forgery{2, kJournalFlagRelayed}}) {
+    JournalEntry entry = outcome_entry(JournalOp::bounced, b, 0, 0, 1, "550 gone");
+    entry.remote_mta = "mx.b.test";
+    std::string payload = payload_of(entry);
+    payload[forgery.at] = static_cast<char>(forgery.value & 0xFF);
+    payload[forgery.at + 1] = static_cast<char>(forgery.value >> 8);
     const RecordHeader original = decode_record_header(reinterpret_cast<const uint8_t*>(bytes.data()) + starts[2]);
     std::string record(kRecordHeaderBytes, '\0');
     RecordHeader header = original;
@@ -542,7 +641,7 @@ TEST_F(SpoolOutcomeTest, ADamagedOutcomeRecordEndsTheJournal) {
     ASSERT_EQ(record.size(), starts[3] - starts[2]);
     std::string forged = bytes;
     forged.replace(starts[2], record.size(), record);
-    EXPECT_EQ(recover_from(forged), expected_after(2)) << "reply length " << reply_length;
+    EXPECT_EQ(recover_from(forged), expected_after(2)) << "u16 at " << forgery.at << " = " << forgery.value;
   }
 }
 

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "engine/io/assert.h"
 #include "spool/crc32c.h"
 #include "spool/spool.h"
 #include "spool/spool_testing.h"
@@ -38,11 +39,11 @@ void put_v1_str(std::string& out, std::string_view text) {
   put_le(out, text.size(), 2);
   out.append(text);
 }
-std::string v1_record(RecordType type, uint64_t file_id, uint32_t generation, uint64_t sequence,
-                      const std::string& payload) {
+std::string old_record(uint16_t version, RecordType type, uint64_t file_id, uint32_t generation, uint64_t sequence,
+                       const std::string& payload) {
   std::string record;
   put_le(record, kRecordMagic, 4);
-  put_le(record, 1, 2);  // format version 1
+  put_le(record, version, 2);
   put_le(record, static_cast<uint16_t>(type), 2);
   put_le(record, file_id, 8);
   put_le(record, generation, 4);
@@ -53,6 +54,18 @@ std::string v1_record(RecordType type, uint64_t file_id, uint32_t generation, ui
   record.resize(kRecordCrcOffset);
   put_le(record, crc, 4);
   return record + payload;
+}
+std::string v1_record(RecordType type, uint64_t file_id, uint32_t generation, uint64_t sequence,
+                      const std::string& payload) {
+  return old_record(1, type, file_id, generation, sequence, payload);
+}
+std::string old_file_header(uint16_t version, uint64_t file_id, uint32_t generation, uint64_t segment_bytes) {
+  std::string payload;
+  put_le(payload, segment_bytes, 8);
+  put_le(payload, 0, 4);  // shard
+  put_le(payload, 0, 4);  // reserved
+  put_le(payload, 1600000000000, 8);
+  return old_record(version, RecordType::file_header, file_id, generation, 0, payload);
 }
 std::string v1_file_header(uint64_t file_id, uint32_t generation, uint64_t segment_bytes) {
   std::string payload;
@@ -89,6 +102,43 @@ std::string v1_journal(uint32_t generation, const std::vector<JournalEntry>& ent
   return file;
 }
 
+// The v2 encoding, as the previous release wrote it: messages with the DSN parameters but no
+// dsn_of, outcome records without the remote MTA (and flags 0).
+std::string v2_message(uint64_t segment_id, uint32_t generation, uint64_t sequence, const std::string& id,
+                       const std::string& sender, const std::vector<std::string>& recipients, const std::string& wire) {
+  std::string payload = id;
+  put_le(payload, 1650000000000 + sequence, 8);  // arrival_ms
+  put_le(payload, wire.size(), 8);               // rfc_size
+  put_le(payload, 0, 4);
+  put_le(payload, wire.size(), 4);
+  put_v1_str(payload, sender);
+  put_v1_str(payload, "192.0.2.2");
+  put_v1_str(payload, "two.example");
+  put_le(payload, static_cast<uint8_t>(DsnRet::hdrs), 1);
+  put_v1_str(payload, "env2");
+  put_le(payload, recipients.size(), 4);
+  for (const auto& recipient : recipients) {
+    put_v1_str(payload, recipient);
+    put_le(payload, kNotifyFailure | kNotifySuccess, 1);
+    put_v1_str(payload, "rfc822;" + recipient);
+  }
+  return old_record(2, RecordType::message, segment_id, generation, sequence, payload + wire);
+}
+std::string v2_journal(uint32_t generation, const std::vector<JournalEntry>& entries) {
+  std::string file = old_file_header(2, kJournalFileId, generation, 0);
+  uint64_t sequence = 1;
+  for (const auto& entry : entries) {
+    SLUICE_ASSERT(entry.remote_mta.empty() && !entry.relayed, "v2 has neither");
+    std::string payload(journal_payload_bytes(entry), '\0');
+    encode_journal_payload(entry, reinterpret_cast<uint8_t*>(payload.data()));
+    if (is_outcome(entry.op)) {
+      payload.resize(payload.size() - 2);  // v3's remote MTA length (0 here): v2 ends at the reply
+    }
+    file += old_record(2, RecordType::journal, kJournalFileId, generation, sequence++, payload);
+  }
+  return file;
+}
+
 struct Written {
   std::string id;
   std::string sender;
@@ -97,6 +147,7 @@ struct Written {
   DsnRet ret = DsnRet::none;
   std::string envid;
   std::vector<RecipientDsn> recipient_dsn;  // one per recipient, as recovery gives them back
+  std::string dsn_of;
 };
 
 // The DSN parameters write_message stores for `seed`: every value of each field, empty ones and
@@ -114,6 +165,9 @@ void fill_dsn(uint32_t seed, Written& w, Envelope& envelope) {
   w.envid = envelope.envid;
   w.recipient_dsn = envelope.recipient_dsn;
   w.recipient_dsn.resize(w.recipients.size());
+  // Some are DSNs: they name the message they report on.
+  envelope.dsn_of = seed % 4 == 1 ? IdGenerator(1, 1600000000000).next(1600000000000 + seed) : "";
+  w.dsn_of = envelope.dsn_of;
 }
 
 class SpoolRecoveryTest : public ::testing::Test {
@@ -206,6 +260,7 @@ TEST_F(SpoolRecoveryTest, EveryMessageComesBackByteExact) {
     EXPECT_EQ(info.dsn_ret, written[i].ret);
     EXPECT_EQ(info.dsn_envid, written[i].envid);
     EXPECT_EQ(info.recipient_dsn, written[i].recipient_dsn);
+    EXPECT_EQ(info.dsn_of, written[i].dsn_of);
   }
   const uint32_t generation = recovered->generation;
   open_spool(_dir);
@@ -251,6 +306,14 @@ TEST_F(SpoolRecoveryTest, DsnParametersAtTheirLimitsRoundTrip) {
   Envelope too_many = envelope;
   too_many.recipient_dsn.push_back(RecipientDsn{});
   EXPECT_FALSE(_spool->append_message(_ids.next(1700000000002), 1700000000002, too_many, 4, "body").ok());
+  // dsn_of is a queue id or nothing.
+  for (const std::string bad : {"0123456789abcdef", "0123456789ABCDE", "0123456789ABCDEF0"}) {
+    Envelope malformed = envelope;
+    malformed.dsn_of = bad;
+    EXPECT_EQ(_spool->append_message(_ids.next(1700000000003), 1700000000003, malformed, 4, "body").status().code(),
+              absl::StatusCode::kInvalidArgument)
+        << bad;
+  }
   _spool.reset();
   auto recovered = recover_shard(_dir, 0);
   ASSERT_TRUE(recovered.ok()) << recovered.status();
@@ -721,6 +784,117 @@ TEST_F(SpoolRecoveryTest, AVersionOneJournalIsRecoveredAndReplaced) {
   EXPECT_EQ(recovered->messages[0].status, MessageStatus::held);
   EXPECT_FALSE(std::filesystem::exists(_dir + "/shard-0/journal"));
   EXPECT_EQ(journal_files(_dir).size(), 1u);
+}
+
+// A spool of the previous release (v2 segment, v2 journal with outcome records) is recovered as
+// it was: DSN parameters kept, no dsn_of, outcomes without a remote MTA and not relayed. The
+// compacted journal that replaces it is v3 and keeps the states; the segment stays v2 beside
+// the v3 ones this build writes, and a v2 outcome record is not read as a v3 one.
+TEST_F(SpoolRecoveryTest, AVersionTwoSpoolIsStillRecovered) {
+  std::filesystem::create_directories(_dir + "/shard-0");
+  const std::string ids[3] = {_ids.next(1650000000001), _ids.next(1650000000002), _ids.next(1650000000003)};
+  const std::vector<std::string> recipients = {"a@example.test", "b@example.test"};
+  std::string segment = old_file_header(2, 7, 1, _options.segment_bytes);
+  for (uint64_t i = 0; i < 3; ++i) {
+    segment += v2_message(7, 1, i + 1, ids[i], "two" + std::to_string(i) + "@example.test", recipients,
+                          "Subject: v2 " + std::to_string(i) + "\r\n\r\nbody\r\n");
+  }
+  segment.resize(_options.segment_bytes, '\0');
+  write_file(segment_path(_dir, 7), segment);
+  JournalEntry bounced(JournalOp::bounced, ids[0], 1);
+  bounced.attempts = 1;
+  bounced.reply = "550 5.1.1 no such user";
+  JournalEntry deferred(JournalOp::deferred, ids[0], 0);
+  deferred.attempts = 2;
+  deferred.next_attempt_ms = 1650000099999;
+  deferred.reply = "451 4.3.0 later";
+  JournalEntry delivered(JournalOp::delivered, ids[2], 0);
+  delivered.attempts = 1;
+  delivered.reply = "250 2.0.0 ok";
+  write_file(journal_path(_dir + "/shard-0", 3),
+             v2_journal(1, {bounced, deferred, JournalEntry{JournalOp::remove, ids[1], 0}, delivered,
+                            JournalEntry{JournalOp::hold, ids[2], 0}}));
+  auto check = [&](const RecoveredShard& recovered) {
+    EXPECT_EQ(recovered.torn_tails, 0u);
+    ASSERT_EQ(recovered.messages.size(), 2u);
+    const MessageInfo& first = recovered.messages[0];
+    const MessageInfo& third = recovered.messages[1];
+    EXPECT_EQ(first.id, ids[0]);
+    EXPECT_EQ(third.id, ids[2]);
+    EXPECT_EQ(first.sender, "two0@example.test");
+    EXPECT_EQ(first.client_helo, "two.example");
+    EXPECT_EQ(first.dsn_ret, DsnRet::hdrs);
+    EXPECT_EQ(first.dsn_envid, "env2");
+    EXPECT_EQ(first.recipient_dsn[1], (RecipientDsn{kNotifyFailure | kNotifySuccess, "rfc822;b@example.test"}));
+    EXPECT_EQ(first.dsn_of, "");  // v2 has none
+    EXPECT_EQ(first.recipient_states[0].state, DeliveryState::deferred);
+    EXPECT_EQ(first.recipient_states[0].attempts, 2u);
+    EXPECT_EQ(first.recipient_states[0].next_attempt_ms, 1650000099999u);
+    EXPECT_EQ(first.recipient_states[1].state, DeliveryState::bounced);
+    EXPECT_EQ(first.recipient_states[1].last_reply, "550 5.1.1 no such user");
+    EXPECT_EQ(first.recipient_states[1].remote_mta, "");  // v2 never had it
+    EXPECT_EQ(third.status, MessageStatus::held);
+    EXPECT_EQ(third.recipient_states[0].state, DeliveryState::delivered);
+    EXPECT_FALSE(third.recipient_states[0].relayed);
+    EXPECT_EQ(third.recipient_states[1].state, DeliveryState::pending);
+  };
+  auto recovered = recover_shard(_dir, 0);
+  ASSERT_TRUE(recovered.ok()) << recovered.status();
+  EXPECT_EQ(recovered->old_format_segments, 1u);
+  check(*recovered);
+  EXPECT_FALSE(std::filesystem::exists(journal_path(_dir + "/shard-0", 3)));  // replaced by a v3 one
+  // Served beside a new v3 message, with an outcome of this build; all survive a restart.
+  auto spool = ShardSpool::open(_options, *std::move(recovered));
+  ASSERT_TRUE(spool.ok()) << spool.status();
+  _spool = *std::move(spool);
+  auto bytes = _spool->read_message(ids[2]);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  EXPECT_EQ(*bytes, "Subject: v2 2\r\n\r\nbody\r\n");
+  const Written fresh = write_message(50, 5);
+  ASSERT_TRUE(_spool->record_outcome(ids[2], 1, {DeliveryState::delivered, 0, "250 ok", "mx.example.test", true}).ok());
+  ASSERT_TRUE(_spool->record_outcome(fresh.id, 0, {DeliveryState::bounced, 0, "550 no", "[192.0.2.9]", false}).ok());
+  for (const auto& completed : drain(*_spool, _now)) {
+    EXPECT_TRUE(completed.status.ok()) << completed.status;
+  }
+  _spool.reset();
+  auto again = recover_shard(_dir, 0);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->old_format_segments, 1u);
+  ASSERT_EQ(again->messages.size(), 3u);
+  again->messages.erase(std::remove_if(again->messages.begin(), again->messages.end(),
+                                       [&](const MessageInfo& m) {
+                                         if (m.id != fresh.id) {
+                                           return false;
+                                         }
+                                         EXPECT_EQ(m.dsn_of, fresh.dsn_of);
+                                         EXPECT_EQ(m.recipient_states[0].remote_mta, "[192.0.2.9]");
+                                         return true;
+                                       }),
+                        again->messages.end());
+  ASSERT_EQ(again->messages.size(), 2u);
+  EXPECT_EQ(again->messages[1].recipient_states[1].remote_mta, "mx.example.test");
+  EXPECT_TRUE(again->messages[1].recipient_states[1].relayed);
+  again->messages[1].recipient_states[1] = RecipientDelivery{};  // the rest as the v2 files said
+  check(*again);
+
+  // A v2 journal's outcome record read as v3 (its header's version changed, CRC made right) is
+  // too short: the file ends there.
+  const std::string work = _dir + "/mislabelled";
+  std::filesystem::create_directories(work + "/shard-0");
+  write_file(segment_path(work, 7), segment);
+  std::string journal = v2_journal(1, {bounced});
+  for (size_t at = 0; at < journal.size();) {
+    RecordHeader header = decode_record_header(reinterpret_cast<const uint8_t*>(journal.data()) + at);
+    header.version = kFormatVersion;
+    const std::string payload = journal.substr(at + kRecordHeaderBytes, header.payload_length);
+    seal_record_header(header, crc32c(payload), reinterpret_cast<uint8_t*>(journal.data()) + at);
+    at += kRecordHeaderBytes + header.payload_length;
+  }
+  write_file(journal_path(work + "/shard-0", 1), journal);
+  auto mislabelled = recover_shard(work, 0);
+  ASSERT_TRUE(mislabelled.ok()) << mislabelled.status();
+  ASSERT_EQ(mislabelled->messages.size(), 3u);
+  EXPECT_EQ(mislabelled->messages[0].recipient_states[1].state, DeliveryState::pending);
 }
 
 // Descriptors of this process that name a spool segment file.
