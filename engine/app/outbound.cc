@@ -501,12 +501,85 @@ void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
     remove_message(info.id);
     return;
   }
-  absl::StatusOr<std::string> original = shard->_spool->read_message(info.id);
-  if (!original.ok()) {
+  start_bounce_read(info, std::move(report));
+}
+
+void Shard::Impl::start_bounce_read(const spool::MessageInfo& info, relay::DsnReport report) {
+  const std::string path = shard->_spool->segment_path(info.location.segment_id);
+  const int fd = segments.pin(path);  // until the read ends
+  if (fd < 0) {
     finalizing.erase(info.id);
-    log.line(str_cat("event=bounce_error id=", info.id, " error=\"", to_std(original.status().message()), "\""));
+    log.line(str_cat("event=bounce_error id=", info.id, " error=\"open the segment: ", std::strerror(-fd), "\""));
     return;  // kept: a restart tries again
   }
+  if (bounce_reads_free.empty()) {
+    bounce_reads_free.push_back(static_cast<uint32_t>(bounce_reads.size()));
+    bounce_reads.emplace_back();
+  }
+  const uint32_t index = bounce_reads_free.back();
+  bounce_reads_free.pop_back();
+  BounceRead& read = bounce_reads[index];
+  read.in_use = true;
+  read.info = info;
+  read.report = std::move(report);
+  read.segment_path = path;
+  read.fd = fd;
+  read.octets.resize(info.location.wire_length);
+  read.done = 0;
+  submit_bounce_read(index);
+}
+
+// The next part of the original: what is left, at most kBounceReadChunk a read.
+void Shard::Impl::submit_bounce_read(uint32_t index) {
+  BounceRead& read = bounce_reads[index];
+  const uint64_t length = std::min<uint64_t>(read.octets.size() - read.done, kBounceReadChunk);
+  io_uring_sqe* sqe = ring->sqe();
+  io_uring_prep_read(sqe, read.fd, read.octets.data() + read.done, static_cast<unsigned>(length),
+                     read.info.location.wire_offset + read.done);
+  io_uring_sqe_set_data64(sqe, io::completion_user_data(CompletionTag::bounce_read, index, read.generation));
+  ++bounce_reads_in_flight;
+}
+
+void Shard::Impl::on_bounce_read(const io_uring_cqe& cqe) {
+  const io::UserData data = io::UserData::decode(cqe.user_data);
+  SLUICE_ASSERT(data.index < bounce_reads.size() && bounce_reads[data.index].in_use &&
+                    bounce_reads[data.index].generation == data.generation,
+                "a bounce read completes once");
+  --bounce_reads_in_flight;
+  BounceRead& read = bounce_reads[data.index];
+  if (cqe.res == -EINTR || cqe.res == -EAGAIN) {
+    submit_bounce_read(data.index);
+    return;
+  }
+  if (cqe.res > 0) {
+    read.done += static_cast<uint64_t>(cqe.res);
+    if (read.done < read.octets.size()) {
+      submit_bounce_read(data.index);  // a short read: the rest
+      return;
+    }
+  }
+  segments.unpin(read.segment_path);
+  BounceRead finished = std::move(read);
+  read = BounceRead{};
+  read.generation = finished.generation + 1;
+  bounce_reads_free.push_back(data.index);
+  if (cqe.res <= 0) {
+    // 0: the segment ends before the message does, which recovery would have refused.
+    finalizing.erase(finished.info.id);
+    log.line(str_cat("event=bounce_error id=", finished.info.id, " error=\"read the original: ",
+                     std::strerror(cqe.res < 0 ? -cqe.res : EIO), "\""));
+    return;  // kept: a restart tries again
+  }
+  const std::optional<spool::MessageInfo> now_info = shard->_spool->find(finished.info.id);
+  if (!now_info || now_info->removal_pending) {
+    finalizing.erase(finished.info.id);  // deleted by the operator while it was read: no DSN
+    return;
+  }
+  store_bounce(finished.info, std::move(finished.report), finished.octets);
+}
+
+// The DSN as a new message from <>, durable before the original is removed.
+void Shard::Impl::store_bounce(const spool::MessageInfo& info, relay::DsnReport report, std::string_view original) {
   const uint64_t now = io::wall_ms();
   std::string bounce_id = ids->next(now);
   report.reporting_mta = context->client.hostname;
@@ -518,7 +591,7 @@ void Shard::Impl::finalize_message(const spool::MessageInfo& info) {
   report.now_s = static_cast<int64_t>(now / 1000);
   report.boundary = str_cat(bounce_id, "/", context->client.hostname);
   report.message_id = str_cat(bounce_id, "@", context->client.hostname);
-  relay::BuiltDsn dsn = relay::build_dsn(report, *original);
+  relay::BuiltDsn dsn = relay::build_dsn(report, original);
   spool::Envelope envelope;
   envelope.recipients.push_back(info.sender);
   envelope.body_8bit = dsn.body_8bit;

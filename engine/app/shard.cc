@@ -179,6 +179,9 @@ void Shard::Impl::dispatch(const io_uring_cqe& cqe) {
     case CompletionTag::dns_poll:
       on_dns_poll(cqe);
       return;
+    case CompletionTag::bounce_read:
+      on_bounce_read(cqe);
+      return;
     case CompletionTag::ignore:
       return;
     case CompletionTag::stream_recv:
@@ -309,7 +312,8 @@ void Shard::Impl::loop() {
       const bool others_done = context->shards_draining == nullptr ||
                                (context->shards_draining->load(std::memory_order_seq_cst) == context->shards &&
                                 jobs_outstanding == 0 && mail_idle());
-      if (open_connections == 0 && outbound_open == 0 && tickets.empty() && waiting_for_space.empty() &&
+      if (open_connections == 0 && outbound_open == 0 && bounce_reads_in_flight == 0 && tickets.empty() &&
+          waiting_for_space.empty() &&
           shard->_spool->idle() && others_done) {
         if (!accepts_cancelled) {
           cancel_accepts();

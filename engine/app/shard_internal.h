@@ -22,6 +22,7 @@
 #include "engine/io/stream.h"
 #include "engine/io/strings.h"
 #include "engine/io/timer_wheel.h"
+#include "engine/relay/dsn.h"
 #include "engine/relay/scheduler.h"
 #include "engine/smtp/client_session.h"
 #include "engine/smtp/proxy_protocol.h"
@@ -222,6 +223,22 @@ struct Shard::Impl : public smtp::SessionHost {
   uint64_t random_state = 0;
   uint64_t next_outbound_serial = 0;
   uint64_t scheduler_deadline_ms = 0;  // wall clock; 0: none
+  // A DSN waiting for its original's octets, read on the ring through `segments` (RET=FULL
+  // wants all of them, up to the message size limit: never a blocking pread on this thread).
+  struct BounceRead {
+    bool in_use = false;
+    uint32_t generation = 0;
+    spool::MessageInfo info;  // the original, as it was found final
+    relay::DsnReport report;
+    std::string segment_path;  // pinned in `segments` while the read is on
+    int fd = -1;               // its descriptor there
+    std::string octets;        // info.location.wire_length of them
+    uint64_t done = 0;
+  };
+  static constexpr uint64_t kBounceReadChunk = 1 << 20;
+  std::vector<BounceRead> bounce_reads;  // slots: index and generation in the read's user data
+  std::vector<uint32_t> bounce_reads_free;
+  uint32_t bounce_reads_in_flight = 0;  // the drain waits for them
   // A job ended or a connection closed: run_scheduler is owed, once per loop iteration however
   // many did (its tick walks every site).
   bool scheduler_pending = false;
@@ -248,6 +265,10 @@ struct Shard::Impl : public smtp::SessionHost {
   void record_outcome_here(relay::Outcome out);
   void jobs_ended(uint32_t count);
   void run_scheduler();
+  void start_bounce_read(const spool::MessageInfo& info, relay::DsnReport report);
+  void submit_bounce_read(uint32_t index);
+  void on_bounce_read(const io_uring_cqe& cqe);
+  void store_bounce(const spool::MessageInfo& info, relay::DsnReport report, std::string_view original);
   void resolve_domain(const std::string& domain);
   void run_resolver();
   void on_dns_poll(const io_uring_cqe& cqe);

@@ -102,7 +102,8 @@ enum class CompletionTag : uint8_t {
   spool,
   doorbell,
   log,
-  dns_poll,  // a poll of one of the resolver's sockets: index = fd, generation = the arm's
+  dns_poll,     // a poll of one of the resolver's sockets: index = fd, generation = the arm's
+  bounce_read,  // a DSN's original being read from its segment: index = the read's slot
 };
 
 inline uint64_t completion_user_data(CompletionTag tag, uint32_t index, uint32_t generation) {

@@ -78,15 +78,17 @@ def parse_dsn(data):
 
 
 class FaultTestCase(h.DeliveryTestCase):
-    def start_world(self, dest_faults=None, home_faults=None, **delivery):
-        """DNS, the two receivers, and Sluice delivering to them."""
+    def start_world(self, dest_faults=None, home_faults=None, config=None, **delivery):
+        """DNS, the two receivers, and Sluice delivering to them (config: more sections)."""
         self.dns = self.start_dns(ZONE)
         self.dest, self.home = self.start_receivers(
             (DEST_HOST, HOME_HOST), per_host={DEST_HOST: dest_faults or {},
                                               HOME_HOST: home_faults or {}})
         settings = dict(retry_initial="1s", retry_max="2s", site_backoff="1s")
         settings.update(delivery)
-        self.server = self.start_sluice(h.delivery_overrides(self.dns, self.dest.port, **settings))
+        overrides = h.delivery_overrides(self.dns, self.dest.port, **settings)
+        overrides.update(config or {})
+        self.server = self.start_sluice(overrides)
         return self.server
 
     # -- sending
@@ -458,6 +460,24 @@ class Bounces(FaultTestCase):
         self.assertEqual(len(self.dest.messages_to(RCPT)), 1)
         self.assertNotIn(("Final-Recipient: rfc822; " + RCPT).encode(), dsn.data)
         self.assertEqual(self.home.message_count, 1)
+
+    def test_ret_full_of_a_large_message_returns_it_whole(self):
+        # Larger than one read of the original (1 MiB): the DSN's copy is put together from
+        # several reads of the segment, and must be the original octet for octet.
+        self.start_world(dest_faults={"rcpt_550": [UNKNOWN]},
+                         config={"server": {"max_message_size": 4 << 20},
+                                 "spool": {"segment_bytes": 8 << 20}})
+        body = b"".join(b"line %07d of a large message that bounces whole\r\n" % i
+                        for i in range(60000))  # about 3 MiB
+        original = message_bytes("large bounce", body)
+        queue_id = self.send(original, recipients=(UNKNOWN,), mail_params=" RET=FULL")
+        dsn = self.wait_for_dsn(queue_id)
+        report = self.assertDsn(dsn, queue_id, [UNKNOWN], "5.1.1", diagnostic="550 5.1.1")
+        self.assertEqual(report["parts"][2], "message/rfc822")
+        part = dsn.data.split(b"Content-Type: message/rfc822", 1)[1].split(b"\r\n\r\n", 1)[1]
+        _, returned = strip_first_received(part)
+        self.assertTrue(returned.startswith(original), "the original comes back whole")
+        self.wait_queue_empty()
 
     def test_null_sender_550_no_dsn(self):
         self.start_world(dest_faults={"rcpt_550": [UNKNOWN]})
