@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -34,6 +35,9 @@ using io::CompletionTag;
 
 namespace {
 
+std::atomic<bool> g_stop_requested{false};  // set from a signal handler: lock-free, so safe there
+static_assert(std::atomic<bool>::is_always_lock_free);
+
 constexpr uint16_t kBufferGroup = 0;
 constexpr uint32_t kBufferBytes = 4096;  // replies are short; a long EHLO spans two
 constexpr uint64_t kCloseLingerMs = 2'000;  // a closing connection's peer gets this long
@@ -41,7 +45,6 @@ constexpr uint64_t kWaitUsMax = 100'000;    // the loop wakes at least this ofte
 // Connections in a row that ended before any transaction (refused, 554 greeting, ...): the
 // target is not taking mail, and a closed loop would spin on it forever.
 constexpr uint64_t kFailedConnectionsPerSessionMax = 20;
-constexpr uint64_t kWakeCookie = UINT64_MAX;  // the open loop's timer for the next due message
 
 uint64_t splitmix64(uint64_t x) {
   uint64_t z = x + 0x9e3779b97f4a7c15ull;
@@ -155,11 +158,11 @@ class Worker {
   std::unique_ptr<io::Ring> _ring;
   std::unique_ptr<io::BufferRing> _buffers;
   std::unique_ptr<io::TimerWheel> _timers;
-  io::TimerNode _wake;
+  uint64_t _wake_us = 0;  // open loop: when the next message is due (0: no session waits)
   std::unique_ptr<Connection[]> _connections;
   smtp::ClientSettings _settings;
   std::vector<uint32_t> _dirty;
-  std::vector<uint32_t> _waiting;
+  std::deque<uint32_t> _waiting;  // open loop: ready sessions waiting for a due message
   std::vector<uint32_t> _to_open;  // slots to (re)open at the top of the loop, never recursively
   std::vector<io::TimerNode*> _expired;
   uint32_t _active = 0;
@@ -181,7 +184,8 @@ absl::Status Worker::start() {
   }
   _ring.reset(*ring);
   uint32_t entries = 64;
-  while (entries < _count * 8 && entries < io::BufferRing::kEntriesMax) {
+  // A buffer per recv CQE, recycled in the loop iteration it came in: two per session is plenty.
+  while (entries < _count * 2 && entries < io::BufferRing::kEntriesMax) {
     entries *= 2;
   }
   auto buffers = io::BufferRing::create(_ring->raw(), kBufferGroup, entries, kBufferBytes);
@@ -191,7 +195,6 @@ absl::Status Worker::start() {
   _buffers.reset(*buffers);
   _now_ms = io::monotonic_ms();
   _timers = std::make_unique<io::TimerWheel>(_now_ms, 1);
-  _wake.cookie = kWakeCookie;
   _settings.hostname = _options.helo;
   _settings.pipelining = _options.pipelining;
   _settings.timeouts = smtp::ClientTimeouts{_options.timeout_ms, _options.timeout_ms, _options.timeout_ms,
@@ -234,14 +237,10 @@ void Worker::loop() {
     _expired.clear();
     _timers->advance(_now_ms, [this](io::TimerNode& node) { _expired.push_back(&node); });
     for (io::TimerNode* node : _expired) {
-      if (node->cookie == kWakeCookie) {
-        wake_waiting();
-      } else {
-        on_timer(static_cast<uint32_t>(node->cookie));
-      }
+      on_timer(static_cast<uint32_t>(node->cookie));
     }
-    if (_run->stop.load(std::memory_order_relaxed) && !_waiting.empty()) {
-      wake_waiting();  // they find nothing to claim and QUIT
+    if (!_waiting.empty() && (io::monotonic_us() >= _wake_us || !work_left())) {
+      wake_waiting();  // when nothing is left, they find nothing to claim and QUIT
     }
     flush_dirty();
     _ring->submit_wait_and_reap(wait_us(), [this](const io_uring_cqe& cqe) {
@@ -260,7 +259,11 @@ uint64_t Worker::wait_us() {
     const uint64_t timer_us = *timer_ms * 1000;
     wait = std::min(wait, timer_us > now ? timer_us - now : 0);
   }
-  return std::max<uint64_t>(wait, 1);  // 0 would be "wait forever" for a timeout of zero
+  if (!_waiting.empty()) {
+    // To the microsecond, not the wheel's tick: lateness here would count as queueing delay.
+    wait = std::min(wait, _wake_us > now ? _wake_us - now : 0);
+  }
+  return wait;  // 0: a zero timeout, the ring returns at once
 }
 
 bool Worker::work_left() const {
@@ -497,9 +500,7 @@ void Worker::next_transaction(uint32_t index) {
       case Claim::not_yet:
         c.waiting = true;
         _waiting.push_back(index);
-        if (!io::TimerWheel::scheduled(_wake) || _wake.deadline_tick * _timers->tick_ms() > scheduled / 1000 + 1) {
-          _timers->schedule(_wake, scheduled / 1000 + 1);
-        }
+        _wake_us = scheduled;  // the same for every waiting session: the next message's
         return;
       case Claim::got:
         break;
@@ -610,15 +611,16 @@ void Worker::transaction_done(uint32_t index) {
   }
 }
 
-// Open loop: the waiting sessions take the messages now due (or QUIT when none are left).
+// Open loop: waiting sessions take the messages now due (or QUIT when none are left), one
+// session per message: the first that finds nothing due goes back to the end of the queue and
+// the rest wait on, so a thousand idle sessions cost nothing per message.
 void Worker::wake_waiting() {
-  std::vector<uint32_t> waiting;
-  waiting.swap(_waiting);
-  for (size_t i = 0; i < waiting.size(); ++i) {
-    const uint32_t index = waiting[i];
+  while (!_waiting.empty()) {
+    const uint32_t index = _waiting.front();
+    _waiting.pop_front();
     Connection& c = conn(index);
     if (!c.waiting) {
-      continue;
+      continue;  // closed meanwhile (its slot may have reopened)
     }
     c.waiting = false;
     if (!c.session || c.stream.closing() || c.session->state() != smtp::ClientState::idle) {
@@ -626,6 +628,9 @@ void Worker::wake_waiting() {
     }
     next_transaction(index);
     mark_dirty(index);
+    if (c.waiting) {
+      return;  // nothing due yet: _wake_us is the next one's time
+    }
   }
 }
 
@@ -833,6 +838,10 @@ std::vector<NamedHistogram> named(const StepHistograms& h) {
 }  // namespace
 
 // ---- shared pieces --------------------------------------------------------------------------
+void request_stop() {
+  g_stop_requested.store(true, std::memory_order_relaxed);
+}
+
 void StepHistograms::merge(const StepHistograms& other) {
   connect.merge(other.connect);
   greeting.merge(other.greeting);
@@ -944,8 +953,11 @@ absl::Status run_send(const SendOptions& options, SendResults& results, double& 
   uint64_t last_latency_sum = 0;
   uint64_t last_latency_count = 0;
   uint64_t next_progress_us = run.start_us + 1'000'000;
-  while (options.progress && running.load() > 0) {
+  while (running.load() > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (g_stop_requested.load(std::memory_order_relaxed)) {
+      run.stop.store(true);  // no new message; what is in flight finishes, then the summary
+    }
     if (options.progress && io::monotonic_us() >= next_progress_us) {
       print_progress(run, last_sent, last_us, last_latency_sum, last_latency_count);
       next_progress_us += 1'000'000;

@@ -111,6 +111,10 @@ struct SendRun {
 // that stopped it (e.g. no target takes a connection).
 absl::Status run_send(const SendOptions& options, SendResults& results, double& elapsed_s, std::string& run_id);
 
+// Ends the run early (SIGINT): no new message is started, what is in flight completes and the
+// results are reported. Async-signal-safe.
+void request_stop();
+
 // The message body of `octets` (>= 2): CRLF lines of printable text, none starting with ".".
 std::string make_body(uint64_t octets);
 // "a{n}b" with n substituted (every occurrence).

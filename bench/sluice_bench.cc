@@ -1,6 +1,7 @@
 // The `sluice-bench` command: load tools for SMTP servers (DESIGN.md section 4). `send` is the
 // load generator (bench/send.h); `sink` and `relay` are to come.
 #include <arpa/inet.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -224,6 +225,10 @@ std::string parse_send(int argc, char** argv, SendOptions& options, bool& help) 
     if (!flag.starts_with("--")) {
       return str_cat("unexpected argument '", flag, "'");
     }
+    if (flag == "--chunking") {
+      // smtp::ClientSession sends DATA only (its header says why); BDAT would go there first.
+      return "--chunking: not supported yet (the SMTP client session has no BDAT)";
+    }
     std::string value;
     if (const size_t equals = flag.find('='); equals != std::string::npos) {
       value = flag.substr(equals + 1);
@@ -265,6 +270,12 @@ int run_send_command(int argc, char** argv) {
     return kExitOk;
   }
   options.progress = isatty(STDOUT_FILENO) == 1;
+  // Ctrl-C: stop starting messages, finish those in flight, report. A second one kills.
+  struct sigaction action {};
+  action.sa_handler = [](int) { request_stop(); };
+  action.sa_flags = SA_RESETHAND;
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
   SendResults results;
   double elapsed_s = 0;
   std::string run_id;
