@@ -98,6 +98,7 @@ struct Connection {
   bool waiting = false;   // ready, waiting for the next due message (open loop)
   bool dirty = false;
   bool any_transaction = false;  // this connection started one
+  bool opening = false;          // counted in SendRun::opening: no message claimed yet
   uint64_t connect_start_us = 0;
   uint64_t connected_us = 0;
   uint64_t last_reply_us = 0;
@@ -106,7 +107,6 @@ struct Connection {
   uint64_t message = 0;
   uint32_t body = 0;
   std::string header;  // the message's header section, built when its transaction starts
-  std::optional<smtp::RecipientResult> connect_failure;
 };
 
 enum class Claim : uint8_t { got, not_yet, exhausted };
@@ -147,6 +147,8 @@ class Worker {
   void flush_dirty();
   void wake_waiting();
   bool work_left() const;
+  bool connection_needed() const;
+  void end_opening(Connection& c);
   void note_connection_error(const std::string& reason);
 
   SendRun* _run;
@@ -226,7 +228,7 @@ void Worker::loop() {
     std::vector<uint32_t> to_open;
     to_open.swap(_to_open);
     for (const uint32_t index : to_open) {
-      if (work_left()) {
+      if (connection_needed()) {
         open(index);
       }
     }
@@ -276,6 +278,26 @@ bool Worker::work_left() const {
   return _options.messages == 0 || _run->next_message.load(std::memory_order_relaxed) < _options.messages;
 }
 
+// A new connection only for a message nobody has claimed or is about to: with --messages N, N
+// minus those sent minus the connections still on their way to their first message. Without it,
+// the last messages' slots would reconnect only to QUIT (one connection too many per slot at
+// --messages-per-connection 1). Across threads the check is racy, at worst one spare connection.
+bool Worker::connection_needed() const {
+  if (!work_left()) {
+    return false;
+  }
+  return _options.messages == 0 || _run->next_message.load(std::memory_order_relaxed) +
+                                           _run->opening.load(std::memory_order_relaxed) <
+                                       _options.messages;
+}
+
+void Worker::end_opening(Connection& c) {
+  if (c.opening) {
+    c.opening = false;
+    _run->opening.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
 void Worker::note_connection_error(const std::string& reason) {
   ++_results.connection_errors[reason];
 }
@@ -297,7 +319,8 @@ void Worker::open(uint32_t index) {
   c.body_sending = false;
   c.waiting = false;
   c.any_transaction = false;
-  c.connect_failure.reset();
+  c.opening = true;
+  _run->opening.fetch_add(1, std::memory_order_relaxed);
   c.connect_start_us = io::monotonic_us();
   c.active = true;
   ++_active;
@@ -493,7 +516,11 @@ void Worker::next_transaction(uint32_t index) {
     const uint64_t now = io::monotonic_us();
     uint64_t message = 0;
     uint64_t scheduled = 0;
-    switch (claim(now, message, scheduled)) {
+    const Claim claimed = claim(now, message, scheduled);
+    if (claimed != Claim::not_yet) {
+      end_opening(c);
+    }
+    switch (claimed) {
       case Claim::exhausted:
         act(index, c.session->finish(_now_ms, c.stream.output()));
         return;
@@ -689,6 +716,7 @@ void Worker::on_send(uint32_t index, int32_t res) {
 void Worker::on_close(uint32_t index) {
   Connection& c = conn(index);
   session_over(index);
+  end_opening(c);
   _timers->cancel(c.timer);
   c.session.reset();
   c.active = false;

@@ -98,7 +98,8 @@ struct SendRun {
   std::string run_id;
   uint64_t start_us = 0;
   std::atomic<uint64_t> next_message{0};
-  std::atomic<uint64_t> end_us{0};  // when the last worker finished
+  std::atomic<uint64_t> end_us{0};   // when the last worker finished
+  std::atomic<uint64_t> opening{0};  // connections not yet at their first message
   std::atomic<bool> stop{false};  // an error, or a signal: no new message, sessions QUIT
   std::atomic<uint64_t> live_sent{0};
   std::atomic<uint64_t> live_accepted{0};
