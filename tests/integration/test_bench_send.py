@@ -95,6 +95,7 @@ class BenchSendTest(unittest.TestCase):
         self.assertEqual(latency["mail"]["count"], 30)
         self.assertEqual(latency["rcpt"]["count"], 60)
         self.assertIn("msg/s", stdout)
+        self.assertNotIn("\r", stdout)  # no progress line when stdout is not a terminal
         self.assertRegex(stdout, r"(?m)^data_end +30 ")
 
     def test_refusals_are_counted_by_reply_code(self):
