@@ -149,9 +149,11 @@ class Stream {
   // ---- opening ----
   // An accepted socket: open, reading armed.
   void adopt(int fd);
-  // A new non-blocking socket connecting to `peer`, at most timeout_ms. Errors of socket(2) are
-  // returned at once (the stream stays idle); the outcome comes to on_connect().
-  int connect(const SocketAddress& peer, uint64_t timeout_ms);
+  // A new non-blocking socket connecting to `peer`, at most timeout_ms, from `source` (its
+  // address; the port is chosen at connect time) or, when null, wherever the kernel routes.
+  // Errors of socket(2) and bind(2) are returned at once (the stream stays idle); the outcome
+  // comes to on_connect().
+  int connect(const SocketAddress& peer, uint64_t timeout_ms, const SocketAddress* source = nullptr);
   // The connect's CQE: 0 when connected (reading armed), else -errno (-ETIMEDOUT for the
   // timeout; -ECANCELED when the owner closed the stream before it connected). After a failure
   // the stream is closing with its output dropped: call advance_close().

@@ -342,6 +342,9 @@ ClientAction ClientSession::on_reply(const Reply& reply, uint64_t now_ms, std::s
     _pending_head = 0;
   }
   restart_timer(now_ms);
+  if (_observer != nullptr) {
+    _observer->on_reply(pending.command, reply.code());
+  }
   if (_state == ClientState::quitting) {
     return on_quitting_reply(pending.command, reply);
   }
@@ -395,6 +398,7 @@ ClientAction ClientSession::on_handshake_reply(ClientCommand command, const Repl
   _esmtp = command == ClientCommand::ehlo;
   if (_esmtp) {
     _caps = parse_ehlo_reply(reply).value_or(EhloCapabilities{});
+    _caps.pipelining = _caps.pipelining && _settings->pipelining;
   }
   return handshake_done(now_ms, out);
 }

@@ -78,6 +78,9 @@ struct ClientTimeouts {
 struct ClientSettings {
   std::string hostname = "localhost";  // our EHLO/HELO name
   ClientTimeouts timeouts;
+  // Use PIPELINING when the server offers it. Off only in sluice-bench (--pipelining off), to
+  // measure a server one command at a time; the relay always pipelines.
+  bool pipelining = true;
 };
 
 // Recipients in one transaction: the owner splits larger sets (DESIGN.md: up to N per transaction).
@@ -106,6 +109,14 @@ struct ClientTransaction {
 // The command a reply (or a wait for one) answered: "in reply to ..." in a DSN or a log line.
 enum class ClientCommand : uint8_t { greeting, ehlo, helo, rset, mail, rcpt, data, data_end, quit };
 std::string_view client_command_name(ClientCommand command);  // "MAIL FROM", "end of DATA", ...
+
+// Told of every reply to a command the session sent (the greeting included), in order, before the
+// session acts on it: sluice-bench times each SMTP step with it. Must not call into the session.
+class ClientReplyObserver {
+ public:
+  virtual ~ClientReplyObserver() = default;
+  virtual void on_reply(ClientCommand command, uint16_t code) = 0;
+};
 
 enum class DeliveryStatus : uint8_t {
   delivered,  // 2xx to RCPT and 2xx after the data
@@ -200,6 +211,9 @@ class ClientSession {
   // decides how long an idle connection lives).
   std::optional<uint64_t> next_deadline_ms() const;
 
+  // Null (the default) for none; the observer must outlive the session.
+  void set_reply_observer(ClientReplyObserver* observer) { _observer = observer; }
+
   ClientState state() const { return _state; }
   // The server's extensions (after EHLO; empty after HELO).
   const EhloCapabilities& capabilities() const { return _caps; }
@@ -240,6 +254,7 @@ class ClientSession {
   bool any_accepted() const;
 
   const ClientSettings* _settings;
+  ClientReplyObserver* _observer = nullptr;
   ClientState _state = ClientState::handshake;
   ReplyParser _parser;
   EhloCapabilities _caps;

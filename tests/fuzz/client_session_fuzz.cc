@@ -45,6 +45,7 @@ struct Choice {
   bool body_8bit = false;
   bool smtputf8 = false;
   bool end_by_timeout = false;
+  bool pipelining_off = false;  // ClientSettings::pipelining (sluice-bench --pipelining off)
 };
 
 ClientTransaction make_transaction(const Choice& choice, size_t serial) {
@@ -94,6 +95,7 @@ void check_written(std::string_view written) {
 Outcome run(std::string_view input, size_t piece, const Choice& choice) {
   ClientSettings settings;
   settings.hostname = "relay.example.test";
+  settings.pipelining = !choice.pipelining_off;
   uint64_t now_ms = 0;
   ClientSession session(&settings, now_ms);
   Outcome out;
@@ -207,7 +209,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                       .recipients = size_t{1} + ((flags >> 3) & 3u),
                       .body_8bit = (flags & 0x60) == 0x60,
                       .smtputf8 = (flags & 0x60) == 0x40,
-                      .end_by_timeout = (flags & 128) != 0};
+                      .end_by_timeout = (flags & 128) != 0,
+                      .pipelining_off = (data[1] & 0x80) != 0};  // the low 6 bits are the piece size
   const size_t piece = 1 + data[1] % 64;
   const std::string_view raw(reinterpret_cast<const char*>(data) + 2, size - 2);
   std::string input;

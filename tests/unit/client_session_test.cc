@@ -188,6 +188,44 @@ TEST(ClientSession, LockstepWithoutPipelining) {
   EXPECT_FALSE(o.session.failure().has_value());
 }
 
+// sluice-bench --pipelining off: one command at a time although the server offers PIPELINING.
+TEST(ClientSession, PipeliningOffInTheSettingsGoesLockstep) {
+  ClientSettings settings = Owner::default_settings();
+  settings.pipelining = false;
+  Owner o({transaction({"b@example.net", "c@example.net"})}, settings);
+  o.server(kGreeting);
+  EXPECT_EQ(o.take_written(), "EHLO relay.example.test\r\n");
+  o.server(kEhloPipelining);
+  EXPECT_FALSE(o.session.capabilities().pipelining);
+  EXPECT_EQ(o.take_written(), "MAIL FROM:<a@example.org> SIZE=1000\r\n");
+  o.server("250 2.1.0 Ok\r\n");
+  EXPECT_EQ(o.take_written(), "RCPT TO:<b@example.net>\r\n");
+  o.server("250 2.1.5 Ok\r\n");
+  EXPECT_EQ(o.take_written(), "RCPT TO:<c@example.net>\r\n");
+  o.server("250 2.1.5 Ok\r\n");
+  EXPECT_EQ(o.take_written(), "DATA\r\n");
+  o.server("354 go ahead\r\n250 ok\r\n");
+  ASSERT_EQ(o.results.size(), 1u);
+  EXPECT_EQ(statuses(o.results[0]), (std::vector{delivered, delivered}));
+}
+
+// The reply observer sees every reply to a command sent, in order, with its command.
+TEST(ClientSession, ReplyObserverSeesEachStep) {
+  struct Recorder : ClientReplyObserver {
+    void on_reply(ClientCommand command, uint16_t code) override { seen.emplace_back(command, code); }
+    std::vector<std::pair<ClientCommand, uint16_t>> seen;
+  } recorder;
+  Owner o({transaction({"b@example.net", "c@example.net"})});
+  o.session.set_reply_observer(&recorder);
+  o.server(kGreeting);
+  o.server(kEhloPipelining);
+  o.server("250 ok\r\n250 ok\r\n550 5.1.1 no\r\n354 go\r\n250 queued\r\n221 bye\r\n");
+  using enum ClientCommand;
+  EXPECT_EQ(recorder.seen, (std::vector<std::pair<ClientCommand, uint16_t>>{
+                               {greeting, 220}, {ehlo, 250}, {mail, 250}, {rcpt, 250}, {rcpt, 550},
+                               {data, 354}, {data_end, 250}, {quit, 221}}));
+}
+
 TEST(ClientSession, ExtensionParametersOnlyWhenOffered) {
   ClientTransaction t = transaction({"b@example.net", "c@example.net"}, "");
   t.body_8bit = true;
