@@ -81,6 +81,8 @@ void Shard::Impl::start_delivery() {
   random_state = io::wall_ms() ^ (uint64_t{shard->_index} << 48) ^ reinterpret_cast<uintptr_t>(this);
   relay::SchedulerSettings settings = context->scheduler;
   settings.routes = &context->routes;
+  settings.shard = shard->_index;
+  settings.shards = context->mailbox != nullptr ? context->shards : 1;
   scheduler = std::make_unique<relay::Scheduler>(settings);
   if (!context->delivery_enabled) {
     return;
@@ -151,19 +153,9 @@ void Shard::Impl::delivery_message_stored(std::string_view queue_id) {
   }
 }
 
-// ---- ownership: jobs to their domain's shard, outcomes back ---------------------------------
-uint32_t Shard::Impl::owner_of(std::string_view domain) const {
-  if (context->mailbox == nullptr || draining) {
-    return shard->_index;  // while draining nothing new crosses: a shard that finished may be gone
-  }
-  // FNV-1a: the same on every thread and in every run (absl's hash is seeded per process).
-  uint64_t hash = 14695981039346656037ull;
-  for (const char c : domain) {
-    hash = (hash ^ static_cast<uint8_t>(c)) * 1099511628211ull;
-  }
-  return static_cast<uint32_t>(hash % context->shards);
-}
-
+// ---- ownership: jobs to their site's shard, outcomes back ---------------------------------
+// Every job starts in the receiving shard's scheduler, which resolves its domain; a job whose
+// site is another shard's goes there (run_scheduler hands it over), and its outcomes come back.
 void Shard::Impl::route_jobs(const spool::MessageInfo& info) {
   if (draining) {
     return;  // what arrives during the drain waits in the spool for the next start
@@ -174,15 +166,31 @@ void Shard::Impl::route_jobs(const spool::MessageInfo& info) {
     job.origin = shard->_index;
     job.segment_path = path;
     ++jobs_outstanding;
-    const uint32_t owner = owner_of(job.domain);
-    if (owner == shard->_index) {
-      scheduler->add_job(std::move(job), now, random());
-    } else {
-      DeliveryMail mail;
-      mail.kind = DeliveryMail::Kind::job;
-      mail.payload = new relay::Job(std::move(job));
-      send_mail(owner, mail);
-    }
+    scheduler->add_job(std::move(job), now, random());
+  }
+}
+
+void Shard::Impl::hand_off(relay::Handoff handoff) {
+  if (draining) {
+    // Nothing new crosses while draining (a shard that finished may be gone): the job ends
+    // here, and the spool keeps its state for the next start.
+    job_let_go(handoff.job.origin);
+    return;
+  }
+  SLUICE_ASSERT(handoff.owner != shard->_index && handoff.owner < context->shards, "a handoff crosses shards");
+  DeliveryMail mail;
+  mail.kind = DeliveryMail::Kind::job;
+  const uint32_t owner = handoff.owner;
+  mail.payload = new relay::Handoff(std::move(handoff));
+  send_mail(owner, mail);
+}
+
+// A job of `origin`'s that this shard's scheduler let go of: counted out there.
+void Shard::Impl::job_let_go(uint32_t origin) {
+  if (origin == shard->_index) {
+    jobs_ended(1);
+  } else {
+    ++outcome_batches[origin].jobs_ended;
   }
 }
 
@@ -194,16 +202,16 @@ void Shard::Impl::send_mail(uint32_t target, const DeliveryMail& mail) {
   }
 }
 
-void Shard::Impl::on_mail(uint32_t source, const DeliveryMail& mail) {
+void Shard::Impl::on_mail(const DeliveryMail& mail) {
   switch (mail.kind) {
     case DeliveryMail::Kind::job: {
-      std::unique_ptr<relay::Job> job(static_cast<relay::Job*>(mail.payload));
+      std::unique_ptr<relay::Handoff> handoff(static_cast<relay::Handoff*>(mail.payload));
       if (draining) {
         // Sent before the sender saw the drain: not taken up (its spool keeps its state).
-        ++outcome_batches[source].jobs_ended;
+        job_let_go(handoff->job.origin);
         return;
       }
-      scheduler->add_job(std::move(*job), io::wall_ms(), random());
+      scheduler->add_handoff(std::move(*handoff), io::wall_ms(), random());
       return;
     }
     case DeliveryMail::Kind::outcomes: {
@@ -230,7 +238,7 @@ void Shard::Impl::exchange_mail() {
   const uint32_t self = shard->_index;
   bool received = false;
   mailbox->drain_requests(self, [&](uint32_t source, const DeliveryMail& mail) {
-    on_mail(source, mail);
+    on_mail(mail);
     mailbox->reply(self, source, DeliveryAck{});
     received = true;
   });
@@ -319,6 +327,9 @@ void Shard::Impl::run_scheduler() {
   for (const std::string& domain : scheduler->take_resolve_requests()) {
     resolve_domain(domain);
   }
+  for (relay::Handoff& handoff : scheduler->take_handoffs()) {
+    hand_off(std::move(handoff));
+  }
   for (relay::ConnectRequest& request : scheduler->take_connect_requests()) {
     connects_waiting.push_back(std::move(request));
   }
@@ -401,11 +412,7 @@ void Shard::Impl::record_outcomes() {
     }
   }
   for (const uint32_t origin : scheduler->take_ended()) {
-    if (origin == shard->_index) {
-      jobs_ended(1);
-    } else {
-      ++outcome_batches[origin].jobs_ended;
-    }
+    job_let_go(origin);
   }
 }
 

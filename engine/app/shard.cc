@@ -109,7 +109,7 @@ void Shard::Impl::start_drain() {
   outbound_drain();
   run_scheduler();
   if (context->shards_draining != nullptr) {
-    // After this no job of ours crosses to another shard (owner_of): see the exit condition.
+    // After this no job crosses to another shard (hand_off): see the exit condition.
     context->shards_draining->fetch_add(1, std::memory_order_seq_cst);
   }
   // Sessions between transactions are told now; those mid-transaction finish it first.

@@ -46,7 +46,7 @@ class SpoolIoPort {
 // outcomes travels as a pointer whose ownership passes with it (the receiver deletes it).
 struct DeliveryMail {
   enum class Kind : uint8_t {
-    job,       // payload: relay::Job*, to the domain's shard
+    job,       // payload: relay::Handoff*, to the shard that owns the job's site
     outcomes,  // payload: OutcomeBatch*, to the origin shard
     drop,      // queue_id: the origin held or deleted the message: forget its jobs
   };

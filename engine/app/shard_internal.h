@@ -257,9 +257,10 @@ struct Shard::Impl : public smtp::SessionHost {
   void start_delivery();
   void delivery_message_stored(std::string_view queue_id);
   void route_jobs(const spool::MessageInfo& info);
-  uint32_t owner_of(std::string_view domain) const;
+  void hand_off(relay::Handoff handoff);
+  void job_let_go(uint32_t origin);
   void send_mail(uint32_t target, const DeliveryMail& mail);
-  void on_mail(uint32_t source, const DeliveryMail& mail);
+  void on_mail(const DeliveryMail& mail);
   void exchange_mail();
   bool mail_idle() const;
   void record_outcome_here(relay::Outcome out);

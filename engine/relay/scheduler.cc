@@ -45,6 +45,14 @@ std::string recipient_domain(std::string_view address) {
   return domain;
 }
 
+uint32_t site_owner(std::string_view site_key, uint32_t shards) {
+  uint64_t hash = 14695981039346656037ull;
+  for (const char c : site_key) {
+    hash = (hash ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+  }
+  return static_cast<uint32_t>(hash % std::max<uint32_t>(shards, 1));
+}
+
 // ---- jobs in --------------------------------------------------------------------------------
 void Scheduler::add_message(const spool::MessageInfo& info, uint64_t now_ms, uint64_t random) {
   for (Job& job : make_jobs(info, now_ms, _settings.recipients_per_transaction)) {
@@ -61,6 +69,24 @@ void Scheduler::add_job(Job job, uint64_t now_ms, uint64_t random) {
     return;
   }
   place(std::move(job), now_ms, random);
+}
+
+void Scheduler::add_handoff(Handoff handoff, uint64_t now_ms, uint64_t random) {
+  Job job = std::move(handoff.job);
+  job.id = _next_job_id++;
+  ++_jobs_total;
+  if (_in_flight_by_message.contains(job.message_id)) {
+    _parked[job.message_id].push_back(std::move(job));
+    return;
+  }
+  const uint32_t site =
+      site_for(resolver::DeliveryPlan{std::nullopt, std::move(handoff.targets), false}, handoff.route_name);
+  SLUICE_ASSERT(_sites[site]->owner == _settings.shard, "a job is handed to its site's owner");
+  to_site(site, std::move(job), now_ms, random);
+}
+
+std::vector<Handoff> Scheduler::take_handoffs() {
+  return std::exchange(_handoffs, {});
 }
 
 void Scheduler::place(Job job, uint64_t now_ms, uint64_t random) {
@@ -144,6 +170,8 @@ size_t Scheduler::drop_message(std::string_view message_id) {
     _ended.push_back(job.origin);
     return true;
   };
+  // Handed out but not yet taken by the shard: no longer counted here, ended here.
+  std::erase_if(_handoffs, [&](const Handoff& handoff) { return matches(handoff.job); });
   if (const auto parked = _parked.find(std::string(message_id)); parked != _parked.end()) {
     dropped += std::erase_if(parked->second, matches);
     _parked.erase(parked);
@@ -297,6 +325,8 @@ uint32_t Scheduler::site_for(const resolver::DeliveryPlan& plan, std::string_vie
     auto site = std::make_unique<Site>();
     site->name = route_name.empty() ? (plan.targets.empty() ? std::string("-") : plan.targets.front().host)
                                     : std::string(route_name);
+    site->route_name = std::string(route_name);
+    site->owner = site_owner(key, _settings.shards);
     _sites.push_back(std::move(site));
   }
   _sites[it->second]->targets = plan.targets;
@@ -305,6 +335,11 @@ uint32_t Scheduler::site_for(const resolver::DeliveryPlan& plan, std::string_vie
 
 void Scheduler::to_site(uint32_t index, Job job, uint64_t now_ms, uint64_t random) {
   Site& site = *_sites[index];
+  if (site.owner != _settings.shard) {
+    --_jobs_total;  // counted again where it lands
+    _handoffs.push_back(Handoff{site.owner, std::move(job), site.targets, site.route_name});
+    return;
+  }
   if (site.down_until_ms > now_ms) {
     defer(std::move(job), site.down_reason, {}, site.down_until_ms, now_ms, random);
     return;
@@ -618,6 +653,10 @@ size_t Scheduler::drop_all() {
     }
   }
   _parked.clear();
+  for (const Handoff& handoff : _handoffs) {
+    _ended.push_back(handoff.job.origin);  // not counted in _jobs_total any more
+  }
+  _handoffs.clear();
   _jobs_total -= dropped;
   for (auto& [id, in_flight] : _in_flight) {
     in_flight.dropped = true;
@@ -636,6 +675,9 @@ std::vector<Outcome> Scheduler::take_outcomes() {
 std::vector<SiteSummary> Scheduler::sites() const {
   std::vector<SiteSummary> out;
   for (const auto& site : _sites) {
+    if (site->owner != _settings.shard) {
+      continue;
+    }
     out.push_back(SiteSummary{site->name, site->ready.size(),
                               site->starting + site->busy + static_cast<uint32_t>(site->idle.size()),
                               site->down_until_ms != 0});

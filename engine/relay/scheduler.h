@@ -65,6 +65,11 @@ struct SchedulerSettings {
   uint64_t site_backoff_initial_ms = 60'000;
   uint64_t plan_reuse_ms = 5'000;
   const resolver::RouteTable* routes = nullptr;  // null or empty: MX for every domain
+  // This scheduler's shard, of how many: every site belongs to one shard (site_owner), and a job
+  // whose site is another shard's is handed to it (take_handoffs), so that the domains of one
+  // provider share one queue and one connection pool whichever shard received their mail.
+  uint32_t shard = 0;
+  uint32_t shards = 1;
 };
 
 // One transaction to send: the recipients of one message at one domain.
@@ -102,6 +107,19 @@ struct Outcome {
   bool relayed = false;
 };
 
+// A job on its way to the shard that owns its site, with what chose the site: the plan's
+// targets, or the [[route]] ("route:DOMAIN").
+struct Handoff {
+  uint32_t owner = 0;
+  Job job;
+  std::vector<resolver::PlanTarget> targets;
+  std::string route_name;
+};
+
+// The shard that owns the site with this key: the same on every thread and in every run
+// (FNV-1a; absl's hash is seeded per process).
+uint32_t site_owner(std::string_view site_key, uint32_t shards);
+
 // The shard should open a connection for `site`, trying `targets` in order.
 struct ConnectRequest {
   uint32_t site = 0;
@@ -126,6 +144,12 @@ class Scheduler {
   // One job made by make_jobs (possibly on another shard): due now, or at job.due_ms; parked
   // while a job of its message is in flight.
   void add_job(Job job, uint64_t now_ms, uint64_t random);
+  // A job another shard's scheduler handed over (its Handoff): to its site here, parked while a
+  // job of its message is in flight here.
+  void add_handoff(Handoff handoff, uint64_t now_ms, uint64_t random);
+  // Jobs whose site is another shard's, for the shard to send there. A job handed out has left
+  // this scheduler (jobs() no longer counts it) without ending: the receiver ends it.
+  std::vector<Handoff> take_handoffs();
   // Forgets every job not in flight (the drain: the spool keeps their state); returns how many.
   size_t drop_all();
   // One entry per job the scheduler let go of (every recipient final, dropped, or a retry
@@ -179,15 +203,17 @@ class Scheduler {
                    uint64_t now_ms, uint64_t random, bool next_hop_dsn = true);
   std::vector<Outcome> take_outcomes();
 
-  // Jobs anywhere (scheduled, waiting, ready, in flight, parked).
+  // Jobs anywhere (scheduled, waiting, ready, in flight, parked), not those handed out.
   size_t jobs() const { return _jobs_total; }
   size_t jobs_in_flight() const { return _in_flight.size(); }
   size_t scheduled() const { return _scheduled.size(); }
-  std::vector<SiteSummary> sites() const;
+  std::vector<SiteSummary> sites() const;  // the sites this shard owns
 
  private:
   struct Site {
     std::string name;
+    std::string route_name;  // a [[route]]'s site: its key; empty for an MX site
+    uint32_t owner = 0;      // site_owner of its key
     std::vector<resolver::PlanTarget> targets;  // the newest plan of any of its domains
     std::deque<Job> ready;
     uint32_t starting = 0;  // requested, not yet ready or failed
@@ -250,6 +276,7 @@ class Scheduler {
   std::vector<uint64_t> _wakes;
   std::vector<Outcome> _outcomes;
   std::vector<uint32_t> _ended;
+  std::vector<Handoff> _handoffs;
 };
 
 // The jobs for a stored message's recipients that are not final: by domain, at most

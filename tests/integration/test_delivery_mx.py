@@ -49,6 +49,52 @@ class DeliveryTest(DeliveryTestCase):
         return self.server.events("delivery", **match)
 
 
+def fnv1a(text):
+    h = 14695981039346656037
+    for c in text.encode():
+        h = ((h ^ c) * 1099511628211) % (1 << 64)
+    return h
+
+
+def most_open_at_once(connections):
+    """The largest number of the connections that were open at the same moment."""
+    events = sorted([(c.opened, 1) for c in connections] +
+                    [(c.closed_at if c.closed_at is not None else float("inf"), -1) for c in connections],
+                    key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+class Sites(DeliveryTest):
+    def test_domains_with_the_same_mx_share_one_pool_across_shards(self):
+        # Four domains hosted by one provider, received by Sluice's two shards (the harness runs
+        # two): one site, one pool, so connections_per_host = 1 holds for all four together.
+        # (With a pool per domain's shard, as before, the two shards' pools overlapped: the
+        # names are chosen so that a per-domain hash spreads them over both shards.)
+        domains = ["d%d.provider-hosted.test" % i for i in range(1, 5)]
+        self.assertEqual({fnv1a(d) % 2 for d in domains}, {0, 1})
+        def zone(rx):
+            z = {d: {"MX": [[10, "mx.provider.test"]]} for d in domains}
+            z["mx.provider.test"] = {"A": [rx["127.0.0.2"].host]}
+            return z
+        self.setup_relay(zone, hosts=("127.0.0.2",), per_host={"127.0.0.2": {"slow": 0.05}},
+                         connections_per_host=1)
+        for i in range(3):
+            self.send(["user%d@%s" % (i, d) for d in domains], "site-%d" % i)
+        rx = self.rx["127.0.0.2"]
+        self.wait_for_messages([rx], 12)
+        self.wait_queue_empty()
+        self.assertEqual(rx.message_count, 12)
+        self.assertEqual(most_open_at_once(rx.connections), 1, rx.connections)
+        self.server.stop()
+        attempts = self.deliveries(outcome="delivered")
+        self.assertEqual(len(attempts), 12)
+        self.assertEqual({a["site"] for a in attempts}, {"mx.provider.test"})
+
+
 class MxSelection(DeliveryTest):
     def test_equal_preference_hosts_share_and_backup_gets_none(self):
         dns_server, _ = h.import_fixtures()

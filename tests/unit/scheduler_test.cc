@@ -1150,6 +1150,52 @@ TEST(SchedulerTest, DropMessageAndDropAllTakeParkedJobs) {
   EXPECT_EQ(shard.scheduler.scheduled(), 0u);
 }
 
+// Two shards: a job whose site is the other shard's leaves this scheduler (without ending) for
+// that one, which resolves nothing again, counts it, runs it and ends it for its origin.
+TEST(SchedulerTest, AJobWhoseSiteIsAnotherShardsIsHandedOver) {
+  SchedulerSettings first = default_settings();
+  first.shards = 2;
+  first.shard = 0;
+  SchedulerSettings second = first;
+  second.shard = 1;
+  std::optional<Handoff> handoff;
+  bool kept_one = false;
+  for (int i = 0; i < 64 && (!handoff || !kept_one); ++i) {
+    Shard shard(first);
+    MessageInfo info = message("m1", {"a@x.example"});
+    shard.add(info);
+    shard.scheduler.take_resolve_requests();
+    shard.answer("x.example", one_host(absl::StrCat("mx", i, ".example"), "192.0.2.1"));
+    std::vector<Handoff> out = shard.scheduler.take_handoffs();
+    if (out.empty()) {
+      kept_one = true;  // its own site: ready here
+      EXPECT_EQ(shard.scheduler.take_connect_requests().size(), 1u);
+      EXPECT_EQ(shard.scheduler.jobs(), 1u);
+      continue;
+    }
+    ASSERT_EQ(out.size(), 1u);
+    EXPECT_EQ(out[0].owner, 1u);
+    EXPECT_EQ(shard.scheduler.jobs(), 0u);
+    EXPECT_TRUE(shard.scheduler.take_ended().empty());  // not ended: the owner ends it
+    EXPECT_TRUE(shard.scheduler.take_connect_requests().empty());
+    EXPECT_TRUE(shard.scheduler.sites().empty());  // a site of the other shard is not listed
+    handoff = std::move(out[0]);
+  }
+  ASSERT_TRUE(handoff.has_value() && kept_one);
+  Shard owner(second);
+  owner.scheduler.add_handoff(std::move(*handoff), owner.now, owner.random);
+  EXPECT_TRUE(owner.scheduler.take_resolve_requests().empty());
+  EXPECT_EQ(owner.scheduler.jobs(), 1u);
+  const std::vector<uint64_t> connections = owner.connect_all(0);
+  ASSERT_EQ(connections.size(), 1u);
+  EXPECT_EQ(owner.drain(0, connections[0], delivered()), 1u);
+  const std::vector<Outcome> outcomes = owner.scheduler.take_outcomes();
+  ASSERT_EQ(outcomes.size(), 1u);
+  EXPECT_EQ(outcomes[0].origin, 0u);  // journaled where the message is
+  EXPECT_EQ(owner.scheduler.take_ended(), (std::vector<uint32_t>{0}));
+  EXPECT_EQ(owner.scheduler.jobs(), 0u);
+}
+
 TEST(SchedulerTest, TickEndsABackoffThatIsOver) {
   Shard shard(short_retry_settings());
   shard.add(message("m1", {"a@x.example"}));
