@@ -160,9 +160,10 @@ class Sink : public smtp::SessionHost {
   smtp::ServerSettings _settings;
   std::unique_ptr<io::Ring> _ring;
   std::unique_ptr<io::BufferRing> _buffers;
-  std::unique_ptr<io::TimerWheel> _timers;
   std::vector<Listener> _listeners;
   std::vector<std::unique_ptr<Connection>> _slots;
+  // After the slots: destroyed first, while the timer nodes in the connections still exist.
+  std::unique_ptr<io::TimerWheel> _timers;
   std::vector<uint32_t> _free_slots;
   std::vector<uint32_t> _dirty;
   std::vector<io::TimerNode*> _expired;
