@@ -172,6 +172,8 @@ class Sink : public smtp::SessionHost {
   uint64_t _started_ms = 0;
   uint64_t _stopped_ms = 0;
   uint64_t _next_live_ms = 0;
+  uint64_t _live_ms = 0;  // when the last live line was written, and the messages then
+  uint64_t _live_messages = 0;
   uint64_t _open = 0;
   uint64_t _rejections = 0;
   uint64_t _serial = 0;
@@ -222,6 +224,7 @@ absl::Status Sink::start() {
   std::fflush(stderr);
   _live = isatty(STDOUT_FILENO) == 1;
   _next_live_ms = _now_ms + kLiveLineMs;
+  _live_ms = _now_ms;
   return absl::OkStatus();
 }
 
@@ -633,13 +636,18 @@ void Sink::flush_dirty() {
   _dirty.clear();
 }
 
+// The rate is over the last line's interval (the final line: over the whole run).
 void Sink::live_line(bool final_line) {
   const double elapsed_s = static_cast<double>(_now_ms - _started_ms) / 1000.0;
+  const double interval_s = static_cast<double>(_now_ms - _live_ms) / 1000.0;
+  const double rate = final_line ? (elapsed_s > 0 ? static_cast<double>(_total.messages) / elapsed_s : 0.0)
+                                 : (interval_s > 0 ? static_cast<double>(_total.messages - _live_messages) / interval_s : 0.0);
+  _live_ms = _now_ms;
+  _live_messages = _total.messages;
   std::printf("\r%.0fs conn %llu open %llu msg %llu (%.0f/s) rcpt %llu MiB %.1f intact %llu corrupt %llu dup %llu "
               "no-id %llu%s",
               elapsed_s, static_cast<unsigned long long>(_total.connections), static_cast<unsigned long long>(_open),
-              static_cast<unsigned long long>(_total.messages),
-              elapsed_s > 0 ? static_cast<double>(_total.messages) / elapsed_s : 0.0,
+              static_cast<unsigned long long>(_total.messages), rate,
               static_cast<unsigned long long>(_total.recipients), static_cast<double>(_total.octets) / (1 << 20),
               static_cast<unsigned long long>(_checks.intact), static_cast<unsigned long long>(_checks.corrupt),
               static_cast<unsigned long long>(_checks.duplicate), static_cast<unsigned long long>(_checks.no_id),
