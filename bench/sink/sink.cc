@@ -104,6 +104,7 @@ struct Connection {
   bool greet_pending = false;
   bool line_pending = false;
   bool commit_pending = false;
+  bool peer_closed = false;  // the client half-closed: close once what it sent is answered
   bool data_decided = false;  // this DATA phase was weighed for --drop-mid-data
   bool drop_data = false;     // ...and will be dropped
 };
@@ -148,6 +149,7 @@ class Sink : public smtp::SessionHost {
   void hold(uint32_t index);
   void answer_commit(uint32_t index);
   void begin_close(uint32_t index);
+  void close_if_answered(uint32_t index);
   void on_send(const io_uring_cqe& cqe, uint32_t index);
   void on_close(uint32_t index);
   void on_timer(uint32_t index);
@@ -360,7 +362,8 @@ void Sink::on_recv(const io_uring_cqe& cqe, uint32_t index) {
     case io::RecvEvent::more:
       return;
     case io::RecvEvent::peer_closed:
-      begin_close(index);  // what it sent was answered (or waits behind a delay: dropped)
+      c.peer_closed = true;
+      close_if_answered(index);
       return;
     case io::RecvEvent::ended:
     case io::RecvEvent::failed:
@@ -419,6 +422,15 @@ void Sink::pump(uint32_t index) {
   }
   parked.release_if_large(io::Stream::kIdleBufferCapacity);
   c.stream.resume_reading();
+  close_if_answered(index);
+}
+
+// After the client's FIN: once nothing it sent waits (a delay, parked input), close.
+void Sink::close_if_answered(uint32_t index) {
+  Connection& c = slot(index);
+  if (c.peer_closed && !c.held && c.stream.parked().empty() && !c.stream.closing()) {
+    begin_close(index);
+  }
 }
 
 // One pass of `input` through the session; false when the connection stops taking input now

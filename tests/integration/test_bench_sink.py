@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 
@@ -278,6 +279,12 @@ class BenchSinkTest(h.SluiceTestCase):
             self.assertEqual([r.code for r in c.read_replies(5)], [250, 250, 250, 250, 354])
             c.send(bench_message("slow-1") + b".\r\nNOOP\r\nQUIT\r\n")
             self.assertEqual([r.code for r in c.read_replies(3)], [250, 250, 221])
+        # A client that sends its last commands and half-closes still gets every answer.
+        with h.SmtpClient(sink.port) as c:
+            c.send(b"EHLO client.example\r\nNOOP\r\nQUIT\r\n")
+            c.sock.shutdown(socket.SHUT_WR)
+            self.assertEqual([r.code for r in c.read_replies(3)], [250, 250, 221])
+            self.assertTrue(c.wait_closed())
         result = self.stop_sink(sink)
         self.assertEqual((result["messages"], result["recipients"], result["check"]["intact"]), (1, 2, 1))
 
