@@ -1,5 +1,6 @@
 // The `sluice-bench` command: load tools for SMTP servers (DESIGN.md section 4). `send` is the
-// load generator (bench/send.h); `sink` and `relay` are to come.
+// load generator (bench/send.h), `sink` the receiving server (bench/sink/sink.h); `relay` is to
+// come.
 #include <arpa/inet.h>
 #include <signal.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/send.h"
+#include "bench/sink/sink.h"
 #include "engine/io/strings.h"
 #include "engine/smtp/client_session.h"
 
@@ -27,6 +29,7 @@ constexpr int kExitUsage = 2;
 const char* kUsage =
     "usage:\n"
     "  sluice-bench send --target HOST:PORT [OPTIONS]   (sluice-bench send --help)\n"
+    "  sluice-bench sink --listen HOST:PORT [OPTIONS]   (sluice-bench sink --help)\n"
     "exit codes: 0 ok (whatever the server answered), 1 runtime failure, 2 usage error\n";
 
 const char* kSendHelp =
@@ -313,6 +316,9 @@ int main(int argc, char** argv) {
   }
   if (command == "send") {
     return run_send_command(argc, argv);
+  }
+  if (command == "sink") {
+    return run_sink(argc - 1, argv + 1);
   }
   std::cerr << "sluice-bench: unknown command '" << command << "'\n" << kUsage;
   return kExitUsage;

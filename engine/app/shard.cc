@@ -235,6 +235,9 @@ void Shard::Impl::flush_dirty() {
 // when nothing is pending (an idle relay should not wake 100 times a second), and at most
 // kLoopWaitUsMax while something is polled rather than woken (drain, space, accept retry).
 uint64_t Shard::Impl::wait_us() const {
+  if (scheduler_pending) {
+    return 0;  // a run asked for by something the last run did itself (a job refused at once)
+  }
   const bool polling = draining || !waiting_for_space.empty() || !accepts_to_rearm.empty() || budget_freed;
   uint64_t wait = polling ? kLoopWaitUsMax : kIdleWaitUsMax;
   if (scheduler_deadline_ms != 0) {
@@ -312,7 +315,8 @@ void Shard::Impl::loop() {
       const bool others_done = context->shards_draining == nullptr ||
                                (context->shards_draining->load(std::memory_order_seq_cst) == context->shards &&
                                 jobs_outstanding == 0 && mail_idle());
-      if (open_connections == 0 && outbound_open == 0 && bounce_reads_in_flight == 0 && tickets.empty() &&
+      if (open_connections == 0 && outbound_open == 0 && bounce_reads_in_flight == 0 && !scheduler_pending &&
+          tickets.empty() &&
           waiting_for_space.empty() &&
           shard->_spool->idle() && others_done) {
         if (!accepts_cancelled) {

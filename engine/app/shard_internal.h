@@ -236,7 +236,9 @@ struct Shard::Impl : public smtp::SessionHost {
     uint64_t done = 0;
   };
   static constexpr uint64_t kBounceReadChunk = 1 << 20;
-  std::vector<BounceRead> bounce_reads;  // slots: index and generation in the read's user data
+  // Slots: index and generation in the read's user data. A deque, so that a new slot never moves
+  // the buffer of a read the kernel is filling (a short original lives inside its std::string).
+  std::deque<BounceRead> bounce_reads;
   std::vector<uint32_t> bounce_reads_free;
   uint32_t bounce_reads_in_flight = 0;  // the drain waits for them
   // A job ended or a connection closed: run_scheduler is owed, once per loop iteration however

@@ -242,6 +242,9 @@ SessionAction ServerSession::handle_helo(std::string_view argument, bool extende
   if (name.empty() || name.find(' ') != std::string_view::npos) {
     return reject(RejectReason::syntax, reply::kHeloSyntax, out, argument);
   }
+  if (extended && !_settings->offer.ehlo) {
+    return reject(RejectReason::unknown_command, reply::kNotImplemented, out, "EHLO");  // a HELO-only server
+  }
   reset_transaction();
   _helo_given = true;
   _esmtp = extended;
@@ -250,8 +253,31 @@ SessionAction ServerSession::handle_helo(std::string_view argument, bool extende
     str_append(&out, "250 ", _settings->hostname, "\r\n");
     return SessionAction::none;
   }
-  str_append(&out, "250-", _settings->hostname, "\r\n250-PIPELINING\r\n250-SIZE ", _settings->limits.message_octets_max,
-             "\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
+  append_ehlo_reply(out);
+  return SessionAction::none;
+}
+
+void ServerSession::append_ehlo_reply(std::string& out) const {
+  const EhloOffer& offer = _settings->offer;
+  str_append(&out, "250-", _settings->hostname, "\r\n");
+  if (offer.pipelining) {
+    out.append("250-PIPELINING\r\n");
+  }
+  if (offer.size) {
+    str_append(&out, "250-SIZE ", _settings->limits.message_octets_max, "\r\n");
+  }
+  if (offer.eight_bit_mime) {
+    out.append("250-8BITMIME\r\n");
+  }
+  out.append("250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
+}
+
+SessionAction ServerSession::apply_verdict(const HostVerdict& verdict, std::string& out) {
+  out.append(verdict.reply);
+  if (verdict.close) {
+    _phase = Phase::closed;
+    return SessionAction::close;
+  }
   return SessionAction::none;
 }
 
@@ -275,6 +301,9 @@ SessionAction ServerSession::handle_mail(std::string_view argument, std::string&
   }
   if (_host->spool_space_low()) {
     return reject(RejectReason::spool_low, reply::kSpoolLow, out, mail.reverse_path);
+  }
+  if (const HostVerdict verdict = _host->mail_verdict(mail.reverse_path); !verdict.reply.empty()) {
+    return apply_verdict(verdict, out);
   }
   _mail_given = true;
   _mail_ms = _host->now_ms();
@@ -329,6 +358,9 @@ SessionAction ServerSession::handle_rcpt(std::string_view argument, std::string&
     report(RejectReason::too_many_recipients, reply::kTooManyRecipients, rcpt.forward_path, !_excess_rcpt_reported);
     _excess_rcpt_reported = true;
     return SessionAction::none;
+  }
+  if (const HostVerdict verdict = _host->recipient_verdict(rcpt.forward_path); !verdict.reply.empty()) {
+    return apply_verdict(verdict, out);
   }
   _recipients.emplace_back(rcpt.forward_path);
   _recipient_dsn.push_back(RecipientDsn{rcpt.notify_flags, std::string(rcpt.orcpt)});

@@ -30,10 +30,20 @@ struct ServerLimits {
   uint64_t body_memory_octets_max = UINT64_MAX;   // the shard's body budget: SIZE= above it, 452 4.3.1
 };
 
+// What EHLO offers. The server offers everything; a test receiver (sluice-bench sink) hides some,
+// to play an older or stricter server. HELO is always accepted; without `ehlo`, EHLO gets 502.
+struct EhloOffer {
+  bool ehlo = true;
+  bool pipelining = true;
+  bool size = true;
+  bool eight_bit_mime = true;
+};
+
 // Shared, read-only configuration of every session on a shard.
 struct ServerSettings {
   std::string hostname = "localhost";
   ServerLimits limits;
+  EhloOffer offer;
   io::NetworkList relay_networks;
   std::vector<std::string> relay_domains;  // lower case; ".example.test" also matches subdomains
 };
@@ -103,6 +113,15 @@ struct SessionCounts {
   uint32_t rejections = 0;  // every refusal reported through on_reject()
 };
 
+// The owner's own answer to a MAIL or RCPT that the session's rules accepted. An empty reply
+// leaves the session's answer (what the server does); else `reply` (a whole reply, CRLF ended,
+// valid until the session returns) is sent instead, the command is refused without counting as
+// the client's error, and with `close` the session ends after it (a 421).
+struct HostVerdict {
+  std::string_view reply;
+  bool close = false;
+};
+
 // Used by the session to ask its owner about the state of the world, and to report refusals.
 class SessionHost {
  public:
@@ -111,6 +130,10 @@ class SessionHost {
   virtual void on_reject(const RejectEvent& event, const ClientInfo& client) = 0;
   // The owner's clock (ms, monotonic); the session keeps no clock of its own.
   virtual uint64_t now_ms() const = 0;
+  // Policy hooks for a receiver that injects faults (sluice-bench sink); the server keeps the
+  // defaults, which leave every answer to the session.
+  virtual HostVerdict mail_verdict(std::string_view /*reverse_path*/) { return {}; }
+  virtual HostVerdict recipient_verdict(std::string_view /*forward_path*/) { return {}; }
 };
 
 class ServerSession {
@@ -164,6 +187,8 @@ class ServerSession {
   SessionAction handle_rcpt(std::string_view argument, std::string& out);
   SessionAction handle_data(std::string_view argument, std::string& out);
   SessionAction handle_bdat(std::string_view argument, std::string& out);
+  SessionAction apply_verdict(const HostVerdict& verdict, std::string& out);
+  void append_ehlo_reply(std::string& out) const;
   SessionAction finish_message(std::string& out);
   SessionAction refuse_message(RejectReason reason, std::string_view text, std::string& out);
   SessionAction refuse_bdat_chunk(std::string& out);

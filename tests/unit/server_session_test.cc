@@ -34,6 +34,12 @@ class FakeHost : public SessionHost {
                                 event.recipients ? *event.recipients : std::vector<std::string>{}});
   }
   uint64_t now_ms() const override { return now; }
+  HostVerdict mail_verdict(std::string_view) override { return mail; }
+  HostVerdict recipient_verdict(std::string_view forward_path) override {
+    return forward_path.starts_with("refused") ? rcpt : HostVerdict{};
+  }
+  HostVerdict mail;  // empty by default: the session's own answers (what the server's shard does)
+  HostVerdict rcpt;
   bool low = false;
   RejectReason last_reject = RejectReason::relay_denied;
   int rejects = 0;
@@ -104,6 +110,35 @@ TEST_F(ServerSessionTest, EhloAdvertisesExtensions) {
             "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
   EXPECT_EQ(feed("HELO client.example\r\n"), "250 relay.example.test\r\n");
   EXPECT_EQ(feed("EHLO\r\n").substr(0, 10), "501 5.5.4 ");
+}
+
+TEST_F(ServerSessionTest, EhloOfferCanHideExtensions) {
+  settings.offer.pipelining = false;
+  settings.offer.size = false;
+  settings.offer.eight_bit_mime = false;
+  EXPECT_EQ(feed("EHLO client.example\r\n"),
+            "250-relay.example.test\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
+  settings.offer.ehlo = false;
+  EXPECT_EQ(feed("EHLO client.example\r\n").substr(0, 4), "502 ");
+  EXPECT_EQ(feed("HELO client.example\r\n"), "250 relay.example.test\r\n");
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example>\r\n"), "250 2.1.0 Ok\r\n");
+}
+
+TEST_F(ServerSessionTest, HostVerdictsReplaceTheAnswerToMailAndRcpt) {
+  host.rcpt = HostVerdict{"550 5.1.1 No such user\r\n", false};
+  feed("EHLO c\r\n");
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<refused@y.example>\r\nRCPT TO:<ok@y.example>\r\n"),
+            "250 2.1.0 Ok\r\n550 5.1.1 No such user\r\n250 2.1.5 Ok\r\n");
+  EXPECT_EQ(host.rejects, 0);  // the owner's policy, not the client's error
+  feed("DATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n");
+  EXPECT_EQ(last.recipients, std::vector<std::string>{"ok@y.example"});
+  // Every recipient refused by the owner: DATA is 554, as when the session refuses them.
+  EXPECT_EQ(feed("MAIL FROM:<a@b.example>\r\nRCPT TO:<refused@y.example>\r\nDATA\r\n"),
+            "250 2.1.0 Ok\r\n550 5.1.1 No such user\r\n554 5.5.1 Error: no valid recipients\r\n");
+  host.mail = HostVerdict{"421 4.7.0 Too many messages\r\n", true};
+  EXPECT_EQ(feed("RSET\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<ok@y.example>\r\n"),
+            "250 2.0.0 Ok\r\n421 4.7.0 Too many messages\r\n");
+  EXPECT_TRUE(closed);
 }
 
 TEST_F(ServerSessionTest, FullTransactionWaitsForCommit) {
