@@ -568,7 +568,8 @@ bool Worker::start_transaction(uint32_t index, uint64_t message, uint64_t schedu
   c.header.clear();
   str_append(&c.header, "Message-ID: <", id, "@sluice-bench.invalid>\r\nDate: ", _date, "\r\nFrom: <",
              transaction.sender, ">\r\nTo: <", transaction.recipients[0].address, ">\r\nSubject: sluice-bench ", id,
-             "\r\nX-Sluice-Bench-Id: ", id, "\r\nX-Sluice-Bench-Sum: ", bodies[body].sum, "\r\n\r\n");
+             "\r\nX-Sluice-Bench-Id: ", id, "\r\nX-Sluice-Bench-Sum: ", bodies[body].sum,
+             "\r\nX-Sluice-Bench-Sent: ", io::wall_us(), "\r\n\r\n");
   transaction.size_octets = c.header.size() + bodies[body].wire.size();
   c.message = message;
   c.body = body;
@@ -628,6 +629,7 @@ void Worker::transaction_done(uint32_t index) {
     const uint64_t latency = now > c.scheduled_us ? now - c.scheduled_us : 0;
     _results.latency.message.record(latency);
     ++_results.messages_accepted;
+    _results.accepted_messages.push_back(c.message);
     _results.octets_accepted += c.header.size() + (*_bodies)[c.body].wire.size();
     _run->live_accepted.fetch_add(1, std::memory_order_relaxed);
     _run->live_latency_sum_us.fetch_add(latency, std::memory_order_relaxed);
@@ -903,6 +905,22 @@ void SendResults::merge(const SendResults& other) {
     connection_errors[key] += count;
   }
   latency.merge(other.latency);
+  accepted_messages.insert(accepted_messages.end(), other.accepted_messages.begin(), other.accepted_messages.end());
+}
+
+void SendResults::finish() { std::sort(accepted_messages.begin(), accepted_messages.end()); }
+
+std::vector<std::pair<uint64_t, uint64_t>> accepted_ranges(const std::vector<uint64_t>& sorted_messages) {
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (const uint64_t message : sorted_messages) {
+    SLUICE_ASSERT(ranges.empty() || message > ranges.back().second, "message numbers are sorted and unique");
+    if (!ranges.empty() && message == ranges.back().second + 1) {
+      ranges.back().second = message;
+    } else {
+      ranges.emplace_back(message, message);
+    }
+  }
+  return ranges;
 }
 
 std::string make_body(uint64_t octets) {
@@ -1004,6 +1022,8 @@ absl::Status run_send(const SendOptions& options, SendResults& results, double& 
   }
   SLUICE_ASSERT(results.messages_sent == results.messages_accepted + results.messages_deferred + results.messages_rejected,
                 "every message started has a result");
+  results.finish();
+  SLUICE_ASSERT(results.accepted_messages.size() == results.messages_accepted, "each accepted message is listed once");
   for (const absl::Status& status : statuses) {
     if (!status.ok()) {
       return status;
@@ -1077,7 +1097,13 @@ std::string results_json(const SendOptions& options, const SendResults& r, doubl
     append_histogram_json(out, h.name, *h.histogram);
     first = false;
   }
-  out += "}}\n";
+  str_append(&out, "},\"accepted_id_ranges\":{\"", app::json_escape(run_id), "\":[");
+  first = true;
+  for (const auto& [lo, hi] : accepted_ranges(r.accepted_messages)) {
+    str_append(&out, first ? "" : ",", "[", lo, ",", hi, "]");
+    first = false;
+  }
+  out += "]}}\n";
   return out;
 }
 

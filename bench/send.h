@@ -9,10 +9,13 @@
 // previous one) or open (--rate N/s: message n is due at start + n/rate whether or not a session
 // is free, and its latency is counted from that scheduled time, so queueing delay is not hidden).
 //
-// Every message carries Message-ID, X-Sluice-Bench-Id: RUN-N (unique in the run) and
+// Every message carries Message-ID, X-Sluice-Bench-Id: RUN-N (unique in the run),
 // X-Sluice-Bench-Sum: crc32c:XXXXXXXX, the CRC32C of the body (the octets after the empty line
 // that ends the header, up to and including the CRLF before the final dot), so that a sink can
-// prove each message arrived intact and exactly once.
+// prove each message arrived intact and exactly once, and X-Sluice-Bench-Sent: the wall-clock
+// time (microseconds since the Unix epoch) the transaction started, so that a sink on the same
+// machine can tell each message's end-to-end latency through a relay.
+// --json lists the ids that got 250 as "accepted_id_ranges": {"RUN": [[lo, hi], ...]}.
 //
 // Accounting: every transaction started gets one result per recipient (the session's
 // guarantee), so sent == accepted + deferred + rejected (messages: accepted when any recipient
@@ -21,6 +24,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -89,8 +93,15 @@ struct SendResults {
   // Connections that ended without a clean QUIT, or could not connect, by reason.
   std::map<std::string, uint64_t> connection_errors;
   StepHistograms latency;
+  // The numbers N of the messages (ids RUN-N) that got 250 for a recipient: a sink's --verify
+  // proves each arrived once. Unordered until the run's end sorts them (finish()).
+  std::vector<uint64_t> accepted_messages;
   void merge(const SendResults& other);
+  void finish();  // sorts accepted_messages
 };
+
+// accepted_messages (sorted) as closed ranges [[lo, hi], ...].
+std::vector<std::pair<uint64_t, uint64_t>> accepted_ranges(const std::vector<uint64_t>& sorted_messages);
 
 // What the threads share: the message counter and live figures for the progress line.
 struct SendRun {

@@ -17,10 +17,14 @@ inline uint64_t monotonic_ms() {
   return monotonic_us() / 1'000;
 }
 
-inline uint64_t wall_ms() {
+inline uint64_t wall_us() {
   timespec now;
   clock_gettime(CLOCK_REALTIME, &now);
-  return static_cast<uint64_t>(now.tv_sec) * 1'000 + static_cast<uint64_t>(now.tv_nsec) / 1'000'000;
+  return static_cast<uint64_t>(now.tv_sec) * 1'000'000 + static_cast<uint64_t>(now.tv_nsec) / 1'000;
+}
+
+inline uint64_t wall_ms() {
+  return wall_us() / 1'000;
 }
 
 }  // namespace sluice::io

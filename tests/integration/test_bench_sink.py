@@ -189,6 +189,50 @@ class BenchSinkTest(h.SluiceTestCase):
         self.assertEqual(proc.returncode, 2)
         self.assertIn("accepted_ids", proc.stderr)
 
+    def run_send(self, name, *args):
+        """sluice-bench send with args; returns the path of its --json."""
+        path = os.path.join(self.tmp, name + ".json")
+        proc = subprocess.run([os.path.join(os.path.dirname(h.SLUICE), "sluice-bench"), "send", *args,
+                               "--json", path], capture_output=True, text=True, timeout=120)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        return path
+
+    def verify_file(self, sender_path, sink):
+        with open(sender_path) as f:
+            return self.verify(json.load(f), sink)
+
+    def test_verify_catches_a_message_lost_or_duplicated_between_send_and_sink(self):
+        """End to end with the real sender: its --json (accepted_id_ranges) against what arrived."""
+        sink, elsewhere = self.start_sink(name="a"), self.start_sink(name="b")
+        clean = self.run_send("clean", "--target", "127.0.0.1:%d" % sink.port, "--messages", "20",
+                              "--sessions", "3", "--run-id", "e2e")
+        with open(clean) as f:
+            self.assertEqual(json.load(f)["accepted_id_ranges"], {"e2e": [[0, 19]]})
+        # Lost: a run whose sessions alternate between the sink and another server, checked
+        # against the sink alone: every message the other one took is missing here.
+        split = self.run_send("split", "--target", "127.0.0.1:%d" % sink.port, "--target",
+                              "127.0.0.1:%d" % elsewhere.port, "--messages", "10", "--sessions", "2",
+                              "--run-id", "split")
+        # Duplicated: message e2e-0 sent again (same run id) after the clean run.
+        self.run_send("again", "--target", "127.0.0.1:%d" % sink.port, "--messages", "1", "--run-id", "e2e")
+        self.stop_sink(sink)
+        took_elsewhere = self.stop_sink(elsewhere)["messages"]
+        self.assertGreater(took_elsewhere, 0)
+        self.assertLess(took_elsewhere, 10)
+
+        proc, counts = self.verify_file(clean, sink)
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertEqual((counts["accepted"], counts["intact"], counts["missing"], counts["duplicated"]),
+                         (20, 19, 0, 1), proc.stdout)
+        self.assertIn("duplicated  1  (e2e-0)", proc.stdout)
+        proc, counts = self.verify_file(split, sink)
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertEqual((counts["accepted"], counts["missing"], counts["intact"]),
+                         (10, took_elsewhere, 10 - took_elsewhere), proc.stdout)
+        # The other server's JSON against the split run: what it took is intact, the rest missing.
+        proc, counts = self.verify_file(split, elsewhere)
+        self.assertEqual((counts["intact"], counts["missing"]), (took_elsewhere, 10 - took_elsewhere), proc.stdout)
+
     def test_rcpt_5xx_refuses_every_recipient(self):
         sink = self.start_sink("--rcpt-5xx", "1.0")
         with h.SmtpClient(sink.port) as c:
