@@ -199,6 +199,7 @@ absl::Status Worker::start() {
   _timers = std::make_unique<io::TimerWheel>(_now_ms, 1);
   _settings.hostname = _options.helo;
   _settings.pipelining = _options.pipelining;
+  _settings.chunking = _options.chunking;
   _settings.timeouts = smtp::ClientTimeouts{_options.timeout_ms, _options.timeout_ms, _options.timeout_ms,
                                             _options.timeout_ms, _options.timeout_ms, _options.timeout_ms,
                                             _options.timeout_ms};
@@ -1076,7 +1077,8 @@ std::string results_json(const SendOptions& options, const SendResults& r, doubl
                "}");
   }
   str_append(&out, "],\"rcpts\":", options.rcpts, ",\"messages_per_connection\":", options.messages_per_connection,
-             ",\"pipelining\":", options.pipelining ? "true" : "false", ",\"from\":\"", app::json_escape(options.from),
+             ",\"pipelining\":", options.pipelining ? "true" : "false",
+             ",\"chunking\":", options.chunking ? "true" : "false", ",\"from\":\"", app::json_escape(options.from),
              "\",\"to\":\"", app::json_escape(options.to), "\"},");
   str_append(&out, absl::StrFormat("\"elapsed_s\":%.6f,\"msg_per_s\":%.3f,", elapsed_s,
                                    elapsed_s > 0 ? static_cast<double>(r.messages_accepted) / elapsed_s : 0.0));

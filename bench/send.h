@@ -49,6 +49,7 @@ struct SendOptions {
   uint32_t rcpts = 1;
   uint32_t messages_per_connection = 0;  // 0: no limit
   bool pipelining = true;
+  bool chunking = false;  // BDAT when offered (the messages are built unstuffed: exact sizes)
   std::string from = "bench@sluice-bench.test";  // "{n}": the message number
   std::string to = "rcpt{n}@example.test";       // "{n}": the recipient number in the run
   std::string helo = "sluice-bench.test";

@@ -46,6 +46,7 @@ const char* kSendHelp =
     "  --rcpts N                 recipients per message (default 1)\n"
     "  --messages-per-connection N   then QUIT and reconnect (default 0: no limit)\n"
     "  --pipelining on|off       use PIPELINING when offered (default on)\n"
+    "  --chunking                send each message as one BDAT LAST chunk when CHUNKING is offered\n"
     "  --from ADDR, --to ADDR    envelope addresses; {n} is replaced by the message number (from)\n"
     "                            or the recipient number in the run (to); default\n"
     "                            bench@sluice-bench.test and rcpt{n}@example.test\n"
@@ -229,8 +230,8 @@ std::string parse_send(int argc, char** argv, SendOptions& options, bool& help) 
       return str_cat("unexpected argument '", flag, "'");
     }
     if (flag == "--chunking") {
-      // smtp::ClientSession sends DATA only (its header says why); BDAT would go there first.
-      return "--chunking: not supported yet (the SMTP client session has no BDAT)";
+      options.chunking = true;  // a switch: no value
+      continue;
     }
     std::string value;
     if (const size_t equals = flag.find('='); equals != std::string::npos) {

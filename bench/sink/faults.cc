@@ -49,7 +49,7 @@ absl::Status set_flag(bool& field, std::string_view key, std::string_view value)
   return absl::OkStatus();
 }
 
-constexpr std::string_view kFlags[] = {"no-pipelining", "no-8bitmime", "no-size", "helo-only"};
+constexpr std::string_view kFlags[] = {"no-pipelining", "no-8bitmime", "no-size", "no-chunking", "helo-only"};
 constexpr std::string_view kValued[] = {"rcpt-4xx",      "rcpt-5xx", "greeting-421", "drop-mid-data",
                                         "delay-ms", "defer-after-per-connection"};
 
@@ -103,6 +103,9 @@ absl::Status set_fault(Faults& faults, std::string_view key, std::string_view va
   }
   if (name == "no-size") {
     return set_flag(faults.no_size, key, value);
+  }
+  if (name == "no-chunking") {
+    return set_flag(faults.no_chunking, key, value);
   }
   if (name == "helo-only") {
     return set_flag(faults.helo_only, key, value);

@@ -22,6 +22,7 @@ struct Faults {
   bool no_pipelining = false;
   bool no_8bitmime = false;
   bool no_size = false;
+  bool no_chunking = false;
   bool helo_only = false;                   // EHLO gets 502: the client must fall back to HELO
   uint32_t defer_after_per_connection = 0;  // after N messages on a connection, MAIL gets 421; 0: never
 };

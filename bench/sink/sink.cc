@@ -117,6 +117,7 @@ class Sink : public smtp::SessionHost {
     _settings.offer.pipelining = !f.no_pipelining;
     _settings.offer.eight_bit_mime = !f.no_8bitmime;
     _settings.offer.size = !f.no_size;
+    _settings.offer.chunking = !f.no_chunking;
     _settings.offer.ehlo = !f.helo_only;
     // Refusals the sink injects are not the client's errors; its own ones are few.
     _settings.limits.errors_max = 1000;
@@ -728,7 +729,7 @@ constexpr std::string_view kUsage =
     "  --drop-mid-data F              that fraction of DATA phases: connection closed before the reply\n"
     "  --delay-ms N                   every reply is sent N ms after its command (tarpit)\n"
     "  --defer-after-per-connection N after N messages on a connection, MAIL gets 421 and the close\n"
-    "  --no-pipelining --no-8bitmime --no-size   not offered in EHLO\n"
+    "  --no-pipelining --no-8bitmime --no-size --no-chunking   not offered in EHLO\n"
     "  --helo-only                    EHLO gets 502: HELO only\n";
 
 int usage_error(std::string_view message) {

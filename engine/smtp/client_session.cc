@@ -245,7 +245,9 @@ std::vector<RecipientResult> ClientSession::take_results() {
 void ClientSession::body_queued(bool body_ends_with_crlf, uint64_t now_ms, std::string& out) {
   SLUICE_ASSERT(_awaiting_body && _state == ClientState::body);
   _awaiting_body = false;
-  out += body_ends_with_crlf ? ".\r\n" : "\r\n.\r\n";
+  if (!_bdat) {
+    out += body_ends_with_crlf ? ".\r\n" : "\r\n.\r\n";
+  }
   _pending.push_back(Pending{ClientCommand::data_end});
   // Until body_sent(), the wait is for the body's sends (data block), not yet for the reply.
   _body_sending = true;
@@ -467,6 +469,8 @@ ClientAction ClientSession::on_transaction_reply(const Pending& pending, const R
       if (!pipelined) {
         if (pending.recipient + 1 < _transaction.recipients.size()) {
           send_next_unpipelined(pending.recipient + 1, now_ms, out);
+        } else if (any_accepted() && _bdat) {
+          return begin_bdat(out);
         } else if (any_accepted()) {
           send(ClientCommand::data, 0, "DATA\r\n", now_ms, out);
         } else {
@@ -514,7 +518,9 @@ ClientAction ClientSession::on_data_end_reply(const Reply& reply) {
                                {4, 5, 0}, str_cat("unexpected reply to the end of DATA: ", reply.code())));
   }
   resolve_accepted(from_reply(ClientCommand::data_end, reply));
-  return end_transaction(false);
+  // A refused BDAT (no recipient left, or the message refused): RSET before the next one, as the
+  // server's state after a failed chunk is its own choice (RFC 3030 3).
+  return end_transaction(_bdat && reply_class(reply) != 2);
 }
 
 // --- the transaction ----------------------------------------------------------------------------
@@ -551,6 +557,7 @@ ClientAction ClientSession::begin_transaction(uint64_t now_ms, std::string& out)
     return end_transaction(_needs_rset);  // nothing was sent: the server's state is as it was
   }
   _state = ClientState::transaction;
+  _bdat = _settings->chunking && _caps.chunking;
   if (!_caps.pipelining) {
     if (_needs_rset) {
       send(ClientCommand::rset, 0, "RSET\r\n", now_ms, out);
@@ -573,8 +580,19 @@ ClientAction ClientSession::begin_transaction(uint64_t now_ms, std::string& out)
     write_rcpt(i, line);
     send(ClientCommand::rcpt, i, line, now_ms, out);
   }
+  if (_bdat) {
+    return begin_bdat(out);  // RFC 3030 4.2: BDAT may be pipelined after the RCPTs
+  }
   send(ClientCommand::data, 0, "DATA\r\n", now_ms, out);
   return ClientAction::none;
+}
+
+// The whole message as one last chunk: its reply (awaited after body_queued) is the final one.
+ClientAction ClientSession::begin_bdat(std::string& out) {
+  str_append(&out, "BDAT ", _transaction.size_octets, " LAST\r\n");
+  _state = ClientState::body;
+  _awaiting_body = true;
+  return ClientAction::send_body;
 }
 
 void ClientSession::write_mail(std::string& out) const {
@@ -642,6 +660,7 @@ ClientAction ClientSession::end_transaction(bool needs_rset) {
   _mail_failed = false;
   _empty_body = false;
   _body_sending = false;
+  _bdat = false;
   _transaction = ClientTransaction{};  // the envelope is not needed any more
   ++_transactions;
   if (_state == ClientState::transaction || _state == ClientState::body) {

@@ -48,8 +48,13 @@
 // * Timeouts (RFC 5321 4.5.3.2) are per reply awaited: with pipelining, the clock for a RCPT's
 //   reply starts when the previous reply arrived. The data block timeout runs from body_queued()
 //   and from every body_progress(); the final dot timeout from body_sent().
-// * CHUNKING/BDAT is not used (the spool's wire form is for DATA; PEERS.md: Postfix's client does
-//   the same); STARTTLS and AUTH are not done here.
+// * CHUNKING/BDAT (RFC 3030) only when ClientSettings::chunking asks for it and the server offers
+//   it: the message goes as one "BDAT <size_octets> LAST" chunk, pipelined after the last RCPT
+//   (with PIPELINING) or sent after the last RCPT reply when one was accepted (without). The
+//   owner then sends exactly size_octets octets of the message as it is, not dot-stuffed, and
+//   body_queued() appends nothing. The relay does not use it: its spool holds DATA's wire form
+//   (PEERS.md: Postfix's client does the same); sluice-bench send --chunking does.
+//   STARTTLS and AUTH are not done here.
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -81,6 +86,9 @@ struct ClientSettings {
   // Use PIPELINING when the server offers it. Off only in sluice-bench (--pipelining off), to
   // measure a server one command at a time; the relay always pipelines.
   bool pipelining = true;
+  // Send the message with BDAT when the server offers CHUNKING (see the decisions above). Only
+  // sluice-bench (--chunking), whose messages are built unstuffed; the relay sends DATA.
+  bool chunking = false;
 };
 
 // Recipients in one transaction: the owner splits larger sets (DESIGN.md: up to N per transaction).
@@ -102,6 +110,7 @@ struct ClientTransaction {
   DsnRet ret = DsnRet::none;                // RET= (sent only when the server offers DSN)
   std::string envid;                        // ENVID= as received (xtext), or empty
   uint64_t size_octets = 0;                 // the message size (DESIGN.md section 4), for SIZE=
+                                            // and BDAT's chunk size (exact, with chunking)
   bool body_8bit = false;                   // BODY=8BITMIME
   bool smtputf8 = false;
 };
@@ -242,6 +251,7 @@ class ClientSession {
   void write_rcpt(uint32_t index, std::string& out) const;
   void send(ClientCommand command, uint32_t recipient, std::string_view line, uint64_t now_ms, std::string& out);
   void send_next_unpipelined(uint32_t after_rcpt, uint64_t now_ms, std::string& out);
+  ClientAction begin_bdat(std::string& out);
   ClientAction end_transaction(bool needs_rset);
   // Every recipient still without a result gets `result`; with no transaction open, it is the failure.
   void resolve_open(const RecipientResult& result);
@@ -266,6 +276,7 @@ class ClientSession {
   bool _empty_body = false;       // ".\r\n" sent after a stray 354: its reply is ignored
   bool _awaiting_body = false;    // send_body given, body_queued() not yet called
   bool _body_sending = false;     // from body_queued() to body_sent(): the data block timeout applies
+  bool _bdat = false;             // this transaction sends its message with BDAT LAST
   std::vector<Pending> _pending;  // replies awaited, oldest first from _pending_head
   size_t _pending_head = 0;
   std::optional<uint64_t> _deadline_ms;

@@ -269,7 +269,11 @@ void ServerSession::append_ehlo_reply(std::string& out) const {
   if (offer.eight_bit_mime) {
     out.append("250-8BITMIME\r\n");
   }
-  out.append("250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250 DSN\r\n");
+  out.append("250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n");
+  if (offer.chunking) {
+    out.append("250-CHUNKING\r\n");
+  }
+  out.append("250 DSN\r\n");
 }
 
 SessionAction ServerSession::apply_verdict(const HostVerdict& verdict, std::string& out) {

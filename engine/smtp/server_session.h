@@ -37,6 +37,7 @@ struct EhloOffer {
   bool pipelining = true;
   bool size = true;
   bool eight_bit_mime = true;
+  bool chunking = true;  // not offered: a BDAT is still read (a client that ignores EHLO is not refused)
 };
 
 // Shared, read-only configuration of every session on a shard.

@@ -46,6 +46,7 @@ struct Choice {
   bool smtputf8 = false;
   bool end_by_timeout = false;
   bool pipelining_off = false;  // ClientSettings::pipelining (sluice-bench --pipelining off)
+  bool chunking = false;        // ClientSettings::chunking (sluice-bench --chunking)
 };
 
 ClientTransaction make_transaction(const Choice& choice, size_t serial) {
@@ -71,6 +72,7 @@ void check_written(std::string_view written) {
                                                    "MAIL FROM:<",
                                                    "RCPT TO:<r",
                                                    "DATA",
+                                                   "BDAT ",
                                                    "RSET",
                                                    "QUIT",
                                                    ".",
@@ -96,6 +98,7 @@ Outcome run(std::string_view input, size_t piece, const Choice& choice) {
   ClientSettings settings;
   settings.hostname = "relay.example.test";
   settings.pipelining = !choice.pipelining_off;
+  settings.chunking = choice.chunking;
   uint64_t now_ms = 0;
   ClientSession session(&settings, now_ms);
   Outcome out;
@@ -210,13 +213,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                       .body_8bit = (flags & 0x60) == 0x60,
                       .smtputf8 = (flags & 0x60) == 0x40,
                       .end_by_timeout = (flags & 128) != 0,
-                      .pipelining_off = (data[1] & 0x80) != 0};  // the low 6 bits are the piece size
+                      .pipelining_off = (data[1] & 0x80) != 0,
+                      .chunking = (data[1] & 0x40) != 0};  // the low 6 bits are the piece size
   const size_t piece = 1 + data[1] % 64;
   const std::string_view raw(reinterpret_cast<const char*>(data) + 2, size - 2);
   std::string input;
   if (choice.handshake) {
-    input = choice.pipelining ? "220 mx\r\n250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n250 SIZE 7000\r\n"
-                              : "220 mx\r\n250-mx\r\n250-8BITMIME\r\n250 SIZE\r\n";
+    input = choice.pipelining ? "220 mx\r\n250-mx\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n"
+                              : "220 mx\r\n250-mx\r\n250-8BITMIME\r\n";
+    input += choice.chunking ? "250-CHUNKING\r\n" : "";
+    input += choice.pipelining ? "250 SIZE 7000\r\n" : "250 SIZE\r\n";
   }
   if (choice.shaped) {
     input += shaped(raw);

@@ -233,6 +233,31 @@ class BenchSinkTest(h.SluiceTestCase):
         proc, counts = self.verify_file(split, elsewhere)
         self.assertEqual((counts["intact"], counts["missing"]), (took_elsewhere, 10 - took_elsewhere), proc.stdout)
 
+    def test_send_chunking_sends_bdat_and_every_message_arrives_intact(self):
+        sink = self.start_sink()
+        sizes = "100:1,5000:1,70000:1"
+        path = self.run_send("bdat", "--target", "127.0.0.1:%d" % sink.port, "--messages", "30", "--sessions", "3",
+                             "--size", sizes, "--rcpts", "2", "--run-id", "bdat", "--chunking")
+        with open(path) as f:
+            sent = json.load(f)
+        self.assertTrue(sent["options"]["chunking"])
+        self.assertEqual(sent["messages"]["accepted"], 30)
+        # No DATA command was sent (no 354 step), every message had a final reply (BDAT LAST).
+        self.assertEqual(sent["latency_us"]["data"]["count"], 0)
+        self.assertEqual(sent["latency_us"]["data_end"]["count"], 30)
+        received = self.stop_sink(sink)
+        self.assertEqual(received["check"], {"intact": 30, "corrupt": 0, "duplicate": 0, "no_id": 0})
+        self.assertEqual(received["recipients"], 60)
+        proc, counts = self.verify_file(path, sink)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        self.assertEqual(counts["intact"], 30)
+        # Against a server without CHUNKING the same run uses DATA.
+        plain = self.start_sink("--no-chunking", name="plain")
+        path = self.run_send("data", "--target", "127.0.0.1:%d" % plain.port, "--messages", "5", "--chunking")
+        with open(path) as f:
+            self.assertEqual(json.load(f)["latency_us"]["data"]["count"], 5)
+        self.assertEqual(self.stop_sink(plain)["check"]["intact"], 5)
+
     def test_rcpt_5xx_refuses_every_recipient(self):
         sink = self.start_sink("--rcpt-5xx", "1.0")
         with h.SmtpClient(sink.port) as c:

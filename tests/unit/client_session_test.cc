@@ -794,6 +794,51 @@ class AcceptingHost : public SessionHost {
   uint64_t now_ms() const override { return 0; }
 };
 
+// Moves bytes between a client session (with its transaction handed in) and our server session
+// until the client closes; the body is `body` as the owner would queue it.
+struct Conversation {
+  std::vector<AcceptedMessage> stored;
+  std::vector<RecipientResult> results;
+  bool client_closed = false;
+};
+Conversation converse(ClientSession& session, ServerSession& server, const std::string& body) {
+  Conversation c;
+  std::string to_client;
+  server.greet(to_client);
+  for (int round = 0; round < 50 && !c.client_closed; ++round) {
+    std::string to_server;
+    std::string_view input = to_client;
+    while (!input.empty() && !c.client_closed) {
+      const ClientStep step = session.on_input(input, 0, to_server);
+      input.remove_prefix(step.consumed);
+      if (step.action == ClientAction::send_body) {
+        to_server += body;
+        session.body_queued(true, 0, to_server);
+      } else if (step.action == ClientAction::transaction_done) {
+        c.results = session.take_results();
+        session.finish(0, to_server);
+      } else if (step.action == ClientAction::close) {
+        c.client_closed = true;
+      }
+    }
+    to_client.clear();
+    std::string_view pending = to_server;
+    while (!pending.empty()) {
+      const SessionStep step = server.on_input(pending, to_client);
+      pending.remove_prefix(step.consumed);
+      if (step.action == SessionAction::commit) {
+        c.stored.push_back(server.take_message());
+        server.commit_done(true, "0123456789ABCDEF", to_client);
+      } else if (step.action == SessionAction::close) {
+        EXPECT_EQ(session.on_close(), ClientAction::close);
+        c.client_closed = true;
+        break;
+      }
+    }
+  }
+  return c;
+}
+
 TEST(ClientSession, TalksToOurServerSession) {
   ServerSettings server_settings;
   server_settings.hostname = "mx.example.test";
@@ -817,43 +862,10 @@ TEST(ClientSession, TalksToOurServerSession) {
   ASSERT_EQ(session.start_transaction(t, 0, nothing_yet), ClientAction::none);
   EXPECT_EQ(nothing_yet, "");
 
-  std::string to_client;
-  server.greet(to_client);
-  std::vector<AcceptedMessage> stored;
-  std::vector<RecipientResult> results;
-  bool client_closed = false;
-  for (int round = 0; round < 50 && !client_closed; ++round) {
-    std::string to_server;
-    std::string_view input = to_client;
-    while (!input.empty() && !client_closed) {
-      const ClientStep step = session.on_input(input, 0, to_server);
-      input.remove_prefix(step.consumed);
-      if (step.action == ClientAction::send_body) {
-        to_server += wire_body;
-        session.body_queued(true, 0, to_server);
-      } else if (step.action == ClientAction::transaction_done) {
-        results = session.take_results();
-        session.finish(0, to_server);
-      } else if (step.action == ClientAction::close) {
-        client_closed = true;
-      }
-    }
-    to_client.clear();
-    std::string_view pending = to_server;
-    while (!pending.empty()) {
-      const SessionStep step = server.on_input(pending, to_client);
-      pending.remove_prefix(step.consumed);
-      if (step.action == SessionAction::commit) {
-        stored.push_back(server.take_message());
-        server.commit_done(true, "0123456789ABCDEF", to_client);
-      } else if (step.action == SessionAction::close) {
-        EXPECT_EQ(session.on_close(), ClientAction::close);
-        client_closed = true;
-        break;
-      }
-    }
-  }
-  EXPECT_TRUE(client_closed);
+  const Conversation c = converse(session, server, wire_body);
+  const std::vector<AcceptedMessage>& stored = c.stored;
+  const std::vector<RecipientResult>& results = c.results;
+  EXPECT_TRUE(c.client_closed);
   EXPECT_TRUE(session.capabilities().pipelining);
   EXPECT_TRUE(session.capabilities().dsn);
   ASSERT_EQ(results.size(), 3u);
@@ -870,6 +882,119 @@ TEST(ClientSession, TalksToOurServerSession) {
   EXPECT_EQ(stored[0].recipient_dsn[0].notify, kNotifyFailure);
   EXPECT_EQ(stored[0].recipient_dsn[0].orcpt, "rfc822;x@example.net");
   EXPECT_EQ(stored[0].helo, "relay.example.test");
+  EXPECT_FALSE(session.failure().has_value());
+}
+
+
+// --- CHUNKING (sluice-bench send --chunking) -------------------------------------------------------
+
+constexpr std::string_view kEhloChunkingPipelining =
+    "250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-CHUNKING\r\n250 8BITMIME\r\n";
+constexpr std::string_view kEhloChunkingLockstep = "250-mx.example.test\r\n250-CHUNKING\r\n250 8BITMIME\r\n";
+
+ClientSettings chunking_settings() {
+  ClientSettings settings = Owner::default_settings();
+  settings.chunking = true;
+  return settings;
+}
+
+TEST(ClientSession, ChunkingPipelinesOneLastChunkAfterTheRcpts) {
+  Owner o({transaction({"b@example.net", "c@example.net"}), transaction({"d@example.net"})}, chunking_settings());
+  o.server(kGreeting);
+  o.take_written();
+  o.server(kEhloChunkingPipelining);
+  // No DATA, no final dot: the message's exact size_octets, as is, right after the RCPTs.
+  EXPECT_EQ(o.take_written(),
+            "MAIL FROM:<a@example.org> SIZE=1000\r\n"
+            "RCPT TO:<b@example.net>\r\n"
+            "RCPT TO:<c@example.net>\r\n"
+            "BDAT 1000 LAST\r\n" +
+                std::string(kBodyMark));
+  EXPECT_EQ(o.session.state(), ClientState::body);
+  o.server("250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 no such user\r\n");
+  EXPECT_TRUE(o.results.empty());
+  o.server("250 2.0.0 Ok: 1000 octets\r\n");
+  ASSERT_EQ(o.results.size(), 1u);
+  EXPECT_EQ(statuses(o.results[0]), (std::vector{delivered, bounced}));
+  EXPECT_EQ(o.results[0][0].command, ClientCommand::data_end);
+  EXPECT_EQ(o.results[0][1].command, ClientCommand::rcpt);
+  // A BDAT that succeeded ends the transaction cleanly: no RSET before the next.
+  EXPECT_EQ(o.take_written(), "MAIL FROM:<a@example.org> SIZE=1000\r\nRCPT TO:<d@example.net>\r\nBDAT 1000 LAST\r\n" +
+                                  std::string(kBodyMark));
+  // Refused after the chunk: every accepted recipient gets the reply, and the next one RSETs.
+  o.queue.push_back(transaction({"e@example.net"}));
+  o.server("250 ok\r\n250 ok\r\n552 5.3.4 too much\r\n");
+  ASSERT_EQ(o.results.size(), 2u);
+  EXPECT_EQ(statuses(o.results[1]), (std::vector{bounced}));
+  EXPECT_EQ(o.results[1][0].code, 552);
+  EXPECT_EQ(o.take_written().substr(0, 6), "RSET\r\n");
+}
+
+TEST(ClientSession, ChunkingLockstepWaitsForAnAcceptedRcpt) {
+  Owner o({transaction({"b@example.net"}), transaction({"c@example.net"})}, chunking_settings());
+  o.server(kGreeting);
+  o.take_written();
+  o.server(kEhloChunkingLockstep);
+  EXPECT_EQ(o.take_written(), "MAIL FROM:<a@example.org>\r\n");
+  o.server("250 ok\r\n");
+  EXPECT_EQ(o.take_written(), "RCPT TO:<b@example.net>\r\n");
+  // Every RCPT refused: no BDAT at all, RSET before the next transaction.
+  o.server("550 5.1.1 no\r\n");
+  ASSERT_EQ(o.results.size(), 1u);
+  EXPECT_EQ(statuses(o.results[0]), (std::vector{bounced}));
+  EXPECT_EQ(o.take_written(), "RSET\r\n");
+  o.server("250 ok\r\n");
+  EXPECT_EQ(o.take_written(), "MAIL FROM:<a@example.org>\r\n");
+  o.server("250 ok\r\n");
+  EXPECT_EQ(o.take_written(), "RCPT TO:<c@example.net>\r\n");
+  o.server("250 ok\r\n");
+  EXPECT_EQ(o.take_written(), "BDAT 1000 LAST\r\n" + std::string(kBodyMark));
+  o.server("250 ok\r\n");
+  ASSERT_EQ(o.results.size(), 2u);
+  EXPECT_EQ(statuses(o.results[1]), (std::vector{delivered}));
+}
+
+TEST(ClientSession, ChunkingOnlyWhenBothSidesWantIt) {
+  // Offered, not asked for (the relay): DATA.
+  Owner relay({transaction({"b@example.net"})});
+  relay.server(kGreeting);
+  relay.server(kEhloChunkingPipelining);
+  EXPECT_NE(relay.take_written().find("DATA\r\n"), std::string::npos);
+  // Asked for, not offered: DATA.
+  Owner bench({transaction({"b@example.net"})}, chunking_settings());
+  bench.server(kGreeting);
+  bench.server(kEhloPipelining);
+  const std::string written = bench.take_written();
+  EXPECT_NE(written.find("DATA\r\n"), std::string::npos);
+  EXPECT_EQ(written.find("BDAT"), std::string::npos);
+}
+
+// BDAT against our own server: the raw message (a line starting with "." is not stuffed on the
+// wire) is stored in wire form, stuffed.
+TEST(ClientSession, ChunkingTalksToOurServerSession) {
+  ServerSettings server_settings;
+  server_settings.hostname = "mx.example.test";
+  AcceptingHost host;
+  ClientInfo client;
+  client.address = *io::parse_host_port("127.0.0.1:4000");
+  client.relay_allowed = true;
+  ServerSession server(&server_settings, &host, client);
+  ClientSettings settings = chunking_settings();
+  ClientSession session(&settings, 0);
+  const std::string raw = "Subject: t\r\n\r\n.a line that begins with a dot\r\nend\r\n";
+  ClientTransaction t = transaction({"x@example.net"});
+  t.size_octets = raw.size();
+  std::string out;
+  ASSERT_EQ(session.start_transaction(t, 0, out), ClientAction::none);
+  const Conversation c = converse(session, server, raw);
+  const std::vector<AcceptedMessage>& stored = c.stored;
+  const std::vector<RecipientResult>& results = c.results;
+  EXPECT_TRUE(c.client_closed);
+  EXPECT_TRUE(session.capabilities().chunking);
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(statuses(results), (std::vector{delivered}));
+  ASSERT_EQ(stored.size(), 1u);
+  EXPECT_EQ(stored[0].body, "Subject: t\r\n\r\n..a line that begins with a dot\r\nend\r\n");
   EXPECT_FALSE(session.failure().has_value());
 }
 
