@@ -1,6 +1,7 @@
 // Fault options of sluice-bench sink: parsing (options and TOML), and the deterministic choices.
 #include "bench/sink/faults.h"
 
+#include <fnmatch.h>
 #include <toml++/toml.h>
 
 #include <charconv>
@@ -50,8 +51,24 @@ absl::Status set_flag(bool& field, std::string_view key, std::string_view value)
 }
 
 constexpr std::string_view kFlags[] = {"no-pipelining", "no-8bitmime", "no-size", "no-chunking", "helo-only"};
-constexpr std::string_view kValued[] = {"rcpt-4xx",      "rcpt-5xx", "greeting-421", "drop-mid-data",
-                                        "delay-ms", "defer-after-per-connection"};
+constexpr std::string_view kValued[] = {"rcpt-4xx",         "rcpt-5xx",
+                                        "rcpt-4xx-pattern", "rcpt-5xx-pattern",
+                                        "greeting-421",     "drop-mid-data",
+                                        "delay-ms",         "defer-after-per-connection",
+                                        "defer-after-per-minute", "max-size"};
+
+// A glob that matches nothing would be a silent no-op: it must at least be one an address can meet.
+absl::Status set_pattern(std::string& field, std::string_view key, std::string_view value) {
+  if (value.empty() || value.find('\0') != std::string_view::npos) {
+    return bad_value(key, value, "a glob such as *@full.example");
+  }
+  field = std::string(value);
+  return absl::OkStatus();
+}
+
+bool matches(const std::string& pattern, std::string_view address) {
+  return !pattern.empty() && fnmatch(pattern.c_str(), std::string(address).c_str(), FNM_CASEFOLD) == 0;
+}
 
 }  // namespace
 
@@ -94,6 +111,18 @@ absl::Status set_fault(Faults& faults, std::string_view key, std::string_view va
   }
   if (name == "defer-after-per-connection") {
     return set_count(faults.defer_after_per_connection, key, value);
+  }
+  if (name == "max-size") {
+    return set_count(faults.max_size, key, value);
+  }
+  if (name == "defer-after-per-minute") {
+    return set_count(faults.defer_after_per_minute, key, value);
+  }
+  if (name == "rcpt-4xx-pattern") {
+    return set_pattern(faults.rcpt_4xx_pattern, key, value);
+  }
+  if (name == "rcpt-5xx-pattern") {
+    return set_pattern(faults.rcpt_5xx_pattern, key, value);
   }
   if (name == "no-pipelining") {
     return set_flag(faults.no_pipelining, key, value);
@@ -140,6 +169,26 @@ absl::Status load_faults_toml(Faults& faults, const char* path) {
     return absl::InvalidArgumentError(to_absl(str_cat(path, ": ", e.what())));
   }
   return absl::OkStatus();
+}
+
+RecipientFault recipient_fault(const Faults& faults, std::string_view address) {
+  if (matches(faults.rcpt_5xx_pattern, address)) {
+    return RecipientFault::permanent;
+  }
+  if (matches(faults.rcpt_4xx_pattern, address)) {
+    return RecipientFault::temporary;
+  }
+  if (faults.rcpt_4xx <= 0 && faults.rcpt_5xx <= 0) {
+    return RecipientFault::none;
+  }
+  const double place = address_fraction(address);
+  if (place < faults.rcpt_5xx) {
+    return RecipientFault::permanent;
+  }
+  if (place < faults.rcpt_5xx + faults.rcpt_4xx) {
+    return RecipientFault::temporary;
+  }
+  return RecipientFault::none;
 }
 
 double address_fraction(std::string_view address) {

@@ -48,6 +48,8 @@ constexpr std::string_view kRcpt4xx = "451 4.3.0 Recipient deferred (sluice-benc
 constexpr std::string_view kRcpt5xx = "550 5.1.1 Recipient refused (sluice-bench sink fault)\r\n";
 constexpr std::string_view kDeferMail =
     "421 4.7.0 Too many messages on this connection, try again later (sluice-bench sink fault)\r\n";
+constexpr std::string_view kDeferMinute =
+    "421 4.7.0 Too many messages this minute, try again later (sluice-bench sink fault)\r\n";
 
 volatile std::sig_atomic_t g_stop = 0;
 void on_stop_signal(int) {
@@ -73,6 +75,7 @@ struct FaultCounts {
   uint64_t rcpt_5xx = 0;
   uint64_t dropped_mid_data = 0;
   uint64_t deferred_mail = 0;
+  uint64_t deferred_mail_per_minute = 0;
 };
 
 struct CheckCounts {
@@ -121,6 +124,9 @@ class Sink : public smtp::SessionHost {
     _settings.offer.ehlo = !f.helo_only;
     // Refusals the sink injects are not the client's errors; its own ones are few.
     _settings.limits.errors_max = 1000;
+    if (f.max_size > 0) {
+      _settings.limits.message_octets_max = f.max_size;
+    }
   }
 
   absl::Status start();
@@ -183,6 +189,7 @@ class Sink : public smtp::SessionHost {
   bool _live = false;
   Counts _total;
   FaultCounts _fault_counts;
+  MinuteWindow _minute;  // --defer-after-per-minute
   CheckCounts _checks;
   FractionCounter _greeting_faults;
   FractionCounter _data_faults;
@@ -541,22 +548,24 @@ smtp::HostVerdict Sink::mail_verdict(std::string_view) {
     ++_fault_counts.deferred_mail;
     return smtp::HostVerdict{kDeferMail, true};
   }
+  const uint32_t per_minute = _options.faults.defer_after_per_minute;
+  if (per_minute > 0 && _minute.over(per_minute, io::wall_ms())) {
+    ++_fault_counts.deferred_mail_per_minute;
+    return smtp::HostVerdict{kDeferMinute, true};
+  }
   return {};
 }
 
 smtp::HostVerdict Sink::recipient_verdict(std::string_view forward_path) {
-  const Faults& f = _options.faults;
-  if (f.rcpt_4xx <= 0 && f.rcpt_5xx <= 0) {
-    return {};
-  }
-  const double place = address_fraction(forward_path);
-  if (place < f.rcpt_5xx) {
-    ++_fault_counts.rcpt_5xx;
-    return smtp::HostVerdict{kRcpt5xx, false};
-  }
-  if (place < f.rcpt_5xx + f.rcpt_4xx) {
-    ++_fault_counts.rcpt_4xx;
-    return smtp::HostVerdict{kRcpt4xx, false};
+  switch (recipient_fault(_options.faults, forward_path)) {
+    case RecipientFault::permanent:
+      ++_fault_counts.rcpt_5xx;
+      return smtp::HostVerdict{kRcpt5xx, false};
+    case RecipientFault::temporary:
+      ++_fault_counts.rcpt_4xx;
+      return smtp::HostVerdict{kRcpt4xx, false};
+    case RecipientFault::none:
+      return {};
   }
   return {};
 }
@@ -697,7 +706,8 @@ std::string Sink::json() const {
              ",\"duplicate\":", _checks.duplicate, ",\"no_id\":", _checks.no_id, "},");
   str_append(&out, "\"faults\":{\"greeting_421\":", _fault_counts.greeting_421, ",\"rcpt_4xx\":", _fault_counts.rcpt_4xx,
              ",\"rcpt_5xx\":", _fault_counts.rcpt_5xx, ",\"dropped_mid_data\":", _fault_counts.dropped_mid_data,
-             ",\"deferred_mail\":", _fault_counts.deferred_mail, "},");
+             ",\"deferred_mail\":", _fault_counts.deferred_mail,
+             ",\"deferred_mail_per_minute\":", _fault_counts.deferred_mail_per_minute, "},");
   out += "\"received_ids\":{\"ranges\":";
   _received.append_ranges_json(out);
   out += ",\"other\":";
@@ -725,12 +735,15 @@ constexpr std::string_view kUsage =
     "\n"
     "Faults (also in --faults FILE.toml, same keys: rcpt_5xx = 0.1, no_pipelining = true):\n"
     "  --rcpt-4xx F, --rcpt-5xx F     that fraction of recipient addresses (by a hash) gets 451 / 550\n"
+    "  --rcpt-4xx-pattern GLOB, --rcpt-5xx-pattern GLOB   matching recipients (fnmatch, any case) too\n"
     "  --greeting-421 F               that fraction of connections is greeted 421 and closed\n"
     "  --drop-mid-data F              that fraction of DATA phases: connection closed before the reply\n"
     "  --delay-ms N                   every reply is sent N ms after its command (tarpit)\n"
     "  --defer-after-per-connection N after N messages on a connection, MAIL gets 421 and the close\n"
+    "  --defer-after-per-minute N     after N messages in a wall-clock minute (all connections), the same\n"
     "  --no-pipelining --no-8bitmime --no-size --no-chunking   not offered in EHLO\n"
-    "  --helo-only                    EHLO gets 502: HELO only\n";
+    "  --helo-only                    EHLO gets 502: HELO only\n"
+    "  --max-size N                   SIZE offers N octets; a larger message gets 552 5.3.4\n";
 
 int usage_error(std::string_view message) {
   std::fprintf(stderr, "sluice-bench sink: %.*s\n%.*s", static_cast<int>(message.size()), message.data(),

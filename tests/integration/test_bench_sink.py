@@ -14,6 +14,7 @@ import smtplib
 import socket
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -252,10 +253,14 @@ class BenchSinkTest(h.SluiceTestCase):
         self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
         self.assertEqual(counts["intact"], 30)
         # Against a server without CHUNKING the same run uses DATA.
-        plain = self.start_sink("--no-chunking", name="plain")
+        plain = self.start_sink("--no-chunking", "--max-size", "3000", name="plain")
         path = self.run_send("data", "--target", "127.0.0.1:%d" % plain.port, "--messages", "5", "--chunking")
         with open(path) as f:
             self.assertEqual(json.load(f)["latency_us"]["data"]["count"], 5)
+        # --max-size: SIZE says 3000, and the sender refuses a larger message before MAIL (5.3.4).
+        path = self.run_send("big", "--target", "127.0.0.1:%d" % plain.port, "--messages", "2", "--size", "4000")
+        with open(path) as f:
+            self.assertEqual(json.load(f)["recipients"]["rejected_by_code"], {"message_too_big": 2})
         self.assertEqual(self.stop_sink(plain)["check"]["intact"], 5)
 
     def test_rcpt_5xx_refuses_every_recipient(self):
@@ -308,6 +313,31 @@ class BenchSinkTest(h.SluiceTestCase):
             self.assertTrue(c.wait_closed())
         result = self.stop_sink(sink)
         self.assertEqual((result["messages"], result["faults"]["deferred_mail"]), (2, 1))
+
+    def test_recipient_patterns_and_defer_after_per_minute(self):
+        # Not in the last seconds of a minute: the window must not turn over during the test.
+        while time.time() % 60 > 50:
+            time.sleep(1)
+        sink = self.start_sink("--rcpt-5xx-pattern", "*@gone.example", "--rcpt-4xx-pattern", "full*@*",
+                               "--defer-after-per-minute", "3")
+        with h.SmtpClient(sink.port) as c:
+            self.assertReply(c.cmd("EHLO client.example"), 250)
+            self.assertReply(c.cmd("MAIL FROM:<s@example.org>"), 250)
+            self.assertReply(c.cmd("RCPT TO:<x@Gone.Example>"), 550, "5.1.1")
+            self.assertReply(c.cmd("RCPT TO:<full-box@example.com>"), 451, "4.3.0")
+            self.assertReply(c.cmd("RCPT TO:<fine@example.com>"), 250)
+            self.assertReply(c.cmd("RSET"), 250)
+        # Two more MAILs fill the minute (3 in all, over several connections); the next is deferred.
+        for n in range(2):
+            send(sink.port, bench_message("m-%d" % n))
+        with h.SmtpClient(sink.port) as c:
+            self.assertReply(c.cmd("EHLO client.example"), 250)
+            self.assertReply(c.cmd("MAIL FROM:<s@example.org>"), 421, "4.7.0")
+            self.assertTrue(c.wait_closed())
+        result = self.stop_sink(sink)
+        self.assertEqual(result["messages"], 2)
+        self.assertEqual((result["faults"]["rcpt_5xx"], result["faults"]["rcpt_4xx"]), (1, 1))
+        self.assertEqual(result["faults"]["deferred_mail_per_minute"], 1)
 
     def test_greeting_421_hits_the_fraction_of_connections(self):
         sink = self.start_sink("--greeting-421", "0.5")

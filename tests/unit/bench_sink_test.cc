@@ -140,5 +140,36 @@ TEST(BenchSinkFaults, OptionsAndFractions) {
   EXPECT_FALSE(never.hit(0));
 }
 
+TEST(BenchSinkFaults, RecipientPatternsComeBeforeFractions) {
+  Faults faults;
+  EXPECT_EQ(recipient_fault(faults, "a@example.com"), RecipientFault::none);
+  ASSERT_TRUE(set_fault(faults, "rcpt-5xx-pattern", "*@gone.example").ok());
+  ASSERT_TRUE(set_fault(faults, "rcpt_4xx_pattern", "full-?@*").ok());
+  EXPECT_EQ(recipient_fault(faults, "Someone@GONE.example"), RecipientFault::permanent);
+  EXPECT_EQ(recipient_fault(faults, "full-1@gone.example"), RecipientFault::permanent);  // 5xx first
+  EXPECT_EQ(recipient_fault(faults, "full-1@example.com"), RecipientFault::temporary);
+  EXPECT_EQ(recipient_fault(faults, "full-10@example.com"), RecipientFault::none);
+  EXPECT_FALSE(set_fault(faults, "rcpt-5xx-pattern", "").ok());
+  // With every address under the 5xx fraction, a 4xx pattern still wins over it.
+  ASSERT_TRUE(set_fault(faults, "rcpt-5xx", "1").ok());
+  EXPECT_EQ(recipient_fault(faults, "full-2@example.com"), RecipientFault::temporary);
+  EXPECT_EQ(recipient_fault(faults, "other@example.com"), RecipientFault::permanent);
+}
+
+TEST(BenchSinkFaults, PerMinuteWindowResetsAtTheMinute) {
+  Faults faults;
+  ASSERT_TRUE(set_fault(faults, "defer-after-per-minute", "2").ok());
+  EXPECT_EQ(faults.defer_after_per_minute, 2u);
+  MinuteWindow window;
+  const uint64_t minute = 29'000'000ull * 60'000;
+  EXPECT_FALSE(window.over(2, minute + 1));
+  EXPECT_FALSE(window.over(2, minute + 30'000));
+  EXPECT_TRUE(window.over(2, minute + 59'999));
+  EXPECT_TRUE(window.over(2, minute + 59'999));  // refused ones do not count, and stay refused
+  EXPECT_FALSE(window.over(2, minute + 60'000));  // the next minute
+  EXPECT_FALSE(window.over(2, minute + 60'001));
+  EXPECT_TRUE(window.over(2, minute + 61'000));
+}
+
 }  // namespace
 }  // namespace sluice::bench
