@@ -1,6 +1,6 @@
 // The `sluice-bench` command: load tools for SMTP servers (DESIGN.md section 4). `send` is the
-// load generator (bench/send.h), `sink` the receiving server (bench/sink/sink.h); `relay` is to
-// come.
+// load generator (bench/send.h), `sink` the receiving server (bench/sink/sink.h), `relay` and
+// `compare` the end-to-end harness around a relay under test (bench/relay/matrix.h).
 #include <arpa/inet.h>
 #include <signal.h>
 #include <unistd.h>
@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/common/options.h"
+#include "bench/relay/matrix.h"
 #include "bench/send.h"
 #include "bench/sink/sink.h"
 #include "engine/io/strings.h"
@@ -31,6 +32,8 @@ const char* kUsage =
     "usage:\n"
     "  sluice-bench send --target HOST:PORT [OPTIONS]   (sluice-bench send --help)\n"
     "  sluice-bench sink --listen HOST:PORT [OPTIONS]   (sluice-bench sink --help)\n"
+    "  sluice-bench relay [OPTIONS]                     (sluice-bench relay --help)\n"
+    "  sluice-bench compare [--peer postfix|none] [OPTIONS]   (sluice-bench compare --help)\n"
     "exit codes: 0 ok (whatever the server answered), 1 runtime failure, 2 usage error\n";
 
 const char* kSendHelp =
@@ -260,6 +263,12 @@ int main(int argc, char** argv) {
   }
   if (command == "sink") {
     return run_sink(argc - 1, argv + 1);
+  }
+  if (command == "relay") {
+    return run_relay_command(argc - 1, argv + 1);
+  }
+  if (command == "compare") {
+    return run_compare_command(argc - 1, argv + 1);
   }
   std::cerr << "sluice-bench: unknown command '" << command << "'\n" << kUsage;
   return kExitUsage;
