@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
 #include "bench/common/options.h"
 #include "bench/relay/matrix.h"
 #include "bench/send.h"

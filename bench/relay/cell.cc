@@ -111,6 +111,7 @@ SendOptions send_options(const CellSpec& spec, const CellOptions& options, const
   send.messages_per_connection = spec.messages_per_connection;
   send.threads = options.send_threads;
   send.run_id = std::move(run_id);
+  send.progress = options.progress;
   return send;
 }
 

@@ -32,6 +32,7 @@ struct CellOptions {
   uint32_t relay_threads = 0;       // 0: the relay's default
   uint32_t send_threads = 1;
   bool keep = false;                // keep the working directories (a failed cell's is always kept)
+  bool progress = false;            // send's progress line on stdout
   uint64_t stall_timeout_ms = 60'000;   // no new arrival for this long: the cell failed
   uint64_t settle_timeout_ms = 60'000;  // every message arrived, the relay's queue still not empty
 };

@@ -11,6 +11,8 @@
 namespace sluice::bench {
 namespace {
 
+std::atomic<bool> g_matrix_stop{false};
+
 std::optional<double> ratio(double a, double b) {
   if (!(a > 0) || !(b > 0)) {
     return std::nullopt;
@@ -119,10 +121,18 @@ std::vector<CellSpec> matrix_specs(const MatrixOptions& options) {
   return specs;
 }
 
+void request_matrix_stop() {
+  g_matrix_stop.store(true, std::memory_order_relaxed);
+}
+
 std::vector<MatrixCell> run_matrix(const MatrixOptions& options, const std::vector<RelayFactory>& relays) {
   std::vector<MatrixCell> cells;
   uint32_t index = 0;
   for (const CellSpec& spec : matrix_specs(options)) {
+    if (g_matrix_stop.load(std::memory_order_relaxed)) {
+      std::fprintf(stderr, "sluice-bench: interrupted: the cells left are not run\n");
+      break;
+    }
     MatrixCell& cell = cells.emplace_back();
     cell.spec = spec;
     for (const RelayFactory& factory : relays) {
@@ -167,8 +177,8 @@ std::string matrix_table(const std::vector<MatrixCell>& cells, bool with_ratios)
                  " cpu per msg ", ratio_text(ratios.sluice_over_peer_cpu), "\n");
     }
   }
-  str_append(&out, "latencies in ms: e2e = accept by the relay (send's clock) to arrival at the sink; "
-                   "send = transaction start to the final reply\n");
+  str_append(&out, "latencies in ms: e2e = the transaction's start at send (X-Sluice-Bench-Sent) to the arrival at "
+                   "the sink; send = the transaction's start to its final reply\n");
   return out;
 }
 

@@ -3,6 +3,7 @@
 // sessions x messages per connection), each run through a list of relays under test built from
 // factories (relay: Sluice; compare: the limit, Sluice and the peer, so that every ratio comes
 // from one run on one box), a table on stdout and the figures as JSON.
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -40,6 +41,8 @@ struct MatrixCell {
 };
 
 std::vector<CellSpec> matrix_specs(const MatrixOptions& options);
+// Ends the matrix after the current cell (SIGINT). Async-signal-safe.
+void request_matrix_stop();
 std::vector<MatrixCell> run_matrix(const MatrixOptions& options, const std::vector<RelayFactory>& relays);
 
 std::string matrix_table(const std::vector<MatrixCell>& cells, bool with_ratios);

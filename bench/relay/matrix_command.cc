@@ -1,5 +1,6 @@
 // The command lines of `sluice-bench relay` and `sluice-bench compare` (see matrix.h).
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
@@ -200,12 +201,17 @@ int run_matrix_command(int argc, char** argv, bool compare) {
     std::cerr << "sluice-bench " << command << ": " << status.message() << "\n";
     return kExitUsage;
   }
+  options.cell.progress = isatty(STDOUT_FILENO) == 1;
   signal(SIGPIPE, SIG_IGN);
-  // Ctrl-C: send starts no new message; the cell completes (its relay is stopped by PID).
+  // Ctrl-C or SIGTERM: send starts no new message, the cell completes (its relay stopped by PID:
+  // the harness must not die before it) and the matrix ends there, with the table.
   struct sigaction action {};
-  action.sa_handler = [](int) { request_stop(); };
-  action.sa_flags = SA_RESETHAND;
+  action.sa_handler = [](int) {
+    request_stop();
+    request_matrix_stop();
+  };
   sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
   const std::vector<MatrixCell> cells = run_matrix(options, *relays);
   std::cout << matrix_table(cells, compare) << std::flush;
   int exit_code = matrix_clean(cells) ? kExitOk : kExitFailed;
