@@ -48,6 +48,9 @@ bench-deps:
 
 bench: bench-deps build
 	./$(BUILD_DIR)/sluice-microbench --benchmark_min_time=0.5
+	# End to end at a small size: send -> Sluice -> the sink (spool under /var/tmp, not tmpfs).
+	./$(BUILD_DIR)/sluice-bench relay --sizes 1k --rcpts 1 --sessions 20 --messages-per-connection 0 \
+	  --messages 2000 --json $(BUILD_DIR)/bench-relay.json
 
 fuzz: deps
 	cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLUICE_FUZZ=ON \

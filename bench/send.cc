@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "absl/strings/str_format.h"
+#include "bench/common/report.h"
 #include "engine/app/http.h"
 #include "engine/io/buffer_ring.h"
 #include "engine/io/clock.h"
@@ -824,12 +825,6 @@ void print_progress(const SendRun& run, uint64_t& last_sent, uint64_t& last_us, 
   last_us = now;
   last_latency_sum = latency_sum;
   last_latency_count = latency_count;
-}
-
-void append_histogram_json(std::string& out, std::string_view name, const io::LatencyHistogram& h) {
-  str_append(&out, "\"", name, "\":{\"count\":", h.count(), ",\"min\":", h.min(), ",\"mean\":",
-             absl::StrFormat("%.1f", h.mean()), ",\"p50\":", h.quantile(0.5), ",\"p90\":", h.quantile(0.9),
-             ",\"p99\":", h.quantile(0.99), ",\"p99_9\":", h.quantile(0.999), ",\"max\":", h.max(), "}");
 }
 
 void append_counts_json(std::string& out, std::string_view name, const std::map<std::string, uint64_t>& counts) {

@@ -1,6 +1,6 @@
 // The `sluice-bench` command: load tools for SMTP servers (DESIGN.md section 4). `send` is the
-// load generator (bench/send.h), `sink` the receiving server (bench/sink/sink.h); `relay` is to
-// come.
+// load generator (bench/send.h), `sink` the receiving server (bench/sink/sink.h), `relay` and
+// `compare` the end-to-end harness around a relay under test (bench/relay/matrix.h).
 #include <arpa/inet.h>
 #include <signal.h>
 #include <unistd.h>
@@ -13,7 +13,8 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include "bench/common/options.h"
+#include "bench/relay/matrix.h"
 #include "bench/send.h"
 #include "bench/sink/sink.h"
 #include "engine/io/strings.h"
@@ -30,6 +31,8 @@ const char* kUsage =
     "usage:\n"
     "  sluice-bench send --target HOST:PORT [OPTIONS]   (sluice-bench send --help)\n"
     "  sluice-bench sink --listen HOST:PORT [OPTIONS]   (sluice-bench sink --help)\n"
+    "  sluice-bench relay [OPTIONS]                     (sluice-bench relay --help)\n"
+    "  sluice-bench compare [--peer postfix|none] [OPTIONS]   (sluice-bench compare --help)\n"
     "exit codes: 0 ok (whatever the server answered), 1 runtime failure, 2 usage error\n";
 
 const char* kSendHelp =
@@ -62,66 +65,6 @@ const char* kSendHelp =
 struct Usage {
   std::string error;  // empty: fine
 };
-
-bool parse_count(std::string_view text, uint64_t& out) {
-  return absl::SimpleAtoi(to_absl(text), &out);
-}
-
-// "1024", "10k", "2m" (k = 1024).
-bool parse_octets(std::string_view text, uint64_t& out) {
-  uint64_t scale = 1;
-  if (!text.empty() && (text.back() == 'k' || text.back() == 'K')) {
-    scale = 1024;
-    text.remove_suffix(1);
-  } else if (!text.empty() && (text.back() == 'm' || text.back() == 'M')) {
-    scale = 1024 * 1024;
-    text.remove_suffix(1);
-  }
-  uint64_t value = 0;
-  if (!parse_count(text, value) || value > (uint64_t{1} << 40)) {
-    return false;
-  }
-  out = value * scale;
-  return true;
-}
-
-// "500ms", "30s", "2m", or a bare number of seconds.
-bool parse_duration_ms(std::string_view text, uint64_t& out) {
-  uint64_t scale = 1000;
-  if (text.ends_with("ms")) {
-    scale = 1;
-    text.remove_suffix(2);
-  } else if (text.ends_with("s")) {
-    text.remove_suffix(1);
-  } else if (text.ends_with("m")) {
-    scale = 60'000;
-    text.remove_suffix(1);
-  }
-  uint64_t value = 0;
-  if (!parse_count(text, value)) {
-    return false;
-  }
-  out = value * scale;
-  return true;
-}
-
-std::string parse_sizes(std::string_view text, std::vector<SizeChoice>& sizes) {
-  sizes.clear();
-  for (const absl::string_view part : absl::StrSplit(to_absl(text), ',')) {
-    SizeChoice choice;
-    const std::vector<absl::string_view> fields = absl::StrSplit(part, absl::MaxSplits(':', 1));
-    if (!parse_octets(to_std(fields[0]), choice.octets) || choice.octets < 2) {
-      return str_cat("--size: '", to_std(fields[0]), "' is not a size of at least 2 octets");
-    }
-    uint64_t weight = 1;
-    if (fields.size() == 2 && (!parse_count(to_std(fields[1]), weight) || weight == 0 || weight > 1'000'000)) {
-      return str_cat("--size: '", to_std(fields[1]), "' is not a weight from 1 to 1000000");
-    }
-    choice.weight = static_cast<uint32_t>(weight);
-    sizes.push_back(choice);
-  }
-  return "";
-}
 
 // "127.0.0.2-127.0.0.9" (IPv4, inclusive), or one address of either family.
 std::string parse_sources(std::string_view text, std::vector<io::SocketAddress>& sources) {
@@ -320,6 +263,12 @@ int main(int argc, char** argv) {
   }
   if (command == "sink") {
     return run_sink(argc - 1, argv + 1);
+  }
+  if (command == "relay") {
+    return run_relay_command(argc - 1, argv + 1);
+  }
+  if (command == "compare") {
+    return run_compare_command(argc - 1, argv + 1);
   }
   std::cerr << "sluice-bench: unknown command '" << command << "'\n" << kUsage;
   return kExitUsage;

@@ -4,6 +4,7 @@
 #include <linux/magic.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
@@ -71,13 +72,19 @@ absl::StatusOr<ChildProcess> ChildProcess::spawn(const std::vector<std::string>&
     args.push_back(const_cast<char*>(arg.c_str()));
   }
   args.push_back(nullptr);
+  const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) {
     close(log);
     return errno_error("fork");
   }
   if (pid == 0) {
-    // The child: only async-signal-safe calls until exec.
+    // The child: only async-signal-safe calls until exec. SIGTERM when the harness dies without
+    // stopping it (killed), so that no relay outlives it; the parent may have died already.
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (getppid() != parent) {
+      _exit(127);
+    }
     dup2(log, STDOUT_FILENO);
     dup2(log, STDERR_FILENO);
     const int null = open("/dev/null", O_RDONLY);

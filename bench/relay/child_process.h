@@ -24,7 +24,9 @@ class ChildProcess {
   ChildProcess& operator=(ChildProcess&& other) noexcept;
   ~ChildProcess();
 
-  // argv[0] is a path (no PATH search); stdout and stderr go to `log_path` (appended).
+  // argv[0] is a path (no PATH search); stdout and stderr go to `log_path` (appended). The child
+  // gets SIGTERM if the thread that spawned it ends first (PR_SET_PDEATHSIG: the harness killed),
+  // so spawn from a thread that outlives the child.
   static absl::StatusOr<ChildProcess> spawn(const std::vector<std::string>& argv, const std::string& log_path);
 
   pid_t pid() const { return _pid; }

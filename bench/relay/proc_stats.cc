@@ -77,7 +77,9 @@ uint64_t status_kib(const std::string& status, std::string_view key) {
   for (absl::string_view piece : absl::StrSplit(status, '\n')) {
     const std::string_view line = to_std(piece);
     if (line.substr(0, key.size()) == key && line.size() > key.size() && line[key.size()] == ':') {
-      std::vector<std::string> parts = absl::StrSplit(to_absl(line.substr(key.size() + 1)), ' ', absl::SkipEmpty());
+      // "VmRSS:\t    1234 kB": a tab, then spaces.
+      std::vector<std::string> parts =
+          absl::StrSplit(to_absl(line.substr(key.size() + 1)), absl::ByAnyChar(" \t"), absl::SkipEmpty());
       uint64_t kib = 0;
       if (!parts.empty() && parse_decimal(parts[0], kib)) {
         return kib * 1024;

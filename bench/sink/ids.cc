@@ -65,6 +65,10 @@ MessageCheck check_message(std::string_view message) {
   if (check.id.empty()) {
     return check;  // no_id
   }
+  const std::string_view sent = header_value(header, kSentHeader);
+  if (!parse_decimal(sent, check.sent_us)) {
+    check.sent_us = 0;
+  }
   uint32_t sum = 0;
   if (header_end == std::string_view::npos || !parse_sum(header_value(header, kSumHeader), sum)) {
     check.result = BodyCheck::corrupt;

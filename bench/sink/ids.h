@@ -18,6 +18,8 @@ namespace sluice::bench {
 
 inline constexpr std::string_view kIdHeader = "X-Sluice-Bench-Id";
 inline constexpr std::string_view kSumHeader = "X-Sluice-Bench-Sum";
+// The wall-clock time (µs since the Unix epoch) the sender started the transaction.
+inline constexpr std::string_view kSentHeader = "X-Sluice-Bench-Sent";
 
 enum class BodyCheck : uint8_t {
   no_id,    // no X-Sluice-Bench-Id header: not a message of sluice-bench send
@@ -28,6 +30,7 @@ enum class BodyCheck : uint8_t {
 struct MessageCheck {
   BodyCheck result = BodyCheck::no_id;
   std::string_view id;  // a view into the checked message
+  uint64_t sent_us = 0;  // X-Sluice-Bench-Sent; 0 when absent or malformed
 };
 
 // `message` as the SMTP server session holds it: wire form, dot-stuffed, without the final dot.

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <future>
 #include <memory>
 #include <optional>
 #include <string>
@@ -19,6 +20,7 @@
 #include "bench/sink/faults.h"
 #include "bench/sink/ids.h"
 #include "bench/sink/verify.h"
+#include "bench/common/report.h"
 #include "engine/app/http.h"
 #include "engine/io/address.h"
 #include "engine/io/buffer_ring.h"
@@ -56,12 +58,8 @@ void on_stop_signal(int) {
   g_stop = 1;
 }
 
-struct Counts {
-  uint64_t connections = 0;
-  uint64_t messages = 0;
-  uint64_t recipients = 0;
-  uint64_t octets = 0;  // the messages' RFC 5322 size (dot-stuffing removed)
-};
+using Counts = SinkCounts;
+using CheckCounts = SinkChecks;
 
 struct Listener {
   int fd = -1;
@@ -78,18 +76,11 @@ struct FaultCounts {
   uint64_t deferred_mail_per_minute = 0;
 };
 
-struct CheckCounts {
-  uint64_t intact = 0;     // first arrival of its id, checksum right
-  uint64_t corrupt = 0;    // checksum missing or wrong (any arrival)
-  uint64_t duplicate = 0;  // an id that had arrived before
-  uint64_t no_id = 0;      // without X-Sluice-Bench-Id
-};
-
+// The command line of `sluice-bench sink`.
 struct SinkOptions {
-  std::vector<io::SocketAddress> listen;
+  SinkServerOptions server;
   std::string json_path;
   std::string verify_path;
-  Faults faults;
 };
 
 struct Connection {
@@ -114,7 +105,8 @@ struct Connection {
 
 class Sink : public smtp::SessionHost {
  public:
-  explicit Sink(const SinkOptions& options) : _options(options) {
+  Sink(const SinkServerOptions& options, const std::atomic<bool>* stop, SinkLive* live)
+      : _options(options), _stop(stop), _live_figures(live) {
     const Faults& f = options.faults;
     _settings.hostname = "sluice-bench-sink";
     _settings.offer.pipelining = !f.no_pipelining;
@@ -132,6 +124,8 @@ class Sink : public smtp::SessionHost {
   absl::Status start();
   void run();
   std::string json() const;
+  std::vector<io::SocketAddress> addresses() const;
+  SinkResults take_results();  // after run()
 
   // ---- SessionHost ----
   bool spool_space_low() const override { return false; }
@@ -165,7 +159,9 @@ class Sink : public smtp::SessionHost {
   uint64_t wait_us() const;
   void live_line(bool final_line);
 
-  const SinkOptions& _options;
+  const SinkServerOptions& _options;
+  const std::atomic<bool>* _stop;
+  SinkLive* _live_figures;
   smtp::ServerSettings _settings;
   std::unique_ptr<io::Ring> _ring;
   std::unique_ptr<io::BufferRing> _buffers;
@@ -196,6 +192,7 @@ class Sink : public smtp::SessionHost {
   IdSet _received;
   std::vector<std::string> _duplicate_ids;  // one entry per extra arrival
   std::vector<std::string> _corrupt_ids;
+  io::LatencyHistogram _arrival_latency_us;
 };
 
 absl::Status Sink::start() {
@@ -226,13 +223,15 @@ absl::Status Sink::start() {
   for (uint32_t i = 0; i < _listeners.size(); ++i) {
     arm_accept(i);
   }
-  std::string ready = "sluice-bench sink: listening on";
-  for (const Listener& listener : _listeners) {
-    str_append(&ready, " ", listener.address.to_string());
+  if (_options.announce) {
+    std::string ready = "sluice-bench sink: listening on";
+    for (const Listener& listener : _listeners) {
+      str_append(&ready, " ", listener.address.to_string());
+    }
+    std::fprintf(stderr, "%s\n", ready.c_str());
+    std::fflush(stderr);
   }
-  std::fprintf(stderr, "%s\n", ready.c_str());
-  std::fflush(stderr);
-  _live = isatty(STDOUT_FILENO) == 1;
+  _live = _options.live_line && isatty(STDOUT_FILENO) == 1;
   _next_live_ms = _now_ms + kLiveLineMs;
   _live_ms = _now_ms;
   return absl::OkStatus();
@@ -244,8 +243,16 @@ void Sink::arm_accept(uint32_t listener) {
   io_uring_sqe_set_data64(sqe, io::completion_user_data(CompletionTag::accept, listener, 0));
 }
 
+std::vector<io::SocketAddress> Sink::addresses() const {
+  std::vector<io::SocketAddress> addresses;
+  for (const Listener& listener : _listeners) {
+    addresses.push_back(listener.address);
+  }
+  return addresses;
+}
+
 void Sink::run() {
-  while (g_stop == 0) {
+  while (!_stop->load(std::memory_order_relaxed)) {
     _now_ms = io::monotonic_ms();
     _expired.clear();
     _timers->advance(_now_ms, [this](io::TimerNode& node) { _expired.push_back(&node); });
@@ -501,6 +508,10 @@ bool Sink::on_commit(uint32_t index) {
     counts->octets += message.rfc_size;
   }
   const MessageCheck check = check_message(message.body);
+  if (check.sent_us > 0) {
+    const uint64_t now_us = io::wall_us();  // both ends on this machine's wall clock
+    _arrival_latency_us.record(now_us > check.sent_us ? now_us - check.sent_us : 0);
+  }
   if (check.result == BodyCheck::no_id) {
     ++_checks.no_id;
   } else {
@@ -517,6 +528,10 @@ bool Sink::on_commit(uint32_t index) {
     }
   }
   ++c.messages;
+  // Counted at the commit, as the totals are (a --delay-ms answer is late, the arrival is not).
+  _live_figures->distinct_ids.store(_received.size(), std::memory_order_relaxed);
+  _live_figures->last_arrival_us.store(io::monotonic_us(), std::memory_order_relaxed);
+  _live_figures->messages.store(_total.messages, std::memory_order_release);
   if (_options.faults.delay_ms > 0) {
     c.commit_pending = true;
     hold(index);
@@ -716,8 +731,23 @@ std::string Sink::json() const {
   append_string_list(out, _duplicate_ids);
   out += ",\"corrupt_ids\":";
   append_string_list(out, _corrupt_ids);
+  out += ",";
+  append_histogram_json(out, "arrival_latency_us", _arrival_latency_us);
   out += "}\n";
   return out;
+}
+
+SinkResults Sink::take_results() {
+  SinkResults results;
+  results.elapsed_s = static_cast<double>(_stopped_ms - _started_ms) / 1000.0;
+  results.total = _total;
+  results.checks = _checks;
+  results.json = json();
+  results.received = std::move(_received);
+  results.duplicate_ids = std::move(_duplicate_ids);
+  results.corrupt_ids = std::move(_corrupt_ids);
+  results.arrival_latency_us = std::move(_arrival_latency_us);
+  return results;
 }
 
 // ---- options ----------------------------------------------------------------------------
@@ -778,18 +808,18 @@ absl::Status parse_options(int argc, char** argv, SinkOptions& options) {
       if (!address.ok()) {
         return address.status();
       }
-      options.listen.push_back(*address);
+      options.server.listen.push_back(*address);
     } else if (arg == "json") {
       options.json_path.assign(value);
     } else if (arg == "verify") {
       options.verify_path.assign(value);
     } else if (arg == "faults") {
       const std::string path(value);
-      if (absl::Status status = load_faults_toml(options.faults, path.c_str()); !status.ok()) {
+      if (absl::Status status = load_faults_toml(options.server.faults, path.c_str()); !status.ok()) {
         return status;
       }
     } else if (is_fault_key(arg)) {
-      if (absl::Status status = set_fault(options.faults, arg, flag && !has_value ? "true" : value); !status.ok()) {
+      if (absl::Status status = set_fault(options.server.faults, arg, flag && !has_value ? "true" : value); !status.ok()) {
         return status;
       }
     } else {
@@ -810,6 +840,46 @@ bool write_file(const std::string& path, std::string_view text) {
 
 }  // namespace
 
+SinkServer::SinkServer(SinkServerOptions options) : _options(std::move(options)) {}
+
+SinkServer::~SinkServer() { stop(); }
+
+// The Sink lives and dies on this thread: its ring is SINGLE_ISSUER, and the buffer ring is
+// unregistered by the thread that registered it.
+void SinkServer::thread_main(std::promise<absl::Status> started) {
+  Sink sink(_options, &_stop, &_live);
+  absl::Status status = sink.start();
+  if (status.ok()) {
+    _addresses = sink.addresses();
+  }
+  const bool ok = status.ok();
+  started.set_value(std::move(status));
+  if (!ok) {
+    return;
+  }
+  sink.run();
+  _results = sink.take_results();
+}
+
+absl::Status SinkServer::start() {
+  SLUICE_ASSERT(!_thread.joinable(), "SinkServer started twice");
+  std::promise<absl::Status> started;
+  std::future<absl::Status> status = started.get_future();
+  _thread = std::thread([this, promise = std::move(started)]() mutable { thread_main(std::move(promise)); });
+  absl::Status result = status.get();
+  if (!result.ok()) {
+    _thread.join();
+  }
+  return result;
+}
+
+void SinkServer::stop() {
+  _stop.store(true);
+  if (_thread.joinable()) {
+    _thread.join();
+  }
+}
+
 int run_sink(int argc, char** argv) {
   SinkOptions options;
   if (argc > 1 && (std::string_view(argv[1]) == "--help" || std::string_view(argv[1]) == "-h")) {
@@ -825,7 +895,7 @@ int run_sink(int argc, char** argv) {
     }
     return run_verify(options.verify_path, options.json_path);
   }
-  if (options.listen.empty()) {
+  if (options.server.listen.empty()) {
     return usage_error("at least one --listen HOST:PORT");
   }
   struct sigaction action {};
@@ -834,13 +904,19 @@ int run_sink(int argc, char** argv) {
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  Sink sink(options);
+  options.server.announce = true;
+  options.server.live_line = true;
+  SinkServer sink(options.server);
   if (absl::Status status = sink.start(); !status.ok()) {
     std::fprintf(stderr, "sluice-bench sink: %s\n", std::string(status.message()).c_str());
     return 1;
   }
-  sink.run();
-  if (!options.json_path.empty() && !write_file(options.json_path, sink.json())) {
+  // The signal may land on either thread; the handler only sets the flag polled here.
+  while (g_stop == 0) {
+    usleep(50'000);
+  }
+  sink.stop();
+  if (!options.json_path.empty() && !write_file(options.json_path, sink.results().json)) {
     std::fprintf(stderr, "sluice-bench sink: cannot write %s: %s\n", options.json_path.c_str(), std::strerror(errno));
     return 1;
   }

@@ -49,6 +49,16 @@ TEST(BenchSinkCheck, CorruptMissingAndForeign) {
   EXPECT_EQ(check_message(message("r-2", bare, "b\r\n")).result, BodyCheck::intact);
 }
 
+// The sender's wall-clock start, for the end-to-end latency; a relay adds headers above it.
+TEST(BenchSinkCheck, SentTime) {
+  const std::string body = "b\r\n";
+  const std::string with_sent = "Received: from x\r\nX-Sluice-Bench-Sent: 1700000000123456\r\n" +
+                                message("r-3", sum_of(body), body);
+  EXPECT_EQ(check_message(with_sent).sent_us, 1700000000123456u);
+  EXPECT_EQ(check_message(message("r-3", sum_of(body), body)).sent_us, 0u);
+  EXPECT_EQ(check_message("X-Sluice-Bench-Sent: soon\r\n" + message("r-3", sum_of(body), body)).sent_us, 0u);
+}
+
 TEST(BenchSinkIds, NumberedIdsAreBitsAndRanges) {
   IdSet ids;
   for (int n : {1, 2, 3, 5, 64, 65, 200}) {

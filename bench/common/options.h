@@ -1,0 +1,20 @@
+#pragma once
+// Option values shared by the sluice-bench commands (send, relay, compare).
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "bench/send.h"
+
+namespace sluice::bench {
+
+bool parse_count(std::string_view text, uint64_t& out);
+// "1024", "10k", "2m" (k = 1024).
+bool parse_octets(std::string_view text, uint64_t& out);
+// "500ms", "30s", "2m", or a bare number of seconds.
+bool parse_duration_ms(std::string_view text, uint64_t& out);
+// "1k:70,10k:25,100k:5" (weights optional); the error text, or empty.
+std::string parse_sizes(std::string_view text, std::vector<SizeChoice>& sizes);
+
+}  // namespace sluice::bench

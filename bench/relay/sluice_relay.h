@@ -1,0 +1,56 @@
+#pragma once
+// Sluice as the relay under test of `sluice-bench relay` and `compare`: `sluice serve` on a
+// config of its own in the cell's working directory (spool in workdir/spool, fsync on as always,
+// [[route]] domain = "*" to the sink, an admin endpoint for /metrics), started and stopped by PID.
+// And NoRelay, the limit: `send` talks to the sink straight.
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "bench/relay/child_process.h"
+#include "bench/relay/relay_under_test.h"
+#include "engine/app/http.h"
+
+namespace sluice::bench {
+
+// The `sluice` beside the running executable (the directory of /proc/self/exe).
+std::string default_sluice_binary();
+
+// The value of one sample in Prometheus text exposition: `series` is the name with its labels
+// exactly as written ("sluice_queue_messages", "x_total{outcome=\"delivered\"}").
+std::optional<double> prometheus_value(std::string_view text, std::string_view series);
+
+// The Sluice config for one run (TOML). `threads` 0: Sluice's default.
+std::string sluice_relay_config(const std::string& spool_dir, const io::SocketAddress& listen,
+                                const io::SocketAddress& admin, const io::SocketAddress& next_hop,
+                                uint32_t threads);
+
+class SluiceRelay : public RelayUnderTest {
+ public:
+  explicit SluiceRelay(std::string binary) : _binary(std::move(binary)) {}
+  std::string_view name() const override { return "sluice"; }
+  absl::StatusOr<io::SocketAddress> start(const RelayStart& start) override;
+  absl::StatusOr<RelaySample> sample() override;
+  absl::Status stop() override;
+
+ private:
+  std::string _binary;
+  std::string _log_path;
+  ChildProcess _process;
+  app::HttpEndpoint _admin;
+};
+
+class NoRelay : public RelayUnderTest {
+ public:
+  std::string_view name() const override { return "limit"; }
+  absl::StatusOr<io::SocketAddress> start(const RelayStart& start) override {
+    if (start.sinks.empty()) {
+      return absl::InvalidArgumentError("no sink address");
+    }
+    return start.sinks.front();
+  }
+  absl::StatusOr<RelaySample> sample() override { return RelaySample{}; }
+  absl::Status stop() override { return absl::OkStatus(); }
+};
+
+}  // namespace sluice::bench
