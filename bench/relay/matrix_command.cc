@@ -11,6 +11,8 @@
 #include "absl/strings/str_split.h"
 #include "bench/common/options.h"
 #include "bench/relay/matrix.h"
+#include "bench/relay/plot.h"
+#include "bench/relay/postfix_relay.h"
 #include "bench/relay/sluice_relay.h"
 #include "bench/send.h"
 #include "engine/io/strings.h"
@@ -23,27 +25,22 @@ constexpr int kExitOk = 0;
 constexpr int kExitFailed = 1;
 constexpr int kExitUsage = 2;
 
-// ---- LEAD: not built yet on this branch ---------------------------------------------------
-// bench/relay/postfix_relay.{h,cc} (make_postfix_relay) and bench/relay/plot.cc (plot_svg) come
-// from another helper. To wire them: in peer_factory, #include "bench/relay/postfix_relay.h" and
-// return RelayFactory{"postfix", [] { return make_postfix_relay(); }}; in write_plot, write
-// plot_svg(title, cells) to `path` and set kPlotBuilt. Until then both exit 2, "not built yet".
-constexpr bool kPlotBuilt = false;
-
 absl::StatusOr<RelayFactory> peer_factory(const std::string& peer) {
   if (peer == "postfix") {
-    return absl::UnimplementedError("--peer postfix: not built yet (bench/relay/postfix_relay.h)");
+    return RelayFactory{"postfix", [] { return make_postfix_relay(); }};
   }
   return absl::InvalidArgumentError(str_cat("--peer: '", peer, "' is not postfix or none"));
 }
 
 absl::Status write_plot(const std::string& path, const std::string& title, const std::vector<PlotCell>& cells) {
-  (void)path;
-  (void)title;
-  (void)cells;
-  return absl::UnimplementedError("--plot: not built yet (bench/relay/plot.cc)");
+  std::ofstream out(path, std::ios::trunc);
+  out << plot_svg(title, cells);
+  out.close();
+  if (!out) {
+    return absl::InternalError(str_cat(path, ": cannot be written"));
+  }
+  return absl::OkStatus();
 }
-// ---- end of what the lead wires -------------------------------------------------------------
 
 constexpr std::string_view kHelp =
     "usage: sluice-bench relay   [OPTIONS]\n"
@@ -191,10 +188,6 @@ int run_matrix_command(int argc, char** argv, bool compare) {
   absl::StatusOr<std::vector<RelayFactory>> relays = relay_factories(options, compare);
   if (!relays.ok()) {
     std::cerr << "sluice-bench " << command << ": " << relays.status().message() << "\n";
-    return kExitUsage;
-  }
-  if (!options.plot_path.empty() && !kPlotBuilt) {
-    std::cerr << "sluice-bench " << command << ": --plot: not built yet (bench/relay/plot.cc)\n";
     return kExitUsage;
   }
   if (absl::Status status = check_not_tmpfs(options.cell.tmpdir); !status.ok()) {

@@ -95,6 +95,40 @@ class BenchRelayTest(unittest.TestCase):
         self.assertIsNone(cell["ratios"]["sluice_over_peer_rate"])
         self.assertIn("sluice/limit rate", out)
 
+    @unittest.skipUnless(os.geteuid() == 0 and os.path.exists("/usr/sbin/postfix"), "needs root and postfix")
+    def test_compare_with_postfix_and_the_plot(self):
+        os.chmod(self.tmp.name, 0o755)  # postfix (mail_owner) must reach its queue below it
+        plot = os.path.join(self.tmp.name, "compare.svg")
+        doc, out = self.run_bench("compare", "--peer", "postfix", "--sizes", "1k", "--rcpts", "2", "--messages", "40",
+                                  "--sessions", "2", "--messages-per-connection", "0", "--plot", plot)
+        self.assertTrue(doc["ok"])
+        cell = doc["cells"][0]
+        self.assertEqual([r["relay"] for r in cell["results"]], ["limit", "sluice", "postfix"])
+        for result in cell["results"]:
+            self.check_clean(result, 40)
+        postfix = cell["results"][2]
+        self.assertGreater(postfix["relay_cpu_us_per_msg"], 0)  # master's tree, reaped services included
+        self.assertIsNone(postfix["fsyncs_per_msg"])  # Postfix has no such counter
+        self.assertIsNotNone(cell["ratios"]["sluice_over_peer_rate"])
+        self.assertIn("sluice/postfix rate", out)
+        # The private instance is gone: Postfix's processes work in their queue directory, and
+        # none is left in ours.
+        left = []
+        for cwd in glob.glob("/proc/[0-9]*/cwd"):
+            try:
+                if os.readlink(cwd).startswith(self.tmp.name):
+                    left.append(cwd)
+            except OSError:
+                pass
+        self.assertEqual(left, [])
+        # The plot is one SVG document naming the cell and every series.
+        import xml.etree.ElementTree as ET
+        root = ET.parse(plot).getroot()
+        self.assertTrue(root.tag.endswith("svg"))
+        text = " ".join(t.text or "" for t in root.iter() if t.tag.endswith("text"))
+        for name in ("limit", "sluice", "postfix", "1k x2 rcpt, all/conn", "end-to-end throughput"):
+            self.assertIn(name, text)
+
     def test_keep_leaves_the_working_directory(self):
         self.run_bench("relay", "--sizes", "1k", "--rcpts", "1", "--messages", "10", "--sessions", "1",
                        "--messages-per-connection", "0", "--keep")

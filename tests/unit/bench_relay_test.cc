@@ -10,6 +10,8 @@
 
 #include "bench/relay/cell.h"
 #include "bench/relay/matrix.h"
+#include "bench/relay/plot.h"
+#include "bench/relay/postfix_relay.h"
 #include "bench/relay/proc_stats.h"
 #include "bench/relay/sluice_relay.h"
 #include "bench/sink/ids.h"
@@ -120,6 +122,66 @@ TEST(BenchRelayMatrix, PlotCellsHaveOneSeriesPerRelay) {
   EXPECT_DOUBLE_EQ(plot[0].series[0].latency_p50_ms, 1.5);
   EXPECT_TRUE(plot[0].series[1].failed);
   EXPECT_FALSE(matrix_clean({cell}));
+}
+
+// Open and close tags balance (self-closing ones aside): a well-formed document's shape.
+bool tags_balance(const std::string& svg) {
+  std::vector<std::string> open;
+  for (size_t at = svg.find('<'); at != std::string::npos; at = svg.find('<', at + 1)) {
+    if (svg.compare(at, 2, "<?") == 0) {
+      continue;
+    }
+    const size_t end = svg.find('>', at);
+    if (end == std::string::npos) {
+      return false;
+    }
+    const std::string tag = svg.substr(at + 1, end - at - 1);
+    if (tag.back() == '/') {
+      continue;
+    }
+    if (tag.front() == '/') {
+      if (open.empty() || open.back() != tag.substr(1)) {
+        return false;
+      }
+      open.pop_back();
+    } else {
+      open.push_back(tag.substr(0, tag.find(' ')));
+    }
+  }
+  return open.empty();
+}
+
+TEST(BenchRelayPlot, OneWellFormedDocumentWithEveryCellAndSeries) {
+  std::vector<PlotCell> cells(2);
+  cells[0].label = "1k <x1> & more";
+  cells[0].series = {{"limit", 9000, 0.2, 0.6}, {"sluice", 4000, 2.5, 25}, {"postfix", 600, 140, 1000}};
+  cells[1].label = "100k x10 rcpt, 1/conn";
+  cells[1].series = {{"limit", 900, 1, 3}, {"sluice", 400, 5, 40}, {"postfix", 0, 0, 0, true}};
+  const std::string svg = plot_svg("a & b", cells);
+  EXPECT_TRUE(svg.starts_with("<?xml"));
+  EXPECT_TRUE(tags_balance(svg)) << svg;
+  EXPECT_NE(svg.find("1k &lt;x1&gt; &amp; more"), std::string::npos);
+  EXPECT_EQ(svg.find("<x1>"), std::string::npos);
+  EXPECT_NE(svg.find("a &amp; b"), std::string::npos);
+  EXPECT_NE(svg.find(">failed<"), std::string::npos);
+  for (const char* name : {"limit", "sluice", "postfix", "100k x10 rcpt, 1/conn", "9.0k", "4.0k"}) {
+    EXPECT_NE(svg.find(name), std::string::npos) << name;
+  }
+  EXPECT_TRUE(tags_balance(plot_svg("empty", {})));
+}
+
+TEST(BenchRelayPostfix, PrivateInstanceConfig) {
+  const io::SocketAddress sink = *io::parse_host_port("127.0.0.3:2525");
+  const std::string main_cf = postfix_main_cf("/var/tmp/cell", sink);
+  EXPECT_NE(main_cf.find("queue_directory = /var/tmp/cell/queue\n"), std::string::npos);
+  EXPECT_NE(main_cf.find("data_directory = /var/tmp/cell/data\n"), std::string::npos);
+  EXPECT_NE(main_cf.find("relayhost = [127.0.0.3]:2525\n"), std::string::npos);
+  EXPECT_NE(main_cf.find("mydestination =\n"), std::string::npos);
+  EXPECT_EQ(main_cf.find("/etc/postfix"), std::string::npos);
+  const std::string master_cf = postfix_master_cf(40025);
+  EXPECT_TRUE(master_cf.starts_with("127.0.0.1:40025 inet"));
+  EXPECT_NE(master_cf.find("\nqmgr "), std::string::npos);
+  EXPECT_EQ(master_cf.find("local "), std::string::npos);  // no local delivery service
 }
 
 }  // namespace
