@@ -5,6 +5,7 @@
 
 #include "engine/app/http.h"
 #include "engine/io/strings.h"
+#include "engine/smtp/header_lines.h"
 #include "spool/crc32c.h"
 
 namespace sluice::bench {
@@ -13,19 +14,15 @@ namespace {
 // The value of header field `name` in the header block `block`, stripped; empty when absent.
 // Folded (continued) values are not needed: sluice-bench send writes each on one line.
 std::string_view header_value(std::string_view block, std::string_view name) {
-  size_t pos = 0;
-  while (pos < block.size()) {
-    size_t end = block.find("\r\n", pos);
-    if (end == std::string_view::npos) {
-      end = block.size();
+  std::string_view value;
+  smtp::for_each_header_line(block, [&](std::string_view line) {
+    if (smtp::header_name_is(line, name)) {
+      value = strip_whitespace(line.substr(name.size() + 1));
+      return false;
     }
-    const std::string_view line = block.substr(pos, end - pos);
-    if (line.size() > name.size() && line[name.size()] == ':' && equals_ignore_case(line.substr(0, name.size()), name)) {
-      return strip_whitespace(line.substr(name.size() + 1));
-    }
-    pos = end + 2;
-  }
-  return {};
+    return true;
+  });
+  return value;
 }
 
 bool parse_sum(std::string_view text, uint32_t& sum) {

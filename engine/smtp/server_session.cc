@@ -14,6 +14,7 @@
 #include "engine/io/assert.h"
 #include "engine/io/strings.h"
 #include "engine/smtp/command.h"
+#include "engine/smtp/header_lines.h"
 #include "engine/smtp/replies.h"
 
 namespace sluice::smtp {
@@ -24,10 +25,6 @@ namespace {
 constexpr uint64_t kBodyReserveOctetsMax = 256 << 10;
 constexpr uint64_t kBodyReserveOctetsDefault = 4096;
 
-bool header_name_is(std::string_view line, std::string_view name) {
-  return line.size() > name.size() && line[name.size()] == ':' && equals_ignore_case(line.substr(0, name.size()), name);
-}
-
 struct HeaderFacts {
   uint32_t received = 0;
   bool has_message_id = false;
@@ -37,23 +34,14 @@ struct HeaderFacts {
 // Looks at the field names of the header block only (lines up to the first empty line).
 HeaderFacts inspect_headers(std::string_view block) {
   HeaderFacts facts;
-  size_t pos = 0;
-  while (pos < block.size()) {
-    size_t end = block.find("\r\n", pos);
-    if (end == std::string_view::npos) {
-      end = block.size();
-    }
-    const std::string_view line = block.substr(pos, end - pos);
-    if (line.empty()) {
-      break;
-    }
+  for_each_header_line(block, [&](std::string_view line) {
     if (line[0] != ' ' && line[0] != '\t') {
       facts.received += header_name_is(line, "Received") ? 1 : 0;
       facts.has_message_id |= header_name_is(line, "Message-ID");
       facts.has_date |= header_name_is(line, "Date");
     }
-    pos = end + 2;
-  }
+    return true;
+  });
   return facts;
 }
 
