@@ -98,12 +98,7 @@ std::string parse_sources(std::string_view text, std::vector<io::SocketAddress>&
 // One option and its value into `options`; the error text, or empty.
 std::string apply_option(std::string_view flag, const std::string& value, SendOptions& options) {
   uint64_t n = 0;
-  const auto count = [&](uint64_t min, uint64_t max) -> std::string {
-    if (!parse_count(value, n) || n < min || n > max) {
-      return str_cat(flag, ": '", value, "' is not a number from ", min, " to ", max);
-    }
-    return "";
-  };
+  const auto count = [&](uint64_t min, uint64_t max) { return parse_count_option(flag, value, min, max, n); };
   std::string error;
   if (flag == "--target") {
     auto address = io::parse_host_port(value);

@@ -10,6 +10,14 @@ bool parse_count(std::string_view text, uint64_t& out) {
   return absl::SimpleAtoi(to_absl(text), &out);
 }
 
+std::string parse_count_option(std::string_view flag, std::string_view value, uint64_t min, uint64_t max,
+                               uint64_t& out) {
+  if (!parse_count(value, out) || out < min || out > max) {
+    return str_cat(flag, ": '", value, "' is not a number from ", min, " to ", max);
+  }
+  return "";
+}
+
 bool parse_octets(std::string_view text, uint64_t& out) {
   uint64_t scale = 1;
   if (!text.empty() && (text.back() == 'k' || text.back() == 'K')) {

@@ -10,6 +10,9 @@
 namespace sluice::bench {
 
 bool parse_count(std::string_view text, uint64_t& out);
+// `value` of option `flag` as a number from min to max into `out`; the error text, or empty.
+std::string parse_count_option(std::string_view flag, std::string_view value, uint64_t min, uint64_t max,
+                               uint64_t& out);
 // "1024", "10k", "2m" (k = 1024).
 bool parse_octets(std::string_view text, uint64_t& out);
 // "500ms", "30s", "2m", or a bare number of seconds.

@@ -85,12 +85,7 @@ std::string parse_list(std::string_view flag, std::string_view text, uint64_t mi
 
 std::string apply_option(std::string_view flag, const std::string& value, MatrixOptions& options, bool compare) {
   uint64_t n = 0;
-  const auto count = [&](uint64_t min, uint64_t max) -> std::string {
-    if (!parse_count(value, n) || n < min || n > max) {
-      return str_cat(flag, ": '", value, "' is not a number from ", min, " to ", max);
-    }
-    return "";
-  };
+  const auto count = [&](uint64_t min, uint64_t max) { return parse_count_option(flag, value, min, max, n); };
   std::string error;
   if (flag == "--sluice") {
     options.sluice_binary = value;
