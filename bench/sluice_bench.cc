@@ -172,13 +172,8 @@ std::string parse_send(int argc, char** argv, SendOptions& options, bool& help) 
       continue;
     }
     std::string value;
-    if (const size_t equals = flag.find('='); equals != std::string::npos) {
-      value = flag.substr(equals + 1);
-      flag.resize(equals);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      return str_cat(flag, " needs a value");
+    if (std::string error = take_option_value(flag, argc, argv, i, value); !error.empty()) {
+      return error;
     }
     if (std::string error = apply_option(flag, value, options); !error.empty()) {
       return error;

@@ -18,6 +18,18 @@ std::string parse_count_option(std::string_view flag, std::string_view value, ui
   return "";
 }
 
+std::string take_option_value(std::string& flag, int argc, char** argv, int& i, std::string& value) {
+  if (const size_t equals = flag.find('='); equals != std::string::npos) {
+    value = flag.substr(equals + 1);
+    flag.resize(equals);
+  } else if (i + 1 < argc) {
+    value = argv[++i];
+  } else {
+    return str_cat(flag, " needs a value");
+  }
+  return "";
+}
+
 bool parse_octets(std::string_view text, uint64_t& out) {
   uint64_t scale = 1;
   if (!text.empty() && (text.back() == 'k' || text.back() == 'K')) {

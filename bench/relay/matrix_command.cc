@@ -132,13 +132,8 @@ std::string parse_matrix(int argc, char** argv, MatrixOptions& options, bool com
       return str_cat("unexpected argument '", flag, "'");
     }
     std::string value;
-    if (const size_t equals = flag.find('='); equals != std::string::npos) {
-      value = flag.substr(equals + 1);
-      flag.resize(equals);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      return str_cat(flag, " needs a value");
+    if (std::string error = take_option_value(flag, argc, argv, i, value); !error.empty()) {
+      return error;
     }
     if (std::string error = apply_option(flag, value, options, compare); !error.empty()) {
       return error;
