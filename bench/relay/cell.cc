@@ -1,5 +1,7 @@
 #include "bench/relay/cell.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -13,6 +15,7 @@
 #include "bench/relay/proc_stats.h"
 #include "bench/send.h"
 #include "bench/sink/sink.h"
+#include "engine/io/assert.h"
 #include "engine/io/clock.h"
 #include "engine/io/strings.h"
 
@@ -22,9 +25,35 @@ namespace {
 // The sink's address: not Sluice's 127.0.0.1, so that the relay's own listener and the next hop
 // are told apart at a glance in its logs (and a loop check never mistakes one for the other).
 constexpr std::string_view kSinkHost = "127.0.0.3";
+constexpr uint32_t kSinkHostsMax = 200;  // 127.0.0.3 to 127.0.0.202
 constexpr uint64_t kPollMs = 20;
 constexpr uint64_t kRelayCheckMs = 1000;  // how often the wait asks the relay whether it still runs
 constexpr size_t kLostExamplesMax = 10;
+
+// `count` sink addresses from kSinkHost up; with more than one, all on one free port (MX hosts
+// share the port Sluice delivers on).
+absl::Status sink_addresses(uint32_t count, std::vector<io::SocketAddress>& out) {
+  if (count < 1 || count > kSinkHostsMax) {
+    return absl::InvalidArgumentError(str_cat("--mx-hosts must be from 1 to ", kSinkHostsMax));
+  }
+  uint16_t port = 0;
+  if (count > 1) {
+    absl::StatusOr<uint16_t> free = free_port(std::string(kSinkHost));
+    if (!free.ok()) {
+      return free.status();
+    }
+    port = *free;
+  }
+  absl::StatusOr<io::SocketAddress> first = io::parse_ip(kSinkHost, port);
+  SLUICE_ASSERT(first.ok() && first->family() == AF_INET);
+  const auto* sin = reinterpret_cast<const sockaddr_in*>(first->get());
+  for (uint32_t i = 0; i < count; ++i) {
+    in_addr address{};
+    address.s_addr = htonl(ntohl(sin->sin_addr.s_addr) + i);
+    out.push_back(io::SocketAddress::ipv4(address, port));
+  }
+  return absl::OkStatus();
+}
 
 std::string size_text(uint64_t octets) {
   if (octets % (1024 * 1024) == 0) {
@@ -123,6 +152,9 @@ void fill_figures(CellResult& result, const SendResults& sent, uint64_t send_sta
   result.sent = sent.messages_sent;
   result.accepted = sent.messages_accepted;
   result.arrived = arrived.total.messages;
+  for (const SinkCounts& listener : arrived.listeners) {
+    result.arrived_per_sink.push_back(listener.messages);
+  }
   const uint64_t last_us = sink.live().last_arrival_us.load();
   result.e2e_s = last_us > send_start_us ? static_cast<double>(last_us - send_start_us) / 1e6 : 0;
   const double messages = static_cast<double>(result.accepted);
@@ -250,7 +282,10 @@ CellResult run_cell(RelayUnderTest& relay, const CellSpec& spec, const CellOptio
   result.workdir = *workdir;
   {
     SinkServerOptions sink_options;
-    sink_options.listen.push_back(*io::parse_ip(kSinkHost, 0));
+    if (absl::Status status = sink_addresses(options.mx_hosts, sink_options.listen); !status.ok()) {
+      result.error = std::string(status.message());
+      return result;
+    }
     SinkServer sink(sink_options);
     if (absl::Status status = drive_cell(relay, spec, options, cell_index, result, sink); !status.ok()) {
       result.error = std::string(status.message());

@@ -31,6 +31,9 @@ struct CellOptions {
   std::string tmpdir = "/var/tmp";  // each cell's working directory is made under it
   uint32_t relay_threads = 0;       // 0: the relay's default
   uint32_t send_threads = 1;
+  // Sink addresses, 127.0.0.3 up, one port: with more than one, Sluice finds them as MX hosts of
+  // equal preference through a DNS fixture (sluice_relay.h); Postfix and the limit use the first.
+  uint32_t mx_hosts = 1;
   bool keep = false;                // keep the working directories (a failed cell's is always kept)
   bool progress = false;            // send's progress line on stdout
   uint64_t stall_timeout_ms = 60'000;   // no new arrival for this long: the cell failed
@@ -59,6 +62,7 @@ struct CellResult {
   uint64_t sent = 0;
   uint64_t accepted = 0;
   uint64_t arrived = 0;  // messages the sink answered 250
+  std::vector<uint64_t> arrived_per_sink;  // the same, per sink address
   double send_s = 0;     // send's own run
   double e2e_s = 0;      // send start -> last arrival
   double msg_per_s = 0;  // accepted / e2e_s

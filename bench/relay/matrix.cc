@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "engine/app/http.h"
 #include "engine/io/strings.h"
 
@@ -80,6 +81,7 @@ void append_result_json(std::string& out, const CellResult& r) {
     str_append(&out, ",\"workdir\":\"", app::json_escape(r.workdir), "\"");
   }
   str_append(&out, ",\"sent\":", r.sent, ",\"accepted\":", r.accepted, ",\"arrived\":", r.arrived,
+             ",\"arrived_per_sink\":[", absl::StrJoin(r.arrived_per_sink, ","), "]",
              absl::StrFormat(",\"send_s\":%.3f,\"e2e_s\":%.3f,\"msg_per_s\":%.1f", r.send_s, r.e2e_s, r.msg_per_s),
              ",\"relay_cpu_us_per_msg\":", json_number(r.relay_cpu_us_per_msg),
              absl::StrFormat(",\"box_cpu_us_per_msg\":%.3f,\"box_cpus\":%.2f", r.box_cpu_us_per_msg, r.box_cpus),
@@ -164,6 +166,9 @@ std::string matrix_table(const std::vector<MatrixCell>& cells, bool with_ratios)
                            ms_text(r.e2e_p99_us), ms_text(r.e2e_max_us), ms_text(r.send_p50_us),
                            ms_text(r.send_p99_us), r.accounting.lost, r.accounting.duplicated,
                            r.accounting.corrupt));
+      if (r.arrived_per_sink.size() > 1) {
+        str_append(&out, "    arrived per sink address (MX host): ", absl::StrJoin(r.arrived_per_sink, " "), "\n");
+      }
       if (!r.error.empty()) {
         str_append(&out, "    FAILED: ", r.error, "\n");
       }

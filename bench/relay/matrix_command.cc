@@ -60,6 +60,9 @@ constexpr std::string_view kHelp =
     "  --messages N                 messages per cell (default 1000)\n"
     "  --threads N                  Sluice's threads (default: its own)\n"
     "  --send-threads N             send's threads (default 1)\n"
+    "  --mx-hosts N                 N sink addresses (127.0.0.3 up, one port): Sluice resolves them as\n"
+    "                               equal-preference MX hosts through a DNS fixture on loopback (no\n"
+    "                               [[route]]); Postfix and the limit use the first (default 1)\n"
     "  --tmpdir DIR                 where the cells' working directories go (default /var/tmp; not tmpfs)\n"
     "  --keep                       keep the working directories (a failed cell's is always kept)\n"
     "  --json FILE                  every figure as JSON\n"
@@ -103,6 +106,8 @@ std::string apply_option(std::string_view flag, const std::string& value, Matrix
     if ((error = count(1, 1024)).empty()) options.cell.relay_threads = static_cast<uint32_t>(n);
   } else if (flag == "--send-threads") {
     if ((error = count(1, 1024)).empty()) options.cell.send_threads = static_cast<uint32_t>(n);
+  } else if (flag == "--mx-hosts") {
+    if ((error = count(1, 200)).empty()) options.cell.mx_hosts = static_cast<uint32_t>(n);
   } else if (flag == "--tmpdir") {
     options.cell.tmpdir = value;
   } else if (flag == "--json") {

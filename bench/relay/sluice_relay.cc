@@ -77,19 +77,25 @@ std::optional<double> prometheus_value(std::string_view text, std::string_view s
 }
 
 std::string sluice_relay_config(const std::string& spool_dir, const io::SocketAddress& listen,
-                                const io::SocketAddress& admin, const io::SocketAddress& next_hop,
-                                uint32_t threads) {
+                                const io::SocketAddress& admin, const SluiceNextHop& next_hop, uint32_t threads) {
   std::string config = str_cat("[server]\nhostname = \"sluice-bench.invalid\"\nlisten = [\"", listen.to_string(),
                                "\"]\n");
   if (threads > 0) {
     str_append(&config, "threads = ", threads, "\n");
   }
   // fsync is always on; min_free_bytes 0: a small test disk does not refuse mail.
-  str_append(&config, "[spool]\ndir = \"", spool_dir, "\"\nmin_free_bytes = 0\n",
-             // Never the machine's resolver: the route below means no lookup is made anyway.
-             "[dns]\nservers = [\"127.0.0.1:9\"]\n",
-             "[[route]]\ndomain = \"*\"\nnext_hop = \"", next_hop.to_string(), "\"\n",
-             "[admin]\nlisten = \"", admin.to_string(), "\"\n");
+  str_append(&config, "[spool]\ndir = \"", spool_dir, "\"\nmin_free_bytes = 0\n");
+  if (next_hop.dns_server) {
+    str_append(&config, "[dns]\nservers = [\"", next_hop.dns_server->to_string(), "\"]\n", "[delivery]\nport = ",
+               next_hop.mx_port, "\n");
+  } else {
+    // Never the machine's resolver: with the route no lookup is made anyway.
+    str_append(&config, "[dns]\nservers = [\"127.0.0.1:9\"]\n");
+  }
+  if (next_hop.route) {
+    str_append(&config, "[[route]]\ndomain = \"*\"\nnext_hop = \"", next_hop.route->to_string(), "\"\n");
+  }
+  str_append(&config, "[admin]\nlisten = \"", admin.to_string(), "\"\n");
   return config;
 }
 
@@ -97,10 +103,22 @@ absl::StatusOr<io::SocketAddress> SluiceRelay::start(const RelayStart& start) {
   if (start.sinks.empty()) {
     return absl::InvalidArgumentError("no sink address");
   }
-  if (start.sinks.size() > 1) {
-    // A [[route]] has one next_hop; equal-preference MX hosts would need a DNS fixture.
-    std::fprintf(stderr, "sluice-bench relay: a [[route]] takes one next_hop: Sluice relays to %s only\n",
-                 start.sinks.front().to_string().c_str());
+  SluiceNextHop next_hop;
+  if (start.sinks.size() == 1) {
+    next_hop.route = start.sinks.front();
+  } else {
+    for (const io::SocketAddress& sink : start.sinks) {
+      if (sink.port() != start.sinks.front().port()) {
+        return absl::InvalidArgumentError("MX hosts of the DNS fixture must share one port");
+      }
+    }
+    absl::StatusOr<std::unique_ptr<MxDnsFixture>> dns = MxDnsFixture::start(start.sinks);
+    if (!dns.ok()) {
+      return dns.status();
+    }
+    _dns = *std::move(dns);
+    next_hop.dns_server = _dns->address();
+    next_hop.mx_port = start.sinks.front().port();
   }
   uint16_t port = 0;
   uint16_t admin_port = 0;
@@ -119,8 +137,7 @@ absl::StatusOr<io::SocketAddress> SluiceRelay::start(const RelayStart& start) {
     return absl::InternalError(str_cat(spool, ": ", error.message()));
   }
   const std::string config_path = start.workdir + "/sluice.toml";
-  if (absl::Status status = write_text(config_path, sluice_relay_config(spool, *listen, *admin, start.sinks.front(),
-                                                                        start.threads));
+  if (absl::Status status = write_text(config_path, sluice_relay_config(spool, *listen, *admin, next_hop, start.threads));
       !status.ok()) {
     return status;
   }
@@ -167,6 +184,7 @@ absl::Status SluiceRelay::stop() {
     return absl::OkStatus();
   }
   absl::StatusOr<int> status = _process.stop(kStopGraceMs);
+  _dns.reset();  // nothing asks it any more
   if (!status.ok()) {
     return status.status();
   }

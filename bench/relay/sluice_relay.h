@@ -1,13 +1,18 @@
 #pragma once
 // Sluice as the relay under test of `sluice-bench relay` and `compare`: `sluice serve` on a
 // config of its own in the cell's working directory (spool in workdir/spool, fsync on as always,
-// [[route]] domain = "*" to the sink, an admin endpoint for /metrics), started and stopped by PID.
+// an admin endpoint for /metrics), started and stopped by PID. One sink address: [[route]]
+// domain = "*" to it. Several (--mx-hosts): no route; Sluice resolves the recipients' domain
+// through an MxDnsFixture of its own that names one equal-preference MX host per sink address,
+// and delivers on their port, so its MX rotation and per-host pools are what is measured.
 // And NoRelay, the limit: `send` talks to the sink straight.
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 
 #include "bench/relay/child_process.h"
+#include "bench/relay/mx_dns_fixture.h"
 #include "bench/relay/relay_under_test.h"
 #include "engine/app/http.h"
 
@@ -20,10 +25,17 @@ std::string default_sluice_binary();
 // exactly as written ("sluice_queue_messages", "x_total{outcome=\"delivered\"}").
 std::optional<double> prometheus_value(std::string_view text, std::string_view series);
 
+// Where Sluice delivers: a [[route]] to `next_hop`, or MX lookups through `dns_server` with
+// delivery on `mx_port`.
+struct SluiceNextHop {
+  std::optional<io::SocketAddress> route;
+  std::optional<io::SocketAddress> dns_server;
+  uint16_t mx_port = 25;
+};
+
 // The Sluice config for one run (TOML). `threads` 0: Sluice's default.
 std::string sluice_relay_config(const std::string& spool_dir, const io::SocketAddress& listen,
-                                const io::SocketAddress& admin, const io::SocketAddress& next_hop,
-                                uint32_t threads);
+                                const io::SocketAddress& admin, const SluiceNextHop& next_hop, uint32_t threads);
 
 class SluiceRelay : public RelayUnderTest {
  public:
@@ -38,6 +50,7 @@ class SluiceRelay : public RelayUnderTest {
   std::string _log_path;
   ChildProcess _process;
   app::HttpEndpoint _admin;
+  std::unique_ptr<MxDnsFixture> _dns;  // with several sinks; outlives the process (stop())
 };
 
 class NoRelay : public RelayUnderTest {

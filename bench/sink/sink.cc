@@ -742,6 +742,9 @@ SinkResults Sink::take_results() {
   results.elapsed_s = static_cast<double>(_stopped_ms - _started_ms) / 1000.0;
   results.total = _total;
   results.checks = _checks;
+  for (const Listener& listener : _listeners) {
+    results.listeners.push_back(listener.counts);
+  }
   results.json = json();
   results.received = std::move(_received);
   results.duplicate_ids = std::move(_duplicate_ids);

@@ -62,6 +62,7 @@ struct SinkResults {
   double elapsed_s = 0;
   SinkCounts total;
   SinkChecks checks;
+  std::vector<SinkCounts> listeners;        // per --listen address, in their order
   IdSet received;                           // every id that arrived (once each)
   std::vector<std::string> duplicate_ids;   // one entry per extra arrival
   std::vector<std::string> corrupt_ids;

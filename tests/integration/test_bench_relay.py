@@ -79,6 +79,21 @@ class BenchRelayTest(unittest.TestCase):
         self.assertIn("10k x2 rcpt, all/conn", out)
         self.assertEqual(self.workdirs(), [], "working directories are removed unless --keep")
 
+    def test_mx_hosts_through_the_dns_fixture_spread_over_every_sink_address(self):
+        # No [[route]]: Sluice resolves example.test through the fixture's three MX hosts of
+        # preference 10 (127.0.0.3-5, one port) and rotates among them.
+        doc, out = self.run_bench("relay", "--mx-hosts", "3", "--sizes", "1k", "--rcpts", "1", "--messages", "300",
+                                  "--sessions", "6", "--messages-per-connection", "1")
+        self.assertTrue(doc["ok"])
+        result = doc["cells"][0]["results"][0]
+        self.check_clean(result, 300)
+        per_sink = result["arrived_per_sink"]
+        self.assertEqual(len(per_sink), 3, result)
+        self.assertEqual(sum(per_sink), result["arrived"])
+        for count in per_sink:
+            self.assertGreater(count, 0, "every equal-preference MX host gets mail: %s" % per_sink)
+        self.assertIn("arrived per sink address (MX host):", out)
+
     def test_compare_without_a_peer_measures_the_limit_beside_sluice(self):
         doc, out = self.run_bench("compare", "--peer", "none", "--sizes", "1k", "--rcpts", "1", "--messages", "50",
                                   "--sessions", "2", "--messages-per-connection", "0")
@@ -154,7 +169,8 @@ class BenchRelayTest(unittest.TestCase):
     def test_usage_errors(self):
         for command, args in (("relay", ["--sizes", "0"]), ("relay", ["--rcpts", "x"]),
                               ("relay", ["--bogus", "1"]), ("compare", ["--peer", "exim"]),
-                              ("relay", ["--peer", "none"]), ("relay", ["--tmpdir", "/dev/shm"])):
+                              ("relay", ["--peer", "none"]), ("relay", ["--tmpdir", "/dev/shm"]),
+                              ("relay", ["--mx-hosts", "0"])):
             proc = subprocess.run([bench_path(), command, *args], capture_output=True, text=True,
                                   timeout=RUN_TIMEOUT_S)
             self.assertEqual(proc.returncode, 2, (command, args, proc.stderr))

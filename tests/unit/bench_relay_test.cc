@@ -9,12 +9,17 @@
 #include <vector>
 
 #include "bench/relay/cell.h"
+#include "bench/relay/mx_dns_fixture.h"
 #include "bench/relay/matrix.h"
 #include "bench/relay/plot.h"
 #include "bench/relay/postfix_relay.h"
 #include "bench/relay/proc_stats.h"
 #include "bench/relay/sluice_relay.h"
 #include "bench/sink/ids.h"
+#include "engine/io/strings.h"
+#include "resolver/dns_message.h"
+#include "resolver/dns_testing.h"
+#include "resolver/mx_plan.h"
 
 namespace sluice::bench {
 namespace {
@@ -66,19 +71,77 @@ TEST(BenchRelayMetrics, ReadsOneSeriesExactly) {
   EXPECT_FALSE(prometheus_value(text, "sluice_spool").has_value());
 }
 
+SluiceNextHop route_to(std::string_view address) {
+  SluiceNextHop next_hop;
+  next_hop.route = *io::parse_host_port(address);
+  return next_hop;
+}
+
 TEST(BenchRelayConfig, RoutesEverythingToTheSink) {
   const std::string config = sluice_relay_config("/var/tmp/x/spool", *io::parse_host_port("127.0.0.1:2525"),
                                                  *io::parse_host_port("127.0.0.1:9025"),
-                                                 *io::parse_host_port("127.0.0.3:2526"), 2);
+                                                 route_to("127.0.0.3:2526"), 2);
   EXPECT_NE(config.find("listen = [\"127.0.0.1:2525\"]"), std::string::npos);
   EXPECT_NE(config.find("threads = 2"), std::string::npos);
   EXPECT_NE(config.find("dir = \"/var/tmp/x/spool\""), std::string::npos);
   EXPECT_NE(config.find("[[route]]\ndomain = \"*\"\nnext_hop = \"127.0.0.3:2526\""), std::string::npos);
   EXPECT_NE(config.find("[admin]\nlisten = \"127.0.0.1:9025\""), std::string::npos);
   EXPECT_EQ(sluice_relay_config("/s", *io::parse_host_port("127.0.0.1:1"), *io::parse_host_port("127.0.0.1:2"),
-                                *io::parse_host_port("127.0.0.3:3"), 0)
+                                route_to("127.0.0.3:3"), 0)
                 .find("threads"),
             std::string::npos);
+}
+
+TEST(BenchRelayConfig, ResolvesThroughTheFixtureWithSeveralSinks) {
+  SluiceNextHop next_hop;
+  next_hop.dns_server = *io::parse_host_port("127.0.0.1:5353");
+  next_hop.mx_port = 2526;
+  const std::string config = sluice_relay_config("/s", *io::parse_host_port("127.0.0.1:1"),
+                                                 *io::parse_host_port("127.0.0.1:2"), next_hop, 0);
+  EXPECT_NE(config.find("[dns]\nservers = [\"127.0.0.1:5353\"]"), std::string::npos);
+  EXPECT_NE(config.find("[delivery]\nport = 2526"), std::string::npos);
+  EXPECT_EQ(config.find("[[route]]"), std::string::npos);
+}
+
+std::string dns_query(uint16_t id, std::string_view name, resolver::DnsType type) {
+  resolver::testing::DnsWireWriter query;
+  query.header(id, 0x0100, 1, 0, 0, 0);  // RD
+  query.question(name, type);
+  return query.wire();
+}
+
+TEST(BenchRelayMxFixture, NamesOneEqualPreferenceHostPerSink) {
+  const std::vector<io::SocketAddress> sinks = {*io::parse_host_port("127.0.0.3:2526"),
+                                                *io::parse_host_port("127.0.0.4:2526"),
+                                                *io::parse_host_port("127.0.0.5:2526")};
+  absl::StatusOr<resolver::DnsMessage> mx =
+      resolver::parse_dns_message(mx_fixture_response(dns_query(7, "Example.TEST", resolver::DnsType::mx), sinks));
+  ASSERT_TRUE(mx.ok()) << mx.status();
+  EXPECT_EQ(mx->header.id, 7);
+  EXPECT_TRUE(mx->header.response);
+  const resolver::MxLookup lookup = resolver::mx_lookup_from(*mx, "example.test");
+  ASSERT_EQ(lookup.status, resolver::LookupStatus::ok);
+  ASSERT_EQ(lookup.hosts.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(lookup.hosts[i].preference, 10);
+    EXPECT_EQ(lookup.hosts[i].host, str_cat("mx", i + 1, ".example.test"));
+  }
+  absl::StatusOr<resolver::DnsMessage> a =
+      resolver::parse_dns_message(mx_fixture_response(dns_query(8, "mx2.example.test", resolver::DnsType::a), sinks));
+  ASSERT_TRUE(a.ok()) << a.status();
+  const resolver::AddressLookup address = resolver::address_lookup_from(*a, "mx2.example.test");
+  ASSERT_EQ(address.status, resolver::LookupStatus::ok);
+  ASSERT_EQ(address.addresses.size(), 1u);
+  EXPECT_EQ(address.addresses[0].to_string().substr(0, 9), "127.0.0.4");
+  absl::StatusOr<resolver::DnsMessage> aaaa = resolver::parse_dns_message(
+      mx_fixture_response(dns_query(9, "mx2.example.test", resolver::DnsType::aaaa), sinks));
+  ASSERT_TRUE(aaaa.ok()) << aaaa.status();
+  EXPECT_EQ(resolver::address_lookup_from(*aaaa, "mx2.example.test").status, resolver::LookupStatus::no_records);
+  absl::StatusOr<resolver::DnsMessage> other = resolver::parse_dns_message(
+      mx_fixture_response(dns_query(10, "mx9.example.test", resolver::DnsType::a), sinks));
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(resolver::address_lookup_from(*other, "mx9.example.test").status, resolver::LookupStatus::nxdomain);
+  EXPECT_EQ(mx_fixture_response("short", sinks), "");
 }
 
 // /proc/PID/status writes "VmRSS:\t   1234 kB": a tab before the padding.
