@@ -1,8 +1,9 @@
 #pragma once
 // Test support (header only, not part of the library): writes DNS messages, so unit tests and the
 // fuzz target's seeds can build real-world shaped responses (compressed the way servers compress)
-// and hand-made broken ones (loops, bad counts, cut records). Never used by the relay itself:
-// c-ares does the wire protocol there.
+// and hand-made broken ones (loops, bad counts, cut records); sluice-bench's MX fixture
+// (bench/relay/mx_dns_fixture.h) answers Sluice's queries with it. Never used by the relay
+// itself: c-ares does the wire protocol there.
 #include <cstdint>
 #include <cstring>
 #include <string>

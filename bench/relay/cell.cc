@@ -25,7 +25,6 @@ namespace {
 // The sink's address: not Sluice's 127.0.0.1, so that the relay's own listener and the next hop
 // are told apart at a glance in its logs (and a loop check never mistakes one for the other).
 constexpr std::string_view kSinkHost = "127.0.0.3";
-constexpr uint32_t kSinkHostsMax = 200;  // 127.0.0.3 to 127.0.0.202
 constexpr uint64_t kPollMs = 20;
 constexpr uint64_t kRelayCheckMs = 1000;  // how often the wait asks the relay whether it still runs
 constexpr size_t kLostExamplesMax = 10;
@@ -33,8 +32,8 @@ constexpr size_t kLostExamplesMax = 10;
 // `count` sink addresses from kSinkHost up; with more than one, all on one free port (MX hosts
 // share the port Sluice delivers on).
 absl::Status sink_addresses(uint32_t count, std::vector<io::SocketAddress>& out) {
-  if (count < 1 || count > kSinkHostsMax) {
-    return absl::InvalidArgumentError(str_cat("--mx-hosts must be from 1 to ", kSinkHostsMax));
+  if (count < 1 || count > kMxHostsMax) {
+    return absl::InvalidArgumentError(str_cat("--mx-hosts must be from 1 to ", kMxHostsMax));
   }
   uint16_t port = 0;
   if (count > 1) {

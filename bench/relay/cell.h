@@ -27,6 +27,9 @@ struct CellSpec {
 };
 
 // What every cell of a run shares.
+// Sink addresses a cell can have: 127.0.0.3 to 127.0.0.202.
+inline constexpr uint32_t kMxHostsMax = 200;
+
 struct CellOptions {
   std::string tmpdir = "/var/tmp";  // each cell's working directory is made under it
   uint32_t relay_threads = 0;       // 0: the relay's default

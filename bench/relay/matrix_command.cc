@@ -107,7 +107,7 @@ std::string apply_option(std::string_view flag, const std::string& value, Matrix
   } else if (flag == "--send-threads") {
     if ((error = count(1, 1024)).empty()) options.cell.send_threads = static_cast<uint32_t>(n);
   } else if (flag == "--mx-hosts") {
-    if ((error = count(1, 200)).empty()) options.cell.mx_hosts = static_cast<uint32_t>(n);
+    if ((error = count(1, kMxHostsMax)).empty()) options.cell.mx_hosts = static_cast<uint32_t>(n);
   } else if (flag == "--tmpdir") {
     options.cell.tmpdir = value;
   } else if (flag == "--json") {

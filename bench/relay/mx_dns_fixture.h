@@ -26,7 +26,6 @@ class MxDnsFixture {
   ~MxDnsFixture();  // stops the thread and closes the socket
 
   const io::SocketAddress& address() const { return _address; }  // where Sluice sends its queries
-  uint64_t queries() const { return _queries.load(std::memory_order_relaxed); }
 
  private:
   MxDnsFixture(int fd, io::SocketAddress address, std::vector<io::SocketAddress> mx_addresses);
@@ -36,7 +35,6 @@ class MxDnsFixture {
   io::SocketAddress _address;
   std::vector<io::SocketAddress> _mx_addresses;
   std::atomic<bool> _stop{false};
-  std::atomic<uint64_t> _queries{0};
   std::thread _thread;
 };
 
